@@ -1,0 +1,273 @@
+"""The `aq` command line.
+
+Every error a person can cause (bad JSON, an unknown handler, Redis down, a strange entity id)
+ends in one line on stderr and a non-zero exit code, never a traceback. `aq operator` and
+`aq crd` belong to the operator and are reached lazily, so a worker image without the
+operator's dependencies still runs `aq worker`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, replace
+from typing import Any, NoReturn
+
+from .client import Client
+from .config import Settings
+from .errors import AtomicQueuesError, InvalidInput
+from .jobs import Job
+from .presence import Presence
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"aq: {message} (see `{self.prog} --help`)\n")
+
+
+def _json_arg(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid JSON ({exc})") from None
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="aq", description="AtomicQueues: atomic per-entity job processing.")
+    parser.add_argument("--redis-url", help="Redis URL (default: $AQ_REDIS_URL)")
+    parser.add_argument("--prefix", help="key prefix (default: $AQ_PREFIX or 'aq')")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    p = sub.add_parser("enqueue", help="add a job to an entity's queue; prints the job id")
+    p.add_argument("entity_type")
+    p.add_argument("entity_id")
+    p.add_argument("name", help="handler name")
+    p.add_argument("--payload", type=_json_arg, default=None, help="JSON payload")
+    p.add_argument("--job-id", help="idempotency key, unique per entity")
+    p.add_argument("--delay", type=_positive, help="seconds before the job may start")
+    p.add_argument("--priority", type=int, default=0, help="-1000..1000, higher first")
+    p.add_argument("--attempts", type=int, help="maximum attempts")
+
+    p = sub.add_parser("worker", help="run a worker")
+    p.add_argument("--handlers", required=True, help="MODULE:ATTRIBUTE of a Registry")
+    p.add_argument("--entity-type", required=True)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--entity-id", help="serve this one entity (dedicated)")
+    group.add_argument("--slots", type=int, help="serve any entities, K at a time (packed)")
+    p.add_argument("--name", help="worker name (default: NODE-PID-RANDOM)")
+    p.add_argument("--idle-timeout", type=_positive, help="seconds without work before exit")
+    p.add_argument("--shutdown-grace", type=_positive, help="seconds a job may finish in")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+
+    p = sub.add_parser("status", help="queues, entities and workers")
+    p.add_argument("--entity-type", help="only this type")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("dlq", help="dead-letter lists")
+    dlq = p.add_subparsers(dest="action", required=True, parser_class=Parser)
+    for action, text in (("list", "show dead jobs"), ("requeue", "put dead jobs back"),
+                         ("purge", "delete dead jobs")):  # fmt: skip
+        a = dlq.add_parser(action, help=text)
+        a.add_argument("entity_type")
+        a.add_argument("entity_id", nargs="?", help="one entity (default: all of the type)")
+        if action != "list":
+            a.add_argument("--job-id", action="append", dest="job_ids", help="only these jobs")
+        else:
+            a.add_argument("--limit", type=int, default=100)
+            a.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("close", help="ask workers to shut down gracefully")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--worker", help="one worker by name")
+    target.add_argument("--entity", nargs=2, metavar=("TYPE", "ID"), help="an entity's workers")
+    target.add_argument("--node", help="every worker of a node")
+
+    for name in ("operator", "crd", "up", "demo"):
+        sub.add_parser(name, help=f"(see `aq {name} --help`)", add_help=False).add_argument(
+            "rest", nargs=argparse.REMAINDER
+        )
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env()
+    if args.redis_url:
+        settings = replace(settings, redis_url=args.redis_url)
+    if args.prefix:
+        settings = replace(settings, prefix=args.prefix)
+    return settings
+
+
+async def _with_client(
+    settings: Settings, action: Callable[[Client], Awaitable[int]]
+) -> int:
+    client = await Client.connect(settings)
+    try:
+        return await action(client)
+    finally:
+        await client.close()
+
+
+async def cmd_enqueue(args: argparse.Namespace, client: Client) -> int:
+    job_id = await client.enqueue(
+        args.entity_type, args.entity_id, args.name, args.payload, job_id=args.job_id,
+        delay=args.delay, priority=args.priority, attempts=args.attempts,
+    )  # fmt: skip
+    print(job_id)
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace, client: Client) -> int:
+    types = [args.entity_type] if args.entity_type else await client.entity_types()
+    workers = await Presence(client).all_workers()
+    report: dict[str, Any] = {"types": {}, "workers": [asdict(w) for w in workers]}
+    for t in types:
+        report["types"][t] = {
+            "counts": await client.counts(t),
+            "pending": await client.pending_entities(t),
+            "with_work": len(await client.entities_with_work(t)),
+            "dead_entities": len(await client.dead_entities(t)),
+        }
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    if not types:
+        print("no entity types yet (nothing was ever enqueued)")
+    for t, info in report["types"].items():
+        counts = "  ".join(f"{k} {v}" for k, v in info["counts"].items())
+        print(f"{t}: {info['with_work']} entities with work  |  {counts}")
+        top = sorted(info["pending"].items(), key=lambda kv: -kv[1])[:10]
+        for eid, n in top:
+            print(f"    {eid!r:<40} {n} waiting")
+    print(f"workers: {len(workers)}")
+    for w in workers:
+        where = w.entity_id if w.entity_id is not None else f"packed x{w.slots}"
+        print(f"    {w.name:<40} {w.entity_type}/{where}  node {w.node}  pid {w.pid}"
+              f"  holds {len(w.entities)}")  # fmt: skip
+    return 0
+
+
+def _job_line(job: Job) -> str:
+    return f"{job.id}  {job.entity_type}/{job.entity_id!r}  {job.name}  attempts {job.attempt}  {job.error}"
+
+
+async def cmd_dlq(args: argparse.Namespace, client: Client) -> int:
+    if args.action == "list":
+        jobs = await client.dlq_list(args.entity_type, args.entity_id, limit=args.limit)
+        if args.json:
+            print(json.dumps([asdict(j) | {"backoff": j.backoff.model_dump()} for j in jobs],
+                             indent=2, ensure_ascii=False))  # fmt: skip
+        else:
+            for job in jobs:
+                print(_job_line(job))
+            print(f"{len(jobs)} dead job(s)")
+        return 0
+    if args.job_ids and args.entity_id is None:
+        raise InvalidInput("--job-id needs the entity id too")
+    fn = client.dlq_requeue if args.action == "requeue" else client.dlq_purge
+    n = await fn(args.entity_type, args.entity_id, args.job_ids)
+    print(f"{n} job(s) {'requeued' if args.action == 'requeue' else 'purged'}")
+    return 0
+
+
+async def cmd_close(args: argparse.Namespace, client: Client) -> int:
+    presence = Presence(client)
+    if args.worker:
+        await presence.close_worker(args.worker)
+    elif args.entity:
+        await presence.close_entity(*args.entity)
+    else:
+        await presence.close_node(args.node)
+    print("close signal sent")
+    return 0
+
+
+async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from .metrics import serve
+    from .registry import load_registry
+    from .worker import Worker
+
+    registry = load_registry(args.handlers)
+    if args.idle_timeout is not None:
+        settings = replace(settings, idle_timeout=args.idle_timeout)
+    if args.shutdown_grace is not None:
+        settings = replace(settings, shutdown_grace=args.shutdown_grace)
+    if args.metrics_port is not None:
+        settings = replace(settings, metrics_port=args.metrics_port)
+    if args.slots is not None and args.slots < 1:
+        raise InvalidInput("--slots must be at least 1")
+    client = await Client.connect(settings)
+    try:
+        worker = Worker(client, registry, args.entity_type, entity_id=args.entity_id,
+                        slots=args.slots or 1, name=args.name)  # fmt: skip
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.close, signal.Signals(sig).name)
+        if settings.metrics_port:
+            serve(settings.metrics_port)
+        await worker.run()
+    finally:
+        await client.close()
+    return 0
+
+
+def _lazy(command: str, rest: list[str]) -> int:
+    """Commands of the other layers (operator, pools), imported only when asked for."""
+    import importlib
+
+    module = {"operator": "aq_operator.cli", "crd": "aq_operator.cli",
+              "up": "atomicqueues.pools.cli", "demo": "atomicqueues.pools.cli"}[command]  # fmt: skip
+    try:
+        entry = importlib.import_module(module)
+    except ImportError:
+        raise AtomicQueuesError(f"`aq {command}` is not available in this installation") from None
+    result: int = entry.main([command, *rest])
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if args.command in ("operator", "crd", "up", "demo"):
+            return _lazy(args.command, args.rest)
+        settings = _settings(args)
+        if args.command == "worker":
+            return asyncio.run(cmd_worker(args, settings))
+        handler = {"enqueue": cmd_enqueue, "status": cmd_status, "dlq": cmd_dlq,
+                   "close": cmd_close}[args.command]  # fmt: skip
+        return asyncio.run(_with_client(settings, lambda c: handler(args, c)))
+    except AtomicQueuesError as exc:
+        print(f"aq: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

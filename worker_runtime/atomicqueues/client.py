@@ -1,0 +1,334 @@
+"""The producer's side: enqueue jobs, look them up, await results, read the index.
+
+`Client` is the async core; `atomicqueues.sync.SyncClient` wraps it for sync code. Every change
+goes through one Lua script (one round trip); reads of the index walk the buckets of a type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis.exceptions
+
+from .config import Settings
+from .connection import CONNECTION_ERRORS, RedisClient, connect, describe
+from .errors import InvalidInput, JobFailed, JobNotFound, RedisUnavailable
+from .jobs import MAX_PRIORITY, MIN_PRIORITY, STATES, Backoff, Job, encode_payload
+from .keys import Keys, check_entity_id, check_entity_type, decode_id, encode_id
+from .scripts import Scripts
+
+T = TypeVar("T")
+Entity = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class JobLocation:
+    bucket: str
+    jslot: str
+    entity_type: str
+
+
+class Client:
+    """Connection to one AtomicQueues deployment (one Redis, one key prefix)."""
+
+    def __init__(self, redis: RedisClient, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.prefix)
+        self.scripts = Scripts(redis)
+        self._known_types: set[str] = set()
+
+    @classmethod
+    async def connect(cls, settings: Settings | None = None) -> Client:
+        settings = settings or Settings.from_env()
+        return cls(await connect(settings.redis_url), settings)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def call(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis operation, turning connection failures into `RedisUnavailable`."""
+        try:
+            return await make()
+        except CONNECTION_ERRORS as exc:
+            raise RedisUnavailable(
+                f"cannot reach Redis at {describe(self.settings.redis_url)}: {exc}"
+            ) from None
+        except redis.exceptions.ClusterDownError as exc:
+            raise RedisUnavailable(f"Redis Cluster is down: {exc}") from None
+
+    async def script(self, name: str, bucket: str, *args: str | int | float) -> Any:
+        return await self.call(lambda: self.scripts.run(name, bucket, *args))
+
+    # --- enqueue and cancel ----------------------------------------------------------------
+    async def enqueue(
+        self,
+        entity_type: str,
+        entity_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        job_id: str | None = None,
+        delay: float | None = None,
+        priority: int = 0,
+        attempts: int | None = None,
+        backoff: Backoff | dict[str, Any] | None = None,
+        keep_completed: float | None = None,
+    ) -> str:
+        """Add a job to the entity's queue and return its id (one round trip).
+
+        With `job_id`, enqueue is idempotent per entity: while a job with that id exists (until
+        its retention passes), a second enqueue adds nothing and returns the same id.
+        """
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise InvalidInput("job name must be a non-empty string of at most 200 characters")
+        if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise InvalidInput(f"priority must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}")
+        if delay is not None and delay < 0:
+            raise InvalidInput("delay must not be negative")
+        max_attempts = self.settings.max_attempts if attempts is None else attempts
+        if max_attempts < 1:
+            raise InvalidInput("attempts must be at least 1")
+        if isinstance(backoff, dict):
+            try:
+                backoff = Backoff.model_validate(backoff)
+            except ValueError as exc:
+                raise InvalidInput(f"invalid backoff: {exc}") from None
+        backoff = backoff or Backoff()
+        body = encode_payload(payload, self.settings.max_payload_bytes)
+        if job_id is None:
+            job_id = self.keys.new_job_id(entity_type, entity_id)
+        elif not job_id or len(job_id) > 512:
+            raise InvalidInput("job id must be a non-empty string of at most 512 characters")
+        elif self.keys.locate_auto_job(job_id) is not None:
+            raise InvalidInput(f"job id {job_id!r} has the reserved form TYPE.BUCKET.HEX32")
+        keep = self.settings.keep_completed if keep_completed is None else keep_completed
+        await self._remember_type(entity_type)
+        await self.script(
+            "enqueue",
+            self.keys.entity_bucket(entity_type, entity_id),
+            encode_id(entity_id),
+            self.keys.job_slot(entity_type, entity_id, job_id),
+            job_id,
+            entity_id,
+            name,
+            body,
+            priority,
+            round((delay or 0) * 1000),
+            max_attempts,
+            backoff.model_dump_json(),
+            round(keep * 1000),
+            self.settings.keep_completed_count,
+            round(self.settings.keep_failed * 1000),
+            self.keys.events(entity_type),
+        )
+        return job_id
+
+    async def _remember_type(self, entity_type: str) -> None:
+        if entity_type not in self._known_types:
+            await self.call(lambda: self.redis.sadd(self.keys.types(), entity_type))
+            self._known_types.add(entity_type)
+
+    async def cancel(self, job_id: str, *, entity: Entity | None = None) -> bool:
+        """Remove a job that has not started; False when it is running or already ended."""
+        where = self._locate(job_id, entity)
+        e = encode_id(entity[1]) if entity else await self._entity_of(where)
+        done, _ = await self.script("cancel", where.bucket, e, where.jslot, "")
+        return bool(done)
+
+    # --- jobs and results -----------------------------------------------------------------
+    def _locate(self, job_id: str, entity: Entity | None) -> JobLocation:
+        if entity is not None:
+            entity_type, entity_id = entity
+            check_entity_type(entity_type)
+            check_entity_id(entity_id)
+            return JobLocation(
+                self.keys.entity_bucket(entity_type, entity_id),
+                self.keys.job_slot(entity_type, entity_id, job_id),
+                entity_type,
+            )
+        auto = self.keys.locate_auto_job(job_id)
+        if auto is None:
+            raise InvalidInput(
+                f"job id {job_id!r} was given by the caller: ids like it are unique per entity, "
+                "so pass the entity too"
+            )
+        bucket, jslot = auto
+        return JobLocation(bucket, jslot, job_id.split(".", 1)[0])
+
+    async def _entity_of(self, where: JobLocation) -> str:
+        eid = await self.call(lambda: self.redis.hget(f"{where.bucket}j:{where.jslot}", "eid"))
+        return encode_id(eid) if eid else ""
+
+    async def job(self, job_id: str, *, entity: Entity | None = None) -> Job:
+        """The job's current record; `JobNotFound` when it does not exist (any more)."""
+        where = self._locate(job_id, entity)
+        fields = await self.call(lambda: self.redis.hgetall(f"{where.bucket}j:{where.jslot}"))
+        if not fields:
+            raise JobNotFound(job_id)
+        return Job.from_fields(where.entity_type, fields)
+
+    async def result(
+        self, job_id: str, *, timeout: float | None = None, entity: Entity | None = None
+    ) -> Any:
+        """Wait until the job has ended and return its result (what a query returned).
+
+        Raises `JobFailed` when it was dead-lettered, `JobNotFound` when there is no such job,
+        and `TimeoutError` when `timeout` seconds pass first. Blocks on Redis, no polling.
+        """
+        where = self._locate(job_id, entity)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            state, result, error = await self.script("watch_job", where.bucket, where.jslot)
+            if state == "":
+                raise JobNotFound(job_id)
+            if state == "completed":
+                return json.loads(result) if result else None
+            if state == "dead":
+                raise JobFailed(job_id, error)
+            wait = 5.0 if deadline is None else deadline - loop.time()
+            if wait <= 0:
+                raise TimeoutError(f"job {job_id!r} has not ended after {timeout}s")
+            # BLPOP takes whole seconds on old servers; a float works on Redis >= 6.
+            await self.call(
+                lambda w=min(wait, 5.0): self.redis.blpop(  # type: ignore[misc]
+                    [f"{where.bucket}jw:{where.jslot}"], timeout=max(w, 0.01)
+                )
+            )
+
+    # --- concurrency ----------------------------------------------------------------------
+    async def set_concurrency(self, entity_type: str, entity_id: str, n: int) -> None:
+        """How many jobs of this entity may be in flight at once (default 1)."""
+        check_entity_type(entity_type)
+        check_entity_id(entity_id)
+        if not isinstance(n, int) or not 1 <= n <= 10_000:
+            raise InvalidInput("concurrency must be an integer from 1 to 10000")
+        await self.script(
+            "set_concurrency",
+            self.keys.entity_bucket(entity_type, entity_id),
+            encode_id(entity_id),
+            n,
+            self.keys.events(entity_type),
+        )
+
+    async def concurrency(self, entity_type: str, entity_id: str) -> int:
+        bucket = self.keys.entity_bucket(entity_type, entity_id)
+        raw = await self.call(lambda: self.redis.hget(f"{bucket}conc", encode_id(entity_id)))
+        return int(raw) if raw else 1
+
+    # --- the index --------------------------------------------------------------------------
+    async def _each_bucket(
+        self, entity_type: str, read: Callable[[str], Awaitable[T]]
+    ) -> list[T]:
+        check_entity_type(entity_type)
+        buckets = self.keys.buckets(entity_type)
+        return await self.call(lambda: asyncio.gather(*(read(b) for b in buckets)))
+
+    async def pending_entities(self, entity_type: str) -> dict[str, int]:
+        """Entities with jobs waiting to start, and how many each."""
+        parts = await self._each_bucket(entity_type, lambda b: self.redis.hgetall(f"{b}pending"))
+        return {decode_id(e): int(n) for part in parts for e, n in part.items()}
+
+    async def entities_with_work(self, entity_type: str) -> dict[str, float]:
+        """Entities with jobs waiting or in flight, with when (epoch seconds) that began."""
+        parts = await self._each_bucket(
+            entity_type, lambda b: self.redis.zrange(f"{b}work", 0, -1, withscores=True)
+        )
+        return {decode_id(e): ms / 1000.0 for part in parts for e, ms in part}
+
+    async def claimable_entities(self, entity_type: str) -> dict[str, float]:
+        """Entities with a job that could start now if a worker took a lease (scaler's view)."""
+        parts = await self._each_bucket(
+            entity_type, lambda b: self.redis.zrange(f"{b}ready", 0, -1, withscores=True)
+        )
+        return {decode_id(e): ms / 1000.0 for part in parts for e, ms in part}
+
+    async def counts(self, entity_type: str) -> dict[str, int]:
+        """Jobs per state across the type (`completed` counts every completion so far)."""
+        parts = await self._each_bucket(entity_type, lambda b: self.redis.hgetall(f"{b}counts"))
+        total = dict.fromkeys(STATES, 0)
+        for part in parts:
+            for state, n in part.items():
+                total[state] = total.get(state, 0) + int(n)
+        return total
+
+    async def entity_types(self) -> list[str]:
+        return sorted(await self.call(lambda: self.redis.smembers(self.keys.types())))
+
+    async def events(self, entity_type: str) -> AsyncIterator[str]:
+        """Entity ids as they become claimable (pub/sub; a missed message only delays)."""
+        pubsub = self.redis.pubsub()  # type: ignore[union-attr]
+        await self.call(lambda: pubsub.subscribe(self.keys.events(entity_type)))
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    yield decode_id(message["data"])
+        finally:
+            with suppress(Exception):
+                await pubsub.aclose()
+
+    # --- dead letters -------------------------------------------------------------------------
+    async def dead_entities(self, entity_type: str) -> dict[str, int]:
+        parts = await self._each_bucket(entity_type, lambda b: self.redis.hgetall(f"{b}dead"))
+        return {decode_id(e): int(n) for part in parts for e, n in part.items()}
+
+    async def dlq_list(
+        self, entity_type: str, entity_id: str | None = None, *, limit: int = 100
+    ) -> list[Job]:
+        """Dead-lettered jobs, oldest first, of one entity or of every entity of the type."""
+        ids = [entity_id] if entity_id is not None else sorted(await self.dead_entities(entity_type))
+        jobs: list[Job] = []
+        for eid in ids:
+            base = self.keys.entity(entity_type, eid)
+            bucket = self.keys.entity_bucket(entity_type, eid)
+            jslots = await self.call(lambda b=base: self.redis.zrange(f"{b}dlq", 0, limit - 1))
+            for jslot in jslots:
+                fields = await self.call(lambda j=jslot: self.redis.hgetall(f"{bucket}j:{j}"))
+                if fields:
+                    jobs.append(Job.from_fields(entity_type, fields))
+            if len(jobs) >= limit:
+                break
+        return jobs[:limit]
+
+    async def _dlq(
+        self, action: str, entity_type: str, entity_id: str | None, job_ids: list[str] | None
+    ) -> int:
+        ids = [entity_id] if entity_id is not None else list(await self.dead_entities(entity_type))
+        total = 0
+        for eid in ids:
+            jslots = [self.keys.job_slot(entity_type, eid, j) for j in job_ids or []]
+            total += await self.script(
+                "dlq",
+                self.keys.entity_bucket(entity_type, eid),
+                encode_id(eid),
+                action,
+                self.keys.events(entity_type),
+                *jslots,
+            )
+        return total
+
+    async def dlq_requeue(
+        self, entity_type: str, entity_id: str | None = None, job_ids: list[str] | None = None
+    ) -> int:
+        """Put dead jobs back in their queues at their original place, attempts reset."""
+        return await self._dlq("requeue", entity_type, entity_id, job_ids)
+
+    async def dlq_purge(
+        self, entity_type: str, entity_id: str | None = None, job_ids: list[str] | None = None
+    ) -> int:
+        """Delete dead jobs for good."""
+        return await self._dlq("purge", entity_type, entity_id, job_ids)

@@ -1,0 +1,109 @@
+"""Settings, read from the environment once and passed down explicitly.
+
+Each field says what it controls; `Settings.from_env()` reads `AQ_*` variables, and anything a
+command-line option sets overrides it with `dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Where Redis is (`AQ_REDIS_URL`); password and TLS go in the URL."""
+
+    prefix: str = "aq"
+    """Key prefix (`AQ_PREFIX`): several independent deployments can share one Redis."""
+
+    heartbeat_ttl: float = 3.0
+    """Seconds a lease and a worker registration live without a heartbeat (`AQ_HEARTBEAT_TTL`)."""
+
+    heartbeat_interval: float = 1.0
+    """Seconds between heartbeats (`AQ_HEARTBEAT_INTERVAL`); must be well under the TTL."""
+
+    idle_timeout: float = 30.0
+    """An entity-bound worker exits after this many seconds without work (`AQ_IDLE_TIMEOUT`)."""
+
+    shutdown_grace: float = 25.0
+    """Seconds a closing worker lets its running job finish before giving it back
+    (`AQ_SHUTDOWN_GRACE`)."""
+
+    max_payload_bytes: int = 1024 * 1024
+    """Largest accepted JSON payload, in bytes (`AQ_MAX_PAYLOAD_BYTES`)."""
+
+    max_attempts: int = 3
+    """Attempts a job gets unless its enqueue says otherwise (`AQ_MAX_ATTEMPTS`)."""
+
+    keep_completed: float = 86400.0
+    """Seconds a completed job and its result are kept; 0 removes it at once
+    (`AQ_KEEP_COMPLETED`)."""
+
+    keep_completed_count: int = 1000
+    """At most this many completed jobs are kept per entity (`AQ_KEEP_COMPLETED_COUNT`)."""
+
+    keep_failed: float = 0.0
+    """Seconds a dead-lettered job is kept; 0 keeps it until purged (`AQ_KEEP_FAILED`)."""
+
+    metrics_port: int | None = None
+    """Port for the worker's Prometheus metrics; unset serves none (`AQ_METRICS_PORT`)."""
+
+    node: str = field(default_factory=socket.gethostname)
+    """Name of the machine or Kubernetes node the worker runs on (`AQ_NODE_NAME`)."""
+
+    def __post_init__(self) -> None:
+        if not PREFIX_RE.match(self.prefix):
+            raise ConfigError(
+                f"invalid AQ_PREFIX {self.prefix!r}: use 1-64 letters, digits, '_', '.' or '-'"
+            )
+        if self.heartbeat_ttl <= 0 or self.heartbeat_interval <= 0:
+            raise ConfigError("heartbeat TTL and interval must be positive")
+        if self.heartbeat_interval * 2 > self.heartbeat_ttl:
+            raise ConfigError(
+                f"heartbeat interval {self.heartbeat_interval}s must be at most half "
+                f"the TTL {self.heartbeat_ttl}s"
+            )
+        if self.max_attempts < 1:
+            raise ConfigError("max attempts must be at least 1")
+
+    @property
+    def lease_ttl_ms(self) -> int:
+        return int(self.heartbeat_ttl * 1000)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        names: dict[str, tuple[str, type]] = {
+            "AQ_REDIS_URL": ("redis_url", str),
+            "AQ_PREFIX": ("prefix", str),
+            "AQ_HEARTBEAT_TTL": ("heartbeat_ttl", float),
+            "AQ_HEARTBEAT_INTERVAL": ("heartbeat_interval", float),
+            "AQ_IDLE_TIMEOUT": ("idle_timeout", float),
+            "AQ_SHUTDOWN_GRACE": ("shutdown_grace", float),
+            "AQ_MAX_PAYLOAD_BYTES": ("max_payload_bytes", int),
+            "AQ_MAX_ATTEMPTS": ("max_attempts", int),
+            "AQ_KEEP_COMPLETED": ("keep_completed", float),
+            "AQ_KEEP_COMPLETED_COUNT": ("keep_completed_count", int),
+            "AQ_KEEP_FAILED": ("keep_failed", float),
+            "AQ_METRICS_PORT": ("metrics_port", int),
+            "AQ_NODE_NAME": ("node", str),
+        }
+        for var, (name, kind) in names.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[name] = kind(raw)
+            except ValueError:
+                raise ConfigError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+        return cls(**values)  # type: ignore[arg-type]

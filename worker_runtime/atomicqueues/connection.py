@@ -1,0 +1,72 @@
+"""Connecting to Redis, standalone or Cluster, from one URL.
+
+The same URL scheme serves both: after connecting we ask the server whether it runs in cluster
+mode and, if so, switch to redis-py's cluster client. Password and TLS come through the URL
+(`redis://:PASSWORD@host:6379/0`, `rediss://...`). Connection failures become
+`RedisUnavailable` with one line a person can act on.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
+
+from .errors import RedisUnavailable
+
+RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
+
+CONNECTION_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+
+def describe(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+async def connect(url: str) -> RedisClient:
+    """A client for `url`; a Cluster client when the server runs in cluster mode."""
+    try:
+        plain = aioredis.Redis.from_url(url, decode_responses=True)
+    except ValueError as exc:
+        raise RedisUnavailable(f"invalid Redis URL {describe(url)!r}: {exc}") from None
+    try:
+        info = await plain.info("cluster")
+    except CONNECTION_ERRORS as exc:
+        await plain.aclose()
+        raise RedisUnavailable(f"cannot reach Redis at {describe(url)}: {exc}") from None
+    except redis.exceptions.ResponseError as exc:
+        await plain.aclose()
+        raise RedisUnavailable(f"Redis at {describe(url)} refused us: {exc}") from None
+    if not info.get("cluster_enabled"):
+        return plain
+    await plain.aclose()
+    cluster = RedisCluster.from_url(url, decode_responses=True)
+    try:
+        await cluster.initialize()
+    except CONNECTION_ERRORS + (redis.exceptions.RedisClusterException,) as exc:
+        await cluster.aclose()
+        raise RedisUnavailable(f"cannot reach Redis Cluster at {describe(url)}: {exc}") from None
+    return cluster
+
+
+def pubsub_client(client: RedisClient) -> aioredis.Redis:
+    """A client that can subscribe: on Cluster, a plain connection to one node (classic
+    pub/sub messages reach every node of a cluster)."""
+    if isinstance(client, RedisCluster):
+        node = client.get_default_node()
+        assert node is not None and node.redis_connection is not None
+        return node.redis_connection
+    return client

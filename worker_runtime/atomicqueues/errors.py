@@ -1,0 +1,78 @@
+"""One error hierarchy for the whole project.
+
+Everything we raise on purpose derives from `AtomicQueuesError`, so callers can catch the
+project's errors without catching bugs. Errors a person can cause (bad input, Redis down) carry a
+message fit to print as the one line the command line shows.
+"""
+
+from __future__ import annotations
+
+
+class AtomicQueuesError(Exception):
+    """Root of every error this project raises on purpose."""
+
+
+class InvalidInput(AtomicQueuesError, ValueError):
+    """A value given by a caller or a person is not acceptable (the message says which)."""
+
+
+class PayloadTooLarge(InvalidInput):
+    """A job payload exceeds the configured size limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"payload is {size} bytes, over the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class RedisUnavailable(AtomicQueuesError):
+    """Redis could not be reached or answered with a connection error."""
+
+
+class JobNotFound(AtomicQueuesError, LookupError):
+    """No job with that id (it never existed, or its retention has passed)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no job {job_id!r} (never enqueued, or removed after its retention)")
+        self.job_id = job_id
+
+
+class JobFailed(AtomicQueuesError):
+    """A job whose result was awaited ended in the dead-letter list."""
+
+    def __init__(self, job_id: str, error: str) -> None:
+        super().__init__(f"job {job_id!r} failed: {error}")
+        self.job_id = job_id
+        self.error = error
+
+
+class LeaseLost(AtomicQueuesError):
+    """The worker's lease on an entity expired or was taken over; its change was refused.
+
+    Raised to a worker that was paused or cut off past its heartbeat TTL: its job has already
+    been given back to the queue, so nothing it does under the old fencing token counts.
+    """
+
+    def __init__(self, entity_type: str, entity_id: str, token: int | None) -> None:
+        super().__init__(
+            f"lease on {entity_type}/{entity_id!r} lost (fencing token {token}); change refused"
+        )
+        self.entity_type = entity_type
+        self.entity_id = entity_id
+        self.token = token
+
+
+class HandlerError(AtomicQueuesError):
+    """Base of errors about job handlers."""
+
+
+class UnknownHandler(HandlerError):
+    """A job names a handler that is not registered; the job is dead-lettered at once."""
+
+
+class PermanentError(HandlerError):
+    """Raise from a handler to fail a job without retries (straight to the dead-letter list)."""
+
+
+class ConfigError(AtomicQueuesError):
+    """The environment or a command-line option holds an invalid setting."""

@@ -1,0 +1,141 @@
+"""The Redis key schema: every key name the project uses is built here and nowhere else.
+
+Entities are spread over a fixed number of *buckets* per entity type. Every key of an entity,
+its jobs, and the part of the entity-type index that covers its bucket share one hash tag
+(`{TYPE:BUCKET}`), so every Lua script touches exactly one hash slot and the same code runs on
+Redis Cluster. Entity ids are arbitrary strings: inside keys they appear percent-encoded
+(`%`, `{`, `}` and `:` escaped), which keeps hash tags intact and key names unambiguous, and
+the index stores the encoded form, which `decode_id` turns back.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+import zlib
+from dataclasses import dataclass
+
+from .errors import InvalidInput
+
+BUCKETS = 32
+"""Buckets per entity type. Changing it relocates every key: it is part of the storage format."""
+
+MAX_ENTITY_ID_BYTES = 4096
+ENTITY_TYPE_RE = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+AUTO_JOB_ID_RE = re.compile(r"^([A-Za-z0-9_-]{1,63})\.([0-9]{1,3})\.([0-9a-f]{32})$")
+_ESCAPE_RE = re.compile(r"[%{}:]")
+_UNESCAPE_RE = re.compile(r"%(25|7B|7D|3A)")
+
+
+def encode_id(entity_id: str) -> str:
+    """Percent-encode the characters that would break a hash tag or a key separator."""
+    return _ESCAPE_RE.sub(lambda m: f"%{ord(m.group()):02X}", entity_id)
+
+
+def decode_id(encoded: str) -> str:
+    return _UNESCAPE_RE.sub(lambda m: chr(int(m.group(1), 16)), encoded)
+
+
+def check_entity_type(entity_type: str) -> str:
+    if not isinstance(entity_type, str) or not ENTITY_TYPE_RE.match(entity_type):
+        raise InvalidInput(
+            f"invalid entity type {entity_type!r}: use 1-63 letters, digits, '_' or '-'"
+        )
+    return entity_type
+
+
+def check_entity_id(entity_id: str) -> str:
+    if not isinstance(entity_id, str) or entity_id == "":
+        raise InvalidInput("entity id must be a non-empty string")
+    size = len(entity_id.encode("utf-8", "surrogatepass"))
+    if size > MAX_ENTITY_ID_BYTES:
+        raise InvalidInput(f"entity id is {size} bytes, over the limit of {MAX_ENTITY_ID_BYTES}")
+    try:
+        entity_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("entity id is not valid unicode (lone surrogate)") from None
+    return entity_id
+
+
+def bucket_of(entity_type: str, entity_id: str) -> int:
+    return zlib.crc32(f"{entity_type}\0{entity_id}".encode()) % BUCKETS
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key names under one prefix (`AQ_PREFIX`)."""
+
+    prefix: str = "aq"
+
+    # --- buckets and entities -------------------------------------------------------------
+    def bucket(self, entity_type: str, bucket: int) -> str:
+        """Base of every key in one bucket of a type; scripts build the rest from it."""
+        return f"{self.prefix}:{{{entity_type}:{bucket}}}:"
+
+    def buckets(self, entity_type: str) -> list[str]:
+        return [self.bucket(entity_type, b) for b in range(BUCKETS)]
+
+    def entity_bucket(self, entity_type: str, entity_id: str) -> str:
+        return self.bucket(entity_type, bucket_of(entity_type, entity_id))
+
+    def entity(self, entity_type: str, entity_id: str) -> str:
+        """Base of one entity's keys (`...:e:<encoded id>:`)."""
+        return f"{self.entity_bucket(entity_type, entity_id)}e:{encode_id(entity_id)}:"
+
+    def events(self, entity_type: str) -> str:
+        """Pub/sub channel: an encoded entity id each time an entity becomes claimable."""
+        return f"{self.prefix}:events:{entity_type}"
+
+    # --- jobs ----------------------------------------------------------------------------
+    def new_job_id(self, entity_type: str, entity_id: str) -> str:
+        """A generated job id carries its type and bucket, so it can be found from the id alone."""
+        return f"{entity_type}.{bucket_of(entity_type, entity_id)}.{uuid.uuid4().hex}"
+
+    def job_slot(self, entity_type: str, entity_id: str, job_id: str) -> str:
+        """The job's name inside its bucket (`j:<slot>`): unique per entity."""
+        if AUTO_JOB_ID_RE.match(job_id):
+            return job_id
+        return f"{encode_id(entity_id)}:{job_id}"
+
+    def locate_auto_job(self, job_id: str) -> tuple[str, str] | None:
+        """Bucket base and slot of a generated job id, or None for a caller-given one."""
+        m = AUTO_JOB_ID_RE.match(job_id)
+        if not m or int(m.group(2)) >= BUCKETS:
+            return None
+        return self.bucket(m.group(1), int(m.group(2))), job_id
+
+    # --- workers, signals, housekeeping ----------------------------------------------------
+    def worker(self, name: str) -> str:
+        return f"{self.prefix}:worker:{name}"
+
+    def workers(self) -> str:
+        """Sorted set of worker names by last heartbeat (ms)."""
+        return f"{self.prefix}:workers"
+
+    def entity_workers(self, entity_type: str, entity_id: str) -> str:
+        return f"{self.prefix}:workers:entity:{entity_type}:{encode_id(entity_id)}"
+
+    def node_workers(self, node: str) -> str:
+        return f"{self.prefix}:workers:node:{node}"
+
+    def close_worker(self, name: str) -> str:
+        return f"{self.prefix}:close:worker:{name}"
+
+    def close_entity(self, entity_type: str, entity_id: str) -> str:
+        return f"{self.prefix}:close:entity:{entity_type}:{encode_id(entity_id)}"
+
+    def close_type(self, entity_type: str) -> str:
+        return f"{self.prefix}:close:type:{entity_type}"
+
+    def close_node(self, node: str) -> str:
+        return f"{self.prefix}:close:node:{node}"
+
+    def close_channel(self) -> str:
+        return f"{self.prefix}:close"
+
+    def sweep_lock(self, entity_type: str) -> str:
+        return f"{self.prefix}:sweep:{entity_type}"
+
+    def types(self) -> str:
+        """Set of entity types that have ever been enqueued to (for `aq status`)."""
+        return f"{self.prefix}:types"

@@ -1,0 +1,173 @@
+"""The worker's side of the scripts: claim jobs under a lease, finish them, renew, release.
+
+A lease (owner, fencing token, expiry) entitles one worker to run one job of an entity at a
+time; an entity has at most `concurrency` leases. Every call presents the token, and the script
+refuses it when the lease has expired or passed to another worker (`LeaseLost`), so a paused or
+cut-off worker can change nothing after the fact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .client import Client
+from .errors import LeaseLost
+from .jobs import Job
+from .keys import decode_id, encode_id
+
+Outcome = Literal["completed", "retry", "dead"]
+
+
+@dataclass
+class Lease:
+    """A worker's lease on one entity."""
+
+    entity_type: str
+    entity_id: str
+    token: str
+
+    @property
+    def fencing_token(self) -> int:
+        return int(self.token)
+
+
+@dataclass(frozen=True)
+class Started:
+    """A job the worker now runs under `lease`."""
+
+    lease: Lease
+    jslot: str
+    job: Job
+
+
+@dataclass(frozen=True)
+class Idle:
+    """Nothing may start now; `lease` is kept when the worker held one."""
+
+    lease: Lease | None
+    next_due: float | None
+    """When (epoch seconds) a delayed job or retry of the entity falls due, if any."""
+
+
+class Leases:
+    """Lease operations of one worker (`owner`) through a `Client`."""
+
+    def __init__(self, client: Client, owner: str) -> None:
+        if "|" in owner or not owner:
+            raise ValueError(f"invalid worker name {owner!r}")
+        self.client = client
+        self.owner = owner
+        self.keys = client.keys
+        self.ttl_ms = client.settings.lease_ttl_ms
+
+    def _started(self, lease: Lease, reply: list[str | None]) -> Started:
+        jslot = reply[0] or ""
+        return Started(lease, jslot, Job.from_reply(lease.entity_type, reply[1:]))
+
+    async def claim(
+        self, entity_type: str, entity_id: str, lease: Lease | None
+    ) -> Started | Idle:
+        """Start the entity's next job, acquiring a lease if `lease` is None."""
+        reply = await self.client.script(
+            "claim",
+            self.keys.entity_bucket(entity_type, entity_id),
+            encode_id(entity_id),
+            self.owner,
+            lease.token if lease else "",
+            self.ttl_ms,
+            self.keys.events(entity_type),
+        )
+        if reply[0] == "lost":
+            raise LeaseLost(entity_type, entity_id, lease.fencing_token if lease else None)
+        token = reply[1]
+        held = Lease(entity_type, entity_id, token) if token else None
+        if reply[0] == "job":
+            assert held is not None
+            return self._started(held, reply[2:])
+        return Idle(held, float(reply[2]) / 1000.0 if reply[2] else None)
+
+    async def claim_any(self, entity_type: str, bucket: str) -> Started | None:
+        """Take the oldest claimable entity of one bucket (packed workers)."""
+        reply = await self.client.script(
+            "claim_any", bucket, self.owner, self.ttl_ms, self.keys.events(entity_type)
+        )
+        if reply[0] != "job":
+            return None
+        lease = Lease(entity_type, decode_id(reply[1]), reply[2])
+        return self._started(lease, reply[3:])
+
+    async def finish(
+        self,
+        run: Started,
+        outcome: Outcome,
+        value: str,
+        *,
+        retry_delay: float = 0.0,
+        claim_next: bool = True,
+    ) -> Started | None:
+        """Record the outcome of `run`; with `claim_next`, start the next job in the same call."""
+        lease = run.lease
+        reply = await self.client.script(
+            "finish",
+            self.keys.entity_bucket(lease.entity_type, lease.entity_id),
+            encode_id(lease.entity_id),
+            self.owner,
+            lease.token,
+            run.jslot,
+            outcome,
+            value,
+            round(retry_delay * 1000),
+            "1" if claim_next else "0",
+            self.ttl_ms,
+            self.keys.events(lease.entity_type),
+        )
+        if reply[0] == "lost":
+            raise LeaseLost(lease.entity_type, lease.entity_id, lease.fencing_token)
+        if reply[1] == "job":
+            return self._started(lease, reply[2:])
+        return None
+
+    async def renew(self, leases: list[Lease]) -> list[Lease]:
+        """Extend every lease; returns the ones that were lost instead."""
+        lost: list[Lease] = []
+        for lease in leases:
+            ok = await self.client.script(
+                "renew",
+                self.keys.entity_bucket(lease.entity_type, lease.entity_id),
+                self.owner,
+                self.ttl_ms,
+                self.keys.events(lease.entity_type),
+                encode_id(lease.entity_id),
+                lease.token,
+            )
+            if not ok[0]:
+                lost.append(lease)
+        return lost
+
+    async def release(self, lease: Lease, mode: Literal["idle", "shutdown"]) -> str:
+        """Give the lease up: 'released', 'busy' (idle mode, work arrived) or 'lost'."""
+        result: str = await self.client.script(
+            "release",
+            self.keys.entity_bucket(lease.entity_type, lease.entity_id),
+            encode_id(lease.entity_id),
+            self.owner,
+            lease.token,
+            mode,
+            self.keys.events(lease.entity_type),
+        )
+        return result
+
+
+async def sweep(client: Client, entity_type: str, limit: int = 500) -> tuple[int, int]:
+    """Recover expired leases and promote due delayed jobs in every bucket of a type.
+
+    Returns (leases recovered, entities whose delayed jobs were promoted).
+    """
+    events = client.keys.events(entity_type)
+    recovered = promoted = 0
+    for bucket in client.keys.buckets(entity_type):
+        r, p = await client.script("sweep", bucket, limit, events)
+        recovered += r
+        promoted += p
+    return recovered, promoted

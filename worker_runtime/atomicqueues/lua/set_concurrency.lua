@@ -1,0 +1,12 @@
+-- set_concurrency: how many jobs of one entity may be in flight at once (default 1).
+-- KEYS[1] bucket base
+-- ARGV  e, n, channel
+-- Returns n.
+local bb, e, n = KEYS[1], ARGV[1], tonumber(ARGV[2])
+if n == 1 then
+  redis.call('HDEL', bb .. 'conc', e)
+else
+  redis.call('HSET', bb .. 'conc', e, n)
+end
+sync(bb, e, ARGV[3], now_ms())
+return n

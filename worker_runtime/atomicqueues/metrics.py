@@ -1,0 +1,35 @@
+"""Prometheus metrics of a worker, labelled by entity type and job name, never by entity id.
+
+Entity ids are unbounded (one per user): as labels they would blow up the metrics store.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+_LABELS = ("entity_type", "job")
+
+JOBS_STARTED = Counter("aq_jobs_started_total", "Jobs started", _LABELS)
+JOBS_COMPLETED = Counter("aq_jobs_completed_total", "Jobs completed", _LABELS)
+JOBS_FAILED = Counter("aq_jobs_failed_total", "Job attempts that raised", _LABELS)
+JOBS_RETRIED = Counter("aq_jobs_retried_total", "Jobs scheduled for another attempt", _LABELS)
+JOBS_DEAD = Counter("aq_jobs_dead_total", "Jobs moved to the dead-letter list", _LABELS)
+JOB_DURATION = Histogram(
+    "aq_job_duration_seconds",
+    "Time a handler ran",
+    _LABELS,
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+)
+JOB_WAIT = Histogram(
+    "aq_job_wait_seconds",
+    "Time from enqueue to start (includes any delay and retries)",
+    _LABELS,
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 600),
+)
+IN_FLIGHT = Gauge("aq_jobs_in_flight", "Jobs this worker is running", ("entity_type",))
+LEASES_LOST = Counter("aq_leases_lost_total", "Leases lost to expiry or takeover", ("entity_type",))
+
+
+def serve(port: int) -> None:
+    """Serve /metrics on `port` (a daemon thread)."""
+    start_http_server(port)

@@ -1,0 +1,74 @@
+"""A thin synchronous facade over `Client`, for producers in sync code (Django, Flask).
+
+It owns one event loop in a daemon thread and runs the async client's coroutines there, so it
+is safe to share between threads and to call from code that has no event loop of its own.
+Only the producer's operations are offered; workers are async.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from .client import Client, Entity
+from .config import Settings
+from .jobs import Job
+
+T = TypeVar("T")
+
+
+class SyncClient:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="aq-sync", daemon=True)
+        self._thread.start()
+        try:
+            self._client = self._run(Client.connect(settings))
+        except BaseException:
+            self._stop()
+            raise
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def _stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def close(self) -> None:
+        self._run(self._client.close())
+        self._stop()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def enqueue(
+        self, entity_type: str, entity_id: str, name: str, payload: Any = None, **options: Any
+    ) -> str:
+        return self._run(self._client.enqueue(entity_type, entity_id, name, payload, **options))
+
+    def cancel(self, job_id: str, *, entity: Entity | None = None) -> bool:
+        return self._run(self._client.cancel(job_id, entity=entity))
+
+    def job(self, job_id: str, *, entity: Entity | None = None) -> Job:
+        return self._run(self._client.job(job_id, entity=entity))
+
+    def result(
+        self, job_id: str, *, timeout: float | None = None, entity: Entity | None = None
+    ) -> Any:
+        return self._run(self._client.result(job_id, timeout=timeout, entity=entity))
+
+    def set_concurrency(self, entity_type: str, entity_id: str, n: int) -> None:
+        self._run(self._client.set_concurrency(entity_type, entity_id, n))
+
+    def pending_entities(self, entity_type: str) -> dict[str, int]:
+        return self._run(self._client.pending_entities(entity_type))
+
+    def counts(self, entity_type: str) -> dict[str, int]:
+        return self._run(self._client.counts(entity_type))
