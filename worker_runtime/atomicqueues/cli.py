@@ -169,7 +169,8 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
 
 
 def _job_line(job: Job) -> str:
-    return f"{job.id}  {job.entity_type}/{job.entity_id!r}  {job.name}  attempts {job.attempt}  {job.error}"
+    where = f"{job.entity_type}/{job.entity_id!r}"
+    return f"{job.id}  {where}  {job.name}  attempts {job.attempt}  {job.error}"
 
 
 async def cmd_dlq(args: argparse.Namespace, client: Client) -> int:
@@ -236,8 +237,12 @@ def _lazy(command: str, rest: list[str]) -> int:
     """Commands of the other layers (operator, pools), imported only when asked for."""
     import importlib
 
-    module = {"operator": "aq_operator.cli", "crd": "aq_operator.cli",
-              "up": "atomicqueues.pools.cli", "demo": "atomicqueues.pools.cli"}[command]  # fmt: skip
+    module = {
+        "operator": "aq_operator.cli",
+        "crd": "aq_operator.cli",
+        "up": "atomicqueues.pools.cli",
+        "demo": "atomicqueues.pools.cli",
+    }[command]
     try:
         entry = importlib.import_module(module)
     except ImportError:

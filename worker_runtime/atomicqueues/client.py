@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import redis.exceptions
 
 from .config import Settings
-from .connection import CONNECTION_ERRORS, RedisClient, connect, describe
+from .connection import CONNECTION_ERRORS, RedisClient, connect, describe, pubsub_client
 from .errors import InvalidInput, JobFailed, JobNotFound, RedisUnavailable
 from .jobs import MAX_PRIORITY, MIN_PRIORITY, STATES, Backoff, Job, encode_payload
 from .keys import Keys, check_entity_id, check_entity_type, decode_id, encode_id
@@ -70,6 +70,34 @@ class Client:
 
     async def script(self, name: str, bucket: str, *args: str | int | float) -> Any:
         return await self.call(lambda: self.scripts.run(name, bucket, *args))
+
+    # Typed reads: the client decodes replies, so every value is a str.
+    async def blpop(self, keys: list[str], seconds: float) -> tuple[str, str] | None:
+        """Block until one of `keys` has an element (popped and returned) or `seconds` pass."""
+        value = await self.call(
+            lambda: self.redis.blpop(keys, timeout=max(seconds, 0.01))
+        )
+        return None if value is None else (str(value[0]), str(value[1]))
+
+    async def hget(self, key: str, field: str) -> str | None:
+        value = await self.call(lambda: self.redis.hget(key, field))
+        return None if value is None else str(value)
+
+    async def hgetall(self, key: str) -> dict[str, str]:
+        value = await self.call(lambda: self.redis.hgetall(key))
+        return {str(k): str(v) for k, v in value.items()}
+
+    async def smembers(self, key: str) -> set[str]:
+        value = await self.call(lambda: self.redis.smembers(key))
+        return {str(v) for v in value}
+
+    async def zrange(self, key: str, start: int = 0, stop: int = -1) -> list[str]:
+        value = await self.call(lambda: self.redis.zrange(key, start, stop))
+        return [str(v) for v in value]
+
+    async def zrange_scores(self, key: str) -> list[tuple[str, float]]:
+        value: list[Any] = await self.call(lambda: self.redis.zrange(key, 0, -1, withscores=True))
+        return [(str(pair[0]), float(pair[1])) for pair in value]
 
     # --- enqueue and cancel ----------------------------------------------------------------
     async def enqueue(
@@ -170,13 +198,13 @@ class Client:
         return JobLocation(bucket, jslot, job_id.split(".", 1)[0])
 
     async def _entity_of(self, where: JobLocation) -> str:
-        eid = await self.call(lambda: self.redis.hget(f"{where.bucket}j:{where.jslot}", "eid"))
+        eid = await self.hget(f"{where.bucket}j:{where.jslot}", "eid")
         return encode_id(eid) if eid else ""
 
     async def job(self, job_id: str, *, entity: Entity | None = None) -> Job:
         """The job's current record; `JobNotFound` when it does not exist (any more)."""
         where = self._locate(job_id, entity)
-        fields = await self.call(lambda: self.redis.hgetall(f"{where.bucket}j:{where.jslot}"))
+        fields = await self.hgetall(f"{where.bucket}j:{where.jslot}")
         if not fields:
             raise JobNotFound(job_id)
         return Job.from_fields(where.entity_type, fields)
@@ -203,12 +231,7 @@ class Client:
             wait = 5.0 if deadline is None else deadline - loop.time()
             if wait <= 0:
                 raise TimeoutError(f"job {job_id!r} has not ended after {timeout}s")
-            # BLPOP takes whole seconds on old servers; a float works on Redis >= 6.
-            await self.call(
-                lambda w=min(wait, 5.0): self.redis.blpop(  # type: ignore[misc]
-                    [f"{where.bucket}jw:{where.jslot}"], timeout=max(w, 0.01)
-                )
-            )
+            await self.blpop([f"{where.bucket}jw:{where.jslot}"], min(wait, 5.0))
 
     # --- concurrency ----------------------------------------------------------------------
     async def set_concurrency(self, entity_type: str, entity_id: str, n: int) -> None:
@@ -227,7 +250,7 @@ class Client:
 
     async def concurrency(self, entity_type: str, entity_id: str) -> int:
         bucket = self.keys.entity_bucket(entity_type, entity_id)
-        raw = await self.call(lambda: self.redis.hget(f"{bucket}conc", encode_id(entity_id)))
+        raw = await self.hget(f"{bucket}conc", encode_id(entity_id))
         return int(raw) if raw else 1
 
     # --- the index --------------------------------------------------------------------------
@@ -235,69 +258,68 @@ class Client:
         self, entity_type: str, read: Callable[[str], Awaitable[T]]
     ) -> list[T]:
         check_entity_type(entity_type)
-        buckets = self.keys.buckets(entity_type)
-        return await self.call(lambda: asyncio.gather(*(read(b) for b in buckets)))
+        return list(await asyncio.gather(*(read(b) for b in self.keys.buckets(entity_type))))
 
     async def pending_entities(self, entity_type: str) -> dict[str, int]:
         """Entities with jobs waiting to start, and how many each."""
-        parts = await self._each_bucket(entity_type, lambda b: self.redis.hgetall(f"{b}pending"))
+        parts = await self._each_bucket(entity_type, lambda b: self.hgetall(f"{b}pending"))
         return {decode_id(e): int(n) for part in parts for e, n in part.items()}
 
     async def entities_with_work(self, entity_type: str) -> dict[str, float]:
         """Entities with jobs waiting or in flight, with when (epoch seconds) that began."""
-        parts = await self._each_bucket(
-            entity_type, lambda b: self.redis.zrange(f"{b}work", 0, -1, withscores=True)
-        )
+        parts = await self._each_bucket(entity_type, lambda b: self.zrange_scores(f"{b}work"))
         return {decode_id(e): ms / 1000.0 for part in parts for e, ms in part}
 
     async def claimable_entities(self, entity_type: str) -> dict[str, float]:
         """Entities with a job that could start now if a worker took a lease (scaler's view)."""
-        parts = await self._each_bucket(
-            entity_type, lambda b: self.redis.zrange(f"{b}ready", 0, -1, withscores=True)
-        )
+        parts = await self._each_bucket(entity_type, lambda b: self.zrange_scores(f"{b}ready"))
         return {decode_id(e): ms / 1000.0 for part in parts for e, ms in part}
 
     async def counts(self, entity_type: str) -> dict[str, int]:
         """Jobs per state across the type (`completed` counts every completion so far)."""
-        parts = await self._each_bucket(entity_type, lambda b: self.redis.hgetall(f"{b}counts"))
-        total = dict.fromkeys(STATES, 0)
+        parts = await self._each_bucket(entity_type, lambda b: self.hgetall(f"{b}counts"))
+        total: dict[str, int] = dict.fromkeys(STATES, 0)
         for part in parts:
             for state, n in part.items():
                 total[state] = total.get(state, 0) + int(n)
         return total
 
     async def entity_types(self) -> list[str]:
-        return sorted(await self.call(lambda: self.redis.smembers(self.keys.types())))
+        return sorted(await self.smembers(self.keys.types()))
 
     async def events(self, entity_type: str) -> AsyncIterator[str]:
         """Entity ids as they become claimable (pub/sub; a missed message only delays)."""
-        pubsub = self.redis.pubsub()  # type: ignore[union-attr]
-        await self.call(lambda: pubsub.subscribe(self.keys.events(entity_type)))
+        redis = pubsub_client(self.settings.redis_url)
+        pubsub = redis.pubsub()
         try:
+            await self.call(lambda: pubsub.subscribe(self.keys.events(entity_type)))
             async for message in pubsub.listen():
                 if message.get("type") == "message":
-                    yield decode_id(message["data"])
+                    yield decode_id(str(message["data"]))
         finally:
             with suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await redis.aclose()
 
     # --- dead letters -------------------------------------------------------------------------
     async def dead_entities(self, entity_type: str) -> dict[str, int]:
-        parts = await self._each_bucket(entity_type, lambda b: self.redis.hgetall(f"{b}dead"))
+        parts = await self._each_bucket(entity_type, lambda b: self.hgetall(f"{b}dead"))
         return {decode_id(e): int(n) for part in parts for e, n in part.items()}
 
     async def dlq_list(
         self, entity_type: str, entity_id: str | None = None, *, limit: int = 100
     ) -> list[Job]:
         """Dead-lettered jobs, oldest first, of one entity or of every entity of the type."""
-        ids = [entity_id] if entity_id is not None else sorted(await self.dead_entities(entity_type))
+        if entity_id is not None:
+            ids = [entity_id]
+        else:
+            ids = sorted(await self.dead_entities(entity_type))
         jobs: list[Job] = []
         for eid in ids:
-            base = self.keys.entity(entity_type, eid)
             bucket = self.keys.entity_bucket(entity_type, eid)
-            jslots = await self.call(lambda b=base: self.redis.zrange(f"{b}dlq", 0, limit - 1))
-            for jslot in jslots:
-                fields = await self.call(lambda j=jslot: self.redis.hgetall(f"{bucket}j:{j}"))
+            dlq = f"{self.keys.entity(entity_type, eid)}dlq"
+            for jslot in await self.zrange(dlq, 0, limit - 1):
+                fields = await self.hgetall(f"{bucket}j:{jslot}")
                 if fields:
                     jobs.append(Job.from_fields(entity_type, fields))
             if len(jobs) >= limit:

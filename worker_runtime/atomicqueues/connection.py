@@ -56,17 +56,14 @@ async def connect(url: str) -> RedisClient:
     cluster = RedisCluster.from_url(url, decode_responses=True)
     try:
         await cluster.initialize()
-    except CONNECTION_ERRORS + (redis.exceptions.RedisClusterException,) as exc:
+    except (*CONNECTION_ERRORS, redis.exceptions.RedisClusterException) as exc:
         await cluster.aclose()
         raise RedisUnavailable(f"cannot reach Redis Cluster at {describe(url)}: {exc}") from None
     return cluster
 
 
-def pubsub_client(client: RedisClient) -> aioredis.Redis:
-    """A client that can subscribe: on Cluster, a plain connection to one node (classic
-    pub/sub messages reach every node of a cluster)."""
-    if isinstance(client, RedisCluster):
-        node = client.get_default_node()
-        assert node is not None and node.redis_connection is not None
-        return node.redis_connection
-    return client
+
+def pubsub_client(url: str) -> aioredis.Redis:
+    """A plain client for subscribing. On Cluster it talks to the URL's node: classic pub/sub
+    messages reach every node of a cluster. The caller closes it."""
+    return aioredis.Redis.from_url(url, decode_responses=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -81,7 +82,7 @@ class Job:
         return None if self.result_json in (None, "") else json.loads(self.result_json)
 
     @classmethod
-    def from_fields(cls, entity_type: str, f: dict[str, str | None]) -> Job:
+    def from_fields(cls, entity_type: str, f: Mapping[str, str | None]) -> Job:
         def num(key: str) -> float | None:
             v = f.get(key)
             return float(v) if v not in (None, "") else None
@@ -104,7 +105,7 @@ class Job:
             backoff=Backoff.model_validate_json(backoff_raw),
             enqueued_at=ms("enq") or 0.0,
             started_at=ms("start"),
-            fencing_token=int(f["token"]) if f.get("token") else None,
+            fencing_token=int(token) if (token := f.get("token")) else None,
             error=f.get("error") or None,
             result_json=f.get("result") or None,
             finished_at=ms("fin"),

@@ -8,6 +8,7 @@ cut-off worker can change nothing after the fact.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Literal
 
@@ -165,9 +166,7 @@ async def sweep(client: Client, entity_type: str, limit: int = 500) -> tuple[int
     Returns (leases recovered, entities whose delayed jobs were promoted).
     """
     events = client.keys.events(entity_type)
-    recovered = promoted = 0
-    for bucket in client.keys.buckets(entity_type):
-        r, p = await client.script("sweep", bucket, limit, events)
-        recovered += r
-        promoted += p
-    return recovered, promoted
+    replies = await asyncio.gather(
+        *(client.script("sweep", b, limit, events) for b in client.keys.buckets(entity_type))
+    )
+    return sum(int(r[0]) for r in replies), sum(int(r[1]) for r in replies)

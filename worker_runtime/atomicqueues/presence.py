@@ -69,7 +69,7 @@ class Presence:
         self.redis = client.redis
 
     async def server_time(self) -> float:
-        secs, micros = await self.client.call(lambda: self.redis.time())  # type: ignore[misc]
+        secs, micros = await self.client.call(lambda: self.redis.time())
         return float(secs) + micros / 1e6
 
     # --- the worker's side ---------------------------------------------------------------
@@ -147,7 +147,7 @@ class Presence:
         await self._signal(self.keys.close_node(node), {"node": node})
 
     async def worker(self, name: str) -> WorkerInfo | None:
-        fields = await self.client.call(lambda: self.redis.hgetall(self.keys.worker(name)))
+        fields = await self.client.hgetall(self.keys.worker(name))
         return WorkerInfo.from_fields(fields) if fields else None
 
     async def worker_exists(self, name: str) -> bool:
@@ -159,15 +159,15 @@ class Presence:
 
     async def entity_workers(self, entity_type: str, entity_id: str) -> list[WorkerInfo]:
         key = self.keys.entity_workers(entity_type, entity_id)
-        live = await self._live(await self.client.call(lambda: self.redis.smembers(key)))
+        live = await self._live(await self.client.smembers(key))
         return [w for w in live if entity_id in w.entities or w.entity_id == entity_id]
 
     async def node_workers(self, node: str) -> list[WorkerInfo]:
         key = self.keys.node_workers(node)
-        return await self._live(await self.client.call(lambda: self.redis.smembers(key)))
+        return await self._live(await self.client.smembers(key))
 
     async def all_workers(self) -> list[WorkerInfo]:
-        names = await self.client.call(lambda: self.redis.zrange(self.keys.workers(), 0, -1))
+        names = await self.client.zrange(self.keys.workers())
         live = await self._live(set(names))
         gone = set(names) - {w.name for w in live}
         if gone:

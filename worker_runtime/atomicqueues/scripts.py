@@ -43,7 +43,7 @@ class Scripts:
 
     def __init__(self, redis: RedisClient) -> None:
         self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(source(name))  # type: ignore[misc]
+            name: redis.register_script(source(name))
             for name in NAMES
         }
 

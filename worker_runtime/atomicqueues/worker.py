@@ -188,7 +188,7 @@ class Worker:
 
     async def _listen(self) -> None:
         """Close signals by pub/sub (fast path); the heartbeat also checks the signal keys."""
-        redis = pubsub_client(self.client.redis)
+        redis = pubsub_client(self.settings.redis_url)
         pubsub = redis.pubsub()
         channels = [self.client.keys.close_channel()]
         if self.entity_id is None:
@@ -212,7 +212,8 @@ class Worker:
         except Exception as exc:  # pub/sub is only the fast path: the heartbeat still works
             log.warning("worker %s close listener stopped: %s", self.name, exc)
         finally:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await redis.aclose()
 
     def _lost(self, lease: Lease) -> None:
         if self.held.get(lease.entity_id) is not lease:
@@ -239,9 +240,7 @@ class Worker:
             self._work_hint.clear()
             waiter: asyncio.Future[Any] = asyncio.ensure_future(self._work_hint.wait())
         else:
-            waiter = asyncio.ensure_future(self.client.call(
-                lambda: self.client.redis.blpop(bells, timeout=timeout)  # type: ignore[arg-type]
-            ))  # fmt: skip
+            waiter = asyncio.ensure_future(self.client.blpop(bells, timeout))
         closing = asyncio.ensure_future(self.closing.wait())
         try:
             done, _ = await asyncio.wait({waiter, closing}, timeout=timeout + 1,
@@ -331,7 +330,8 @@ class Worker:
             if started is not None:
                 task = asyncio.create_task(self._drain(started))
                 drains.add(task)
-                task.add_done_callback(lambda t: (drains.discard(t), free.release()))
+                task.add_done_callback(drains.discard)
+                task.add_done_callback(lambda _: free.release())
                 continue
             free.release()
             if drains:
@@ -432,7 +432,8 @@ class Worker:
                 if current is not None and current.cancelling():
                     task.cancel()
                     raise
-                return await self._interrupted_job(run, ctx, where)
+                await self._interrupted_job(run, ctx, where)
+                return None
             except PermanentError as exc:
                 log.error("%s failed permanently: %s", where, exc)
                 outcome, value = "dead", f"PermanentError: {exc}"
@@ -456,12 +457,11 @@ class Worker:
     async def _interrupted_job(self, run: Started, ctx: JobContext, where: str) -> None:
         if ctx.lost.is_set():
             log.warning("%s abandoned: lease lost, the job is back in the queue", where)
-            return None
+            return
         log.warning("%s interrupted by shutdown: given back to the head of the queue", where)
         lease = self.held.pop(run.lease.entity_id, None)
         if lease is not None:
             await self.leases.release(lease, "shutdown")
-        return None
 
     async def _finish(
         self, run: Started, outcome: Outcome, value: str, retry_delay: float, where: str
