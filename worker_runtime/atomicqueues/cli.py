@@ -36,10 +36,20 @@ class Parser(argparse.ArgumentParser):
 
 
 def _json_arg(text: str) -> Any:
+    """JSON given inline, or read from a file (`@PATH`) or standard input (`-`)."""
+    source = "payload"
+    if text == "-":
+        text, source = sys.stdin.read(), "standard input"
+    elif text.startswith("@"):
+        try:
+            with open(text[1:], encoding="utf-8") as f:
+                text, source = f.read(), text[1:]
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {text[1:]!r}: {exc.strerror}") from None
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"invalid JSON ({exc})") from None
+        raise argparse.ArgumentTypeError(f"invalid JSON in {source} ({exc})") from None
 
 
 def _positive(text: str) -> float:
@@ -63,7 +73,7 @@ def build_parser() -> Parser:
     p.add_argument("entity_type")
     p.add_argument("entity_id")
     p.add_argument("name", help="handler name")
-    p.add_argument("--payload", type=_json_arg, default=None, help="JSON payload")
+    p.add_argument("--payload", type=_json_arg, default=None, help="JSON payload, @FILE, or - for stdin")
     p.add_argument("--job-id", help="idempotency key, unique per entity")
     p.add_argument("--delay", type=_positive, help="seconds before the job may start")
     p.add_argument("--priority", type=int, default=0, help="-1000..1000, higher first")

@@ -1,0 +1,163 @@
+"""The `aq` command line: what a person types, and what a person gets back when it is wrong.
+
+Every mistake a person can make ends in exactly one line on stderr, a non-zero exit code, no
+traceback — and leaves Redis as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def aq(*args: str, url: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": HERE}
+    return subprocess.run(
+        [sys.executable, "-m", "atomicqueues.cli", "--redis-url", url, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("aq: ")
+    for word in words:
+        assert word in lines[0]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "entity_id",
+    [
+        pytest.param("alice@example.com", id="email"),
+        pytest.param("a:b{c}", id="hash-tag-breaker"),
+        pytest.param("üñí 😀 ☃", id="unicode"),
+        pytest.param("x" * 1000, id="1000-chars"),
+        pytest.param("-dash-first", id="leading-dash"),
+    ],
+)
+def test_enqueue_strange_ids_then_status(redis_url: str, entity_id: str) -> None:
+    args = ["enqueue", "--payload", '{"n": 1}', "user", "--", entity_id, "send"]
+    if not entity_id.startswith("-"):
+        args = ["enqueue", "user", entity_id, "send", "--payload", '{"n": 1}']
+    result = aq(*args, url=redis_url)
+    assert result.returncode == 0, result.stderr
+    job_id = result.stdout.strip()
+    assert job_id.startswith("user.")
+    status = aq("status", "--json", url=redis_url)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["types"]["user"]["pending"] == {entity_id: 1}
+    assert report["types"]["user"]["counts"]["waiting"] == 1
+
+
+def test_enqueue_is_idempotent_with_job_id(redis_url: str) -> None:
+    first = aq("enqueue", "user", "bob", "send", "--job-id", "order-42", url=redis_url)
+    second = aq("enqueue", "user", "bob", "send", "--job-id", "order-42", url=redis_url)
+    assert first.stdout.strip() == second.stdout.strip() == "order-42"
+    report = json.loads(aq("status", "--json", url=redis_url).stdout)
+    assert report["types"]["user"]["counts"]["waiting"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        pytest.param(["enqueue", "user", "bob", "send", "--payload", "{bad"], ["JSON"], id="json"),
+        pytest.param(["enqueue", "user", "bob", "send", "--bogus"], ["--bogus"], id="flag"),
+        pytest.param(["enqueue", "us er", "bob", "send"], ["entity type"], id="type"),
+        pytest.param(["enqueue", "user", "", "send"], ["entity id"], id="empty-id"),
+        pytest.param(["enqueue", "user", "y" * 5000, "send"], ["entity id"], id="huge-id"),
+        pytest.param(
+            ["enqueue", "user", "bob", "send", "--priority", "5000"], ["priority"], id="priority"
+        ),
+        pytest.param(["enqueue", "user", "bob", "send", "--delay", "-1"], ["negative"], id="delay"),
+        pytest.param(["enqueue", "user", "bob", "send", "--attempts", "0"], ["attempts"], id="att"),
+        pytest.param(["frobnicate"], ["frobnicate"], id="command"),
+        pytest.param(["dlq", "purge", "user", "--job-id", "j1"], ["entity id"], id="dlq-no-id"),
+    ],
+)
+def test_bad_input_is_one_line_and_changes_nothing(
+    redis_url: str, args: list[str], words: list[str]
+) -> None:
+    before = sorted(redis.Redis.from_url(redis_url).keys("*"))
+    assert_one_line_error(aq(*args, url=redis_url), *words)
+    assert sorted(redis.Redis.from_url(redis_url).keys("*")) == before
+
+
+def test_payload_from_file_and_size_limit(redis_url: str, tmp_path: Path) -> None:
+    small, big = tmp_path / "small.json", tmp_path / "big.json"
+    small.write_text('{"n": 7}')
+    big.write_text(json.dumps({"blob": "z" * (1024 * 1024)}))
+    assert_one_line_error(
+        aq("enqueue", "user", "bob", "send", "--payload", f"@{big}", url=redis_url), "limit"
+    )
+    assert redis.Redis.from_url(redis_url).dbsize() == 0
+    assert_one_line_error(
+        aq("enqueue", "user", "bob", "send", "--payload", f"@{tmp_path}/none", url=redis_url),
+        "cannot read",
+    )
+    ok = aq("enqueue", "user", "bob", "send", "--payload", f"@{small}", url=redis_url)
+    assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["enqueue", "user", "bob", "send"], id="enqueue"),
+        pytest.param(["status"], id="status"),
+        pytest.param(["dlq", "list", "user"], id="dlq"),
+        pytest.param(
+            ["worker", "--handlers", "cli_handlers:registry", "--entity-type", "user"],
+            id="worker",
+        ),
+    ],
+)
+def test_unreachable_redis_is_one_line(command: list[str]) -> None:
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    assert_one_line_error(aq(*command, url=url), "cannot reach Redis")
+
+
+def test_bad_handlers_spec_is_one_line(redis_url: str) -> None:
+    for spec, word in [
+        ("no_such_module_xyz:registry", "cannot import"),
+        ("atomicqueues:Client", "not a Registry"),
+        ("nocolon", "MODULE:ATTRIBUTE"),
+    ]:
+        result = aq("worker", "--handlers", spec, "--entity-type", "user", url=redis_url)
+        assert_one_line_error(result, word)
+
+
+def test_dlq_commands_round_trip(redis_url: str) -> None:
+    job_id = aq("enqueue", "user", "bob", "nosuch", url=redis_url).stdout.strip()
+    worker = aq(
+        "worker", "--handlers", "cli_handlers:registry", "--entity-type", "user",
+        "--entity-id", "bob", "--idle-timeout", "0.5", url=redis_url,
+    )  # fmt: skip
+    assert worker.returncode == 0, worker.stderr
+    listed = json.loads(aq("dlq", "list", "user", "--json", url=redis_url).stdout)
+    assert [j["id"] for j in listed] == [job_id]
+    assert "no handler registered" in listed[0]["error"]
+    assert aq("dlq", "requeue", "user", "bob", url=redis_url).stdout.strip() == "1 job(s) requeued"
+    report = json.loads(aq("status", "--json", url=redis_url).stdout)
+    assert report["types"]["user"]["counts"]["waiting"] == 1
+    assert report["types"]["user"]["counts"]["dead"] == 0
