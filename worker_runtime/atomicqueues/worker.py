@@ -79,7 +79,6 @@ class Worker:
         self.closing = asyncio.Event()
         self.close_reason: str | None = None
         self.exit_reason = ""
-        self._interrupted = False
         self._work_hint = asyncio.Event()
         self._clock_offset = 0.0
         self.info = WorkerInfo(self.name, entity_type, entity_id, self.slots,
@@ -138,7 +137,6 @@ class Worker:
                         "worker %s: grace of %ss over, giving running jobs back",
                         self.name, self.settings.shutdown_grace,
                     )  # fmt: skip
-                    self._interrupted = True
                     for _, task in list(self.running.values()):
                         task.cancel()
                     done, _ = await asyncio.wait({work}, timeout=self.settings.heartbeat_ttl)
