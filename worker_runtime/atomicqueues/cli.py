@@ -73,7 +73,9 @@ def build_parser() -> Parser:
     p.add_argument("entity_type")
     p.add_argument("entity_id")
     p.add_argument("name", help="handler name")
-    p.add_argument("--payload", type=_json_arg, default=None, help="JSON payload, @FILE, or - for stdin")
+    p.add_argument(
+        "--payload", type=_json_arg, default=None, help="JSON payload, @FILE, or - for stdin"
+    )
     p.add_argument("--job-id", help="idempotency key, unique per entity")
     p.add_argument("--delay", type=_positive, help="seconds before the job may start")
     p.add_argument("--priority", type=int, default=0, help="-1000..1000, higher first")

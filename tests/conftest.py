@@ -1,0 +1,66 @@
+"""Shared pytest fixtures: a real, empty Redis (and Redis Cluster) for each test that asks.
+
+Why: atomicqueues is tested against real Redis only. The suite starts its own redis-servers on
+free ports (see redis_servers.py), once per session and only when a test needs them; every test
+then gets a flushed database. Set AQ_TEST_REDIS_URL to use a Redis you run yourself instead for
+`redis_url` (it is FLUSHALLed before each test, so never point it at data you care about).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from redis_servers import RedisCluster, RedisServer
+
+CLUSTER_FIXTURES = {"redis_cluster", "cluster_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that use the cluster are marked `cluster` even where the marker was forgotten,
+    # so `-m "not cluster"` always skips starting it.
+    for item in items:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.cluster)
+
+
+def flushall(url: str) -> None:
+    with redis.Redis.from_url(url) as client:
+        client.flushall()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of our own for the whole session (started even with AQ_TEST_REDIS_URL:
+    ask for it only to control the process; for plain Redis access use `redis_url`)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """URL of an empty standalone Redis: AQ_TEST_REDIS_URL, else the session's redis_server."""
+    url = os.environ.get("AQ_TEST_REDIS_URL")
+    if not url:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        url = server.url
+    flushall(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A 3-master Redis Cluster, started (about 2 s) by the first test that needs it."""
+    with RedisCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisCluster) -> str:
+    """URL of the first node of the (emptied) cluster, for RedisCluster.from_url()."""
+    for url in redis_cluster.urls:
+        flushall(url)
+    return redis_cluster.url
