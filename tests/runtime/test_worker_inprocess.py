@@ -1,0 +1,226 @@
+"""The worker in-process: handlers, results, retries, metrics, the sync facade, settings.
+
+Fault tests with real processes live in test_faults.py; these drive `Worker` on the test's own
+event loop, which makes handler behaviour easy to observe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+from prometheus_client import REGISTRY
+from pydantic import BaseModel
+
+from atomicqueues import (
+    Backoff,
+    Client,
+    JobContext,
+    JobFailed,
+    PermanentError,
+    Registry,
+    Settings,
+    SyncClient,
+    Worker,
+)
+from atomicqueues.errors import ConfigError
+from atomicqueues.leases import Leases, Started
+
+FAST = {"heartbeat_ttl": 0.6, "heartbeat_interval": 0.2, "idle_timeout": 0.5, "shutdown_grace": 0.5}
+
+
+class Add(BaseModel):
+    a: int
+    b: int
+
+
+def make_registry(log: list[tuple[str, int]]) -> Registry:
+    registry = Registry()
+
+    @registry.query("add")
+    async def add(ctx: JobContext, payload: Add) -> int:
+        log.append(("add", ctx.fencing_token))
+        return payload.a + payload.b
+
+    @registry.command("flaky")
+    async def flaky(ctx: JobContext, payload: dict[str, int]) -> None:
+        log.append(("flaky", ctx.attempt))
+        if ctx.attempt < payload["succeed_on"]:
+            raise RuntimeError(f"attempt {ctx.attempt} fails")
+
+    @registry.command("refuse")
+    async def refuse(ctx: JobContext, payload: None) -> None:
+        log.append(("refuse", ctx.attempt))
+        raise PermanentError("not allowed")
+
+    @registry.query("sync_query")
+    def sync_query(ctx: JobContext, payload: Add) -> int:  # runs in a thread
+        return payload.a * payload.b
+
+    return registry
+
+
+@pytest.fixture
+async def client(redis_url: str) -> AsyncIterator[Client]:
+    client = await Client.connect(Settings(redis_url=redis_url, **FAST))  # type: ignore[arg-type]
+    yield client
+    await client.close()
+
+
+async def run_until_idle(client: Client, registry: Registry, entity_id: str) -> str:
+    worker = Worker(client, registry, "user", entity_id=entity_id)
+    return await asyncio.wait_for(worker.run(), timeout=30)
+
+
+async def test_query_result_and_fencing_token(client: Client) -> None:
+    log: list[tuple[str, int]] = []
+    first = await client.enqueue("user", "alice", "add", {"a": 2, "b": 3})
+    second = await client.enqueue("user", "alice", "sync_query", {"a": 4, "b": 5})
+    assert await run_until_idle(client, make_registry(log), "alice") == "idle"
+    assert await client.result(first, timeout=1) == 5
+    assert await client.result(second, timeout=1) == 20
+    job = await client.job(first)
+    assert job.fencing_token == log[0][1]
+    assert (job.state, job.attempt) == ("completed", 1)
+
+
+async def test_retries_with_backoff_then_success(client: Client) -> None:
+    log: list[tuple[str, int]] = []
+    fast = Backoff(type="fixed", delay=0.05, jitter=0)
+    job_id = await client.enqueue(
+        "user", "bob", "flaky", {"succeed_on": 3}, attempts=3, backoff=fast
+    )
+    follower = await client.enqueue("user", "bob", "add", {"a": 1, "b": 1})
+    await run_until_idle(client, make_registry(log), "bob")
+    assert log == [("flaky", 1), ("flaky", 2), ("flaky", 3), ("add", log[3][1])]
+    assert (await client.job(job_id)).state == "completed"
+    assert await client.result(follower, timeout=1) == 2
+
+
+async def test_exhausted_and_permanent_errors_dead_letter(client: Client) -> None:
+    log: list[tuple[str, int]] = []
+    fast = Backoff(type="fixed", delay=0.01, jitter=0)
+    exhausted = await client.enqueue(
+        "user", "carol", "flaky", {"succeed_on": 9}, attempts=2, backoff=fast
+    )
+    refused = await client.enqueue("user", "carol", "refuse", None, attempts=5)
+    await run_until_idle(client, make_registry(log), "carol")
+    assert log == [("flaky", 1), ("flaky", 2), ("refuse", 1)]
+    with pytest.raises(JobFailed, match="attempt 2 fails"):
+        await client.result(exhausted, timeout=1)
+    with pytest.raises(JobFailed, match="not allowed"):
+        await client.result(refused, timeout=1)
+    assert {j.id for j in await client.dlq_list("user", "carol")} == {exhausted, refused}
+
+
+async def test_metrics_count_by_type_and_name_never_by_entity(client: Client) -> None:
+    def completed() -> float:
+        value = REGISTRY.get_sample_value(
+            "aq_jobs_completed_total", {"entity_type": "user", "job": "add"}
+        )
+        return value or 0.0
+
+    before = completed()
+    for i in range(3):
+        await client.enqueue("user", "dave", "add", {"a": i, "b": i})
+    await run_until_idle(client, make_registry([]), "dave")
+    assert completed() == before + 3
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            assert "dave" not in sample.labels.values()
+            assert "entity_id" not in sample.labels
+
+
+async def test_lost_lease_cancels_the_handler(client: Client) -> None:
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+    lost_seen: list[bool] = []
+    registry = Registry()
+
+    @registry.command("slow")
+    async def slow(ctx: JobContext, payload: None) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            lost_seen.append(ctx.lost.is_set())
+            cancelled.set()
+            raise
+
+    job_id = await client.enqueue("user", "erin", "slow")
+    worker = Worker(client, registry, "user", entity_id="erin")
+    runner = asyncio.create_task(worker.run())
+    await asyncio.wait_for(started.wait(), 10)
+    # Another party takes the entity over: drop the worker's lease as an expiry would.
+    lease = worker.held["erin"]
+    await client.redis.zadd(
+        client.keys.entity_bucket("user", "erin") + "leases", {f"{worker.name}|erin": 0}
+    )
+    await asyncio.wait_for(cancelled.wait(), 10)
+    assert lost_seen == [True]
+    worker.close("test")
+    await asyncio.wait_for(runner, 10)
+    job = await client.job(job_id)
+    assert job.state == "waiting"
+    assert job.error is not None
+    assert "stalled" in job.error
+    # The former holder can change nothing any more.
+    taker = Leases(client, "taker")
+    again = await taker.claim("user", "erin", None)
+    assert isinstance(again, Started)
+    assert again.lease.fencing_token > lease.fencing_token
+
+
+def test_sync_client_from_plain_threads(redis_url: str) -> None:
+    with SyncClient(Settings(redis_url=redis_url)) as sync:
+        ids: list[str] = []
+
+        def produce(n: int) -> None:
+            for i in range(10):
+                ids.append(sync.enqueue("user", f"t{n}", "add", {"a": i, "b": 0}))
+
+        threads = [threading.Thread(target=produce, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(set(ids)) == 40
+        assert sync.pending_entities("user") == {f"t{n}": 10 for n in range(4)}
+        assert sync.counts("user")["waiting"] == 40
+        assert sync.job(ids[0]).state == "waiting"
+        assert sync.cancel(ids[0])
+        with pytest.raises(TimeoutError):
+            sync.result(ids[1], timeout=0.2)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        pytest.param({"AQ_HEARTBEAT_TTL": "abc"}, "AQ_HEARTBEAT_TTL", id="not-a-number"),
+        pytest.param({"AQ_PREFIX": "a{b}"}, "AQ_PREFIX", id="prefix-with-braces"),
+        pytest.param(
+            {"AQ_HEARTBEAT_TTL": "1", "AQ_HEARTBEAT_INTERVAL": "1"}, "half", id="interval"
+        ),
+        pytest.param({"AQ_MAX_ATTEMPTS": "0"}, "attempts", id="attempts"),
+    ],
+)
+def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_settings_from_env() -> None:
+    s = Settings.from_env(
+        {
+            "AQ_REDIS_URL": "redis://h:1/2",
+            "AQ_PREFIX": "p",
+            "AQ_IDLE_TIMEOUT": "7",
+            "AQ_METRICS_PORT": "9100",
+            "AQ_NODE_NAME": "n1",
+        }
+    )
+    assert (s.redis_url, s.prefix, s.idle_timeout, s.metrics_port, s.node) == (
+        "redis://h:1/2", "p", 7.0, 9100, "n1",
+    )  # fmt: skip
