@@ -19,7 +19,14 @@ from .config import Settings
 from .connection import CONNECTION_ERRORS, RedisClient, connect, describe, pubsub_client
 from .errors import InvalidInput, JobFailed, JobNotFound, RedisUnavailable
 from .jobs import MAX_PRIORITY, MIN_PRIORITY, STATES, Backoff, Job, encode_payload
-from .keys import Keys, check_entity_id, check_entity_type, decode_id, encode_id
+from .keys import (
+    AUTO_JOB_ID_RE,
+    Keys,
+    check_entity_id,
+    check_entity_type,
+    decode_id,
+    encode_id,
+)
 from .scripts import Scripts
 
 T = TypeVar("T")
@@ -141,7 +148,8 @@ class Client:
             job_id = self.keys.new_job_id(entity_type, entity_id)
         elif not job_id or len(job_id) > 512:
             raise InvalidInput("job id must be a non-empty string of at most 512 characters")
-        elif self.keys.locate_auto_job(job_id) is not None:
+        elif AUTO_JOB_ID_RE.match(job_id):
+            # Also with a bucket out of range: job_slot() would not scope such an id to its entity.
             raise InvalidInput(f"job id {job_id!r} has the reserved form TYPE.BUCKET.HEX32")
         keep = self.settings.keep_completed if keep_completed is None else keep_completed
         await self._remember_type(entity_type)
@@ -254,34 +262,45 @@ class Client:
         return int(raw) if raw else 1
 
     # --- the index --------------------------------------------------------------------------
-    async def _each_bucket(
-        self, entity_type: str, read: Callable[[str], Awaitable[T]]
-    ) -> list[T]:
+    async def _each_bucket(self, entity_type: str, suffix: str, scores: bool = False) -> list[Any]:
+        """One read of the same index key in every bucket of a type, in one pipeline (one round
+        trip on a standalone server; one per node on Cluster) and on one connection."""
         check_entity_type(entity_type)
-        return list(await asyncio.gather(*(read(b) for b in self.keys.buckets(entity_type))))
+        pipe = self.redis.pipeline(transaction=False)
+        for bucket in self.keys.buckets(entity_type):
+            if scores:
+                pipe.zrange(f"{bucket}{suffix}", 0, -1, withscores=True)
+            else:
+                pipe.hgetall(f"{bucket}{suffix}")
+        replies: list[Any] = await self.call(pipe.execute)
+        return replies
+
+    async def _hash_index(self, entity_type: str, suffix: str) -> dict[str, int]:
+        parts = await self._each_bucket(entity_type, suffix)
+        return {decode_id(str(e)): int(n) for part in parts for e, n in part.items()}
+
+    async def _zset_index(self, entity_type: str, suffix: str) -> dict[str, float]:
+        parts = await self._each_bucket(entity_type, suffix, scores=True)
+        return {decode_id(str(e)): float(ms) / 1000.0 for part in parts for e, ms in part}
 
     async def pending_entities(self, entity_type: str) -> dict[str, int]:
         """Entities with jobs waiting to start, and how many each."""
-        parts = await self._each_bucket(entity_type, lambda b: self.hgetall(f"{b}pending"))
-        return {decode_id(e): int(n) for part in parts for e, n in part.items()}
+        return await self._hash_index(entity_type, "pending")
 
     async def entities_with_work(self, entity_type: str) -> dict[str, float]:
         """Entities with jobs waiting or in flight, with when (epoch seconds) that began."""
-        parts = await self._each_bucket(entity_type, lambda b: self.zrange_scores(f"{b}work"))
-        return {decode_id(e): ms / 1000.0 for part in parts for e, ms in part}
+        return await self._zset_index(entity_type, "work")
 
     async def claimable_entities(self, entity_type: str) -> dict[str, float]:
         """Entities with a job that could start now if a worker took a lease (scaler's view)."""
-        parts = await self._each_bucket(entity_type, lambda b: self.zrange_scores(f"{b}ready"))
-        return {decode_id(e): ms / 1000.0 for part in parts for e, ms in part}
+        return await self._zset_index(entity_type, "ready")
 
     async def counts(self, entity_type: str) -> dict[str, int]:
         """Jobs per state across the type (`completed` counts every completion so far)."""
-        parts = await self._each_bucket(entity_type, lambda b: self.hgetall(f"{b}counts"))
         total: dict[str, int] = dict.fromkeys(STATES, 0)
-        for part in parts:
+        for part in await self._each_bucket(entity_type, "counts"):
             for state, n in part.items():
-                total[state] = total.get(state, 0) + int(n)
+                total[str(state)] = total.get(str(state), 0) + int(n)
         return total
 
     async def entity_types(self) -> list[str]:
@@ -303,8 +322,8 @@ class Client:
 
     # --- dead letters -------------------------------------------------------------------------
     async def dead_entities(self, entity_type: str) -> dict[str, int]:
-        parts = await self._each_bucket(entity_type, lambda b: self.hgetall(f"{b}dead"))
-        return {decode_id(e): int(n) for part in parts for e, n in part.items()}
+        """Entities with dead-lettered jobs, and how many each."""
+        return await self._hash_index(entity_type, "dead")
 
     async def dlq_list(
         self, entity_type: str, entity_id: str | None = None, *, limit: int = 100

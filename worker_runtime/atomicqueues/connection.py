@@ -19,6 +19,11 @@ from .errors import RedisUnavailable
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 
+SOCKET_TIMEOUT = 60.0
+"""Read timeout of our connections: longer than any blocking call we make (a worker blocks up
+to 30 s, `result()` up to 5 s at a time). redis-py >= 8 defaults to 5 s, which cut those calls
+short with a timeout error; a `socket_timeout` in the URL still wins."""
+
 CONNECTION_ERRORS = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
@@ -39,7 +44,7 @@ def describe(url: str) -> str:
 async def connect(url: str) -> RedisClient:
     """A client for `url`; a Cluster client when the server runs in cluster mode."""
     try:
-        plain = aioredis.Redis.from_url(url, decode_responses=True)
+        plain = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT)
     except ValueError as exc:
         raise RedisUnavailable(f"invalid Redis URL {describe(url)!r}: {exc}") from None
     try:
@@ -53,7 +58,7 @@ async def connect(url: str) -> RedisClient:
     if not info.get("cluster_enabled"):
         return plain
     await plain.aclose()
-    cluster = RedisCluster.from_url(url, decode_responses=True)
+    cluster = RedisCluster.from_url(url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT)
     try:
         await cluster.initialize()
     except (*CONNECTION_ERRORS, redis.exceptions.RedisClusterException) as exc:
@@ -66,4 +71,4 @@ async def connect(url: str) -> RedisClient:
 def pubsub_client(url: str) -> aioredis.Redis:
     """A plain client for subscribing. On Cluster it talks to the URL's node: classic pub/sub
     messages reach every node of a cluster. The caller closes it."""
-    return aioredis.Redis.from_url(url, decode_responses=True)
+    return aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT)

@@ -29,7 +29,7 @@ class Backoff(BaseModel):
 
     `fixed`: always `delay` seconds. `exponential`: `delay * 2**(attempt-1)`, capped at
     `max_delay`. `jitter` spreads each wait uniformly by up to that fraction (0.2 = ±20%), so
-    jobs that failed together do not retry together.
+    jobs that failed together do not retry together; an exponential wait stays within the cap.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -44,9 +44,12 @@ class Backoff(BaseModel):
         if self.type == "fixed":
             base = self.delay
         else:
-            base = min(self.max_delay, self.delay * 2.0 ** max(0, attempt - 1))
+            # The exponent is bounded: 2.0 ** 1024 overflows, and any cap is reached long before.
+            base = min(self.max_delay, self.delay * 2.0 ** min(max(0, attempt - 1), 1000))
         if self.jitter:
             base *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
+            if self.type == "exponential":
+                base = min(self.max_delay, base)  # jitter never lifts a wait above the cap
         return max(0.0, base)
 
 

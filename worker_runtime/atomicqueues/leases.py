@@ -8,7 +8,6 @@ cut-off worker can change nothing after the fact.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Literal
 
@@ -163,10 +162,13 @@ class Leases:
 async def sweep(client: Client, entity_type: str, limit: int = 500) -> tuple[int, int]:
     """Recover expired leases and promote due delayed jobs in every bucket of a type.
 
-    Returns (leases recovered, entities whose delayed jobs were promoted).
+    Returns (leases recovered, entities whose delayed jobs were promoted). One process sweeps
+    at a time (the worker takes a lock), so the buckets go one after another on one connection.
     """
     events = client.keys.events(entity_type)
-    replies = await asyncio.gather(
-        *(client.script("sweep", b, limit, events) for b in client.keys.buckets(entity_type))
-    )
-    return sum(int(r[0]) for r in replies), sum(int(r[1]) for r in replies)
+    recovered = promoted = 0
+    for bucket in client.keys.buckets(entity_type):
+        r, p = await client.script("sweep", bucket, limit, events)
+        recovered += int(r)
+        promoted += int(p)
+    return recovered, promoted

@@ -45,6 +45,22 @@ MAX_ERROR_CHARS = 4000
 MAX_BLOCK_SECONDS = 30.0
 
 
+async def cancel_and_wait(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel `tasks` and wait until every one has ended.
+
+    Cancel again while one is still running: on Python 3.11, `asyncio.wait_for` (which redis-py
+    wraps around every send when a socket timeout is set) swallows a cancellation that arrives
+    as the call it wraps completes, and the task then carries on (a heartbeat loop would never
+    end, and the worker would never exit).
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.2)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def default_name(node: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in node)[:40] or "node"
     return f"{safe}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -114,9 +130,7 @@ class Worker:
         try:
             await self._until_done(work)
         finally:
-            for task in helpers:
-                task.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            await cancel_and_wait(helpers)
             await self._release_all()
             try:
                 await self.presence.leave(replace(self.info, entities=list(self.held)))
@@ -324,7 +338,7 @@ class Worker:
                 await self._wait_for_slot(free)
                 continue
             await free.acquire()
-            started = await self._claim_any(buckets, first)
+            started, first = await self._claim_any(buckets, first)
             if started is not None:
                 task = asyncio.create_task(self._drain(started))
                 drains.add(task)
@@ -354,18 +368,23 @@ class Worker:
         else:
             acquired.cancel()
 
-    async def _claim_any(self, buckets: list[str], first: int) -> Started | None:
+    async def _claim_any(self, buckets: list[str], first: int) -> tuple[Started | None, int]:
+        """Claim from the first bucket that has a claimable entity, starting at `first`.
+
+        Returns what was claimed and the bucket to start from next time: the one that just gave
+        work (it likely has more), so a busy worker does not walk empty buckets again.
+        """
         for i in range(len(buckets)):
-            bucket = buckets[(first + i) % len(buckets)]
+            index = (first + i) % len(buckets)
             try:
-                started = await self.leases.claim_any(self.entity_type, bucket)
+                started = await self.leases.claim_any(self.entity_type, buckets[index])
             except RedisUnavailable as exc:
                 log.warning("worker %s: %s", self.name, exc)
                 await asyncio.sleep(1.0)
-                return None
+                return None, first
             if started is not None:
-                return started
-        return None
+                return started, index
+        return None, first
 
     async def _drain(self, started: Started) -> None:
         """Run one entity's jobs until it runs dry, then let go of it."""

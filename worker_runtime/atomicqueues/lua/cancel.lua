@@ -11,6 +11,7 @@ end
 local from = state == 'waiting' and 'wait' or 'delayed'
 redis.call('ZREM', ekey(bb, e, from), jslot)
 count(bb, state, -1)
+notify_waiters(bb, jslot)  -- callers blocked in result() learn at once that it is gone
 redis.call('DEL', jk)
 sync(bb, e, ARGV[3], now_ms())
 return {1, 'cancelled'}

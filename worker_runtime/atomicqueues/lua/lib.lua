@@ -7,7 +7,7 @@
 --           bb..'e:'..e..':run'      HASH owner -> jslot (the job each lease is running)
 --           bb..'e:'..e..':leases'   HASH owner -> fencing token
 --           bb..'e:'..e..':meta'     HASH seq, token
---           bb..'e:'..e..':done'     ZSET jslot -> finished ms (completed, kept for retention)
+--           bb..'e:'..e..':done'     ZSET jslot -> finished us (completed, kept for retention)
 --           bb..'e:'..e..':dlq'      ZSET jslot -> finished ms (dead letters)
 --           bb..'e:'..e..':bell'     LIST (at most one element: "a job may be claimable")
 --   job     bb..'j:'..jslot          HASH (fields below)
@@ -105,9 +105,10 @@ local function sync(bb, e, chan, now)
   else
     redis.call('HDEL', bb .. 'dead', e)
   end
-  if waiting == 0 and busy == 0 and holders == 0 and due == nil then
+  if waiting == 0 and busy == 0 and holders == 0 and due == nil and dead == 0 then
     -- Fully idle: drop the per-entity bookkeeping. Tokens stay monotonic through the time floor
-    -- in grant(); the FIFO sequence may restart because nothing is left to order against.
+    -- in grant(); the FIFO sequence may restart because nothing is left to order against (a
+    -- dead letter is: requeued, it goes back to its place by its score, so it keeps the meta).
     redis.call('DEL', ekey(bb, e, 'meta'), ekey(bb, e, 'bell'))
   end
   return due

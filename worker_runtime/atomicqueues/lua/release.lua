@@ -17,6 +17,7 @@ if mode == 'idle' then
   local waiting = redis.call('ZCARD', ekey(bb, e, 'wait'))
   local running = redis.call('HEXISTS', ekey(bb, e, 'run'), owner)
   if running == 1 or (waiting > 0 and inflight(bb, e) < concurrency(bb, e)) then
+    sync(bb, e, chan, now)  -- promote() above may have moved jobs into the wait queue
     return 'busy'
   end
 end
