@@ -8,6 +8,7 @@ cut-off worker can change nothing after the fact.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -86,6 +87,18 @@ class Leases:
             assert held is not None
             return self._started(held, reply[2:])
         return Idle(held, float(reply[2]) / 1000.0 if reply[2] else None)
+
+    async def busy_buckets(self, entity_type: str) -> list[str]:
+        """Buckets with a claimable entity or a due delayed job: one pipelined read, so a packed
+        worker calls `claim_any` only where it can succeed."""
+        now_ms = round(time.time() * 1000)
+        buckets = self.keys.buckets(entity_type)
+        pipe = self.client.redis.pipeline(transaction=False)
+        for bucket in buckets:
+            pipe.zcard(f"{bucket}ready")
+            pipe.zcount(f"{bucket}delayed", "-inf", now_ms)
+        counts: list[int] = await self.client.call(pipe.execute)
+        return [b for i, b in enumerate(buckets) if counts[2 * i] or counts[2 * i + 1]]
 
     async def claim_any(self, entity_type: str, bucket: str) -> Started | None:
         """Take the oldest claimable entity of one bucket (packed workers)."""

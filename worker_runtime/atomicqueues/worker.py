@@ -369,21 +369,23 @@ class Worker:
             acquired.cancel()
 
     async def _claim_any(self, buckets: list[str], first: int) -> tuple[Started | None, int]:
-        """Claim from the first bucket that has a claimable entity, starting at `first`.
+        """Claim from the first bucket that has work, starting at bucket `first`.
 
         Returns what was claimed and the bucket to start from next time: the one that just gave
-        work (it likely has more), so a busy worker does not walk empty buckets again.
+        work (it likely has more). Only buckets the index shows work in are tried.
         """
-        for i in range(len(buckets)):
-            index = (first + i) % len(buckets)
-            try:
+        try:
+            busy = set(await self.leases.busy_buckets(self.entity_type))
+            for i in range(len(buckets)):
+                index = (first + i) % len(buckets)
+                if buckets[index] not in busy:
+                    continue
                 started = await self.leases.claim_any(self.entity_type, buckets[index])
-            except RedisUnavailable as exc:
-                log.warning("worker %s: %s", self.name, exc)
-                await asyncio.sleep(1.0)
-                return None, first
-            if started is not None:
-                return started, index
+                if started is not None:
+                    return started, index
+        except RedisUnavailable as exc:
+            log.warning("worker %s: %s", self.name, exc)
+            await asyncio.sleep(1.0)
         return None, first
 
     async def _drain(self, started: Started) -> None:
