@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,6 +24,9 @@ from .config import Settings
 from .errors import AtomicQueuesError, InvalidInput
 from .jobs import Job
 from .presence import Presence
+
+LAZY_COMMANDS = ("operator", "crd", "up", "demo")
+"""Commands of the layers above the runtime, imported only when asked for."""
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -115,11 +119,23 @@ def build_parser() -> Parser:
     target.add_argument("--entity", nargs=2, metavar=("TYPE", "ID"), help="an entity's workers")
     target.add_argument("--node", help="every worker of a node")
 
-    for name in ("operator", "crd", "up", "demo"):
-        sub.add_parser(name, help=f"(see `aq {name} --help`)", add_help=False).add_argument(
-            "rest", nargs=argparse.REMAINDER
-        )
+    for name in LAZY_COMMANDS:
+        sub.add_parser(name, help=f"(see `aq {name} --help`)", add_help=False)
     return parser
+
+
+def _split_lazy(argv: list[str]) -> tuple[list[str], str, list[str]] | None:
+    """(global options, command, its own arguments) when the command is a lazy one."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in ("--redis-url", "--prefix"):
+            i += 2
+        elif token.startswith("-"):
+            i += 1
+        else:
+            return (argv[:i], token, argv[i + 1 :]) if token in LAZY_COMMANDS else None
+    return None
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -264,15 +280,21 @@ def _lazy(command: str, rest: list[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    lazy = _split_lazy(argv)
+    args = build_parser().parse_args(lazy[0] + [lazy[1]] if lazy else argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
-        if args.command in ("operator", "crd", "up", "demo"):
-            return _lazy(args.command, args.rest)
+        if args.command in LAZY_COMMANDS:
+            for flag, var in ((args.redis_url, "AQ_REDIS_URL"), (args.prefix, "AQ_PREFIX")):
+                if flag:
+                    os.environ[var] = flag
+            assert lazy is not None
+            return _lazy(args.command, lazy[2])
         settings = _settings(args)
         if args.command == "worker":
             return asyncio.run(cmd_worker(args, settings))

@@ -34,6 +34,20 @@ Entity = tuple[str, str]
 
 
 @dataclass(frozen=True)
+class EntityIndex:
+    """What the index holds about one entity with work."""
+
+    entity_id: str
+    waiting: int
+    """Jobs waiting to start."""
+    since: float
+    """When it began to have work (epoch seconds, Redis clock)."""
+    concurrency: int
+    claimable: bool
+    """A job could start now if a new lease holder came."""
+
+
+@dataclass(frozen=True)
 class JobLocation:
     bucket: str
     jslot: str
@@ -294,6 +308,32 @@ class Client:
     async def claimable_entities(self, entity_type: str) -> dict[str, float]:
         """Entities with a job that could start now if a worker took a lease (scaler's view)."""
         return await self._zset_index(entity_type, "ready")
+
+    async def work_index(self, entity_type: str) -> list[EntityIndex]:
+        """Every entity with work, with what a scaler needs to know of it, in one pipeline."""
+        check_entity_type(entity_type)
+        pipe = self.redis.pipeline(transaction=False)
+        for bucket in self.keys.buckets(entity_type):
+            pipe.zrange(f"{bucket}work", 0, -1, withscores=True)
+            pipe.hgetall(f"{bucket}pending")
+            pipe.zrange(f"{bucket}ready", 0, -1)
+            pipe.hgetall(f"{bucket}conc")
+        replies: list[Any] = await self.call(pipe.execute)
+        found: list[EntityIndex] = []
+        for i in range(0, len(replies), 4):
+            work, pending, ready, conc = replies[i : i + 4]
+            ready_set = set(ready)
+            for e, ms in work:
+                found.append(
+                    EntityIndex(
+                        entity_id=decode_id(str(e)),
+                        waiting=int(pending.get(e, 0)),
+                        since=float(ms) / 1000.0,
+                        concurrency=int(conc.get(e, 1)),
+                        claimable=e in ready_set,
+                    )
+                )
+        return sorted(found, key=lambda w: (w.since, w.entity_id))
 
     async def counts(self, entity_type: str) -> dict[str, int]:
         """Jobs per state across the type (`completed` counts every completion so far)."""

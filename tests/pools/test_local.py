@@ -1,0 +1,216 @@
+"""`aq up` and `aq demo`: a pool of real local worker processes on a real Redis."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+MANIFEST = {
+    "apiVersion": "atomicqueues.io/v1alpha1",
+    "kind": "EntityWorkerPool",
+    "metadata": {"name": "accounts"},
+    "spec": {
+        "entityType": "account",
+        "handlers": "atomicqueues.pools.demo_handlers:registry",
+        "redis": {"prefix": "uptest"},
+        "workers": {"maxTotal": 6},
+        "timing": {
+            "idleTimeoutSeconds": 0.5,
+            "heartbeatTTLSeconds": 1.0,
+            "heartbeatIntervalSeconds": 0.25,
+            "shutdownGraceSeconds": 2.0,
+            "resyncIntervalSeconds": 1.0,
+        },
+    },
+}
+
+
+def aq_env(url: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_")}
+    if url is not None:
+        env["AQ_REDIS_URL"] = url
+    return env
+
+
+@pytest.fixture
+def manifest(tmp_path: Path) -> Path:
+    path = tmp_path / "pool.yaml"
+    path.write_text(yaml.safe_dump(MANIFEST))
+    return path
+
+
+@pytest.fixture
+def aq_up(redis_url: str, manifest: Path) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atomicqueues.cli", "up", str(manifest)],
+        env=aq_env(redis_url),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    yield proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def wait_for(condition: object, timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if condition():  # type: ignore[operator]
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def live_workers(r: redis.Redis) -> list[str]:
+    names = r.zrange("uptest:workers", 0, -1)
+    return [n for n in names if r.exists(f"uptest:worker:{n.decode()}")]
+
+
+def test_aq_up_scales_up_on_work_and_down_to_zero(
+    redis_url: str, aq_up: subprocess.Popen[str]
+) -> None:
+    from atomicqueues import SyncClient
+    from atomicqueues.config import Settings
+
+    r = redis.Redis.from_url(redis_url)
+    time.sleep(1.0)  # the pool is up and idle
+    assert live_workers(r) == []
+    with SyncClient(Settings(redis_url=redis_url, prefix="uptest")) as client:
+        for n in range(4):
+            for seq in range(3):
+                client.enqueue(
+                    "account",
+                    f"a{n}",
+                    "step",
+                    {"seq": seq, "seconds": 0.05, "log_key": "uptest:log"},
+                )
+        up = wait_for(lambda: len(live_workers(r)) >= 1, 30, "a worker to start")
+        wait_for(lambda: client.counts("account")["completed"] == 12, 60, "all jobs to complete")
+    down = wait_for(lambda: live_workers(r) == [], 30, "the pool to scale to zero")
+    assert up < 30
+    assert down < 30
+    starts = [line for line in r.lrange("uptest:log", 0, -1) if b'"start"' in line]
+    assert len(starts) == 12
+    aq_up.send_signal(signal.SIGINT)
+    out, _ = aq_up.communicate(timeout=30)
+    assert aq_up.returncode == 0, out
+    assert "started worker" in out
+    assert "Traceback" not in out
+
+
+def test_aq_up_stops_busy_workers_gracefully(redis_url: str, aq_up: subprocess.Popen[str]) -> None:
+    from atomicqueues import SyncClient
+    from atomicqueues.config import Settings
+
+    r = redis.Redis.from_url(redis_url)
+    with SyncClient(Settings(redis_url=redis_url, prefix="uptest")) as client:
+        job = client.enqueue(
+            "account", "slow", "step", {"seq": 0, "seconds": 0.8, "log_key": "uptest:log"}
+        )
+        wait_for(lambda: client.job(job).state == "active", 30, "the job to start")
+        aq_up.send_signal(signal.SIGINT)
+        out, _ = aq_up.communicate(timeout=30)
+        assert aq_up.returncode == 0, out
+        assert client.job(job).state == "completed"  # it finished within the grace
+    assert live_workers(r) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        pytest.param({"kind": "Pod"}, ["kind"], id="kind"),
+        pytest.param(
+            {"spec": {"entityType": "a b", "handlers": "m:r"}},
+            ["spec.entityType"],
+            id="entity-type",
+        ),
+        pytest.param(
+            {"spec": {"entityType": "t", "handlers": "m:r", "placement": {"slots": 0}}},
+            ["spec.placement.slots"],
+            id="slots",
+        ),
+        pytest.param(
+            {"spec": {"entityType": "t", "handlers": "m:r", "bogus": 1}},
+            ["spec.bogus"],
+            id="unknown-field",
+        ),
+        pytest.param(
+            {
+                "spec": {
+                    "entityType": "t",
+                    "handlers": "m:r",
+                    "redis": {"url": "redis://:secret@h:6379/0"},
+                }
+            },
+            ["password"],
+            id="password-in-url",
+        ),
+    ],
+)
+def test_invalid_manifest_is_one_line_naming_the_field(
+    tmp_path: Path, change: dict[str, object], words: list[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({**MANIFEST, **change}))
+    result = subprocess.run(
+        [sys.executable, "-m", "atomicqueues.cli", "up", str(path)],
+        env=aq_env("redis://127.0.0.1:1/0"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+def test_unreadable_manifest(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text("spec: [unclosed")
+    for path in (tmp_path / "missing.yaml", tmp_path / "broken.yaml"):
+        result = subprocess.run(
+            [sys.executable, "-m", "atomicqueues.cli", "up", str(path)],
+            env=aq_env(None),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode != 0
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_to_the_end_on_an_embedded_redis() -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "atomicqueues.cli",
+            "demo",
+            "--plain",
+            "--entities",
+            "8",
+            "--jobs",
+            "4",
+        ],
+        env=aq_env(None),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "check passed" in result.stdout
+    assert "came back and completed (attempt 2)" in result.stdout
+    assert "32 of 32 jobs completed" in result.stdout

@@ -1,0 +1,318 @@
+"""`aq demo`: the product in one command, on a fresh machine.
+
+It starts an embedded Redis and a local pool of entity-bound workers, enqueues a few jobs for
+each of a few dozen entities, shows live progress, kills a worker in the middle of a job (the
+point of the product: that job comes back and runs again, nothing is lost, nothing overlaps),
+then checks from what the jobs recorded that every job completed once, in order per entity,
+with no two jobs of an entity running at the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..client import Client
+from .cli import settings_for
+from .embedded import EmbeddedRedis
+from .local import LocalPool
+from .spec import Pool, parse_pool
+
+ENTITY_TYPE = "account"
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    entities: int = 36
+    jobs: int = 12
+    chaos: bool = True
+    job_seconds: float = 0.05
+    plain: bool = False
+
+
+@dataclass
+class Chaos:
+    killed_pid: int | None = None
+    killed_job: str | None = None
+    killed_entity: str | None = None
+    killed_at: float = 0.0
+    note: str = ""
+
+
+@dataclass
+class Verdict:
+    problems: list[str] = field(default_factory=list)
+    runs: int = 0
+    recovered_attempt: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def demo_pool(prefix: str) -> Pool:
+    return parse_pool(
+        {
+            "apiVersion": "atomicqueues.io/v1alpha1",
+            "kind": "EntityWorkerPool",
+            "metadata": {"name": "demo"},
+            "spec": {
+                "entityType": ENTITY_TYPE,
+                "handlers": "atomicqueues.pools.demo_handlers:registry",
+                "redis": {"prefix": prefix},
+                "workers": {"maxTotal": 12, "maxStartsPerSecond": 50},
+                "timing": {
+                    "idleTimeoutSeconds": 0.5,
+                    "heartbeatTTLSeconds": 1.0,
+                    "heartbeatIntervalSeconds": 0.25,
+                    "shutdownGraceSeconds": 2.0,
+                    "resyncIntervalSeconds": 1.0,
+                },
+            },
+        },
+        "demo pool",
+    )
+
+
+async def demo(options: DemoOptions) -> int:
+    url = os.environ.get("AQ_REDIS_URL")
+    if url:
+        return await _run(options, url)
+    with EmbeddedRedis() as redis:
+        return await _run(options, redis.url)
+
+
+async def _run(options: DemoOptions, url: str) -> int:
+    # The pool's own lines (workers started, recovered leases) would break the live table;
+    # the verdict at the end says what happened.
+    logging.getLogger("atomicqueues").setLevel(logging.WARNING if options.plain else logging.ERROR)
+    prefix = f"aqdemo-{uuid.uuid4().hex[:8]}"
+    pool = demo_pool(prefix)
+    client = await Client.connect(settings_for(pool, url))
+    log_key = f"{prefix}:demo:log"
+    total = options.entities * options.jobs
+    workdir = Path(tempfile.mkdtemp(prefix="aq-demo-"))
+    out = (workdir / "workers.log").open("wb")
+    local = LocalPool(pool, client, worker_output=out)
+    stop = asyncio.Event()
+    chaos = Chaos()
+    view = _view(options.plain)
+    view.say(
+        f"AtomicQueues demo: {options.entities} entities x {options.jobs} jobs, "
+        f"one worker process per active entity (at most 12 at once), Redis at {url}"
+    )
+    try:
+        runner = asyncio.create_task(local.run(stop))
+        started = time.monotonic()
+        for seq in range(options.jobs):
+            for n in range(options.entities):
+                await client.enqueue(
+                    ENTITY_TYPE,
+                    f"acct-{n:03d}",
+                    "step",
+                    {"seq": seq, "seconds": options.job_seconds, "log_key": log_key},
+                )
+        done = 0
+        while done < total:
+            await asyncio.sleep(0.25)
+            counts = await client.counts(ENTITY_TYPE)
+            done = counts["completed"]
+            active = len(await client.entities_with_work(ENTITY_TYPE))
+            live = sum(1 for w in local.workers.values() if w.proc.returncode is None)
+            elapsed = time.monotonic() - started
+            view.progress(done, total, active, live, done / elapsed if elapsed else 0.0, counts)
+            if options.chaos and chaos.killed_pid is None and done >= total * 0.3:
+                await _kill_one(client, log_key, chaos)
+                if chaos.killed_pid is not None:
+                    view.say(
+                        f"chaos: killed worker pid {chaos.killed_pid} (SIGKILL) while it ran "
+                        f"job {chaos.killed_job} of entity {chaos.killed_entity!r}"
+                    )
+            if elapsed > 120 + total * options.job_seconds:
+                view.say("the demo took too long; stopping")
+                break
+        elapsed = time.monotonic() - started
+        stop.set()
+        await runner
+        view.done()
+        verdict = await _verify(client, log_key, options, chaos)
+        view.say(
+            f"{done} of {total} jobs completed in {elapsed:.1f}s ({done / elapsed:.0f} jobs/s),"
+            f" {verdict.runs} handler runs"
+        )
+        if chaos.killed_job:
+            view.say(
+                f"the killed job {chaos.killed_job} came back and completed "
+                f"(attempt {verdict.recovered_attempt})"
+            )
+        for line in verdict.problems:
+            view.say(f"PROBLEM: {line}")
+        if verdict.ok:
+            view.say(
+                "check passed: every job completed once, in order per entity, "
+                "no two jobs of an entity overlapped"
+            )
+        view.say(f"worker logs: {workdir / 'workers.log'}")
+        return 0 if verdict.ok else 1
+    finally:
+        stop.set()
+        out.close()
+        await client.close()
+
+
+async def _kill_one(client: Client, log_key: str, chaos: Chaos) -> None:
+    """SIGKILL the worker that most recently started a job that has not ended yet."""
+    records = [json.loads(r) for r in await client.redis.lrange(log_key, -200, -1)]
+    ended = {(r["job"], r["attempt"]) for r in records if r["event"] == "end"}
+    running = [
+        r for r in records if r["event"] == "start" and (r["job"], r["attempt"]) not in ended
+    ]
+    if not running:
+        return
+    victim = running[-1]
+    try:
+        os.kill(victim["pid"], signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    chaos.killed_pid = victim["pid"]
+    chaos.killed_job = victim["job"]
+    chaos.killed_entity = victim["entity"]
+    chaos.killed_at = time.time()
+
+
+async def _verify(client: Client, log_key: str, options: DemoOptions, chaos: Chaos) -> Verdict:
+    verdict = Verdict()
+    records = [json.loads(r) for r in await client.redis.lrange(log_key, 0, -1)]
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in records:
+        run = runs.setdefault((r["job"], r["attempt"]), {"entity": r["entity"], "seq": r["seq"]})
+        run[r["event"]] = r["t"]
+        run["pid"] = r["pid"]
+    verdict.runs = len(runs)
+    by_entity: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    ends: dict[str, int] = defaultdict(int)
+    for (job, attempt), run in runs.items():
+        if "end" not in run:
+            if chaos.killed_job != job:
+                verdict.problems.append(f"job {job} attempt {attempt} started and never ended")
+            run["end"], run["killed"] = chaos.killed_at, True
+        else:
+            ends[job] += 1
+            if job == chaos.killed_job:
+                verdict.recovered_attempt = attempt
+        by_entity[run["entity"]].append(run)
+    for job, n in ends.items():
+        if n != 1:
+            verdict.problems.append(f"job {job} completed {n} times")
+    expected = list(range(options.jobs))
+    for entity, entity_runs in sorted(by_entity.items()):
+        entity_runs.sort(key=lambda run: run["start"])
+        finished = sorted(
+            (run for run in entity_runs if not run.get("killed")), key=lambda run: run["end"]
+        )
+        completed = [run["seq"] for run in finished]
+        if completed != expected:
+            verdict.problems.append(f"entity {entity}: jobs completed in order {completed}")
+        for a, b in itertools.pairwise(entity_runs):
+            if b["start"] < a["end"]:
+                verdict.problems.append(
+                    f"entity {entity}: seq {a['seq']} and {b['seq']} overlapped"
+                )
+    if len(by_entity) != options.entities:
+        verdict.problems.append(f"{len(by_entity)} entities ran, expected {options.entities}")
+    if chaos.killed_job and verdict.recovered_attempt is None:
+        verdict.problems.append(f"the killed job {chaos.killed_job} never completed")
+    return verdict
+
+
+class _PlainView:
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+    def progress(
+        self, done: int, total: int, active: int, workers: int, rate: float, counts: dict[str, int]
+    ) -> None:
+        if time.monotonic() - self._last >= 1.0 or done == total:
+            self._last = time.monotonic()
+            print(
+                f"  {done:>5}/{total} jobs done  {active:>3} entities with work  "
+                f"{workers:>3} workers  {rate:>6.0f} jobs/s  "
+                f"waiting {counts['waiting']}  active {counts['active']}",
+                flush=True,
+            )
+
+    def done(self) -> None:
+        pass
+
+
+class _RichView:
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.console = Console()
+        self.live = Live(console=self.console, refresh_per_second=8, transient=False)
+        self.live.start()
+
+    def say(self, text: str) -> None:
+        self.console.print(text)
+
+    def progress(
+        self, done: int, total: int, active: int, workers: int, rate: float, counts: dict[str, int]
+    ) -> None:
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+
+        table = Table(title="AtomicQueues demo", expand=False)
+        for column in (
+            "jobs done",
+            "progress",
+            "entities with work",
+            "workers",
+            "jobs/s",
+            "waiting",
+            "running",
+            "retrying",
+            "dead",
+        ):
+            table.add_column(column, justify="right")
+        table.add_row(
+            f"{done}/{total}",
+            ProgressBar(total=total, completed=done, width=24),
+            str(active),
+            str(workers),
+            f"{rate:.0f}",
+            str(counts["waiting"]),
+            str(counts["active"]),
+            str(counts["retrying"]),
+            str(counts["dead"]),
+        )
+        self.live.update(table)
+
+    def done(self) -> None:
+        with contextlib.suppress(Exception):
+            self.live.stop()
+
+
+def _view(plain: bool) -> _PlainView | _RichView:
+    if plain or not os.isatty(1):
+        return _PlainView()
+    try:
+        return _RichView()
+    except ImportError:
+        return _PlainView()

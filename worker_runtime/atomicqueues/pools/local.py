@@ -1,0 +1,280 @@
+"""The local backend: carries out the reconciler's plan with `aq worker` child processes.
+
+`LocalPool` watches one pool's entity type: it wakes on the "entity has work" event (within
+milliseconds), when a worker process exits, and at least every heartbeat interval; each time it
+reads the index, asks `reconciler.plan` what to do, and does it. Scale-down and shutdown go
+through the workers' own graceful close (a close signal in Redis, or SIGTERM), so a busy worker
+finishes or gives back its job before it goes. It also sweeps expired leases, so a killed
+worker's job comes back even when no other worker of the type is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO
+
+from ..client import Client
+from ..errors import RedisUnavailable
+from ..leases import sweep
+from ..presence import Presence
+from .reconciler import (
+    Action,
+    Backoff,
+    CloseWorker,
+    EntityWork,
+    ForgetWorker,
+    Phase,
+    Plan,
+    StartPacked,
+    StartWorker,
+    WorkerState,
+    plan,
+)
+from .spec import Pool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalWorker:
+    name: str
+    entity_id: str | None
+    slot: int
+    proc: asyncio.subprocess.Process
+    started_at: float
+    closing: bool = False
+
+    @property
+    def phase(self) -> Phase:
+        if self.proc.returncode is None:
+            return "closing" if self.closing else "running"
+        return "succeeded" if self.proc.returncode == 0 else "failed"
+
+    def state(self) -> WorkerState:
+        return WorkerState(self.name, self.entity_id, self.slot, self.phase, self.started_at)
+
+
+@dataclass
+class StartLimiter:
+    """A token bucket: at most `rate` starts per second, bursts up to `max(1, rate)`."""
+
+    rate: float
+    tokens: float = 1.0
+    last: float = field(default_factory=time.monotonic)
+
+    def budget(self) -> int:
+        now = time.monotonic()
+        self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        return math.floor(self.tokens)
+
+    def spend(self, n: int) -> None:
+        self.tokens -= n
+
+
+def worker_name(pool: str, entity_id: str | None, slot: int) -> str:
+    """A name safe for any entity id: a hash of it, never the id itself."""
+    if entity_id is None:
+        return f"{pool}-packed-{slot}-{uuid.uuid4().hex[:5]}"
+    digest = hashlib.sha256(entity_id.encode()).hexdigest()[:10]
+    return f"{pool}-{digest}-{slot}-{uuid.uuid4().hex[:5]}"
+
+
+class LocalPool:
+    """Runs one EntityWorkerPool with local worker processes."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        client: Client,
+        *,
+        worker_output: IO[bytes] | None = None,
+        on_action: Callable[[Action], None] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.spec = pool.spec
+        self.client = client
+        self.presence = Presence(client)
+        self.workers: dict[str, LocalWorker] = {}
+        self.backoff: dict[str, Backoff] = {}
+        self.limiter = StartLimiter(self.spec.workers.max_starts_per_second)
+        self.worker_output = worker_output
+        self.on_action = on_action
+        self.extra_env = extra_env or {}
+        self.wake = asyncio.Event()
+        self.last_plan = Plan([])
+        self._last_sweep = 0.0
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    # --- the control loop ------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reconcile until `stop` is set, then shut every worker down gracefully."""
+        events = asyncio.create_task(self._watch_events())
+        try:
+            while not stop.is_set():
+                try:
+                    await self.reconcile_once()
+                except RedisUnavailable as exc:
+                    log.warning("pool %s: %s", self.pool.metadata.name, exc)
+                self.wake.clear()
+                waiters = [
+                    asyncio.ensure_future(self.wake.wait()),
+                    asyncio.ensure_future(stop.wait()),
+                ]
+                await asyncio.wait(
+                    waiters,
+                    timeout=min(
+                        self.spec.timing.resync_interval_seconds,
+                        self.spec.timing.heartbeat_interval_seconds,
+                    ),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for w in waiters:
+                    w.cancel()
+        finally:
+            events.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await events
+            await self.shutdown()
+
+    async def _watch_events(self) -> None:
+        while True:
+            try:
+                async for _ in self.client.events(self.spec.entity_type):
+                    self.wake.set()
+            except RedisUnavailable as exc:
+                log.warning("pool %s: event stream: %s", self.pool.metadata.name, exc)
+            await asyncio.sleep(1.0)
+
+    async def reconcile_once(self) -> Plan:
+        now = time.time()
+        index = await self.client.work_index(self.spec.entity_type)
+        entities = [
+            EntityWork(e.entity_id, e.waiting, e.since, e.concurrency, e.claimable) for e in index
+        ]
+        states = [w.state() for w in self.workers.values()]
+        result = plan(self.spec, entities, states, self.backoff, now, self.limiter.budget())
+        self.backoff = dict(result.backoff)
+        for action in result.actions:
+            await self._carry_out(action)
+        self.last_plan = result
+        if time.monotonic() - self._last_sweep >= self.spec.timing.heartbeat_interval_seconds:
+            self._last_sweep = time.monotonic()
+            recovered, _ = await sweep(self.client, self.spec.entity_type)
+            if recovered:
+                log.warning(
+                    "pool %s: recovered %d expired lease(s)", self.pool.metadata.name, recovered
+                )
+                self.wake.set()
+        return result
+
+    # --- actions -----------------------------------------------------------------------------
+    async def _carry_out(self, action: Action) -> None:
+        if self.on_action is not None:
+            self.on_action(action)
+        if isinstance(action, StartWorker):
+            await self._start(action.entity_id, action.slot)
+        elif isinstance(action, StartPacked):
+            await self._start(None, action.index)
+        elif isinstance(action, CloseWorker):
+            worker = self.workers.get(action.name)
+            if worker is not None and not worker.closing:
+                worker.closing = True
+                log.info("closing worker %s (%s)", action.name, action.reason)
+                await self.presence.close_worker(action.name)
+        elif isinstance(action, ForgetWorker):
+            worker = self.workers.pop(action.name, None)
+            if worker is not None and action.failed:
+                log.warning("worker %s exited with code %s", action.name, worker.proc.returncode)
+
+    def _command(self, entity_id: str | None, name: str) -> list[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "atomicqueues.cli",
+            "worker",
+            "--handlers",
+            self.spec.handlers,
+            "--entity-type",
+            self.spec.entity_type,
+            "--name",
+            name,
+        ]
+        if entity_id is None:
+            return [*cmd, "--slots", str(self.spec.placement.slots)]
+        return [*cmd, "--entity-id", entity_id]
+
+    def _env(self) -> dict[str, str]:
+        t = self.spec.timing
+        settings = self.client.settings
+        return {
+            **os.environ,
+            # Handlers are imported by module name, from where `aq up` was started.
+            "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.getenv("PYTHONPATH")])),
+            "AQ_REDIS_URL": settings.redis_url,
+            "AQ_PREFIX": settings.prefix,
+            "AQ_HEARTBEAT_TTL": str(t.heartbeat_ttl_seconds),
+            "AQ_HEARTBEAT_INTERVAL": str(t.heartbeat_interval_seconds),
+            "AQ_IDLE_TIMEOUT": str(t.idle_timeout_seconds),
+            "AQ_SHUTDOWN_GRACE": str(t.shutdown_grace_seconds),
+            **self.extra_env,
+        }
+
+    async def _start(self, entity_id: str | None, slot: int) -> None:
+        self.limiter.spend(1)
+        name = worker_name(self.pool.metadata.name, entity_id, slot)
+        out = self.worker_output if self.worker_output is not None else None
+        proc = await asyncio.create_subprocess_exec(
+            *self._command(entity_id, name),
+            env=self._env(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,  # Ctrl-C reaches `aq up`, which closes workers gracefully
+        )
+        self.workers[name] = LocalWorker(name, entity_id, slot, proc, time.time())
+        where = "packed" if entity_id is None else repr(entity_id)
+        log.info("started worker %s for %s slot %d (pid %d)", name, where, slot, proc.pid)
+        watcher = asyncio.create_task(self._wake_on_exit(proc))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+
+    async def _wake_on_exit(self, proc: asyncio.subprocess.Process) -> None:
+        await proc.wait()
+        self.wake.set()
+
+    # --- shutdown ----------------------------------------------------------------------------
+    async def shutdown(self) -> None:
+        """SIGTERM every worker (each finishes or gives back its job), SIGKILL stragglers."""
+        live = [w for w in self.workers.values() if w.proc.returncode is None]
+        for w in live:
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.send_signal(signal.SIGTERM)
+        t = self.spec.timing
+        deadline = t.shutdown_grace_seconds + t.heartbeat_ttl_seconds + 2.0
+        if live:
+            log.info("waiting for %d worker(s) to finish (at most %.0fs)", len(live), deadline)
+            await asyncio.wait(
+                [asyncio.ensure_future(w.proc.wait()) for w in live], timeout=deadline
+            )
+            for w in live:
+                if w.proc.returncode is None:
+                    log.warning("worker %s did not stop in time: killed", w.name)
+                    with contextlib.suppress(ProcessLookupError):
+                        w.proc.kill()
+                    await w.proc.wait()
+        for task in list(self._watchers):
+            task.cancel()
+        self.workers.clear()
