@@ -13,9 +13,7 @@ end
 local now = now_ms()
 promote(bb, e, now)
 local prio = tonumber(ARGV[7])
-local seq = redis.call('HINCRBY', ekey(bb, e, 'meta'), 'seq', 1)
--- Higher priority first, FIFO within a priority: 2001 bands of 2^42 sequence numbers.
-local score = int((1000 - prio) * 4398046511104 + seq)
+local score = next_score(bb, e, prio)
 local delay = tonumber(ARGV[8])
 local state = 'waiting'
 if delay > 0 then state = 'delayed' end

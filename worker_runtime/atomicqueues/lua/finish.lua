@@ -28,12 +28,9 @@ if outcome == 'completed' then
     redis.call('DEL', jk)
   else
     redis.call('PEXPIRE', jk, keep)
-    -- Microseconds, so jobs finished within one millisecond keep their order and the cap
-    -- below drops the oldest (ties would be broken by job slot, dropping a newer job).
-    local t = redis.call('TIME')
-    local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-    redis.call('ZADD', done, int(us), jslot)
-    redis.call('ZREMRANGEBYSCORE', done, '-inf', int(us - keep * 1000))
+    local us = now_us()  -- the cap below drops the oldest, also within one millisecond
+    redis.call('ZADD', done, us, jslot)
+    redis.call('ZREMRANGEBYSCORE', done, '-inf', int(tonumber(us) - keep * 1000))
     local extra = redis.call('ZCARD', done) - keepn
     if extra > 0 then
       local popped = redis.call('ZPOPMIN', done, extra)

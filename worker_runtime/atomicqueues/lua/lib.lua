@@ -8,7 +8,7 @@
 --           bb..'e:'..e..':leases'   HASH owner -> fencing token
 --           bb..'e:'..e..':meta'     HASH seq, token
 --           bb..'e:'..e..':done'     ZSET jslot -> finished us (completed, kept for retention)
---           bb..'e:'..e..':dlq'      ZSET jslot -> finished ms (dead letters)
+--           bb..'e:'..e..':dlq'      ZSET jslot -> finished us (dead letters)
 --           bb..'e:'..e..':bell'     LIST (at most one element: "a job may be claimable")
 --   job     bb..'j:'..jslot          HASH (fields below)
 --   index   bb..'pending'  HASH e -> jobs waiting        bb..'work'    ZSET e -> ms since it has work
@@ -19,7 +19,9 @@
 --           bb..'counts'   HASH state -> jobs           bb..'bell'    LIST (packed workers)
 -- Job fields: id eid name payload state prio score made max backoff enq due start fin owner
 --             token error result keep keepn keepf waiters
--- Times are the Redis server's (TIME), in milliseconds; one clock for every client.
+-- Times are the Redis server's (TIME), in milliseconds; one clock for every client. The done
+-- and dlq lists order by microseconds, so jobs that ended within one millisecond keep their
+-- order (equal scores would be ordered by job slot instead).
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -28,6 +30,12 @@ end
 
 local function int(x)
   return string.format('%.0f', x)
+end
+
+-- Microseconds, formatted (a Lua number as a Redis argument keeps only 14 digits).
+local function now_us()
+  local t = redis.call('TIME')
+  return int(tonumber(t[1]) * 1000000 + tonumber(t[2]))
 end
 
 local JOB_FIELDS = {'id', 'eid', 'name', 'payload', 'state', 'prio', 'made', 'max', 'backoff',
@@ -124,7 +132,15 @@ local function to_wait(bb, e, jslot)
   count(bb, 'waiting', 1)
 end
 
--- Move due delayed jobs and due retries of one entity into its wait queue.
+-- The wait-queue score of a job joining now: higher priority first (2001 bands of 2^42
+-- sequence numbers), FIFO within a priority.
+local function next_score(bb, e, prio)
+  local seq = redis.call('HINCRBY', ekey(bb, e, 'meta'), 'seq', 1)
+  return int((1000 - prio) * 4398046511104 + seq)
+end
+
+-- Move due delayed jobs and due retries of one entity into its wait queue. A delayed job joins
+-- the queue when it falls due (behind what is waiting then); a retry keeps its place (head).
 local function promote(bb, e, now)
   local moved = 0
   for _, which in ipairs({'delayed', 'retry'}) do
@@ -132,6 +148,11 @@ local function promote(bb, e, now)
     local due = redis.call('ZRANGEBYSCORE', zk, '-inf', now, 'LIMIT', 0, 1000)
     for _, jslot in ipairs(due) do
       redis.call('ZREM', zk, jslot)
+      if which == 'delayed' then
+        local jk = jkey(bb, jslot)
+        local prio = tonumber(redis.call('HGET', jk, 'prio')) or 0
+        redis.call('HSET', jk, 'score', next_score(bb, e, prio))
+      end
       count(bb, which == 'delayed' and 'delayed' or 'retrying', -1)
       to_wait(bb, e, jslot)
       moved = moved + 1
@@ -155,7 +176,7 @@ end
 local function add_dead(bb, e, jslot, err, now)
   local jk = jkey(bb, jslot)
   redis.call('HSET', jk, 'state', 'dead', 'error', err, 'fin', now, 'owner', '')
-  redis.call('ZADD', ekey(bb, e, 'dlq'), now, jslot)
+  redis.call('ZADD', ekey(bb, e, 'dlq'), now_us(), jslot)
   count(bb, 'dead', 1)
   local keepf = tonumber(redis.call('HGET', jk, 'keepf')) or 0
   if keepf > 0 then

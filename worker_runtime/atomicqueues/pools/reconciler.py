@@ -182,7 +182,7 @@ def plan(
     for worker in holders.values():
         by_entity.setdefault(worker.entity_id, []).append(worker)
 
-    allowance = max(0, min(start_budget, max_total - len(live)))
+    allowance = max(0, min(start_budget, max_total - len(mine)))
     waiting_for_backoff: list[str] = []
 
     def backing_off(key: str) -> bool:

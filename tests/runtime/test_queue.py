@@ -1,0 +1,1463 @@
+"""Queue semantics against a real Redis, through `Client` and `Leases` (no worker processes).
+
+Why: these are the promises people build on (DESIGN.md, "Redis: what must hold"): FIFO per
+entity with priorities, at most N jobs of an entity in flight, a retrying job blocks its
+successors, fencing tokens that refuse a former lease holder, expired leases recovered to the
+head of the queue, retries and dead letters, results that wake their waiters at once, and an
+index of entities with work that never drifts from the queues. Every test drives the scripts
+directly and then checks Redis itself; `check_index` recomputes the index from the per-entity
+keys (layout in lua/lib.lua) after each step, so a script that forgets to update it fails here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from atomicqueues import (
+    Backoff,
+    Client,
+    InvalidInput,
+    JobFailed,
+    JobNotFound,
+    LeaseLost,
+    PayloadTooLarge,
+    Settings,
+)
+from atomicqueues.keys import AUTO_JOB_ID_RE, BUCKETS, bucket_of, decode_id, encode_id
+from atomicqueues.leases import Idle, Lease, Leases, Started, sweep
+
+T = "user"  # entity type of most tests
+SHORT_LEASES = {"heartbeat_ttl": 0.4, "heartbeat_interval": 0.2}
+EXPIRED = 0.5  # seconds after which a lease of SHORT_LEASES has surely expired
+Connect = Callable[..., Awaitable[Client]]
+
+
+# --- fixtures ---------------------------------------------------------------------------------
+@pytest.fixture
+async def connect(redis_url: str) -> AsyncIterator[Connect]:
+    """Make clients on the test's Redis with any Settings overrides; closed after the test."""
+    made: list[Client] = []
+
+    async def make(**overrides: Any) -> Client:
+        c = await Client.connect(Settings(redis_url=redis_url, **overrides))
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        await c.close()
+
+
+@pytest.fixture
+async def client(connect: Connect) -> Client:
+    return await connect()
+
+
+# --- helpers ----------------------------------------------------------------------------------
+async def server_now(client: Client) -> float:
+    sec, usec = await client.redis.time()
+    return sec + usec / 1e6
+
+
+async def started(leases: Leases, eid: str, lease: Lease | None = None, t: str = T) -> Started:
+    got = await leases.claim(t, eid, lease)
+    assert isinstance(got, Started), f"expected a job of {eid!r} to start, got {got}"
+    return got
+
+
+async def idle(leases: Leases, eid: str, lease: Lease | None = None, t: str = T) -> Idle:
+    got = await leases.claim(t, eid, lease)
+    assert isinstance(got, Idle), f"expected nothing of {eid!r} to start, got {got}"
+    return got
+
+
+async def waiting_ids(client: Client, eid: str, t: str = T) -> list[str]:
+    """The entity's wait queue in claim order (job slots; for generated ids, the id)."""
+    return list(await client.redis.zrange(client.keys.entity(t, eid) + "wait", 0, -1))
+
+
+def slot(client: Client, eid: str, job_id: str, t: str = T) -> str:
+    return client.keys.job_slot(t, eid, job_id)
+
+
+async def snapshot(client: Client) -> dict[str, Any]:
+    """Every key and its content (TTLs aside): to show that a refused call changed nothing."""
+    r = client.redis
+    out: dict[str, Any] = {}
+    async for key in r.scan_iter(count=1000):
+        kind = await r.type(key)
+        if kind == "hash":
+            out[key] = await r.hgetall(key)
+        elif kind == "zset":
+            out[key] = await r.zrange(key, 0, -1, withscores=True)
+        elif kind == "list":
+            out[key] = await r.lrange(key, 0, -1)
+        elif kind == "set":
+            out[key] = sorted(await r.smembers(key))
+        else:
+            out[key] = await r.get(key)
+    return out
+
+
+async def check_index(
+    client: Client, t: str = T, *, completed: int | None = None
+) -> dict[str, Any]:
+    """Recompute the index of type `t` from the per-entity keys and compare it with Redis.
+
+    Checks, per bucket: pending (jobs waiting), work (waiting or in flight), ready (claimable
+    by a new lease holder), delayed (next due), dead, the lease index; every queued job slot is
+    in exactly one state set and its hash says that state; no job hash in a live state is
+    outside its set (nothing lost); and the per-state counts. Returns the truth it computed.
+    """
+    r = client.redis
+    tag = f"{client.settings.prefix}:{{{t}:"
+    entities: set[tuple[str, str]] = set()  # (bucket base, encoded id)
+    jobs: dict[str, dict[str, str]] = {}  # full job key -> fields
+    async for key in r.scan_iter(match=f"{tag}*", count=1000):
+        bb, _, rest = key.partition("}:")
+        bb += "}:"
+        if rest.startswith("e:"):
+            entities.add((bb, rest.split(":")[1]))
+        elif rest.startswith("j:"):
+            jobs[key] = await r.hgetall(key)
+    for bb in client.keys.buckets(t):
+        for idx in ("work", "ready", "delayed"):
+            entities |= {(bb, e) for e in await r.zrange(bb + idx, 0, -1)}
+        for idx in ("pending", "dead", "conc"):
+            entities |= {(bb, e) for e in await r.hkeys(bb + idx)}
+        for member in await r.zrange(bb + "leases", 0, -1):
+            entities.add((bb, member.split("|", 1)[1]))
+
+    want: dict[str, dict[str, Any]] = {
+        bb: {
+            "pending": {},
+            "work": set(),
+            "ready": set(),
+            "delayed": {},
+            "dead": {},
+            "leases": set(),
+        }
+        for bb in client.keys.buckets(t)
+    }
+    totals = dict.fromkeys(("waiting", "delayed", "retrying", "active", "dead"), 0)
+    placed: dict[str, str] = {}  # job key -> state set it is in
+    truth: dict[str, Any] = {"pending": {}, "work": set(), "ready": set(), "dead": {}}
+
+    def place(bb: str, jslot: str, state: str) -> None:
+        jk = f"{bb}j:{jslot}"
+        assert jk not in placed, f"job {jslot} is both {placed[jk]} and {state}"
+        placed[jk] = state
+        if state == "dead" and jk not in jobs:
+            return  # a dead letter's hash may have expired (keep_failed)
+        assert jobs.get(jk, {}).get("state") == state, f"job {jslot} in {state} set: {jobs.get(jk)}"
+
+    for bb, e in sorted(entities):
+        base = f"{bb}e:{e}:"
+        wait = await r.zrange(base + "wait", 0, -1)
+        delayed = await r.zrange(base + "delayed", 0, -1, withscores=True)
+        retry = await r.zrange(base + "retry", 0, -1, withscores=True)
+        run = await r.hgetall(base + "run")
+        holders = await r.hgetall(base + "leases")
+        dlq = await r.zrange(base + "dlq", 0, -1)
+        conc = int(await r.hget(bb + "conc", e) or 1)
+        for state, slots in (
+            ("waiting", wait),
+            ("delayed", [j for j, _ in delayed]),
+            ("retrying", [j for j, _ in retry]),
+            ("active", run.values()),
+            ("dead", dlq),
+        ):
+            for jslot in slots:
+                place(bb, jslot, state)
+            totals[state] += len(slots)
+        assert set(run) <= set(holders), f"{e}: a job runs without a lease: {run} {holders}"
+        busy = len(run) + len(retry)
+        w = want[bb]
+        if wait:
+            w["pending"][e] = str(len(wait))
+            truth["pending"][e] = len(wait)
+        if wait or busy:
+            w["work"].add(e)
+            truth["work"].add(e)
+        if wait and busy < conc and len(holders) < conc:
+            w["ready"].add(e)
+            truth["ready"].add(e)
+        dues = [s for _, s in delayed] + [s for _, s in retry]
+        if dues:
+            w["delayed"][e] = min(dues)
+        if dlq:
+            w["dead"][e] = str(len(dlq))
+            truth["dead"][e] = len(dlq)
+        w["leases"] |= {f"{owner}|{e}" for owner in holders}
+
+    for bb, w in want.items():
+        got = {
+            "pending": await r.hgetall(bb + "pending"),
+            "work": set(await r.zrange(bb + "work", 0, -1)),
+            "ready": set(await r.zrange(bb + "ready", 0, -1)),
+            "delayed": dict(await r.zrange(bb + "delayed", 0, -1, withscores=True)),
+            "dead": await r.hgetall(bb + "dead"),
+            "leases": set(await r.zrange(bb + "leases", 0, -1)),
+        }
+        assert got == w, f"index of bucket {bb} drifted from its queues"
+
+    for jk, fields in jobs.items():
+        if fields.get("state") in ("waiting", "delayed", "retrying", "active", "dead"):
+            assert jk in placed, f"job {jk} ({fields.get('state')}) is in no queue: lost"
+
+    counts = await client.counts(t)
+    assert {s: counts[s] for s in totals} == totals
+    if completed is not None:
+        assert counts["completed"] == completed
+    # The client's decoded views agree with the raw index.
+    assert await client.pending_entities(t) == {
+        decode_id(e): n for e, n in truth["pending"].items()
+    }
+    assert set(await client.entities_with_work(t)) == {decode_id(e) for e in truth["work"]}
+    assert set(await client.claimable_entities(t)) == {decode_id(e) for e in truth["ready"]}
+    assert await client.dead_entities(t) == {decode_id(e): n for e, n in truth["dead"].items()}
+    return truth
+
+
+# --- enqueue ----------------------------------------------------------------------------------
+async def test_enqueue_returns_a_generated_id_that_locates_the_job(client: Client) -> None:
+    first = await client.enqueue(T, "u1", "send", {"text": "hi"})
+    second = await client.enqueue(T, "u1", "send", {"text": "again"})
+    assert first != second
+    m = AUTO_JOB_ID_RE.match(first)
+    assert m is not None
+    assert (m.group(1), int(m.group(2))) == (T, bucket_of(T, "u1"))
+    job = await client.job(first)  # found from the id alone
+    assert (job.entity_id, job.name, job.payload, job.state) == (
+        "u1",
+        "send",
+        {"text": "hi"},
+        "waiting",
+    )
+    assert await waiting_ids(client, "u1") == [first, second]
+    await check_index(client)
+
+
+async def test_custom_job_id_is_idempotent_per_entity(client: Client) -> None:
+    leases = Leases(client, "w1")
+    jid = await client.enqueue(T, "u1", "charge", {"cents": 100}, job_id="order-42")
+    assert jid == "order-42"
+    before = (await client.counts(T), await snapshot(client))
+
+    again = await client.enqueue(T, "u1", "charge", {"cents": 999}, job_id="order-42")
+    assert again == "order-42"
+    assert (await client.counts(T), await snapshot(client)) == before
+    job = await client.job("order-42", entity=(T, "u1"))
+    assert job.payload == {"cents": 100}
+
+    # Still idempotent while it runs and after it completed (within its retention).
+    run = await started(leases, "u1")
+    assert await client.enqueue(T, "u1", "charge", job_id="order-42") == "order-42"
+    assert (await client.counts(T))["waiting"] == 0
+    await leases.finish(run, "completed", "null", claim_next=False)
+    assert await client.enqueue(T, "u1", "charge", job_id="order-42") == "order-42"
+    assert (await client.counts(T))["waiting"] == 0
+
+    # The same id on another entity is another job.
+    await client.enqueue(T, "u2", "charge", {"cents": 5}, job_id="order-42")
+    assert (await client.job("order-42", entity=(T, "u2"))).payload == {"cents": 5}
+    assert await client.pending_entities(T) == {"u2": 1}
+    await check_index(client, completed=1)
+
+
+def _same_bucket_ids(t: str, n: int) -> list[str]:
+    first = "e0"
+    ids = [first]
+    i = 1
+    while len(ids) < n:
+        if bucket_of(t, f"e{i}") == bucket_of(t, first):
+            ids.append(f"e{i}")
+        i += 1
+    return ids
+
+
+async def test_custom_job_ids_of_entities_in_one_bucket_never_collide(client: Client) -> None:
+    a, b = _same_bucket_ids(T, 2)
+    await client.enqueue(T, a, "x", 1, job_id="same")
+    await client.enqueue(T, b, "x", 2, job_id="same")
+    assert await client.pending_entities(T) == {a: 1, b: 1}
+    assert (await client.job("same", entity=(T, a))).payload == 1
+    assert (await client.job("same", entity=(T, b))).payload == 2
+
+
+HEX = "0123456789abcdef" * 2
+
+
+@pytest.mark.parametrize(
+    "job_id",
+    [
+        pytest.param(f"{T}.3.{HEX}", id="own-type-and-bucket"),
+        pytest.param(f"other.0.{HEX}", id="other-type"),
+        pytest.param(f"{T}.{BUCKETS}.{HEX}", id="bucket-out-of-range"),
+        pytest.param(f"{T}.999.{HEX}", id="bucket-999"),
+    ],
+)
+async def test_reserved_generated_id_form_is_rejected(client: Client, job_id: str) -> None:
+    with pytest.raises(InvalidInput, match="reserved"):
+        await client.enqueue(T, "u1", "x", job_id=job_id)
+    assert await client.redis.dbsize() == 0
+
+
+@pytest.mark.parametrize(
+    "job_id",
+    [pytest.param("", id="empty"), pytest.param("x" * 513, id="513-chars")],
+)
+async def test_invalid_custom_job_id_is_rejected(client: Client, job_id: str) -> None:
+    with pytest.raises(InvalidInput):
+        await client.enqueue(T, "u1", "x", job_id=job_id)
+
+
+async def test_payload_size_limit(connect: Connect) -> None:
+    client = await connect(max_payload_bytes=64)
+    fits = "x" * 62  # '"' + 62 + '"' = 64 bytes
+    await client.enqueue(T, "u1", "x", fits)
+    with pytest.raises(PayloadTooLarge) as info:
+        await client.enqueue(T, "u1", "x", fits + "x")
+    assert (info.value.size, info.value.limit) == (65, 64)
+    with pytest.raises(PayloadTooLarge):
+        await client.enqueue(T, "u1", "x", "é" * 32)  # 64 characters, 66 bytes of UTF-8
+    assert (await client.counts(T))["waiting"] == 1
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(object(), id="object"),
+        pytest.param({1, 2}, id="set"),
+        pytest.param(b"bytes", id="bytes"),
+        pytest.param(float("nan"), id="nan"),
+        pytest.param({"x": float("inf")}, id="inf"),
+    ],
+)
+async def test_non_json_payload_is_rejected(client: Client, payload: Any) -> None:
+    with pytest.raises(InvalidInput, match="JSON"):
+        await client.enqueue(T, "u1", "x", payload)
+    assert await client.redis.dbsize() == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        pytest.param({"priority": 1001}, "priority", id="priority-too-high"),
+        pytest.param({"priority": -1001}, "priority", id="priority-too-low"),
+        pytest.param({"delay": -1}, "delay", id="negative-delay"),
+        pytest.param({"attempts": 0}, "attempts", id="zero-attempts"),
+        pytest.param({"backoff": {"type": "linear"}}, "backoff", id="bad-backoff"),
+    ],
+)
+async def test_invalid_enqueue_options_are_rejected(
+    client: Client, kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(InvalidInput, match=match):
+        await client.enqueue(T, "u1", "x", **kwargs)
+    assert await client.redis.dbsize() == 0
+
+
+# --- order ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("jobs", "order"),
+    [
+        pytest.param([("a", 0), ("b", 0), ("c", 0), ("d", 0)], "abcd", id="fifo"),
+        pytest.param(
+            [("l", -5), ("a", 0), ("h", 7), ("b", 0), ("t", 1000), ("z", -1000)],
+            "thablz",
+            id="priority-then-fifo",
+        ),
+        pytest.param([("a", 1), ("b", 2), ("c", 1), ("d", 2)], "bdac", id="fifo-within-bands"),
+    ],
+)
+async def test_claim_order(client: Client, jobs: list[tuple[str, int]], order: str) -> None:
+    for name, prio in jobs:
+        await client.enqueue(T, "u1", name, priority=prio)
+    leases = Leases(client, "w1")
+    run: Started | None = await started(leases, "u1")
+    seen = []
+    while run is not None:
+        seen.append(run.job.name)
+        run = await leases.finish(run, "completed", "null")
+    assert "".join(seen) == order
+    await check_index(client, completed=len(jobs))
+
+
+async def test_delayed_job_joins_when_due_not_before(client: Client) -> None:
+    leases = Leases(client, "w1")
+    jid = await client.enqueue(T, "u1", "later", delay=0.4)
+    job = await client.job(jid)
+    assert job.state == "delayed"
+    assert await client.pending_entities(T) == {}
+    assert set(await client.entities_with_work(T)) == set()  # nothing waits or runs yet
+    got = await idle(leases, "u1")
+    assert got.lease is None
+    assert got.next_due is not None
+    assert got.next_due == pytest.approx(job.enqueued_at + 0.4, abs=0.0015)
+    await check_index(client)
+
+    await asyncio.sleep(0.15)
+    if await server_now(client) < got.next_due - 0.02:  # (unless this machine is very slow)
+        await idle(leases, "u1")  # still not due
+
+    await asyncio.sleep(max(0.0, got.next_due - await server_now(client)) + 0.02)
+    run = await started(leases, "u1")
+    assert run.job.id == jid
+    assert run.job.started_at is not None
+    assert run.job.started_at >= got.next_due - 0.001
+    await check_index(client)
+
+
+async def test_delayed_job_joins_behind_jobs_waiting_when_it_falls_due(client: Client) -> None:
+    leases = Leases(client, "w1")
+    later = await client.enqueue(T, "u1", "later", delay=0.2)
+    first = await client.enqueue(T, "u1", "now")
+    await asyncio.sleep(0.25)
+    after = await client.enqueue(T, "u1", "after")  # enqueued once `later` was due
+    order = []
+    run: Started | None = await started(leases, "u1")
+    while run is not None:
+        order.append(run.job.id)
+        run = await leases.finish(run, "completed", "null")
+    assert order == [first, later, after]
+    await check_index(client)
+
+
+async def test_sweep_promotes_a_due_delayed_job_and_makes_its_entity_claimable(
+    client: Client,
+) -> None:
+    await client.enqueue(T, "u1", "later", delay=0.5)
+    assert await sweep(client, T) == (0, 0)
+    assert await client.claimable_entities(T) == {}
+    await asyncio.sleep(0.55)
+    assert await sweep(client, T) == (0, 1)
+    assert set(await client.claimable_entities(T)) == {"u1"}
+    assert await client.pending_entities(T) == {"u1": 1}
+    await check_index(client)
+
+
+async def test_with_concurrency_one_a_job_never_starts_before_its_predecessor_ends(
+    client: Client,
+) -> None:
+    a, b = Leases(client, "a"), Leases(client, "b")
+    j1 = await client.enqueue(T, "u1", "first", attempts=2)
+    j2 = await client.enqueue(T, "u1", "second")
+
+    run = await started(a, "u1")
+    assert run.job.id == j1
+    assert (await idle(b, "u1")).lease is None  # active job blocks successors, no 2nd lease
+    await check_index(client)
+
+    # A job waiting for its retry blocks its successors too (message-group semantics).
+    assert await a.finish(run, "retry", "boom", retry_delay=0.3) is None
+    assert (await client.job(j1)).state == "retrying"
+    assert await client.pending_entities(T) == {"u1": 1}
+    held = await idle(a, "u1", run.lease)
+    assert held.lease == run.lease
+    assert held.next_due is not None
+    await idle(b, "u1")
+    assert await client.claimable_entities(T) == {}
+    await check_index(client)
+
+    # Release the lease: still nothing claimable while the retry is pending.
+    assert await a.release(run.lease, "idle") == "released"
+    await idle(b, "u1")
+    await check_index(client)
+
+    await asyncio.sleep(max(0.0, held.next_due - await server_now(client)) + 0.02)
+    retry = await started(b, "u1")
+    assert (retry.job.id, retry.job.attempt) == (j1, 2)
+
+    # Dead-lettered: only now does the successor start, under the same lease.
+    nxt = await b.finish(retry, "dead", "boom again")
+    assert nxt is not None
+    assert nxt.job.id == j2
+    assert (await client.job(j1)).state == "dead"
+    await check_index(client)
+
+
+# --- concurrency N ----------------------------------------------------------------------------
+async def test_concurrency_n_runs_n_jobs_of_an_entity_at_once(client: Client) -> None:
+    owners = [Leases(client, f"w{i}") for i in range(4)]
+    ids = [await client.enqueue(T, "u1", f"j{i}") for i in range(5)]
+    await client.set_concurrency(T, "u1", 3)
+    assert await client.concurrency(T, "u1") == 3
+
+    runs = [await started(w, "u1") for w in owners[:3]]
+    assert [r.job.id for r in runs] == ids[:3]
+    assert len({r.lease.token for r in runs}) == 3
+    assert (await idle(owners[3], "u1")).lease is None
+    # One lease runs one job at a time.
+    assert (await idle(owners[0], "u1", runs[0].lease)).lease == runs[0].lease
+    assert await client.claimable_entities(T) == {}
+    await check_index(client)
+
+    nxt = await owners[1].finish(runs[1], "completed", "null")
+    assert nxt is not None
+    assert nxt.job.id == ids[3]
+    await check_index(client, completed=1)
+    for w, r in ((owners[0], runs[0]), (owners[1], nxt), (owners[2], runs[2])):
+        assert await w.finish(r, "completed", "null", claim_next=False) is None
+        assert await w.release(r.lease, "shutdown") == "released"
+    await check_index(client, completed=4)
+
+    # Back to one: one job in flight at a time, whoever asks.
+    await client.set_concurrency(T, "u1", 1)
+    assert await client.concurrency(T, "u1") == 1
+    await client.enqueue(T, "u1", "j5")
+    last = await started(owners[3], "u1")
+    assert last.job.id == ids[4]
+    for w in owners[:3]:
+        assert (await idle(w, "u1")).lease is None
+    await check_index(client, completed=4)
+    assert await client.counts(T) == {
+        "waiting": 1,
+        "delayed": 0,
+        "active": 1,
+        "retrying": 0,
+        "completed": 4,
+        "dead": 0,
+    }
+
+
+async def test_lowering_concurrency_stops_new_starts_until_in_flight_drops(
+    client: Client,
+) -> None:
+    owners = [Leases(client, f"w{i}") for i in range(3)]
+    for i in range(4):
+        await client.enqueue(T, "u1", f"j{i}")
+    await client.set_concurrency(T, "u1", 2)
+    r0, r1 = await started(owners[0], "u1"), await started(owners[1], "u1")
+    await client.set_concurrency(T, "u1", 1)
+    await idle(owners[2], "u1")
+    assert await owners[0].finish(r0, "completed", "null") is None  # still 1 in flight
+    nxt = await owners[1].finish(r1, "completed", "null")
+    assert nxt is not None  # now none in flight: the next job may start
+    await check_index(client, completed=2)
+
+
+@pytest.mark.parametrize("n", [pytest.param(0, id="zero"), pytest.param(10_001, id="too-many")])
+async def test_invalid_concurrency_is_rejected(client: Client, n: int) -> None:
+    with pytest.raises(InvalidInput):
+        await client.set_concurrency(T, "u1", n)
+
+
+# --- leases and fencing -----------------------------------------------------------------------
+async def test_fencing_tokens_grow_on_every_grant(client: Client) -> None:
+    owners = [Leases(client, f"w{i}") for i in range(3)]
+    tokens: list[int] = []
+    await client.set_concurrency(T, "u1", 3)
+    for round_ in range(3):
+        for _ in range(3):
+            await client.enqueue(T, "u1", f"r{round_}")
+        runs = [await started(w, "u1") for w in owners]
+        tokens += [r.lease.fencing_token for r in runs]
+        for w, r in zip(owners, runs, strict=True):
+            assert r.job.fencing_token == r.lease.fencing_token
+            await w.finish(r, "completed", "null", claim_next=False)
+            assert await w.release(r.lease, "idle") == "released"
+    # The entity went fully idle in between (its bookkeeping dropped): tokens still grow.
+    assert await client.redis.exists(client.keys.entity(T, "u1") + "meta") == 0
+    await client.enqueue(T, "u1", "last")
+    tokens.append((await started(owners[0], "u1")).lease.fencing_token)
+    assert tokens == sorted(set(tokens)), tokens
+    await check_index(client, completed=9)
+
+
+async def _former_owner_setup(client: Client) -> tuple[Leases, Leases, Started, Started]:
+    """a ran job 1 and let go; b now holds the lease and runs job 2."""
+    a, b = Leases(client, "a"), Leases(client, "b")
+    for i in range(3):
+        await client.enqueue(T, "u1", f"j{i}")
+    old = await started(a, "u1")
+    await a.finish(old, "completed", "null", claim_next=False)
+    assert await a.release(old.lease, "shutdown") == "released"
+    new = await started(b, "u1")
+    assert new.lease.fencing_token > old.lease.fencing_token
+    return a, b, old, new
+
+
+def _with_token(run: Started, token: int) -> Started:
+    lease = Lease(run.lease.entity_type, run.lease.entity_id, str(token))
+    return Started(lease, run.jslot, run.job)
+
+
+Refused = Callable[[Leases, Leases, Started, Started], Awaitable[None]]
+
+
+async def _finish_old_run(a: Leases, b: Leases, old: Started, new: Started) -> None:
+    with pytest.raises(LeaseLost):
+        await a.finish(old, "completed", "null")
+
+
+async def _finish_new_run_as_former_owner(a: Leases, b: Leases, old: Started, new: Started) -> None:
+    with pytest.raises(LeaseLost):
+        await a.finish(new, "dead", "x")
+
+
+async def _finish_with_stale_token(a: Leases, b: Leases, old: Started, new: Started) -> None:
+    with pytest.raises(LeaseLost):
+        await b.finish(_with_token(new, old.lease.fencing_token), "completed", "null")
+
+
+async def _finish_with_forged_token(a: Leases, b: Leases, old: Started, new: Started) -> None:
+    with pytest.raises(LeaseLost):
+        await b.finish(_with_token(new, new.lease.fencing_token + 1), "retry", "x")
+
+
+async def _finish_a_job_not_running(a: Leases, b: Leases, old: Started, new: Started) -> None:
+    with pytest.raises(LeaseLost):
+        await b.finish(Started(new.lease, old.jslot, old.job), "completed", "null")
+
+
+async def _renew_old(a: Leases, b: Leases, old: Started, new: Started) -> None:
+    assert await a.renew([old.lease]) == [old.lease]
+
+
+async def _renew_stale_token(a: Leases, b: Leases, old: Started, new: Started) -> None:
+    stale = _with_token(new, old.lease.fencing_token).lease
+    assert await b.renew([stale]) == [stale]
+
+
+async def _release_old(a: Leases, b: Leases, old: Started, new: Started) -> None:
+    for mode in ("idle", "shutdown"):
+        assert await a.release(old.lease, mode) == "lost"  # type: ignore[arg-type]
+
+
+async def _release_stale_token(a: Leases, b: Leases, old: Started, new: Started) -> None:
+    stale = _with_token(new, old.lease.fencing_token).lease
+    assert await b.release(stale, "shutdown") == "lost"
+
+
+async def _claim_with_old(a: Leases, b: Leases, old: Started, new: Started) -> None:
+    with pytest.raises(LeaseLost):
+        await a.claim(T, "u1", old.lease)
+
+
+@pytest.mark.parametrize(
+    "act",
+    [
+        pytest.param(_finish_old_run, id="finish-old-run"),
+        pytest.param(_finish_new_run_as_former_owner, id="finish-as-former-owner"),
+        pytest.param(_finish_with_stale_token, id="finish-stale-token"),
+        pytest.param(_finish_with_forged_token, id="finish-forged-token"),
+        pytest.param(_finish_a_job_not_running, id="finish-other-job"),
+        pytest.param(_renew_old, id="renew-former-owner"),
+        pytest.param(_renew_stale_token, id="renew-stale-token"),
+        pytest.param(_release_old, id="release-former-owner"),
+        pytest.param(_release_stale_token, id="release-stale-token"),
+        pytest.param(_claim_with_old, id="claim-former-owner"),
+    ],
+)
+async def test_stale_lease_is_refused_and_changes_nothing(client: Client, act: Refused) -> None:
+    a, b, old, new = await _former_owner_setup(client)
+    before = await snapshot(client)
+    await act(a, b, old, new)
+    assert await snapshot(client) == before
+    # The rightful holder carries on.
+    nxt = await b.finish(new, "completed", "null")
+    assert nxt is not None
+    assert nxt.job.name == "j2"
+    await check_index(client, completed=2)
+
+
+async def test_expired_lease_is_swept_back_to_the_head_with_the_attempt_counted(
+    connect: Connect,
+) -> None:
+    client = await connect(**SHORT_LEASES)
+    a, b = Leases(client, "a"), Leases(client, "b")
+    j1 = await client.enqueue(T, "u1", "first")
+    j2 = await client.enqueue(T, "u1", "second")
+    run = await started(a, "u1")
+    assert await sweep(client, T) == (0, 0)  # not expired yet
+    await asyncio.sleep(EXPIRED)
+    assert await sweep(client, T) == (1, 0)
+
+    job = await client.job(j1)
+    assert (job.state, job.attempt) == ("waiting", 1)
+    assert job.error is not None
+    assert job.error.startswith("stalled")
+    assert await waiting_ids(client, "u1") == [j1, j2]
+    assert set(await client.claimable_entities(T)) == {"u1"}
+    await check_index(client)
+
+    before = await snapshot(client)
+    with pytest.raises(LeaseLost):
+        await a.finish(run, "completed", "null")
+    assert await a.renew([run.lease]) == [run.lease]
+    assert await snapshot(client) == before
+
+    again = await started(b, "u1")
+    assert (again.job.id, again.job.attempt) == (j1, 2)
+    assert again.lease.fencing_token > run.lease.fencing_token
+    await check_index(client)
+
+
+async def test_expired_lease_is_recovered_when_its_former_holder_calls(connect: Connect) -> None:
+    client = await connect(**SHORT_LEASES)
+    a = Leases(client, "a")
+    j1 = await client.enqueue(T, "u1", "first")
+    run = await started(a, "u1")
+    await asyncio.sleep(EXPIRED)
+    with pytest.raises(LeaseLost):
+        await a.finish(run, "completed", "null")  # too late: recovered on the spot, not counted
+    job = await client.job(j1)
+    assert (job.state, job.attempt) == ("waiting", 1)
+    assert await client.counts(T) == {
+        "waiting": 1,
+        "delayed": 0,
+        "active": 0,
+        "retrying": 0,
+        "completed": 0,
+        "dead": 0,
+    }
+    assert await sweep(client, T) == (0, 0)
+    await check_index(client)
+
+
+async def test_renewed_lease_does_not_expire(connect: Connect) -> None:
+    client = await connect(**SHORT_LEASES)
+    a = Leases(client, "a")
+    await client.enqueue(T, "u1", "first")
+    run = await started(a, "u1")
+    for _ in range(6):
+        await asyncio.sleep(0.1)
+        assert await a.renew([run.lease]) == []
+    assert await sweep(client, T) == (0, 0)
+    assert await a.finish(run, "completed", "null") is None
+    await check_index(client, completed=1)
+
+
+async def test_stalled_past_max_attempts_is_dead_lettered(connect: Connect) -> None:
+    client = await connect(**SHORT_LEASES)
+    a = Leases(client, "a")
+    j1 = await client.enqueue(T, "u1", "stalls", attempts=2)
+    j2 = await client.enqueue(T, "u1", "next")
+    for attempt in (1, 2):
+        run = await started(a, "u1")
+        assert (run.job.id, run.job.attempt) == (j1, attempt)
+        await asyncio.sleep(EXPIRED)
+        assert await sweep(client, T) == (1, 0)
+        await check_index(client)
+    dead = await client.job(j1)
+    assert (dead.state, dead.attempt) == ("dead", 2)
+    assert dead.error is not None
+    assert dead.error.startswith("stalled")
+    assert [j.id for j in await client.dlq_list(T, "u1")] == [j1]
+    assert await client.dead_entities(T) == {"u1": 1}
+    nxt = await started(a, "u1")
+    assert nxt.job.id == j2
+    await check_index(client)
+
+
+async def test_shutdown_release_gives_the_running_job_back_without_using_an_attempt(
+    client: Client,
+) -> None:
+    a, b = Leases(client, "a"), Leases(client, "b")
+    j1 = await client.enqueue(T, "u1", "first")
+    j2 = await client.enqueue(T, "u1", "second")
+    run = await started(a, "u1")
+    assert await a.release(run.lease, "shutdown") == "released"
+    job = await client.job(j1)
+    assert (job.state, job.attempt) == ("waiting", 0)
+    assert await waiting_ids(client, "u1") == [j1, j2]
+    with pytest.raises(LeaseLost):
+        await a.finish(run, "completed", "null")
+    again = await started(b, "u1")
+    assert (again.job.id, again.job.attempt) == (j1, 1)
+    await check_index(client)
+
+
+# --- idle release -----------------------------------------------------------------------------
+async def test_idle_release_is_refused_while_work_is_there(client: Client) -> None:
+    a = Leases(client, "a")
+    await client.enqueue(T, "u1", "first")
+    run = await started(a, "u1")
+    assert await a.release(run.lease, "idle") == "busy"  # its own job still runs
+    j2 = await client.enqueue(T, "u1", "second")
+    assert await a.finish(run, "completed", "null", claim_next=False) is None
+    assert await a.release(run.lease, "idle") == "busy"  # a job waits: lease kept
+    assert await client.redis.hget(client.keys.entity(T, "u1") + "leases", "a") == run.lease.token
+    nxt = await started(a, "u1", run.lease)
+    assert (nxt.job.id, nxt.lease) == (j2, run.lease)
+    await a.finish(nxt, "completed", "null", claim_next=False)
+    assert await a.release(run.lease, "idle") == "released"
+    assert await client.redis.hlen(client.keys.entity(T, "u1") + "leases") == 0
+    await check_index(client, completed=2)
+
+
+async def test_idle_release_sees_a_delayed_job_that_fell_due(client: Client) -> None:
+    a = Leases(client, "a")
+    await client.enqueue(T, "u1", "first")
+    run = await started(a, "u1")
+    await a.finish(run, "completed", "null", claim_next=False)
+    j2 = await client.enqueue(T, "u1", "later", delay=0.1)
+    await asyncio.sleep(0.15)
+    assert await a.release(run.lease, "idle") == "busy"
+    await check_index(client, completed=1)  # the promoted job is in the index
+    nxt = await started(a, "u1", run.lease)
+    assert nxt.job.id == j2
+
+
+# --- retries, backoff, dead letters -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("backoff", "attempt", "expected"),
+    [
+        pytest.param({"type": "fixed", "delay": 2.5}, 1, 2.5, id="fixed-1"),
+        pytest.param({"type": "fixed", "delay": 2.5}, 7, 2.5, id="fixed-7"),
+        pytest.param({"delay": 1.0}, 1, 1.0, id="exp-1"),
+        pytest.param({"delay": 1.0}, 2, 2.0, id="exp-2"),
+        pytest.param({"delay": 0.5}, 4, 4.0, id="exp-4"),
+        pytest.param({"delay": 1.0, "max_delay": 10}, 5, 10.0, id="exp-capped"),
+        pytest.param({"delay": 1.0, "max_delay": 10}, 5000, 10.0, id="exp-huge-attempt"),
+        pytest.param({"delay": 0.0}, 3, 0.0, id="zero-delay"),
+        pytest.param({"delay": 1.0}, 0, 1.0, id="attempt-0"),
+    ],
+)
+def test_backoff_seconds(backoff: dict[str, Any], attempt: int, expected: float) -> None:
+    assert Backoff(jitter=0, **backoff).seconds(attempt) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("backoff", "attempt", "low", "high"),
+    [
+        pytest.param(Backoff(type="fixed", delay=10, jitter=0.2), 3, 8.0, 12.0, id="fixed"),
+        pytest.param(Backoff(delay=1, jitter=0.5), 3, 2.0, 6.0, id="exponential"),
+        pytest.param(Backoff(delay=1, jitter=1.0), 2, 0.0, 4.0, id="full"),
+        pytest.param(Backoff(delay=1, max_delay=5, jitter=0.2), 10, 4.0, 5.0, id="capped"),
+    ],
+)
+def test_backoff_jitter_stays_in_bounds_and_spreads(
+    backoff: Backoff, attempt: int, low: float, high: float
+) -> None:
+    rng = random.Random(1234)
+    values = [backoff.seconds(attempt, rng) for _ in range(2000)]
+    assert all(low <= v <= high for v in values), (min(values), max(values))
+    # Spread over the range, not stuck at one value.
+    span = high - low
+    assert min(values) < low + span * 0.1
+    assert max(values) > high - span * 0.1
+    assert len(set(values)) > 500
+    assert backoff.seconds(attempt, random.Random(7)) == backoff.seconds(attempt, random.Random(7))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param({"delay": -1}, id="negative-delay"),
+        pytest.param({"jitter": 1.5}, id="jitter-over-1"),
+        pytest.param({"type": "linear"}, id="unknown-type"),
+        pytest.param({"delays": 1}, id="unknown-field"),
+    ],
+)
+def test_backoff_rejects_bad_settings(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        Backoff(**bad)
+
+
+@pytest.mark.parametrize(
+    ("backoff", "waits"),
+    [
+        pytest.param({"type": "fixed", "delay": 0.15, "jitter": 0}, [0.15, 0.15], id="fixed"),
+        pytest.param(
+            {"delay": 0.1, "max_delay": 0.25, "jitter": 0}, [0.1, 0.2, 0.25], id="exponential"
+        ),
+    ],
+)
+async def test_retries_wait_their_backoff_then_dead_letter(
+    client: Client, backoff: dict[str, Any], waits: list[float]
+) -> None:
+    a = Leases(client, "a")
+    attempts = len(waits) + 1
+    jid = await client.enqueue(T, "u1", "flaky", attempts=attempts, backoff=backoff)
+    assert (await client.job(jid)).backoff == Backoff(**backoff)
+    run = await started(a, "u1")
+    for expected in waits:
+        job = run.job
+        assert job.attempt < job.max_attempts
+        delay = job.backoff.seconds(job.attempt)
+        assert delay == pytest.approx(expected)
+        t0 = await server_now(client)
+        assert await a.finish(run, "retry", f"fail {job.attempt}", retry_delay=delay) is None
+        t1 = await server_now(client)
+        info = await client.job(jid)
+        assert (info.state, info.error) == ("retrying", f"fail {job.attempt}")
+        held = await idle(a, "u1", run.lease)
+        assert held.next_due is not None
+        assert t0 + expected - 0.002 <= held.next_due <= t1 + expected + 0.002
+        await check_index(client)
+        await asyncio.sleep(max(0.0, held.next_due - await server_now(client)) + 0.01)
+        run = await started(a, "u1", run.lease)
+        assert (run.job.id, run.job.attempt) == (jid, job.attempt + 1)
+    assert run.job.attempt == run.job.max_attempts == attempts
+    await a.finish(run, "dead", "gave up")
+    dead = await client.job(jid)
+    assert (dead.state, dead.error, dead.attempt) == ("dead", "gave up", attempts)
+    assert dead.finished_at is not None
+    await check_index(client)
+
+
+async def test_dead_letter_list_requeue_and_purge(client: Client) -> None:
+    a = Leases(client, "a")
+    ids = [await client.enqueue(T, "u1", f"j{i}", {"i": i}) for i in range(4)]
+    other = await client.enqueue(T, "u2", "o")
+    run = await started(a, "u1")
+    run = await a.finish(run, "dead", "err 0")  # j0 dead, j1 starts
+    assert run is not None
+    run = await a.finish(run, "dead", "err 1")  # j1 dead, j2 starts
+    assert run is not None
+    assert run.job.id == ids[2]
+    await a.finish(run, "completed", "null", claim_next=False)
+    await a.release(run.lease, "shutdown")
+    b = Leases(client, "b")
+    orun = await started(b, "u2")
+    await b.finish(orun, "dead", "other err", claim_next=False)
+    await check_index(client, completed=1)
+
+    dlq = await client.dlq_list(T, "u1")
+    assert [(j.id, j.error, j.state) for j in dlq] == [
+        (ids[0], "err 0", "dead"),
+        (ids[1], "err 1", "dead"),
+    ]
+    assert [j.id for j in await client.dlq_list(T)] == [ids[0], ids[1], other]
+    assert [j.id for j in await client.dlq_list(T, limit=1)] == [ids[0]]
+    assert await client.dead_entities(T) == {"u1": 2, "u2": 1}
+
+    # Requeue keeps the job's original place (before j3, enqueued after it), attempts reset.
+    assert await client.dlq_requeue(T, "u1", [ids[1]]) == 1
+    assert await client.dlq_requeue(T, "u1", [ids[1]]) == 0  # not dead any more
+    assert await waiting_ids(client, "u1") == [ids[1], ids[3]]
+    job = await client.job(ids[1])
+    assert (job.state, job.attempt, job.finished_at) == ("waiting", 0, None)
+    assert await client.dead_entities(T) == {"u1": 1, "u2": 1}
+    await check_index(client, completed=1)
+
+    assert await client.dlq_purge(T, "u1") == 1
+    with pytest.raises(JobNotFound):
+        await client.job(ids[0])
+    assert await client.dlq_purge(T) == 1  # every entity of the type
+    with pytest.raises(JobNotFound):
+        await client.job(other)
+    assert await client.dlq_list(T) == []
+    assert await client.dead_entities(T) == {}
+    await check_index(client, completed=1)
+
+
+async def test_requeued_dead_job_goes_before_jobs_enqueued_after_it(client: Client) -> None:
+    a = Leases(client, "a")
+    await client.enqueue(T, "u1", "j0")
+    j1 = await client.enqueue(T, "u1", "j1")
+    run = await started(a, "u1")
+    run = await a.finish(run, "completed", "null")
+    assert run is not None
+    await a.finish(run, "dead", "boom", claim_next=False)
+    await a.release(run.lease, "idle")  # nothing waits, runs or is due: the entity is idle
+    later = [await client.enqueue(T, "u1", f"k{i}") for i in range(3)]
+    assert await client.dlq_requeue(T, "u1") == 1
+    assert await waiting_ids(client, "u1") == [j1, *later]
+    await check_index(client, completed=1)
+
+
+async def test_dlq_requeue_of_every_entity(client: Client) -> None:
+    a = Leases(client, "a")
+    for eid in ("u1", "u2"):
+        await client.enqueue(T, eid, "x")
+        run = await started(a, eid)
+        await a.finish(run, "dead", "boom", claim_next=False)
+        await a.release(run.lease, "idle")
+    assert await client.dlq_requeue(T) == 2
+    assert await client.pending_entities(T) == {"u1": 1, "u2": 1}
+    assert set(await client.claimable_entities(T)) == {"u1", "u2"}
+    await check_index(client)
+
+
+# --- cancel -----------------------------------------------------------------------------------
+async def test_cancel_waiting_and_delayed_jobs(client: Client) -> None:
+    a = Leases(client, "a")
+    active = await client.enqueue(T, "u1", "active")
+    waiting = await client.enqueue(T, "u1", "waiting")
+    custom = await client.enqueue(T, "u1", "custom", job_id="mine")
+    delayed = await client.enqueue(T, "u1", "delayed", delay=60)
+    run = await started(a, "u1")
+    assert run.job.id == active
+
+    assert await client.cancel(waiting) is True
+    with pytest.raises(JobNotFound):
+        await client.job(waiting)
+    assert await client.cancel("mine", entity=(T, "u1")) is True
+    assert custom == "mine"
+    assert await client.cancel(delayed) is True
+    await check_index(client)
+    assert await client.counts(T) == {
+        "waiting": 0,
+        "delayed": 0,
+        "active": 1,
+        "retrying": 0,
+        "completed": 0,
+        "dead": 0,
+    }
+    assert await client.redis.zcard(client.keys.bucket(T, bucket_of(T, "u1")) + "delayed") == 0
+
+    # Refused for a running job, a cancelled one, and one that never existed.
+    assert await client.cancel(active) is False
+    assert (await client.job(active)).state == "active"
+    assert await client.cancel(waiting) is False
+    assert await client.cancel(f"{T}.0.{HEX}") is False
+    assert await client.cancel("nope", entity=(T, "u1")) is False
+    with pytest.raises(InvalidInput):
+        await client.cancel("nope")  # a caller-given id needs its entity
+    assert await a.finish(run, "completed", "null") is None
+    await check_index(client, completed=1)
+
+
+async def test_cancel_is_refused_for_retrying_and_ended_jobs(client: Client) -> None:
+    a = Leases(client, "a")
+    j1 = await client.enqueue(T, "u1", "retrying")
+    j2 = await client.enqueue(T, "u2", "completed")
+    run = await started(a, "u1")
+    await a.finish(run, "retry", "x", retry_delay=60)
+    run2 = await started(a, "u2")
+    await a.finish(run2, "completed", "null")
+    assert await client.cancel(j1) is False
+    assert await client.cancel(j2) is False
+    assert (await client.job(j1)).state == "retrying"
+    await check_index(client, completed=1)
+
+
+# --- job info and results ---------------------------------------------------------------------
+async def test_job_info_fields(client: Client) -> None:
+    a = Leases(client, "a")
+    t0 = await server_now(client)
+    jid = await client.enqueue(
+        T,
+        "u1",
+        "charge",
+        {"cents": 5},
+        priority=3,
+        attempts=5,
+        backoff={"type": "fixed", "delay": 2},
+    )
+    job = await client.job(jid)
+    assert (job.id, job.entity_type, job.entity_id, job.name) == (jid, T, "u1", "charge")
+    assert (job.payload, job.payload_json) == ({"cents": 5}, '{"cents":5}')
+    assert (job.state, job.priority, job.attempt, job.max_attempts) == ("waiting", 3, 0, 5)
+    assert job.backoff == Backoff(type="fixed", delay=2)
+    assert t0 - 0.01 <= job.enqueued_at <= await server_now(client) + 0.01
+    assert (job.started_at, job.fencing_token, job.error, job.result, job.finished_at) == (
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
+
+    run = await started(a, "u1")
+    job = await client.job(jid)
+    assert (job.state, job.attempt, job.fencing_token) == ("active", 1, run.lease.fencing_token)
+    assert job.started_at is not None
+    assert job.started_at >= job.enqueued_at
+    assert run.job == job
+
+    await a.finish(run, "completed", '{"ok":true}')
+    job = await client.job(jid)
+    assert (job.state, job.result, job.error) == ("completed", {"ok": True}, None)
+    assert job.finished_at is not None
+    assert job.finished_at >= job.started_at
+
+
+async def test_result_returns_a_query_result(client: Client) -> None:
+    a = Leases(client, "a")
+    jid = await client.enqueue(T, "u1", "balance")
+    run = await started(a, "u1")
+    await a.finish(run, "completed", '{"balance":42,"currency":"€"}')
+    assert await client.result(jid, timeout=1) == {"balance": 42, "currency": "€"}
+    custom = await client.enqueue(T, "u1", "cmd", job_id="c1")
+    run = await started(a, "u1", run.lease)
+    await a.finish(run, "completed", "null")
+    assert await client.result(custom, timeout=1, entity=(T, "u1")) is None
+
+
+async def test_result_raises_job_failed_for_a_dead_job(client: Client) -> None:
+    a = Leases(client, "a")
+    jid = await client.enqueue(T, "u1", "x")
+    run = await started(a, "u1")
+    await a.finish(run, "dead", "ValueError: nope")
+    with pytest.raises(JobFailed) as info:
+        await client.result(jid, timeout=1)
+    assert (info.value.job_id, info.value.error) == (jid, "ValueError: nope")
+
+
+@pytest.mark.parametrize(
+    ("job_id", "entity"),
+    [
+        pytest.param(f"{T}.5.{HEX}", None, id="generated-form"),
+        pytest.param("never", (T, "u1"), id="caller-given"),
+    ],
+)
+async def test_result_raises_job_not_found_for_an_unknown_job(
+    client: Client, job_id: str, entity: tuple[str, str] | None
+) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(JobNotFound):
+        await client.result(job_id, timeout=5, entity=entity)
+    assert time.monotonic() - t0 < 1
+
+
+@pytest.mark.parametrize(
+    "timeout",
+    [
+        pytest.param(0.3, id="short"),
+        # Longer than redis-py's default read timeout (5 s): the blocking wait must not be cut
+        # short by it and surface as RedisUnavailable.
+        pytest.param(5.3, id="past-socket-timeout"),
+    ],
+)
+async def test_result_times_out(client: Client, timeout: float) -> None:
+    jid = await client.enqueue(T, "u1", "x")
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await client.result(jid, timeout=timeout)
+    assert timeout - 0.05 <= time.monotonic() - t0 < timeout + 1.5
+    assert (await client.job(jid)).state == "waiting"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "value"),
+    [
+        pytest.param("completed", '"done"', id="completed"),
+        pytest.param("dead", "boom", id="dead"),
+        pytest.param("cancelled", "", id="cancelled"),
+    ],
+)
+async def test_result_wakes_at_once_when_the_job_ends(
+    client: Client, outcome: str, value: str
+) -> None:
+    a = Leases(client, "a")
+    jid = await client.enqueue(T, "u1", "x")
+    t0 = time.monotonic()
+    waiter = asyncio.create_task(client.result(jid, timeout=10))
+    await asyncio.sleep(0.2)
+    assert not waiter.done()
+    if outcome == "cancelled":
+        assert await client.cancel(jid) is True
+    else:
+        run = await started(a, "u1")
+        await a.finish(run, outcome, value)  # type: ignore[arg-type]
+    if outcome == "completed":
+        assert await waiter == "done"
+    else:
+        with pytest.raises(JobFailed if outcome == "dead" else JobNotFound):
+            await waiter
+    elapsed = time.monotonic() - t0
+    assert elapsed < 2, f"result() took {elapsed:.2f}s to notice"
+
+
+async def test_result_wakes_every_waiter(client: Client) -> None:
+    a = Leases(client, "a")
+    jid = await client.enqueue(T, "u1", "x")
+    t0 = time.monotonic()
+    waiters = [asyncio.create_task(client.result(jid, timeout=10)) for _ in range(3)]
+    await asyncio.sleep(0.2)
+    run = await started(a, "u1")
+    # A retry is not an end: the waiters keep waiting through it.
+    again = await a.finish(run, "retry", "x", retry_delay=0)  # due at once: restarted
+    assert again is not None
+    assert (again.job.id, again.job.attempt) == (jid, 2)
+    await asyncio.sleep(0.1)
+    assert not any(w.done() for w in waiters)
+    await a.finish(again, "completed", "7")
+    assert await asyncio.gather(*waiters) == [7, 7, 7]
+    assert time.monotonic() - t0 < 2
+
+
+# --- retention --------------------------------------------------------------------------------
+async def test_keep_completed_zero_removes_the_job_at_once(client: Client) -> None:
+    a = Leases(client, "a")
+    gone = await client.enqueue(T, "u1", "x", keep_completed=0)
+    kept = await client.enqueue(T, "u1", "y", keep_completed=30)
+    run = await started(a, "u1")
+    run = await a.finish(run, "completed", "1")
+    assert run is not None
+    with pytest.raises(JobNotFound):
+        await client.job(gone)
+    await a.finish(run, "completed", "2")
+    assert (await client.job(kept)).result == 2
+    ttl = await client.redis.pttl(f"{client.keys.entity_bucket(T, 'u1')}j:{kept}")
+    assert 25_000 < ttl <= 30_000
+    await check_index(client, completed=2)
+
+
+async def test_keep_completed_count_caps_jobs_kept_per_entity(connect: Connect) -> None:
+    client = await connect(keep_completed_count=2)
+    a = Leases(client, "a")
+    ids = [await client.enqueue(T, "u1", f"j{i}") for i in range(8)]
+    other = await client.enqueue(T, "u2", "o")
+    run: Started | None = await started(a, "u2")
+    assert run is not None
+    await a.finish(run, "completed", "0", claim_next=False)
+    run = await started(a, "u1")
+    while run is not None:
+        run = await a.finish(run, "completed", "0")
+    for old in ids[:-2]:  # the newest two are kept, also when finished in one millisecond
+        with pytest.raises(JobNotFound):
+            await client.job(old)
+    assert [(await client.job(j)).state for j in ids[-2:]] == ["completed", "completed"]
+    assert (await client.job(other)).state == "completed"  # per entity: u2's is kept
+    assert await client.redis.zcard(client.keys.entity(T, "u1") + "done") == 2
+    await check_index(client, completed=9)
+
+
+# --- the index and its events -----------------------------------------------------------------
+async def test_index_stays_exact_through_every_path(connect: Connect) -> None:
+    client = await connect(heartbeat_ttl=120, heartbeat_interval=1)
+    short = await connect(**SHORT_LEASES)
+    a, b, c = Leases(client, "a"), Leases(client, "b"), Leases(client, "c")
+    b_short = Leases(short, "b")  # only b's lease on u:2 will expire
+    done = 0
+
+    async def check() -> dict[str, Any]:
+        return await check_index(client, completed=done)
+
+    # enqueue: waiting, delayed, several entities and priorities
+    j = {n: await client.enqueue(T, "u1", n) for n in ("a1", "a2", "a3")}
+    j["b1"] = await client.enqueue(T, "u:2", "b1", priority=5)
+    j["d1"] = await client.enqueue(T, "u3", "d1", delay=0.15)
+    truth = await check()
+    assert truth["pending"] == {"u1": 3, "u%3A2": 1}
+    assert truth["ready"] == {"u1", "u%3A2"}
+
+    # claim
+    r1 = await started(a, "u1")
+    rb = await started(b, "u:2")
+    truth = await check()
+    assert truth["ready"] == set()
+    assert truth["work"] == {"u1", "u%3A2"}
+
+    # complete and start the next in one call
+    r1 = await a.finish(r1, "completed", "null")
+    done += 1
+    assert r1 is not None
+    await check()
+
+    # retry (pending: holds the slot), then promoted by a claim
+    assert await a.finish(r1, "retry", "x", retry_delay=0.1) is None
+    truth = await check()
+    assert truth["work"] == {"u1", "u%3A2"}
+    await asyncio.sleep(0.12)
+    r1 = await started(a, "u1", r1.lease)
+    await check()
+
+    # dead, and the next starts
+    r1 = await a.finish(r1, "dead", "boom")
+    assert r1 is not None
+    truth = await check()
+    assert truth["dead"] == {"u1": 1}
+
+    # cancel a waiting and a delayed job
+    extra = await client.enqueue(T, "u1", "extra")
+    await check()
+    assert await client.cancel(extra) is True
+    await check()
+    gone = await client.enqueue(T, "u4", "gone", delay=30)
+    await check()
+    assert await client.cancel(gone) is True
+    await check()
+
+    # the delayed job falls due: a sweep promotes it
+    await asyncio.sleep(0.05)
+    assert (await sweep(client, T))[1] >= 1
+    truth = await check()
+    assert "u3" in truth["ready"]
+
+    # releases: shutdown gives the running job back
+    assert await b.release(rb.lease, "shutdown") == "released"
+    truth = await check()
+    assert "u%3A2" in truth["ready"]
+
+    # sweep: b's new lease on u:2 expires; its job goes back, the others' leases are kept
+    rc = await started(c, "u3")
+    await started(b_short, "u:2")
+    await check()
+    await asyncio.sleep(EXPIRED)
+    assert await sweep(client, T) == (1, 0)
+    truth = await check()
+    assert "u%3A2" in truth["ready"]
+
+    # release idle lets go of an empty entity
+    assert await c.finish(rc, "completed", "null", claim_next=False) is None
+    done += 1
+    assert await c.release(rc.lease, "idle") == "released"
+    truth = await check()
+    assert "u3" not in truth["work"]
+
+    # dead letters back, concurrency up and down
+    assert await client.dlq_requeue(T, "u1") == 1
+    await check()
+    await client.set_concurrency(T, "u1", 2)
+    truth = await check()
+    assert "u1" in truth["ready"]
+    r2 = await started(b, "u1")
+    await check()
+    await client.set_concurrency(T, "u1", 1)
+    await check()
+    for w, r in ((a, r1), (b, r2)):
+        nxt: Started | None = r
+        while nxt is not None:
+            nxt = await w.finish(nxt, "completed", "null")
+            done += 1
+            await check()
+        assert await w.release(r.lease, "idle") == "released"
+        await check()
+    rb = await started(b, "u:2")
+    assert await b.finish(rb, "completed", "null") is None
+    done += 1
+    assert await b.release(rb.lease, "idle") == "released"
+    truth = await check()
+    assert truth == {"pending": {}, "work": set(), "ready": set(), "dead": {}}
+
+
+async def _collect_events(client: Client, t: str, into: asyncio.Queue[tuple[float, str]]) -> None:
+    async for eid in client.events(t):
+        into.put_nowait((time.monotonic(), eid))
+
+
+async def _subscribed(client: Client, t: str) -> None:
+    channel = client.keys.events(t)
+    for _ in range(200):
+        ((_, n),) = await client.redis.pubsub_numsub(channel)
+        if n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("events() never subscribed")
+
+
+async def test_entity_has_work_event(client: Client) -> None:
+    events: asyncio.Queue[tuple[float, str]] = asyncio.Queue()
+    listener = asyncio.create_task(_collect_events(client, T, events))
+    try:
+        await _subscribed(client, T)
+        a = Leases(client, "a")
+        t0 = time.monotonic()
+        await client.enqueue(T, "a:b{c}", "x")
+        at, eid = await asyncio.wait_for(events.get(), 1)
+        assert eid == "a:b{c}"
+        assert at - t0 < 1
+
+        # A second job of an entity that already has work, or is held: no event.
+        await client.enqueue(T, "a:b{c}", "y")
+        run = await started(a, "a:b{c}")
+        await client.enqueue(T, "a:b{c}", "z")
+        await a.finish(run, "completed", "null", claim_next=False)
+        await client.enqueue(T, "u2", "x")  # a marker after the silent steps
+        assert (await asyncio.wait_for(events.get(), 1))[1] == "u2"
+        assert events.empty()
+
+        # Claimable again once its holder lets go with work waiting: event.
+        assert await a.release(run.lease, "shutdown") == "released"
+        assert (await asyncio.wait_for(events.get(), 1))[1] == "a:b{c}"
+        await asyncio.sleep(0.1)
+        assert events.empty()
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+
+
+# --- entity ids -------------------------------------------------------------------------------
+STRANGE_IDS = [
+    "a:b{c}",
+    "{",
+    "}",
+    "}{",
+    "%7B",
+    "%",
+    "%25",
+    "a:b",
+    "a%3Ab",
+    "a%253Ab",
+    "üñí 😀",
+    "x" * 1000,
+    "ü" * 2048,
+    " ",
+    "a|b",
+    "j:1",
+    "*",
+    "e:x:wait",
+    "\n\t",
+]
+
+
+async def test_strange_entity_ids_never_collide_or_break_hash_tags(client: Client) -> None:
+    assert len(set(STRANGE_IDS)) == len(STRANGE_IDS)
+    a = Leases(client, "a")
+    ids = {eid: await client.enqueue(T, eid, "x", {"eid": eid}) for eid in STRANGE_IDS}
+    custom = {
+        eid: await client.enqueue(T, eid, "y", {"eid": eid}, job_id="k:1") for eid in STRANGE_IDS
+    }
+    assert await client.pending_entities(T) == dict.fromkeys(STRANGE_IDS, 2)
+    assert set(await client.claimable_entities(T)) == set(STRANGE_IDS)
+    await check_index(client)
+
+    # Every key carries exactly its bucket's hash tag (one slot per script, Cluster-safe).
+    async for key in client.redis.scan_iter(count=1000):
+        if key in (client.keys.types(),):
+            continue
+        start = key.index("{")
+        tag = key[start + 1 : key.index("}", start)]
+        t, bucket = tag.split(":")
+        assert t == T
+        assert 0 <= int(bucket) < BUCKETS
+
+    for eid in STRANGE_IDS:
+        assert (await client.job(ids[eid])).entity_id == eid
+        assert (await client.job(custom[eid], entity=(T, eid))).payload == {"eid": eid}
+        run = await started(a, eid)
+        assert (run.lease.entity_id, run.job.entity_id, run.job.payload) == (eid, eid, {"eid": eid})
+        run = await a.finish(run, "completed", "null")
+        assert run is not None
+        assert run.job.payload == {"eid": eid}
+        await a.finish(run, "dead", "x", claim_next=False)
+        assert await a.release(run.lease, "idle") == "released"
+    assert await client.dead_entities(T) == dict.fromkeys(STRANGE_IDS, 1)
+    assert {j.entity_id for j in await client.dlq_list(T, limit=1000)} == set(STRANGE_IDS)
+    await check_index(client, completed=len(STRANGE_IDS))
+
+
+@pytest.mark.parametrize(
+    ("entity_type", "entity_id"),
+    [
+        pytest.param(T, "", id="empty-id"),
+        pytest.param(T, "x" * 5000, id="5000-byte-id"),
+        pytest.param(T, "ü" * 2049, id="4098-utf8-bytes"),
+        pytest.param(T, "\ud800", id="lone-surrogate"),
+        pytest.param(T, 5, id="not-a-string"),
+        pytest.param("", "u1", id="empty-type"),
+        pytest.param("a b", "u1", id="type-with-space"),
+        pytest.param("a:b", "u1", id="type-with-colon"),
+        pytest.param("a{b}", "u1", id="type-with-braces"),
+        pytest.param("t" * 64, "u1", id="type-64-chars"),
+    ],
+)
+async def test_invalid_entities_are_rejected(
+    client: Client, entity_type: Any, entity_id: Any
+) -> None:
+    with pytest.raises(InvalidInput):
+        await client.enqueue(entity_type, entity_id, "x")
+    with pytest.raises(InvalidInput):
+        await client.set_concurrency(entity_type, entity_id, 2)
+    with pytest.raises(InvalidInput):
+        await client.job("j", entity=(entity_type, entity_id))
+    assert await client.redis.dbsize() == 0
+
+
+def test_encoded_ids_are_distinct() -> None:
+    encoded = [encode_id(e) for e in STRANGE_IDS]
+    assert len(set(encoded)) == len(encoded)
+    assert all(c not in e for e in encoded for c in "{}:")
