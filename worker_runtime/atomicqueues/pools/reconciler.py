@@ -149,7 +149,7 @@ def plan(
         key = PACKED if worker.entity_id is None else worker.entity_id
         if worker.phase == "failed":
             failures = new_backoff.get(key, Backoff()).failures + 1
-            new_backoff[key] = Backoff(failures, now + _delay(spec, failures))
+            new_backoff[key] = Backoff(failures, now + _delay(spec, failures) + 0)
         else:
             new_backoff.pop(key, None)
     has_work = set(work)
@@ -182,7 +182,7 @@ def plan(
     for worker in holders.values():
         by_entity.setdefault(worker.entity_id, []).append(worker)
 
-    allowance = max(0, min(start_budget, max_total - len(mine)))
+    allowance = max(0, min(start_budget, max_total - len(live)))
     waiting_for_backoff: list[str] = []
 
     def backing_off(key: str) -> bool:

@@ -1,0 +1,105 @@
+"""Handlers for the fault and life-cycle tests' worker processes.
+
+Loaded by real `aq worker` subprocesses as `--handlers tests.runtime.handlers:registry` (the
+tests put the repository root on PYTHONPATH). Why: to tell overlap and loss apart we need every
+run of every job on record, outside the library under test. The `record` handler writes a JSON
+line at the start and at the end of each run (or when it is cancelled) to a Redis list, through
+its own Redis connection (AQ_REDIS_URL) and through a *fenced store*: a write whose fencing
+token is lower than the highest one the entity's store has seen is refused and goes to a
+separate list instead. So `LOG_KEY` holds the effects that counted and `REJECTED_KEY` those a
+stale worker tried to make after losing its lease.
+
+Payload of `record`: {"seq": k, "sleep": s, "first_sleep": s1 (optional)}; the first run of a
+job id sleeps `first_sleep` (when given), every later run sleeps `sleep`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from atomicqueues import JobContext, Registry
+
+LOG_KEY = "test:log"
+REJECTED_KEY = "test:rejected"
+FENCE_KEY = "test:fence"
+FIRST_RUN_KEY = "test:first:"
+
+# KEYS[1] log, KEYS[2] rejected, KEYS[3] fence hash; ARGV entity, token, record.
+# Appends the record to the log when token >= the highest token seen for the entity (and raises
+# that mark), else to the rejected list. Returns 1 (accepted) or 0 (refused).
+FENCED_WRITE = """
+local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+local tok = tonumber(ARGV[2])
+if tok >= cur then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+  redis.call('RPUSH', KEYS[1], ARGV[3])
+  return 1
+end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+return 0
+"""
+
+registry = Registry()
+
+not_a_registry = {"record": "this is a dict, not a Registry"}  # for the CLI error test
+
+_redis: aioredis.Redis | None = None
+
+
+def _store() -> aioredis.Redis:
+    global _redis
+    if _redis is None:
+        _redis = aioredis.Redis.from_url(os.environ["AQ_REDIS_URL"], decode_responses=True)
+    return _redis
+
+
+async def _fenced_write(ctx: JobContext, ev: str, seq: Any) -> bool:
+    record = {
+        "ev": ev,
+        "entity": ctx.entity_id,
+        "job": ctx.job.id,
+        "seq": seq,
+        "t": time.time(),
+        "pid": os.getpid(),
+        "worker": ctx.worker,
+        "token": ctx.fencing_token,
+        "attempt": ctx.attempt,
+    }
+    accepted = await _store().eval(
+        FENCED_WRITE, 3, LOG_KEY, REJECTED_KEY, FENCE_KEY,
+        f"{ctx.entity_type}/{ctx.entity_id}", str(ctx.fencing_token), json.dumps(record),
+    )  # fmt: skip
+    return bool(accepted)
+
+
+async def _write(ctx: JobContext, ev: str, seq: Any) -> bool:
+    """A fenced write that a cancellation cannot cut in half: a write that was begun is
+    finished (and kept on record) before the CancelledError goes on."""
+    write = asyncio.ensure_future(_fenced_write(ctx, ev, seq))
+    try:
+        return await asyncio.shield(write)
+    except asyncio.CancelledError:
+        await write
+        raise
+
+
+@registry.command("record")
+async def record(ctx: JobContext, payload: dict[str, Any]) -> None:
+    seq = payload.get("seq")
+    pause = float(payload.get("sleep", 0.0))
+    if "first_sleep" in payload and await _store().set(FIRST_RUN_KEY + ctx.job.id, 1, nx=True):
+        pause = float(payload["first_sleep"])
+    try:
+        await _write(ctx, "start", seq)
+        await asyncio.sleep(pause)
+    except asyncio.CancelledError:
+        # Lease lost or shutdown grace over: this run's effects end here.
+        await _write(ctx, "cancel", seq)
+        raise
+    await _write(ctx, "end", seq)

@@ -1,0 +1,394 @@
+"""Real `aq worker` processes for the fault and life-cycle tests, and what they left on record.
+
+Why: the guarantees that matter most (nothing lost, no overlap per entity, fencing) are about
+processes that die, pause and get signals, so these tests run the real command line in
+subprocesses: `python -m atomicqueues.cli worker ...` with the repository root on PYTHONPATH so
+they can load `tests.runtime.handlers:registry`. `Workers` starts them with short heartbeat
+settings, waits until they are registered, and always cleans up (SIGCONT, then SIGKILL). Each
+worker's output goes to a file the assertion messages quote.
+
+`load_runs` and `check_history` read what the `record` handler wrote (see handlers.py) and check
+that every job of every entity completed, in order, with no two runs of an entity overlapping in
+their effects; a job may run again only after a run that did not complete (killed, cancelled,
+fenced out). A run with no end record must belong to a process the test killed (its interval
+ends at the kill) or have been fenced out. `Workers.assert_completed_once` then checks in Redis
+that each job's recorded completion is its last run's (token and attempt).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from atomicqueues.keys import Keys
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+HANDLERS = "tests.runtime.handlers:registry"
+LOG_KEY = "test:log"  # the same names as in handlers.py (not imported: it is the workers' module)
+REJECTED_KEY = "test:rejected"
+
+TTL = 1.0
+INTERVAL = 0.25
+
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    # PR_SET_PDEATHSIG: a worker must not outlive a killed pytest (start from the main thread).
+    if _libc is not None:
+        _libc.prctl(1, signal.SIGKILL)
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout: float, what: str, *, every: float = 0.05
+) -> Any:
+    """Poll until `condition()` is truthy and return it; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def base_env(redis_url: str, **settings: str | float) -> dict[str, str]:
+    """The environment of a worker subprocess: ours, plus PYTHONPATH and AQ_* settings."""
+    env = dict(os.environ)
+    paths = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["AQ_REDIS_URL"] = redis_url
+    for name, value in settings.items():
+        env[f"AQ_{name.upper()}"] = str(value)
+    return env
+
+
+def run_aq(
+    args: list[str], env: Mapping[str, str], timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """Run the `aq` command line to its end and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "atomicqueues.cli", *args],
+        env=dict(env), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+@dataclass
+class WorkerProc:
+    """One `aq worker` subprocess."""
+
+    name: str
+    node: str
+    entity_id: str | None
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    killed_at: float | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def describe(self) -> str:
+        tail = "\n".join(self.output().splitlines()[-25:])
+        return f"worker {self.name} (pid {self.pid}, exit {self.proc.poll()}):\n{tail}"
+
+    def signal(self, sig: signal.Signals) -> None:
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def kill(self) -> float:
+        """SIGKILL and reap; returns (and remembers) when it was certainly dead."""
+        self.proc.kill()
+        self.proc.wait()
+        self.killed_at = time.time()
+        return self.killed_at
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"did not exit within {timeout}s: {self.describe()}") from None
+
+
+@dataclass
+class Workers:
+    """Starts worker subprocesses for one test and kills what is left at the end."""
+
+    redis_url: str
+    log_dir: Path
+    entity_type: str = "acct"
+    ttl: float = TTL
+    interval: float = INTERVAL
+    prefix: str = "aq"
+    started: list[WorkerProc] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.keys = Keys(self.prefix)
+        self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    def env(self, **settings: str | float) -> dict[str, str]:
+        values: dict[str, str | float] = {
+            "prefix": self.prefix, "heartbeat_ttl": self.ttl, "heartbeat_interval": self.interval,
+        }  # fmt: skip
+        values.update(settings)
+        return base_env(self.redis_url, **values)
+
+    def start(
+        self,
+        entity_id: str | None = None,
+        *,
+        slots: int | None = None,
+        name: str | None = None,
+        node: str = "node-1",
+        idle_timeout: float = 120.0,
+        shutdown_grace: float = 10.0,
+        entity_type: str | None = None,
+        wait: bool = True,
+        **settings: str | float,
+    ) -> WorkerProc:
+        """Start `aq worker` (entity-bound when `entity_id`, else packed) and, with `wait`,
+        return once it has registered (it heartbeats, claims and listens from then on)."""
+        name = name or f"w{len(self.started)}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+        args = ["worker", "--handlers", HANDLERS, "--entity-type", entity_type or self.entity_type,
+                "--name", name, "--idle-timeout", str(idle_timeout),
+                "--shutdown-grace", str(shutdown_grace)]  # fmt: skip
+        if entity_id is not None:
+            args += ["--entity-id", entity_id]
+        else:
+            args += ["--slots", str(slots or 1)]
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "atomicqueues.cli", *args],
+                env=self.env(node_name=node, **settings), cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )  # fmt: skip
+        worker = WorkerProc(name, node, entity_id, proc, log_path)
+        self.started.append(worker)
+        if wait:
+            self.wait_registered(worker)
+        return worker
+
+    def registered(self, worker: WorkerProc) -> bool:
+        return bool(self.redis.exists(self.keys.worker(worker.name)))
+
+    def wait_registered(self, worker: WorkerProc, timeout: float = 30.0) -> None:
+        def up() -> bool:
+            if not worker.alive():
+                raise AssertionError(f"exited before registering: {worker.describe()}")
+            return self.registered(worker)
+
+        wait_until(up, timeout, f"worker {worker.name} to register")
+
+    @property
+    def kill_times(self) -> dict[int, float]:
+        return {w.pid: w.killed_at for w in self.started if w.killed_at is not None}
+
+    def alive(self) -> list[WorkerProc]:
+        return [w for w in self.started if w.alive()]
+
+    def stop_all(self, timeout: float = 30.0) -> None:
+        """SIGTERM every live worker and wait for each (graceful end of a test)."""
+        for w in self.alive():
+            w.signal(signal.SIGCONT)
+            w.signal(signal.SIGTERM)
+        for w in self.started:
+            if w.proc.poll() is None:
+                w.wait(timeout)
+
+    def close(self) -> None:
+        for w in self.started:
+            if w.alive():
+                w.signal(signal.SIGCONT)
+                w.proc.kill()
+            w.proc.wait()
+        self.redis.close()
+
+    def logs(self) -> str:
+        return "\n\n".join(w.describe() for w in self.started)
+
+    # --- Redis state --------------------------------------------------------------------------
+    def entity_key(self, entity_id: str, suffix: str) -> str:
+        return self.keys.entity(self.entity_type, entity_id) + suffix
+
+    def holders(self, entity_id: str) -> dict[str, str]:
+        """Owner -> fencing token of the entity's leases (the index of lease holders)."""
+        return self.redis.hgetall(self.entity_key(entity_id, "leases"))  # type: ignore[return-value]
+
+    def job(self, entity_id: str, job_id: str) -> dict[str, str]:
+        """The job's record (auto-generated ids only)."""
+        located = self.keys.locate_auto_job(job_id)
+        assert located is not None, job_id
+        bucket, jslot = located
+        return self.redis.hgetall(f"{bucket}j:{jslot}")  # type: ignore[return-value]
+
+    def assert_completed_once(self, per_entity: Mapping[str, list[Run]]) -> None:
+        """Each job's record shows it completed, by its last run (that run's token and attempt):
+        whatever ran before it was not recorded as a completion."""
+        for entity, history in per_entity.items():
+            last = {run.job: run for run in history}
+            for job_id, run in last.items():
+                record = self.job(entity, job_id)
+                if record.get("state") == "dead":
+                    continue
+                assert record.get("state") == "completed", (record, run)
+                assert int(record["token"]) == run.token, (record, run)
+                assert int(record["made"]) == run.attempt, (record, run)
+
+    def lost_jobs(self) -> set[str]:
+        """Ids of jobs whose worker logged that it lost the lease while running them."""
+        return {m.group(1) for w in self.started
+                for m in re.finditer(r"job (\S+) of .* lease lost", w.output())}  # fmt: skip
+
+    def counts(self) -> dict[str, int]:
+        total: dict[str, int] = defaultdict(int)
+        for bucket in self.keys.buckets(self.entity_type):
+            for state, n in self.redis.hgetall(f"{bucket}counts").items():  # type: ignore[union-attr]
+                total[state] += int(n)
+        return dict(total)
+
+    def wait_all_done(self, total: int, timeout: float) -> dict[str, int]:
+        """Wait until `total` jobs of the type have ended (completed or dead)."""
+
+        def done() -> dict[str, int] | None:
+            c = self.counts()
+            ended = c.get("completed", 0) + c.get("dead", 0)
+            busy = sum(c.get(s, 0) for s in ("waiting", "delayed", "active", "retrying"))
+            return c if ended >= total and busy == 0 else None
+
+        try:
+            return wait_until(done, timeout, f"{total} jobs to end", every=0.1)  # type: ignore[no-any-return]
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; counts {self.counts()}\n{self.logs()}") from None
+
+
+# --- what the handlers recorded -------------------------------------------------------------------
+@dataclass
+class Run:
+    """One run (attempt) of a job, as the `record` handler saw it."""
+
+    entity: str
+    job: str
+    seq: int
+    token: int
+    attempt: int
+    pid: int
+    worker: str
+    start: float
+    end: float | None = None
+    how: str | None = None
+    """'end' (the handler returned), 'cancel' (cancelled), or None (no accepted end record)."""
+    fenced: bool = False
+    """Its end (or cancel) record came after a newer lease holder's writes and was refused by
+    the fenced store: its lease was lost while it ran (it was paused or starved)."""
+
+
+def records(client: redis.Redis, key: str = LOG_KEY) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in client.lrange(key, 0, -1)]  # type: ignore[union-attr]
+
+
+def load_runs(client: redis.Redis) -> list[Run]:
+    """The runs whose start the fenced store accepted, in start order (a run whose every write
+    was refused had no effect at all and is left out)."""
+    runs: dict[tuple[str, str, int, int], Run] = {}
+    for r in records(client, LOG_KEY):
+        k = (r["entity"], r["job"], r["token"], r["attempt"])
+        if r["ev"] == "start":
+            assert k not in runs, f"two starts of one run: {r}"
+            runs[k] = Run(r["entity"], r["job"], r["seq"], r["token"], r["attempt"], r["pid"],
+                          r["worker"], r["t"])  # fmt: skip
+        else:
+            run = runs.get(k)
+            assert run is not None, f"end without a start: {r}"
+            assert run.end is None, f"two ends of one run: {r}"
+            run.end, run.how = r["t"], r["ev"]
+    for r in records(client, REJECTED_KEY):
+        run = runs.get((r["entity"], r["job"], r["token"], r["attempt"]))
+        if run is not None and r["ev"] != "start":
+            run.fenced = True
+    return sorted(runs.values(), key=lambda run: run.start)
+
+
+def check_history(
+    runs: Iterable[Run],
+    expected: Mapping[str, int],
+    kill_times: Mapping[int, float],
+    *,
+    dead: Mapping[str, set[int]] | None = None,
+    lost_jobs: frozenset[str] | set[str] = frozenset(),
+) -> dict[str, list[Run]]:
+    """Assert, per entity: runs never overlap (in their accepted effects), in start order their
+    seqs never go back and their fencing tokens never go down; a job runs again only after a
+    run that did not complete: it was cancelled, fenced out, or its process was killed (during
+    the handler, or after the handler returned but before the outcome was recorded, which
+    at-least-once delivery allows), or its worker logged that the lease was lost (`lost_jobs`);
+    and the last run of every job seq 0..n-1 completed (except dead-lettered seqs). A run
+    without an end must belong to a killed process (its interval ends at the kill) or have been
+    fenced out (its accepted effects end with its start record). Returns the runs per entity."""
+    per_entity: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        per_entity[run.entity].append(run)
+    assert set(per_entity) <= set(expected), f"runs of unknown entities: {set(per_entity)}"
+    dead = dead or {}
+    for entity, n in expected.items():
+        history = per_entity.get(entity, [])
+        ends: list[tuple[float, Run]] = []
+        for run in history:
+            if run.end is None and run.fenced:
+                ends.append((run.start, run))
+            elif run.end is None:
+                assert run.pid in kill_times, f"run lost by a process that was not killed: {run}"
+                assert run.start <= kill_times[run.pid], run
+                ends.append((kill_times[run.pid], run))
+            else:
+                assert run.end >= run.start, run
+                ends.append((run.end, run))
+        # No overlap: each run starts after the one before it (in start order) has ended.
+        for (end_a, a), (_, b) in itertools.pairwise(ends):
+            assert b.start >= end_a, f"overlap on {entity!r}:\n {a}\n {b} (began before {end_a})"
+            assert b.token >= a.token, f"fencing token went backwards on {entity!r}: {a} -> {b}"
+            assert b.seq >= a.seq, f"order broken on {entity!r}: {a} -> {b}"
+            if b.seq == a.seq:
+                assert b.job == a.job, (a, b)
+                unacked = kill_times.get(a.pid, 0.0) >= (a.end or 0.0) or a.job in lost_jobs
+                assert a.how != "end" or unacked, f"{entity!r}: ran again after completing: {a} {b}"
+        last = {run.seq: run for run in history}  # the last run of each job
+        completed = {seq for seq, run in last.items() if run.how == "end"}
+        want = set(range(n)) - dead.get(entity, set())
+        assert completed == want, f"{entity!r}: completed {sorted(completed)}, want {sorted(want)}"
+    return dict(per_entity)
+
+
+def reruns(runs: Iterable[Run]) -> list[tuple[Run, Run]]:
+    """(run, the next run of the same job) for every job that ran more than once."""
+    by_job: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_job[run.job].append(run)
+    return [pair for job_runs in by_job.values() for pair in itertools.pairwise(job_runs)]
