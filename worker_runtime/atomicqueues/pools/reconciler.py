@@ -92,6 +92,10 @@ class Plan:
     """Entities (or PACKED) that need a worker but are backing off."""
 
 
+_ENDED = frozenset({"succeeded", "failed"})
+_LIVE = frozenset({"starting", "running", "closing"})
+
+
 def plan(
     spec: PoolSpec,
     entities: list[EntityWork],
@@ -149,7 +153,7 @@ def plan(
         key = PACKED if worker.entity_id is None else worker.entity_id
         if worker.phase == "failed":
             failures = new_backoff.get(key, Backoff()).failures + 1
-            new_backoff[key] = Backoff(failures, now + _delay(spec, failures) + 0)
+            new_backoff[key] = Backoff(failures, now + _delay(spec, failures))
         else:
             new_backoff.pop(key, None)
     has_work = set(work)
@@ -165,16 +169,16 @@ def plan(
     # 2. Live workers; those not closing are the ones that fill slots.
     live = [w for w in workers if w.phase in _LIVE]
     closes: list[Action] = []
-    mine: list[WorkerState] = []
+    current: list[WorkerState] = []  # of this placement mode
     for worker in sorted(
         (w for w in live if w.phase != "closing"), key=lambda w: (w.started_at, w.name)
     ):
         if (worker.entity_id is None) != (mode == "packed"):
             closes.append(CloseWorker(worker.name, "placement changed"))
         else:
-            mine.append(worker)
+            current.append(worker)
     holders: dict[tuple[str | None, int], WorkerState] = {}
-    for worker in mine:  # oldest first: the oldest holder of a slot stays
+    for worker in current:  # oldest first: the oldest holder of a slot stays
         held = holders.setdefault((worker.entity_id, worker.slot), worker)
         if held is not worker:
             closes.append(CloseWorker(worker.name, "duplicate"))
@@ -207,17 +211,17 @@ def plan(
                 )
                 continue
             free = _lowest_free({w.slot for w in present}, want - len(present))
-            mine_here = [
+            wanted_starts = [
                 (rank, entity.since, entity.entity_id, slot)
                 for rank, slot in enumerate(free, start=len(present))
                 if rank == 0 or entity.claimable
             ]
-            if not mine_here:
+            if not wanted_starts:
                 continue
             if backing_off(entity.entity_id):
                 waiting_for_backoff.append(entity.entity_id)
                 continue
-            candidates.extend(mine_here)
+            candidates.extend(wanted_starts)
         # 5. First workers before second ones, then earliest work first.
         candidates.sort()
         starts = [StartWorker(entity_id, slot) for _, _, entity_id, slot in candidates]
@@ -240,10 +244,6 @@ def plan(
         backoff=new_backoff,
         waiting_for_backoff=waiting_for_backoff,
     )
-
-
-_ENDED = frozenset({"succeeded", "failed"})
-_LIVE = frozenset({"starting", "running", "closing"})
 
 
 def _delay(spec: PoolSpec, failures: int) -> float:
