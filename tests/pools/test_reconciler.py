@@ -131,10 +131,10 @@ class Case:
     workers: list[WorkerState]
     actions: list[Action]
     spec: PoolSpec = field(default_factory=make_spec)
-    backoff: dict[str, Backoff] = field(default_factory=dict)
+    backoff: dict[str | None, Backoff] = field(default_factory=dict)
     budget: int = 100
     now: float = NOW
-    expect_backoff: dict[str, Backoff] | None = None
+    expect_backoff: dict[str | None, Backoff] | None = None
     expect_waiting: list[str] = field(default_factory=list)
 
 
@@ -657,7 +657,7 @@ def test_crash_loop_backs_off_then_restarts() -> None:
     spec = make_spec(restart_backoff=1.0, max_restart_backoff=8.0)
     entities = [ent("a")]
     workers: list[WorkerState] = []
-    backoff: Mapping[str, Backoff] = {}
+    backoff: Mapping[str | None, Backoff] = {}
     now = NOW
     restarts: list[float] = []
     for _ in range(200):
@@ -767,7 +767,7 @@ class State:
     spec: PoolSpec
     entities: list[EntityWork]
     workers: list[WorkerState]
-    backoff: dict[str, Backoff]
+    backoff: dict[str | None, Backoff]
     now: float
     budget: int
 

@@ -41,10 +41,10 @@ class EntityIndex:
     waiting: int
     """Jobs waiting to start."""
     since: float
-    """When it began to have work (epoch seconds, Redis clock)."""
-    concurrency: int
-    claimable: bool
-    """A job could start now if a new lease holder came."""
+    """When it began to have work (epoch seconds, Redis clock): the oldest is served first."""
+    concurrency: int = 1
+    claimable: bool = True
+    """A job could start now if a new lease holder came (no holder is idle on it)."""
 
 
 @dataclass(frozen=True)

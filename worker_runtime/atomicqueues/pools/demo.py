@@ -31,6 +31,7 @@ from .local import LocalPool
 from .spec import Pool, parse_pool
 
 ENTITY_TYPE = "account"
+CHAOS_JOB_SECONDS = 1.5
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,12 @@ class DemoOptions:
 
 @dataclass
 class Chaos:
+    target: str | None = None
+    """The job whose worker is killed while it runs it."""
     killed_pid: int | None = None
     killed_job: str | None = None
     killed_entity: str | None = None
     killed_at: float = 0.0
-    note: str = ""
 
 
 @dataclass
@@ -116,14 +118,20 @@ async def _run(options: DemoOptions, url: str) -> int:
     try:
         runner = asyncio.create_task(local.run(stop))
         started = time.monotonic()
+        # The chaos victim: one job in the middle of one entity's queue works long enough
+        # for its worker to be caught in the act.
+        victim = (options.entities - 1, options.jobs // 2) if options.chaos else None
         for seq in range(options.jobs):
             for n in range(options.entities):
-                await client.enqueue(
+                seconds = CHAOS_JOB_SECONDS if (n, seq) == victim else options.job_seconds
+                job_id = await client.enqueue(
                     ENTITY_TYPE,
                     f"acct-{n:03d}",
                     "step",
-                    {"seq": seq, "seconds": options.job_seconds, "log_key": log_key},
+                    {"seq": seq, "seconds": seconds, "log_key": log_key},
                 )
+                if (n, seq) == victim:
+                    chaos.target = job_id
         done = 0
         while done < total:
             await asyncio.sleep(0.25)
@@ -133,8 +141,8 @@ async def _run(options: DemoOptions, url: str) -> int:
             live = sum(1 for w in local.workers.values() if w.proc.returncode is None)
             elapsed = time.monotonic() - started
             view.progress(done, total, active, live, done / elapsed if elapsed else 0.0, counts)
-            if options.chaos and chaos.killed_pid is None and done >= total * 0.3:
-                await _kill_one(client, log_key, chaos)
+            if chaos.target and chaos.killed_pid is None:
+                await _kill_victim(client, log_key, chaos)
                 if chaos.killed_pid is not None:
                     view.say(
                         f"chaos: killed worker pid {chaos.killed_pid} (SIGKILL) while it ran "
@@ -172,16 +180,13 @@ async def _run(options: DemoOptions, url: str) -> int:
         await client.close()
 
 
-async def _kill_one(client: Client, log_key: str, chaos: Chaos) -> None:
-    """SIGKILL the worker that most recently started a job that has not ended yet."""
-    records = [json.loads(r) for r in await client.redis.lrange(log_key, -200, -1)]
-    ended = {(r["job"], r["attempt"]) for r in records if r["event"] == "end"}
-    running = [
-        r for r in records if r["event"] == "start" and (r["job"], r["attempt"]) not in ended
-    ]
-    if not running:
+async def _kill_victim(client: Client, log_key: str, chaos: Chaos) -> None:
+    """SIGKILL the worker running the victim job, once it has started it."""
+    records = [json.loads(r) for r in await client.redis.lrange(log_key, 0, -1)]
+    mine = [r for r in records if r["job"] == chaos.target]
+    if not mine or mine[-1]["event"] != "start":
         return
-    victim = running[-1]
+    victim = mine[-1]
     try:
         os.kill(victim["pid"], signal.SIGKILL)
     except ProcessLookupError:

@@ -32,7 +32,6 @@ from .reconciler import (
     Action,
     Backoff,
     CloseWorker,
-    EntityWork,
     ForgetWorker,
     Phase,
     Plan,
@@ -108,7 +107,7 @@ class LocalPool:
         self.client = client
         self.presence = Presence(client)
         self.workers: dict[str, LocalWorker] = {}
-        self.backoff: dict[str, Backoff] = {}
+        self.backoff: dict[str | None, Backoff] = {}
         self.limiter = StartLimiter(self.spec.workers.max_starts_per_second)
         self.worker_output = worker_output
         self.on_action = on_action
@@ -160,10 +159,7 @@ class LocalPool:
 
     async def reconcile_once(self) -> Plan:
         now = time.time()
-        index = await self.client.work_index(self.spec.entity_type)
-        entities = [
-            EntityWork(e.entity_id, e.waiting, e.since, e.concurrency, e.claimable) for e in index
-        ]
+        entities = await self.client.work_index(self.spec.entity_type)
         states = [w.state() for w in self.workers.values()]
         result = plan(self.spec, entities, states, self.backoff, now, self.limiter.budget())
         self.backoff = dict(result.backoff)

@@ -11,25 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ..client import EntityIndex
 from .spec import PoolSpec
 
 Phase = Literal["starting", "running", "closing", "succeeded", "failed"]
-PACKED = "*"
-"""Backoff key of a pool's packed workers (they serve no single entity)."""
+PACKED: None = None
+"""Backoff key of a pool's packed workers: None, which no entity id can be."""
 
 
-@dataclass(frozen=True)
-class EntityWork:
-    """One entity that has work, as the Redis index shows it."""
-
-    entity_id: str
-    waiting: int
-    """Jobs waiting to start."""
-    since: float
-    """When (epoch seconds) it began to have work: the oldest is served first."""
-    concurrency: int = 1
-    claimable: bool = True
-    """A job could start now if a new lease holder came (no holder is idle on it)."""
+EntityWork = EntityIndex
+"""One entity that has work, as the Redis index shows it (`Client.work_index`)."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +77,9 @@ Action = StartWorker | StartPacked | CloseWorker | ForgetWorker
 @dataclass(frozen=True)
 class Plan:
     actions: list[Action]
-    backoff: dict[str, Backoff] = field(default_factory=dict)
+    backoff: dict[str | None, Backoff] = field(default_factory=dict)
     """The backoff state to keep for the next call (entities absent from it have none)."""
-    waiting_for_backoff: list[str] = field(default_factory=list)
+    waiting_for_backoff: list[str | None] = field(default_factory=list)
     """Entities (or PACKED) that need a worker but are backing off."""
 
 
@@ -100,7 +91,7 @@ def plan(
     spec: PoolSpec,
     entities: list[EntityWork],
     workers: list[WorkerState],
-    backoff: Mapping[str, Backoff],
+    backoff: Mapping[str | None, Backoff],
     now: float,
     start_budget: int,
 ) -> Plan:
@@ -156,7 +147,7 @@ def plan(
             new_backoff[key] = Backoff(failures, now + _delay(spec, failures))
         else:
             new_backoff.pop(key, None)
-    has_work = set(work)
+    has_work: set[str | None] = set(work)
     if mode == "packed" and work:
         has_work.add(PACKED)
     new_backoff = {
@@ -187,9 +178,9 @@ def plan(
         by_entity.setdefault(worker.entity_id, []).append(worker)
 
     allowance = max(0, min(start_budget, max_total - len(live)))
-    waiting_for_backoff: list[str] = []
+    waiting_for_backoff: list[str | None] = []
 
-    def backing_off(key: str) -> bool:
+    def backing_off(key: str | None) -> bool:
         entry = new_backoff.get(key)
         return entry is not None and entry.retry_at > now
 
