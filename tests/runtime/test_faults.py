@@ -11,22 +11,20 @@ from __future__ import annotations
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 
-from atomicqueues import Client, Settings
+from atomicqueues import Client
 from runtime.workers import (
     INTERVAL,
     REJECTED_KEY,
     TTL,
-    Run,
     Workers,
     check_history,
     load_runs,
     records,
     reruns,
+    runs_of,
     wait_until,
 )
 
@@ -34,30 +32,6 @@ pytestmark = pytest.mark.slow
 
 T = "acct"
 RECOVERY_BOUND = TTL + INTERVAL + 3.0  # TTL + one sweep, plus slack for a loaded machine
-
-
-@pytest.fixture
-def workers(redis_url: str, tmp_path: Path) -> Iterator[Workers]:
-    pool = Workers(redis_url, tmp_path, entity_type=T)
-    try:
-        yield pool
-    finally:
-        pool.close()
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Client]:
-    settings = Settings(redis_url=redis_url, heartbeat_ttl=TTL, heartbeat_interval=INTERVAL)
-    c = await Client.connect(settings)
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
-def runs_of(workers: Workers, **match: object) -> list[Run]:
-    runs = load_runs(workers.redis)
-    return [r for r in runs if all(getattr(r, k) == v for k, v in match.items())]
 
 
 def dead_seqs(workers: Workers, entities: list[str]) -> dict[str, set[int]]:

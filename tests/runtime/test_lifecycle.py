@@ -14,8 +14,6 @@ import asyncio
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,40 +26,16 @@ from runtime.workers import (
     HANDLERS,
     INTERVAL,
     TTL,
-    Run,
     Workers,
     base_env,
     check_history,
     load_runs,
     run_aq,
+    runs_of,
     wait_until,
 )
 
 T = "acct"
-
-
-@pytest.fixture
-def workers(redis_url: str, tmp_path: Path) -> Iterator[Workers]:
-    pool = Workers(redis_url, tmp_path, entity_type=T)
-    try:
-        yield pool
-    finally:
-        pool.close()
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Client]:
-    settings = Settings(redis_url=redis_url, heartbeat_ttl=TTL, heartbeat_interval=INTERVAL)
-    c = await Client.connect(settings)
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
-def runs_of(workers: Workers, **match: object) -> list[Run]:
-    runs = load_runs(workers.redis)
-    return [r for r in runs if all(getattr(r, k) == v for k, v in match.items())]
 
 
 def lease_index(workers: Workers, entity_id: str) -> list[str]:

@@ -392,3 +392,9 @@ def reruns(runs: Iterable[Run]) -> list[tuple[Run, Run]]:
     for run in runs:
         by_job[run.job].append(run)
     return [pair for job_runs in by_job.values() for pair in itertools.pairwise(job_runs)]
+
+
+def runs_of(workers: Workers, **match: object) -> list[Run]:
+    """The recorded runs whose fields equal `match` (e.g. pid=..., seq=1)."""
+    runs = load_runs(workers.redis)
+    return [r for r in runs if all(getattr(r, k) == v for k, v in match.items())]
