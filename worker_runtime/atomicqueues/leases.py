@@ -142,20 +142,18 @@ class Leases:
         return None
 
     async def renew(self, leases: list[Lease]) -> list[Lease]:
-        """Extend every lease; returns the ones that were lost instead."""
-        lost: list[Lease] = []
+        """Extend every lease (one script call per bucket); returns the ones that were lost."""
+        by_bucket: dict[tuple[str, str], list[Lease]] = {}
         for lease in leases:
-            ok = await self.client.script(
-                "renew",
-                self.keys.entity_bucket(lease.entity_type, lease.entity_id),
-                self.owner,
-                self.ttl_ms,
-                self.keys.events(lease.entity_type),
-                encode_id(lease.entity_id),
-                lease.token,
+            bucket = self.keys.entity_bucket(lease.entity_type, lease.entity_id)
+            by_bucket.setdefault((bucket, lease.entity_type), []).append(lease)
+        lost: list[Lease] = []
+        for (bucket, entity_type), group in by_bucket.items():
+            pairs = [v for lease in group for v in (encode_id(lease.entity_id), lease.token)]
+            renewed = await self.client.script(
+                "renew", bucket, self.owner, self.ttl_ms, self.keys.events(entity_type), *pairs
             )
-            if not ok[0]:
-                lost.append(lease)
+            lost += [lease for lease, ok in zip(group, renewed, strict=True) if not ok]
         return lost
 
     async def release(self, lease: Lease, mode: Literal["idle", "shutdown"]) -> str:
