@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from atomicqueues import Client, JobContext, Registry, Settings, Worker
+from atomicqueues.aio import cancel_and_wait
 from atomicqueues.presence import Presence
-from atomicqueues.worker import cancel_and_wait
 from redis_servers import free_port
 from runtime.workers import (
     HANDLERS,

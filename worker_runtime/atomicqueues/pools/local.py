@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
+from ..aio import cancel_and_wait
 from ..client import Client
 from ..errors import RedisUnavailable
 from ..leases import sweep
@@ -143,9 +144,7 @@ class LocalPool:
                 for w in waiters:
                     w.cancel()
         finally:
-            events.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await events
+            await cancel_and_wait([events])
             await self.shutdown()
 
     async def _watch_events(self) -> None:
@@ -271,6 +270,5 @@ class LocalPool:
                     with contextlib.suppress(ProcessLookupError):
                         w.proc.kill()
                     await w.proc.wait()
-        for task in list(self._watchers):
-            task.cancel()
+        await cancel_and_wait(list(self._watchers))
         self.workers.clear()
