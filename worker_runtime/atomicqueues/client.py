@@ -116,10 +116,6 @@ class Client:
         value = await self.call(lambda: self.redis.zrange(key, start, stop))
         return [str(v) for v in value]
 
-    async def zrange_scores(self, key: str) -> list[tuple[str, float]]:
-        value: list[Any] = await self.call(lambda: self.redis.zrange(key, 0, -1, withscores=True))
-        return [(str(pair[0]), float(pair[1])) for pair in value]
-
     # --- enqueue and cancel ----------------------------------------------------------------
     async def enqueue(
         self,
