@@ -124,11 +124,11 @@ class LocalPool:
         events = asyncio.create_task(self._watch_events())
         try:
             while not stop.is_set():
+                self.wake.clear()  # before, not after: a wake-up during the reconcile counts
                 try:
                     await self.reconcile_once()
                 except RedisUnavailable as exc:
                     log.warning("pool %s: %s", self.pool.metadata.name, exc)
-                self.wake.clear()
                 waiters = [
                     asyncio.ensure_future(self.wake.wait()),
                     asyncio.ensure_future(stop.wait()),
