@@ -214,3 +214,44 @@ def test_demo_runs_to_the_end_on_an_embedded_redis() -> None:
     assert "check passed" in result.stdout
     assert "came back and completed (attempt 2)" in result.stdout
     assert "32 of 32 jobs completed" in result.stdout
+
+
+async def test_a_wake_up_during_a_reconcile_is_not_lost(redis_url: str) -> None:
+    """An "entity has work" event that arrives while a reconcile runs triggers another one at
+    once, not at the next resync (here 5 s away)."""
+    import asyncio
+
+    from atomicqueues import Client, Settings
+    from atomicqueues.pools.local import LocalPool
+    from atomicqueues.pools.reconciler import Plan
+    from atomicqueues.pools.spec import parse_pool
+
+    slow = {**MANIFEST["spec"], "timing": {"heartbeatTTLSeconds": 10,  # type: ignore[dict-item]
+                                           "heartbeatIntervalSeconds": 5,
+                                           "resyncIntervalSeconds": 5}}  # fmt: skip
+    pool = parse_pool({**MANIFEST, "spec": slow})
+    client = await Client.connect(Settings(redis_url=redis_url, prefix="uptest"))
+    local = LocalPool(pool, client)
+    calls: list[float] = []
+
+    async def reconcile_once() -> Plan:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            await asyncio.sleep(0.3)
+            local.wake.set()  # as the event watcher would, mid-reconcile
+        return Plan([])
+
+    local.reconcile_once = reconcile_once  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    runner = asyncio.create_task(local.run(stop))
+    try:
+        for _ in range(100):
+            if len(calls) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(calls) >= 2
+        assert calls[1] - calls[0] < 2.0
+    finally:
+        stop.set()
+        await runner
+        await client.close()
