@@ -29,6 +29,7 @@ LOG_KEY = "test:log"
 REJECTED_KEY = "test:rejected"
 FENCE_KEY = "test:fence"
 FIRST_RUN_KEY = "test:first:"
+LOCK_LOG_KEY = "test:joblocks"
 
 # KEYS[1] log, KEYS[2] rejected, KEYS[3] fence hash; ARGV entity, token, record.
 # Appends the record to the log when token >= the highest token seen for the entity (and raises
@@ -103,3 +104,16 @@ async def record(ctx: JobContext, payload: dict[str, Any]) -> None:
         await _write(ctx, "cancel", seq)
         raise
     await _write(ctx, "end", seq)
+
+
+@registry.command("hold_lock")
+async def hold_lock(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Take a resource lock for the job, note it in LOCK_LOG_KEY, sleep, maybe fail.
+
+    Payload: {"type": T, "id": ID, "ttl": s, "sleep": s, "fail": bool}."""
+    lock = await ctx.lock(payload["type"], payload["id"], ttl=payload.get("ttl"))
+    note = {"job": ctx.job.id, "token": lock.token, "owner": lock.owner_id, "pid": os.getpid()}
+    await _store().rpush(LOCK_LOG_KEY, json.dumps(note))
+    await asyncio.sleep(float(payload.get("sleep", 0.0)))
+    if payload.get("fail"):
+        raise RuntimeError("failing on purpose, holding a lock")

@@ -14,12 +14,15 @@ from .errors import (
     JobFailed,
     JobNotFound,
     LeaseLost,
+    LockBusy,
+    LockNotOwned,
     PayloadTooLarge,
     PermanentError,
     RedisUnavailable,
     UnknownHandler,
 )
 from .jobs import Backoff, Job
+from .locks import Holder, Lock, LockResult, Locks
 from .registry import Registry
 from .sync import SyncClient
 from .worker import Worker
@@ -28,12 +31,18 @@ __all__ = [
     "AtomicQueuesError",
     "Backoff",
     "Client",
+    "Holder",
     "InvalidInput",
     "Job",
     "JobContext",
     "JobFailed",
     "JobNotFound",
     "LeaseLost",
+    "Lock",
+    "LockBusy",
+    "LockNotOwned",
+    "LockResult",
+    "Locks",
     "PayloadTooLarge",
     "PermanentError",
     "RedisUnavailable",

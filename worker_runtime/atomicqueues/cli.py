@@ -23,6 +23,7 @@ from .client import Client
 from .config import Settings
 from .errors import AtomicQueuesError, InvalidInput
 from .jobs import Job
+from .locks import Lock, Locks
 from .presence import Presence
 
 LAZY_COMMANDS = ("operator", "crd", "up", "demo")
@@ -113,6 +114,19 @@ def build_parser() -> Parser:
             a.add_argument("--limit", type=int, default=100)
             a.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("locks", help="resource locks")
+    locks = p.add_subparsers(dest="action", required=True, parser_class=Parser)
+    a = locks.add_parser("list", help="show held locks")
+    a.add_argument("--type", dest="resource_type", help="only this resource type")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    a = locks.add_parser("release", help="free a lock whoever holds it (operators)")
+    a.add_argument("resource_type")
+    a.add_argument("resource_id")
+    a.add_argument(
+        "--force", action="store_true", required=True,
+        help="required: the holder loses the lock while it may still be working",
+    )  # fmt: skip
+
     p = sub.add_parser("close", help="ask workers to shut down gracefully")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--worker", help="one worker by name")
@@ -169,7 +183,9 @@ async def cmd_enqueue(args: argparse.Namespace, client: Client) -> int:
 async def cmd_status(args: argparse.Namespace, client: Client) -> int:
     types = [args.entity_type] if args.entity_type else await client.entity_types()
     workers = await Presence(client).all_workers()
-    report: dict[str, Any] = {"types": {}, "workers": [asdict(w) for w in workers]}
+    held = await Locks(client).held()
+    report: dict[str, Any] = {"types": {}, "workers": [asdict(w) for w in workers],
+                              "locks": [lock.to_dict() for lock in held]}  # fmt: skip
     for t in types:
         report["types"][t] = {
             "counts": await client.counts(t),
@@ -193,6 +209,44 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
         where = w.entity_id if w.entity_id is not None else f"packed x{w.slots}"
         print(f"    {w.name:<40} {w.entity_type}/{where}  node {w.node}  pid {w.pid}"
               f"  holds {len(w.entities)}")  # fmt: skip
+    print(f"locks: {len(held)} held")
+    now = await Presence(client).server_time()
+    for lock in held[:STATUS_LOCKS]:
+        print(f"    {_lock_line(lock, now)}")
+    if len(held) > STATUS_LOCKS:
+        print(f"    ... {len(held) - STATUS_LOCKS} more (aq locks list)")
+    return 0
+
+
+STATUS_LOCKS = 10
+"""Locks `aq status` shows; `aq locks list` shows them all."""
+
+
+def _lock_line(lock: Lock, now: float) -> str:
+    where = f"{lock.resource_type}/{lock.resource_id!r}"
+    return (f"{where:<40} {lock.owner_type} {lock.owner_id}  token {lock.token}"
+            f"  expires in {max(0.0, lock.expires_at - now):.1f}s")  # fmt: skip
+
+
+async def cmd_locks(args: argparse.Namespace, client: Client) -> int:
+    locks = Locks(client)
+    if args.action == "list":
+        held = await locks.held(args.resource_type)
+        if args.json:
+            print(json.dumps([lock.to_dict() for lock in held], indent=2, ensure_ascii=False))
+            return 0
+        now = await Presence(client).server_time()
+        for lock in held:
+            print(_lock_line(lock, now))
+        print(f"{len(held)} lock(s) held")
+        return 0
+    released = await locks.force_release(args.resource_type, args.resource_id)
+    where = f"{args.resource_type}/{args.resource_id!r}"
+    if released is None:
+        print(f"{where} was not held: nothing released")
+    else:
+        print(f"released {where} held by {released.owner_type} {released.owner_id}"
+              f" (token {released.token})")  # fmt: skip
     return 0
 
 
@@ -299,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "worker":
             return asyncio.run(cmd_worker(args, settings))
         handler = {"enqueue": cmd_enqueue, "status": cmd_status, "dlq": cmd_dlq,
-                   "close": cmd_close}[args.command]  # fmt: skip
+                   "close": cmd_close, "locks": cmd_locks}[args.command]  # fmt: skip
         return asyncio.run(_with_client(settings, lambda c: handler(args, c)))
     except AtomicQueuesError as exc:
         print(f"aq: {exc}", file=sys.stderr)

@@ -62,7 +62,7 @@ class Client:
         self.settings = settings
         self.keys = Keys(settings.prefix)
         self.scripts = Scripts(redis)
-        self._known_types: set[str] = set()
+        self._remembered: set[tuple[str, str]] = set()
 
     @classmethod
     async def connect(cls, settings: Settings | None = None) -> Client:
@@ -158,7 +158,7 @@ class Client:
             job_id = self.keys.new_job_id(entity_type, entity_id)
         elif not job_id or len(job_id) > 512:
             raise InvalidInput("job id must be a non-empty string of at most 512 characters")
-        elif AUTO_JOB_ID_RE.match(job_id):
+        elif AUTO_JOB_ID_RE.fullmatch(job_id):
             # Also with a bucket out of range: job_slot() would not scope such an id to its entity.
             raise InvalidInput(f"job id {job_id!r} has the reserved form TYPE.BUCKET.HEX32")
         keep = self.settings.keep_completed if keep_completed is None else keep_completed
@@ -184,9 +184,14 @@ class Client:
         return job_id
 
     async def _remember_type(self, entity_type: str) -> None:
-        if entity_type not in self._known_types:
-            await self.call(lambda: self.redis.sadd(self.keys.types(), entity_type))
-            self._known_types.add(entity_type)
+        await self.remember(self.keys.types(), entity_type)
+
+    async def remember(self, key: str, member: str) -> None:
+        """Add `member` to the set `key` once per client (the sets of known entity and resource
+        types only grow, so a second SADD would change nothing)."""
+        if (key, member) not in self._remembered:
+            await self.call(lambda: self.redis.sadd(key, member))
+            self._remembered.add((key, member))
 
     async def cancel(self, job_id: str, *, entity: Entity | None = None) -> bool:
         """Remove a job that has not started; False when it is running or already ended."""

@@ -1,16 +1,120 @@
-"""What a handler receives besides its payload: the job, the lease, the fencing token."""
+"""What a handler receives besides its payload: the job, the lease, the fencing token, and
+resource locks that last as long as the job."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from .errors import LockNotOwned
 from .jobs import Job
+from .locks import Lock, LockResult, Locks, Renewal, Spread, uncancel
 
 if TYPE_CHECKING:
     from .client import Client
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+JOB_OWNER_TYPE = "job"
+
+
+class JobLocks:
+    """The resource locks of one job (owner `WORKER:JOB_ID`, owner type "job").
+
+    Each lock is renewed in the background while the job runs and released by the worker when
+    the job ends, whatever the outcome; if the worker dies, its locks expire by their TTL. A
+    lock found gone while the job runs sets `lock.lost` and cancels the handler, and the job
+    fails with `LockNotOwned` (retried after its backoff like any error).
+    """
+
+    def __init__(self, locks: Locks, owner_id: str, default_ttl: float) -> None:
+        self.locks = locks
+        self.owner_id = owner_id
+        self.default_ttl = default_ttl
+        self._held: dict[tuple[str, str], Renewal] = {}
+        self._renewals: list[Renewal] = []  # every one of the job, to count their cancellations
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+
+    @property
+    def held(self) -> list[Lock]:
+        return [renewal.lock for renewal in self._held.values()]
+
+    async def lock(
+        self, resource_type: str, resource_id: str, *, ttl: float | None = None, wait: float = 0.0
+    ) -> Lock:
+        """Hold `resource_id` until the job ends (see `JobContext.lock`)."""
+        mine = self._held.get((resource_type, resource_id))
+        if mine is not None and not mine.lock.lost.is_set():
+            return mine.lock
+        seconds = self.default_ttl if ttl is None else ttl
+
+        def attempt() -> Awaitable[LockResult]:
+            return self.locks.acquire(
+                resource_type, resource_id, self.owner_id, JOB_OWNER_TYPE, seconds
+            )
+
+        return self._keep(await self.locks.acquire_within(resource_type, attempt, wait), seconds)
+
+    async def lock_any(
+        self,
+        resource_type: str,
+        candidate_ids: Sequence[str],
+        *,
+        ttl: float | None = None,
+        spread: Spread = "first",
+        wait: float = 0.0,
+    ) -> Lock:
+        """Hold the first free resource of a pool until the job ends (see `Locks.acquire_any`)."""
+        seconds = self.default_ttl if ttl is None else ttl
+
+        def attempt() -> Awaitable[LockResult]:
+            return self.locks.acquire_any(
+                resource_type, candidate_ids, self.owner_id, JOB_OWNER_TYPE, seconds, spread
+            )
+
+        return self._keep(await self.locks.acquire_within(resource_type, attempt, wait), seconds)
+
+    def _keep(self, lock: Lock, ttl: float) -> Lock:
+        renewal = Renewal(self.locks, lock, ttl, self._task)
+        self._held[(lock.resource_type, lock.resource_id)] = renewal
+        self._renewals.append(renewal)
+        return lock
+
+    async def release(self, lock: Lock) -> None:
+        """Give a lock up before the job ends."""
+        renewal = self._held.pop((lock.resource_type, lock.resource_id), None)
+        if renewal is not None:
+            await renewal.stop()
+        await self.locks.release(lock)
+
+    async def release_all(self) -> None:
+        """Release every lock of the job (the worker calls this when the job ends)."""
+        while self._held:
+            _, renewal = self._held.popitem()
+            await renewal.stop()
+            await self.locks.release_quietly(renewal.lock)
+
+    async def run(self, handler: Coroutine[Any, Any, T]) -> T:
+        """Run the handler as the task a lost lock cancels, and turn that cancellation (ours
+        alone) into `LockNotOwned`, so the job fails instead of looking interrupted."""
+        self._task = asyncio.current_task()
+        self._cancelling = self._task.cancelling() if self._task else 0
+        try:
+            return await handler
+        except asyncio.CancelledError:
+            lost = [r.lock for r in self._renewals if r.cancels]
+            if not lost or self._task is None:
+                raise
+            cancels = sum(r.cancels for r in self._renewals)
+            if not uncancel(self._task, cancels, self._cancelling):
+                raise
+            first = lost[0]
+            raise LockNotOwned(first.resource_type, first.resource_id, first.token) from None
 
 
 @dataclass
@@ -27,6 +131,41 @@ class JobContext:
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the lease was lost mid-job: the job has been given back to the queue, and the
     handler is cancelled right after this is set."""
+    locks: JobLocks = field(init=False)
+    """The job's resource locks; `lock` and `lock_any` below are shortcuts."""
+
+    def __post_init__(self) -> None:
+        self.locks = JobLocks(
+            Locks(self.client), f"{self.worker}:{self.job.id}", self.client.settings.heartbeat_ttl
+        )
+
+    async def lock(
+        self, resource_type: str, resource_id: str, *, ttl: float | None = None, wait: float = 0.0
+    ) -> Lock:
+        """Hold an exclusive resource (a connection, an account, a device) until the job ends.
+
+        Owner is `WORKER:JOB_ID`, owner type "job". `ttl` (default: the heartbeat TTL) bounds
+        how long the lock outlives a dead worker; it is renewed every ttl/3 while the job runs.
+        Raises `LockBusy` when someone else holds it for `wait` seconds (the job is retried
+        after its backoff). Asking again for a lock the job holds returns the same lock. Pass
+        `lock.token` to the resource. A lock lost mid-job cancels the handler and fails the job
+        with `LockNotOwned`.
+        """
+        return await self.locks.lock(resource_type, resource_id, ttl=ttl, wait=wait)
+
+    async def lock_any(
+        self,
+        resource_type: str,
+        candidate_ids: Sequence[str],
+        *,
+        ttl: float | None = None,
+        spread: Spread = "first",
+        wait: float = 0.0,
+    ) -> Lock:
+        """`lock` for the first free resource of a pool; `lock.resource_id` says which."""
+        return await self.locks.lock_any(
+            resource_type, candidate_ids, ttl=ttl, spread=spread, wait=wait
+        )
 
     @property
     def entity_type(self) -> str:

@@ -62,6 +62,39 @@ class LeaseLost(AtomicQueuesError):
         self.token = token
 
 
+class LockNotOwned(AtomicQueuesError):
+    """A resource lock was released or extended by someone who no longer holds it.
+
+    Its TTL ran out (the holder was paused or cut off), it was force-released, or another owner
+    took it since: the change was refused and the lock left as it is. `token` is the fencing
+    token the stale holder presented.
+    """
+
+    def __init__(self, resource_type: str, resource_id: str, token: int) -> None:
+        super().__init__(
+            f"lock on {resource_type}/{resource_id!r} is not held under fencing token {token} "
+            "(expired, released or taken over); change refused"
+        )
+        self.resource_type = resource_type
+        self.resource_id = resource_id
+        self.token = token
+
+
+class LockBusy(AtomicQueuesError):
+    """A resource (or every resource of a pool) is held by someone else.
+
+    Raised where a lock is needed to go on (`Locks.hold`, `ctx.lock`); `acquire` reports it in
+    its result instead. `holders` maps each resource asked for to who holds it. In a job it is
+    an ordinary failure: the job is retried after its backoff.
+    """
+
+    def __init__(self, resource_type: str, holders: dict[str, tuple[str, str]]) -> None:
+        who = ", ".join(f"{rid!r} by {owner} ({kind})" for rid, (owner, kind) in holders.items())
+        super().__init__(f"{resource_type} lock busy: held {who or 'by someone else'}")
+        self.resource_type = resource_type
+        self.holders = holders
+
+
 class HandlerError(AtomicQueuesError):
     """Base of errors about job handlers."""
 

@@ -6,6 +6,10 @@ its jobs, and the part of the entity-type index that covers its bucket share one
 Redis Cluster. Entity ids are arbitrary strings: inside keys they appear percent-encoded
 (`%`, `{`, `}` and `:` escaped), which keeps hash tags intact and key names unambiguous, and
 the index stores the encoded form, which `decode_id` turns back.
+
+Resource locks (locks.py) keep every key of one resource type under one hash tag (`{TYPE}`,
+after `PREFIX:lock:`), so taking the first free resource of a pool is one script on one slot.
+That tag has no `:`, so it never equals an entity bucket's tag.
 """
 
 from __future__ import annotations
@@ -37,24 +41,37 @@ def decode_id(encoded: str) -> str:
 
 
 def check_entity_type(entity_type: str) -> str:
-    if not isinstance(entity_type, str) or not ENTITY_TYPE_RE.match(entity_type):
+    if not isinstance(entity_type, str) or not ENTITY_TYPE_RE.fullmatch(entity_type):
         raise InvalidInput(
             f"invalid entity type {entity_type!r}: use 1-63 letters, digits, '_' or '-'"
         )
     return entity_type
 
 
-def check_entity_id(entity_id: str) -> str:
+def check_entity_id(entity_id: str, what: str = "entity id") -> str:
     if not isinstance(entity_id, str) or entity_id == "":
-        raise InvalidInput("entity id must be a non-empty string")
+        raise InvalidInput(f"{what} must be a non-empty string")
     size = len(entity_id.encode("utf-8", "surrogatepass"))
     if size > MAX_ENTITY_ID_BYTES:
-        raise InvalidInput(f"entity id is {size} bytes, over the limit of {MAX_ENTITY_ID_BYTES}")
+        raise InvalidInput(f"{what} is {size} bytes, over the limit of {MAX_ENTITY_ID_BYTES}")
     try:
         entity_id.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidInput("entity id is not valid unicode (lone surrogate)") from None
+        raise InvalidInput(f"{what} is not valid unicode (lone surrogate)") from None
     return entity_id
+
+
+def check_resource_type(resource_type: str) -> str:
+    if not isinstance(resource_type, str) or not ENTITY_TYPE_RE.fullmatch(resource_type):
+        raise InvalidInput(
+            f"invalid resource type {resource_type!r}: use 1-63 letters, digits, '_' or '-'"
+        )
+    return resource_type
+
+
+def check_resource_id(resource_id: str) -> str:
+    """Resource ids are as free as entity ids (they are percent-encoded inside keys)."""
+    return check_entity_id(resource_id, "resource id")
 
 
 def bucket_of(entity_type: str, entity_id: str) -> int:
@@ -93,13 +110,13 @@ class Keys:
 
     def job_slot(self, entity_type: str, entity_id: str, job_id: str) -> str:
         """The job's name inside its bucket (`j:<slot>`): unique per entity."""
-        if AUTO_JOB_ID_RE.match(job_id):
+        if AUTO_JOB_ID_RE.fullmatch(job_id):
             return job_id
         return f"{encode_id(entity_id)}:{job_id}"
 
     def locate_auto_job(self, job_id: str) -> tuple[str, str] | None:
         """Bucket base and slot of a generated job id, or None for a caller-given one."""
-        m = AUTO_JOB_ID_RE.match(job_id)
+        m = AUTO_JOB_ID_RE.fullmatch(job_id)
         if not m or int(m.group(2)) >= BUCKETS:
             return None
         return self.bucket(m.group(1), int(m.group(2))), job_id
@@ -139,3 +156,24 @@ class Keys:
     def types(self) -> str:
         """Set of entity types that have ever been enqueued to (for `aq status`)."""
         return f"{self.prefix}:types"
+
+    # --- resource locks --------------------------------------------------------------------
+    def lock_base(self, resource_type: str) -> str:
+        """Base of every lock key of one resource type; the lock scripts build the rest."""
+        return f"{self.prefix}:lock:{{{resource_type}}}:"
+
+    def lock(self, resource_type: str, resource_id: str) -> str:
+        """HASH of one resource's lock: holder fields while held, the last token always."""
+        return f"{self.lock_base(resource_type)}l:{encode_id(resource_id)}"
+
+    def lock_held(self, resource_type: str) -> str:
+        """ZSET of the type's held locks: encoded resource id -> expiry ms (for listing)."""
+        return f"{self.lock_base(resource_type)}held"
+
+    def lock_used(self, resource_type: str) -> str:
+        """ZSET encoded resource id -> when it was last acquired or released, ms (for LRU)."""
+        return f"{self.lock_base(resource_type)}used"
+
+    def lock_types(self) -> str:
+        """Set of resource types that have ever been locked (for `aq locks list`)."""
+        return f"{self.prefix}:lock-types"

@@ -2,7 +2,7 @@
 
 Every multi-key change is one script, so no crash leaves half a change. Each `.lua` file beside
 this module states its KEYS/ARGV/return contract at its top; `lua/lib.lua` holds the functions
-they share and is prepended to each. redis-py's Script objects call EVALSHA and load the script
+they share and is prepended to each (and `lua/lock_lib.lua` to the lock scripts). redis-py's Script objects call EVALSHA and load the script
 again when the server answers NOSCRIPT (after a restart or SCRIPT FLUSH).
 """
 
@@ -28,14 +28,21 @@ NAMES = (
     "dlq",
     "set_concurrency",
     "watch_job",
+    "lock_acquire",
+    "lock_acquire_any",
+    "lock_extend",
+    "lock_release",
+    "lock_list",
 )
 
 
 @cache
 def source(name: str) -> str:
-    """The full text of one script: the shared library, then the script itself."""
+    """The full text of one script: the shared library (and, for the lock scripts, theirs),
+    then the script itself."""
     lua = resources.files(__package__).joinpath("lua")
-    return lua.joinpath("lib.lua").read_text() + "\n" + lua.joinpath(f"{name}.lua").read_text()
+    parts = ["lib.lua", "lock_lib.lua"] if name.startswith("lock_") else ["lib.lua"]
+    return "\n".join(lua.joinpath(part).read_text() for part in [*parts, f"{name}.lua"])
 
 
 class Scripts:

@@ -424,7 +424,7 @@ class Worker:
                 client=self.client,
                 log=logging.LoggerAdapter(log, {"job_id": job.id, "entity": job.entity_id}),
             )
-            task = asyncio.create_task(handler(ctx, payload))
+            task = asyncio.create_task(ctx.locks.run(handler(ctx, payload)))
             self.running[lease.entity_id] = (ctx, task)
             metrics.IN_FLIGHT.labels(self.entity_type).inc()
             try:
@@ -454,6 +454,7 @@ class Worker:
                     outcome = "retry"
             finally:
                 self.running.pop(lease.entity_id, None)
+                await ctx.locks.release_all()  # before the outcome: the next job may want them
                 metrics.IN_FLIGHT.labels(self.entity_type).dec()
                 metrics.JOB_DURATION.labels(*labels).observe(time.perf_counter() - began)
         return await self._finish(run, outcome, value, retry_delay, where)

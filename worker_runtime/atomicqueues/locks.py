@@ -1,0 +1,477 @@
+"""Resource locks: exclusive use of something beyond an entity, safe when holders pause or die.
+
+An entity's lease says who runs its jobs; some work also needs a resource that other entities
+share: a connection, an account context, a device. A lock on `(resource_type, resource_id)` has
+one owner, a TTL and a fencing token, with the leases' guarantees: every change is one Lua
+script that checks the owner's token and the expiry against the server clock (an expired lock is
+free even before anything cleans it up), so a holder that was paused or cut off past its TTL can
+neither release nor extend what is no longer its own (`LockNotOwned`). Tokens grow on every
+grant and are never reused, also across a Redis restart with AOF; pass `lock.token` to the
+resource so it can refuse a stale holder's writes.
+
+Every lock of one resource type lives under one hash tag, so `acquire_any` takes the first free
+resource of a pool in one script, also on Redis Cluster. `hold()` keeps a lock renewed while a
+block runs; `JobContext.lock` (context.py) gives a job locks the worker releases when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+from .aio import cancel_and_wait
+from .client import Client
+from .errors import InvalidInput, LockBusy, LockNotOwned
+from .keys import (
+    ENTITY_TYPE_RE,
+    check_resource_id,
+    check_resource_type,
+    decode_id,
+    encode_id,
+)
+
+log = logging.getLogger(__name__)
+
+Spread = Literal["first", "random", "lru"]
+SPREADS: tuple[Spread, ...] = ("first", "random", "lru")
+MAX_CANDIDATES = 1000
+MAX_OWNER_BYTES = 1024
+MAX_LISTED = 10_000
+
+
+@dataclass
+class Lock:
+    """A lock held (or, in listings, seen held) by `owner_id`. Times are epoch seconds on the
+    Redis server's clock."""
+
+    resource_type: str
+    resource_id: str
+    owner_id: str
+    owner_type: str
+    token: int
+    """Fencing token: grows with every grant of this resource; pass it to what you write."""
+    acquired_at: float
+    expires_at: float
+    """Moved on by `extend` (and by the renewal of `hold`)."""
+    lost: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+    """Set by `hold` and job locks when renewal found the lock gone (expired or taken)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "resource_type": self.resource_type,
+            "resource_id": self.resource_id,
+            "owner_id": self.owner_id,
+            "owner_type": self.owner_type,
+            "token": self.token,
+            "acquired_at": self.acquired_at,
+            "expires_at": self.expires_at,
+        }
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a resource someone else asked for."""
+
+    resource_id: str
+    owner_id: str
+    owner_type: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class LockResult:
+    """What `acquire` and `acquire_any` did: the lock, or who holds what was asked for."""
+
+    lock: Lock | None
+    holders: tuple[Holder, ...] = ()
+    """When not acquired: the holder of each resource asked for (every candidate of a pool)."""
+
+    @property
+    def acquired(self) -> bool:
+        return self.lock is not None
+
+    @property
+    def holder(self) -> Holder | None:
+        """The holder, when a single resource was asked for and is held."""
+        return self.holders[0] if self.holders else None
+
+
+def _seconds(ms: str) -> float:
+    return int(ms) / 1000.0
+
+
+def _ttl_ms(ttl: float) -> int:
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl):
+        raise InvalidInput(f"lock ttl must be a number of seconds, not {ttl!r}")
+    ms = round(ttl * 1000)
+    if ms < 1:
+        raise InvalidInput(f"lock ttl must be positive (at least 0.001 s), not {ttl!r}")
+    return ms
+
+
+def _check_owner(owner_id: str, owner_type: str) -> None:
+    if not isinstance(owner_id, str) or not owner_id:
+        raise InvalidInput("lock owner id must be a non-empty string")
+    try:
+        size = len(owner_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput("lock owner id is not valid unicode (lone surrogate)") from None
+    if size > MAX_OWNER_BYTES:
+        raise InvalidInput(f"lock owner id is over the limit of {MAX_OWNER_BYTES} bytes")
+    if not isinstance(owner_type, str) or not ENTITY_TYPE_RE.fullmatch(owner_type):
+        raise InvalidInput(
+            f"invalid lock owner type {owner_type!r}: use 1-63 letters, digits, '_' or '-'"
+        )
+
+
+class Locks:
+    """Resource locks through one `Client`. Public methods validate; `_script` does the I/O."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self.keys = client.keys
+
+    async def _script(self, name: str, resource_type: str, *args: str | int) -> Any:
+        return await self.client.script(name, self.keys.lock_base(resource_type), *args)
+
+    # --- acquire, extend, release ------------------------------------------------------------
+    async def acquire(
+        self, resource_type: str, resource_id: str, owner_id: str, owner_type: str, ttl: float
+    ) -> LockResult:
+        """Take the lock if it is free (never held, released or expired); else say who holds it.
+
+        Not re-entrant: an owner asking again for a lock it holds is told it is held (by itself).
+        """
+        check_resource_type(resource_type)
+        check_resource_id(resource_id)
+        _check_owner(owner_id, owner_type)
+        ms = _ttl_ms(ttl)
+        await self.client.remember(self.keys.lock_types(), resource_type)
+        reply = await self._script(
+            "lock_acquire", resource_type, encode_id(resource_id), owner_id, owner_type, ms
+        )
+        if reply[0] != 1:
+            return LockResult(None, (Holder(resource_id, reply[1], reply[2], _seconds(reply[3])),))
+        lock = Lock(resource_type, resource_id, owner_id, owner_type, int(reply[1]),
+                    _seconds(reply[2]), _seconds(reply[3]))  # fmt: skip
+        return LockResult(lock)
+
+    async def acquire_any(
+        self,
+        resource_type: str,
+        candidate_ids: Sequence[str],
+        owner_id: str,
+        owner_type: str,
+        ttl: float,
+        spread: Spread = "first",
+    ) -> LockResult:
+        """Take the first free resource of a pool, atomically (one script).
+
+        `spread` orders the candidates: "first" as given (fill the pool from the front),
+        "random" as given but from a random starting point (spread the load), "lru" least
+        recently acquired or released first (rotate through the pool). Duplicates count once.
+        """
+        check_resource_type(resource_type)
+        if isinstance(candidate_ids, str):
+            raise InvalidInput("candidate ids must be a list of resource ids, not one string")
+        ids = list(dict.fromkeys(check_resource_id(r) for r in candidate_ids))
+        if not ids:
+            raise InvalidInput("a pool needs at least one candidate resource id")
+        if len(ids) > MAX_CANDIDATES:
+            raise InvalidInput(f"{len(ids)} candidates, over the limit of {MAX_CANDIDATES}")
+        if spread not in SPREADS:
+            raise InvalidInput(f"spread must be one of {', '.join(SPREADS)}, not {spread!r}")
+        _check_owner(owner_id, owner_type)
+        ms = _ttl_ms(ttl)
+        offset = random.randrange(len(ids)) if spread == "random" else 0
+        await self.client.remember(self.keys.lock_types(), resource_type)
+        reply = await self._script(
+            "lock_acquire_any", resource_type, owner_id, owner_type, ms, spread, offset,
+            *(encode_id(r) for r in ids),
+        )  # fmt: skip
+        if reply[0] != 1:
+            rest = reply[1:]
+            holders = tuple(
+                Holder(decode_id(rest[i]), rest[i + 1], rest[i + 2], _seconds(rest[i + 3]))
+                for i in range(0, len(rest), 4)
+            )
+            return LockResult(None, holders)
+        lock = Lock(resource_type, decode_id(reply[1]), owner_id, owner_type, int(reply[2]),
+                    _seconds(reply[3]), _seconds(reply[4]))  # fmt: skip
+        return LockResult(lock)
+
+    async def extend(self, lock: Lock, ttl: float) -> Lock:
+        """Make the lock expire `ttl` seconds from now; `LockNotOwned` if it is no longer held
+        under its token (nothing is changed then). Updates and returns `lock`."""
+        ms = _ttl_ms(ttl)
+        reply = await self._script(
+            "lock_extend", lock.resource_type, encode_id(lock.resource_id), lock.owner_id,
+            str(lock.token), ms,
+        )  # fmt: skip
+        if reply[0] != 1:
+            raise LockNotOwned(lock.resource_type, lock.resource_id, lock.token)
+        lock.expires_at = _seconds(reply[1])
+        return lock
+
+    async def release(self, lock: Lock) -> None:
+        """Give the lock up; `LockNotOwned` if it is no longer held under its token (expired,
+        force-released or taken over: nothing is changed then)."""
+        reply = await self._script(
+            "lock_release", lock.resource_type, encode_id(lock.resource_id), lock.owner_id,
+            str(lock.token), "0",
+        )  # fmt: skip
+        if reply[0] != 1:
+            raise LockNotOwned(lock.resource_type, lock.resource_id, lock.token)
+
+    async def force_release(self, resource_type: str, resource_id: str) -> Lock | None:
+        """Free a resource whoever holds it (for operators); returns what was released, or None
+        when it was free. The former holder's next extend or release fails with LockNotOwned."""
+        check_resource_type(resource_type)
+        check_resource_id(resource_id)
+        reply = await self._script(
+            "lock_release", resource_type, encode_id(resource_id), "", "", "1"
+        )
+        if reply[0] != 1:
+            return None
+        _, owner, otype, token, at, exp = reply
+        return Lock(resource_type, resource_id, owner, otype, int(token), _seconds(at),
+                    _seconds(exp))  # fmt: skip
+
+    # --- listing ---------------------------------------------------------------------------------
+    async def types(self) -> list[str]:
+        """Resource types that were ever locked."""
+        return sorted(await self.client.smembers(self.keys.lock_types()))
+
+    async def held(self, resource_type: str | None = None) -> list[Lock]:
+        """The locks held now (of one type, or of every type), soonest expiry first per type."""
+        types = [check_resource_type(resource_type)] if resource_type else await self.types()
+        found: list[Lock] = []
+        for t in types:
+            reply = await self._script("lock_list", t, MAX_LISTED)
+            for i in range(0, len(reply), 6):
+                r, owner, otype, token, at, exp = reply[i : i + 6]
+                found.append(Lock(t, decode_id(r), owner, otype, int(token), _seconds(at),
+                                  _seconds(exp)))  # fmt: skip
+        return found
+
+    # --- holding a lock while a block runs ---------------------------------------------------
+    def hold(
+        self,
+        resource_type: str,
+        resource_id: str,
+        owner_id: str,
+        owner_type: str,
+        ttl: float,
+        *,
+        cancel_on_loss: bool = True,
+        wait: float = 0.0,
+    ) -> Hold:
+        """`async with locks.hold(...) as lock:` holds the lock while the block runs.
+
+        The lock is renewed in the background every ttl/3 and released when the block ends
+        (whatever the outcome). `LockBusy` when it is held by someone else for `wait` seconds
+        (default: do not wait). If renewal finds the lock gone (its holder was paused or cut
+        off past the TTL, or an operator force-released it), `lock.lost` is set and, with
+        `cancel_on_loss` (the default), the task running the block is cancelled at its next
+        await and the `async with` raises `LockNotOwned` (as `asyncio.timeout` turns its own
+        cancellation into TimeoutError); a cancellation from elsewhere still propagates. With
+        `cancel_on_loss=False` the block runs on: check `lock.lost` before acting on the
+        resource. Either way pass `lock.token` to the resource so a late write is refused.
+        """
+        ms = _ttl_ms(ttl)
+        return Hold(
+            self, resource_type, ms / 1000.0, cancel_on_loss, wait,
+            lambda: self.acquire(resource_type, resource_id, owner_id, owner_type, ttl),
+        )  # fmt: skip
+
+    def hold_any(
+        self,
+        resource_type: str,
+        candidate_ids: Sequence[str],
+        owner_id: str,
+        owner_type: str,
+        ttl: float,
+        *,
+        spread: Spread = "first",
+        cancel_on_loss: bool = True,
+        wait: float = 0.0,
+    ) -> Hold:
+        """`hold` for the first free resource of a pool (see `acquire_any`); `lock.resource_id`
+        says which one was taken."""
+        ms = _ttl_ms(ttl)
+        return Hold(
+            self, resource_type, ms / 1000.0, cancel_on_loss, wait,
+            lambda: self.acquire_any(resource_type, candidate_ids, owner_id, owner_type, ttl,
+                                     spread),
+        )  # fmt: skip
+
+    async def acquire_within(
+        self, resource_type: str, attempt: Callable[[], Awaitable[LockResult]], wait: float
+    ) -> Lock:
+        """Call `attempt` until it acquires or `wait` seconds pass (then `LockBusy`).
+
+        Waiting polls with a growing, jittered pause (up to 0.5 s): locks are held briefly or
+        renewed, and a waiter that missed a release only waits a little longer.
+        """
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not wait >= 0:
+            raise InvalidInput(f"wait must be zero or a positive number of seconds, not {wait!r}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        pause = 0.02
+        while True:
+            result = await attempt()
+            if result.lock is not None:
+                return result.lock
+            left = deadline - loop.time()
+            if left <= 0:
+                holders = {h.resource_id: (h.owner_id, h.owner_type) for h in result.holders}
+                raise LockBusy(resource_type, holders)
+            await asyncio.sleep(min(left, pause * random.uniform(0.5, 1.0)))
+            pause = min(pause * 2, 0.5)
+
+    async def release_quietly(self, lock: Lock) -> None:
+        """Release at the end of a hold: a lock found gone is marked lost, a Redis outage only
+        logged (the lock then expires by its TTL)."""
+        if lock.lost.is_set():
+            return
+        try:
+            await self.release(lock)
+        except LockNotOwned:
+            lock.lost.set()
+        except Exception as exc:
+            log.warning("lock on %s/%r (token %s) not released (%s); it expires by its TTL",
+                        lock.resource_type, lock.resource_id, lock.token, exc)  # fmt: skip
+
+
+class Renewal:
+    """Extends one lock every ttl/3 in the background until stopped.
+
+    When the lock is gone (LockNotOwned, or Redis unreachable until the lock must have
+    expired) it sets `lock.lost` and, when given a `target` task, cancels it once; `cancels`
+    counts that, so whoever runs the target can tell its own cancellation from another.
+    """
+
+    def __init__(
+        self, locks: Locks, lock: Lock, ttl: float, target: asyncio.Task[Any] | None
+    ) -> None:
+        self.locks = locks
+        self.lock = lock
+        self.ttl = ttl
+        self.target = target
+        self.cancels = 0
+        self._stopping = False
+        self._task = asyncio.create_task(self._run(), name=f"aq-lock-renewal-{lock.token}")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.ttl / 3
+        deadline = loop.time() + self.ttl  # the expiry on our clock, give or take a round trip
+        delay = interval
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            if loop.time() >= deadline:
+                self._lose("could not be renewed before it expired")
+                return
+            sent = loop.time()
+            try:
+                await self.locks.extend(self.lock, self.ttl)
+            except LockNotOwned:
+                self._lose("is gone (expired, force-released or taken over)")
+                return
+            except Exception as exc:  # Redis unreachable: try again before it expires
+                log.warning("lock on %s/%r not renewed: %s", self.lock.resource_type,
+                            self.lock.resource_id, exc)  # fmt: skip
+                delay = max(0.0, min(interval, deadline - loop.time()))
+                continue
+            deadline = sent + self.ttl
+            delay = interval
+
+    def _lose(self, why: str) -> None:
+        if self._stopping:
+            return
+        lock = self.lock
+        log.warning("lock on %s/%r of %s %s (token %s) %s", lock.resource_type, lock.resource_id,
+                    lock.owner_type, lock.owner_id, lock.token, why)  # fmt: skip
+        lock.lost.set()
+        if self.target is not None and not self.target.done():
+            self.target.cancel()
+            self.cancels += 1
+
+    async def stop(self) -> None:
+        """Stop renewing (and never cancel the target from now on)."""
+        self._stopping = True
+        await cancel_and_wait([self._task])
+
+
+def uncancel(task: asyncio.Task[Any], cancels: int, before: int) -> bool:
+    """Withdraw our `cancels` cancellations of `task`; True when no other cancellation than
+    those present `before` ours is left (so the CancelledError was ours alone)."""
+    remaining = task.cancelling()
+    for _ in range(cancels):
+        remaining = task.uncancel()
+    return remaining <= before
+
+
+class Hold:
+    """The context manager `Locks.hold` and `Locks.hold_any` return."""
+
+    def __init__(
+        self,
+        locks: Locks,
+        resource_type: str,
+        ttl: float,
+        cancel_on_loss: bool,
+        wait: float,
+        attempt: Callable[[], Awaitable[LockResult]],
+    ) -> None:
+        self.locks = locks
+        self.resource_type = resource_type
+        self.ttl = ttl
+        self.cancel_on_loss = cancel_on_loss
+        self.wait = wait
+        self.attempt = attempt
+        self.lock: Lock | None = None
+        self._renewal: Renewal | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+
+    async def __aenter__(self) -> Lock:
+        self.lock = await self.locks.acquire_within(self.resource_type, self.attempt, self.wait)
+        if self.cancel_on_loss:
+            self._task = asyncio.current_task()
+            self._cancelling = self._task.cancelling() if self._task else 0
+        self._renewal = Renewal(self.locks, self.lock, self.ttl, self._task)
+        return self.lock
+
+    async def __aexit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        assert self.lock is not None
+        assert self._renewal is not None
+        lock, renewal = self.lock, self._renewal
+        interrupted = False
+        try:
+            await renewal.stop()
+        except asyncio.CancelledError:  # ours (the block ended as the loss was found) or not
+            interrupted = True
+        await self.locks.release_quietly(lock)
+        ours_alone = False  # the only cancellation of the task is the one renewal made
+        if self._task is not None and renewal.cancels:
+            ours_alone = uncancel(self._task, renewal.cancels, self._cancelling)
+        if interrupted and not ours_alone:
+            raise asyncio.CancelledError
+        if not (self.cancel_on_loss and lock.lost.is_set()):
+            return False
+        if typ is not None and not issubclass(typ, asyncio.CancelledError):
+            return False  # the block's own error says more
+        if typ is not None and not ours_alone:
+            return False  # cancelled from elsewhere too: let that cancellation go on
+        raise LockNotOwned(lock.resource_type, lock.resource_id, lock.token) from None
