@@ -1,9 +1,10 @@
 """The Lua scripts, loaded once and called by name.
 
 Every multi-key change is one script, so no crash leaves half a change. Each `.lua` file beside
-this module states its KEYS/ARGV/return contract at its top; `lua/lib.lua` holds the functions
-they share and is prepended to each (and `lua/lock_lib.lua` to the lock scripts). redis-py's Script objects call EVALSHA and load the script
-again when the server answers NOSCRIPT (after a restart or SCRIPT FLUSH).
+this module states its KEYS/ARGV/return contract at its top. `lua/lib.lua` holds the functions
+they share and is prepended to each, and `lua/lock_lib.lua` to the lock scripts. redis-py's
+Script objects call EVALSHA and load the script again when the server answers NOSCRIPT (after a
+restart or SCRIPT FLUSH).
 """
 
 from __future__ import annotations
