@@ -59,9 +59,14 @@ BASELINE_SCRIPT = "return 1"
 TIMEOUT = 600.0
 """Seconds any one measurement may take before the benchmark gives up."""
 CONNECTION_SETTINGS = (
-    "decode_responses", "protocol", "socket_timeout", "socket_connect_timeout",
-    "socket_keepalive", "health_check_interval", "retry_on_timeout",
-)  # fmt: skip
+    "decode_responses",
+    "protocol",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "health_check_interval",
+    "retry_on_timeout",
+)
 """What our clients copy from one made by the library's `connect()`, so they behave alike."""
 
 
@@ -110,11 +115,26 @@ class RedisServer:
         for _ in range(5):  # the port can be taken between our probe and the server's bind
             self.port = free_port()
             self.proc = subprocess.Popen(
-                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-                 "--logfile", str(self.dir / "redis.log"), "--daemonize", "no"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
+                [
+                    self.binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.dir),
+                    "--logfile",
+                    str(self.dir / "redis.log"),
+                    "--daemonize",
+                    "no",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             if self._ready():
                 return
             self.proc.kill()
@@ -439,8 +459,7 @@ class Bench:
         await self.enqueue_all([f"user-{k % entities}" for k in range(n)])
         trips = RoundTrips(detail=True)
         client = self.client(trips, idle_timeout=60.0)
-        worker = Worker(client, noop_registry, ENTITY_TYPE, slots=PACKED_SLOTS,
-                        name="bench-packed")  # fmt: skip
+        worker = Worker(client, noop_registry, ENTITY_TYPE, slots=PACKED_SLOTS, name="bench-packed")
         before = await self.commandstats()
         task = asyncio.create_task(worker.run())
 
@@ -575,8 +594,7 @@ class Bench:
 
         worker_client = self.client(idle_timeout=3600.0)
         producer = self.client()
-        worker = Worker(worker_client, registry, ENTITY_TYPE, entity_id="idle",
-                        name="bench-idle")  # fmt: skip
+        worker = Worker(worker_client, registry, ENTITY_TYPE, entity_id="idle", name="bench-idle")
         task = asyncio.create_task(worker.run())
 
         def alive() -> None:
@@ -635,8 +653,11 @@ class Bench:
                 began = time.perf_counter()
                 await self.repetition()
                 took = time.perf_counter() - began
-                print(f"  repetition {rep + 1}/{self.sizes.repeat} done in {took:.1f}s",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"  repetition {rep + 1}/{self.sizes.repeat} done in {took:.1f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         finally:
             await self.control.aclose()
 
@@ -673,11 +694,23 @@ async def spawn_worker(url: str, name: str, log: Path) -> asyncio.subprocess.Pro
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(BENCH_DIR), env.get("PYTHONPATH")) if p)
     with open_log(log) as out:
         return await asyncio.create_subprocess_exec(
-            *aq_command(), "worker", "--handlers", "noop_handlers:registry",
-            "--entity-type", ENTITY_TYPE, "--slots", str(PACKED_SLOTS), "--name", name,
-            "--idle-timeout", "120", env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out,
+            *aq_command(),
+            "worker",
+            "--handlers",
+            "noop_handlers:registry",
+            "--entity-type",
+            ENTITY_TYPE,
+            "--slots",
+            str(PACKED_SLOTS),
+            "--name",
+            name,
+            "--idle-timeout",
+            "120",
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
             stderr=out,
-        )  # fmt: skip
+        )
 
 
 async def stop_process(proc: asyncio.subprocess.Process) -> None:
@@ -734,53 +767,88 @@ def section_rows(sizes: Sizes) -> list[tuple[str, list[Row]]]:
     packed = f"{PACKED_PROCESSES} × aq worker --slots {PACKED_SLOTS}"
     loop = "busy loop Leases.finish(claim_next=True)"
     return [
-        ("1. Redis round trips per operation, counted on the client's connection", [
-            Row("trips.enqueue", f"enqueue, steady state ({n} enqueues)", note="goal 1"),
-            Row("trips.enqueue.first", "first enqueue of a new Client, cold script cache",
-                fmt_count),
-            Row("trips.finish", f"{loop}, per job ({n})", note="goal 1"),
-            Row("trips.worker", f"entity-bound Worker, per job ({n} jobs, whole life)",
-                note="goal 1"),
-            Row("trips.packed", f"packed Worker, {PACKED_SLOTS} slots, per job ({per} jobs/entity)",
-                note="until all completed"),
-        ]),
-        ("   What Redis runs for them (server INFO commandstats, commands inside Lua included)", [
-            Row("server.enqueue", "commands per enqueue"),
-            Row("server.enqueue.lua", "  of them inside the script"),
-            Row("server.enqueue.usec", "  server time of the script", fmt_us),
-            Row("server.finish", "commands per job, busy loop (finish + start next)"),
-            Row("server.finish.lua", "  of them inside the script"),
-            Row("server.finish.usec", "  server time of the script", fmt_us),
-            Row("baseline.usec", "server time of the baseline script 'return 1'", fmt_us),
-            Row("server.packed", "commands per job, packed Worker above"),
-        ]),
-        ("2. Throughput, no-op async handler (jobs/s)", [
-            Row("baseline.ops", "(c) baseline: EVALSHA 'return 1' loop, one asyncio client",
-                fmt_per_s, "ops/s, 1 round trip"),
-            Row("enqueue.rate", f"enqueue, one Client, sequential ({jobs})", fmt_per_s),
-            Row("enqueue.ratio", "  of baseline ops/s (1 round trip each)", fmt_pct),
-            Row("leases.rate", f"{loop}, no Worker ({jobs})", fmt_per_s),
-            Row("leases.ratio", "  of baseline ops/s (1 round trip each)", fmt_pct),
-            Row("entity.rate", f"(a) 1 entity, entity-bound Worker in-process ({jobs})",
-                fmt_per_s),
-            Row("entity.trips", "  round trips per job, whole run"),
-            Row("entity.ratio", "  of baseline ops/s / round trips per job", fmt_pct),
-            Row("packed.rate", f"(b) {ents} entities, {packed} ({jobs})", fmt_per_s),
-            Row("packed.trips", "  EVALSHA + BLPOP per job (server side)"),
-            Row("packed.ratio", "  of baseline ops/s / round trips per job", fmt_pct,
-                f"{PACKED_PROCESSES} processes vs 1 client"),
-            Row("server.packed2", "  Redis commands per job"),
-        ]),
-        ("3. Enqueue-to-start latency, idle entity-bound Worker blocked on its doorbell", [
-            Row("baseline.rtt_p50", "baseline: one EVALSHA 'return 1' round trip, p50", fmt_ms),
-            Row("latency.p50", f"enqueue call → handler start, p50 ({sizes.latency_samples})",
-                fmt_ms),
-            Row("latency.p99", "  p99", fmt_ms),
-            Row("latency.max", "  max", fmt_ms),
-            Row("latency.enqueue_p50", "  the enqueue call alone, p50", fmt_ms),
-            Row("latency.ratio", "  p50 in baseline round trips", fmt_times, "ideal ≈ 2"),
-        ]),
-    ]  # fmt: skip
+        (
+            "1. Redis round trips per operation, counted on the client's connection",
+            [
+                Row("trips.enqueue", f"enqueue, steady state ({n} enqueues)", note="goal 1"),
+                Row(
+                    "trips.enqueue.first",
+                    "first enqueue of a new Client, cold script cache",
+                    fmt_count,
+                ),
+                Row("trips.finish", f"{loop}, per job ({n})", note="goal 1"),
+                Row(
+                    "trips.worker",
+                    f"entity-bound Worker, per job ({n} jobs, whole life)",
+                    note="goal 1",
+                ),
+                Row(
+                    "trips.packed",
+                    f"packed Worker, {PACKED_SLOTS} slots, per job ({per} jobs/entity)",
+                    note="until all completed",
+                ),
+            ],
+        ),
+        (
+            "   What Redis runs for them (server INFO commandstats, commands inside Lua included)",
+            [
+                Row("server.enqueue", "commands per enqueue"),
+                Row("server.enqueue.lua", "  of them inside the script"),
+                Row("server.enqueue.usec", "  server time of the script", fmt_us),
+                Row("server.finish", "commands per job, busy loop (finish + start next)"),
+                Row("server.finish.lua", "  of them inside the script"),
+                Row("server.finish.usec", "  server time of the script", fmt_us),
+                Row("baseline.usec", "server time of the baseline script 'return 1'", fmt_us),
+                Row("server.packed", "commands per job, packed Worker above"),
+            ],
+        ),
+        (
+            "2. Throughput, no-op async handler (jobs/s)",
+            [
+                Row(
+                    "baseline.ops",
+                    "(c) baseline: EVALSHA 'return 1' loop, one asyncio client",
+                    fmt_per_s,
+                    "ops/s, 1 round trip",
+                ),
+                Row("enqueue.rate", f"enqueue, one Client, sequential ({jobs})", fmt_per_s),
+                Row("enqueue.ratio", "  of baseline ops/s (1 round trip each)", fmt_pct),
+                Row("leases.rate", f"{loop}, no Worker ({jobs})", fmt_per_s),
+                Row("leases.ratio", "  of baseline ops/s (1 round trip each)", fmt_pct),
+                Row(
+                    "entity.rate",
+                    f"(a) 1 entity, entity-bound Worker in-process ({jobs})",
+                    fmt_per_s,
+                ),
+                Row("entity.trips", "  round trips per job, whole run"),
+                Row("entity.ratio", "  of baseline ops/s / round trips per job", fmt_pct),
+                Row("packed.rate", f"(b) {ents} entities, {packed} ({jobs})", fmt_per_s),
+                Row("packed.trips", "  EVALSHA + BLPOP per job (server side)"),
+                Row(
+                    "packed.ratio",
+                    "  of baseline ops/s / round trips per job",
+                    fmt_pct,
+                    f"{PACKED_PROCESSES} processes vs 1 client",
+                ),
+                Row("server.packed2", "  Redis commands per job"),
+            ],
+        ),
+        (
+            "3. Enqueue-to-start latency, idle entity-bound Worker blocked on its doorbell",
+            [
+                Row("baseline.rtt_p50", "baseline: one EVALSHA 'return 1' round trip, p50", fmt_ms),
+                Row(
+                    "latency.p50",
+                    f"enqueue call → handler start, p50 ({sizes.latency_samples})",
+                    fmt_ms,
+                ),
+                Row("latency.p99", "  p99", fmt_ms),
+                Row("latency.max", "  max", fmt_ms),
+                Row("latency.enqueue_p50", "  the enqueue call alone, p50", fmt_ms),
+                Row("latency.ratio", "  p50 in baseline round trips", fmt_times, "ideal ≈ 2"),
+            ],
+        ),
+    ]
 
 
 def print_table(bench: Bench, header: list[str]) -> None:

@@ -364,15 +364,24 @@ def print_table(run: Run, figures: dict[str, list[float]], header: list[str]) ->
         ("  enqueue call → event received (pub/sub)", spans(samples, "enqueue", "event"), ""),
         ("  event received → reconcile began", spans(samples, "event", "reconcile"), ""),
         ("  reconcile began → StartWorker carried out", spans(samples, "reconcile", "action"), ""),
-        ("  StartWorker → process spawned", spans(samples, "action", "spawned"),
-         "create_subprocess_exec"),
-        ("  process spawned → worker registered", spans(samples, "spawned", "registered"),
-         "interpreter, imports, connect"),
-        ("  worker registered → handler start", spans(samples, "registered", "start"),
-         "register, claim, run"),
+        (
+            "  StartWorker → process spawned",
+            spans(samples, "action", "spawned"),
+            "create_subprocess_exec",
+        ),
+        (
+            "  process spawned → worker registered",
+            spans(samples, "spawned", "registered"),
+            "interpreter, imports, connect",
+        ),
+        (
+            "  worker registered → handler start",
+            spans(samples, "registered", "start"),
+            "register, claim, run",
+        ),
         ("  reaction: enqueue call → StartWorker", spans(samples, "enqueue", "action"), ""),
         ("  all but the worker's own start-up", outside, "total − (spawned → registered)"),
-    ]  # fmt: skip
+    ]
     print(f"Cold start: first job of an idle entity, no worker ({n} entities)")
     for label, values, note in cold:
         print(row(label, values, base, note))

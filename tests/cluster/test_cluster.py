@@ -44,8 +44,10 @@ async def test_buckets_spread_over_every_master(cluster_url: str) -> None:
 async def test_every_operation_runs_on_the_cluster(cluster_url: str) -> None:
     client = await connect(cluster_url)
     try:
-        ids = {e: [await client.enqueue("user", e, "send", {"n": n}) for n in range(3)]
-               for e in ENTITIES}  # fmt: skip
+        ids = {
+            e: [await client.enqueue("user", e, "send", {"n": n}) for n in range(3)]
+            for e in ENTITIES
+        }
         assert await client.pending_entities("user") == dict.fromkeys(ENTITIES, 3)
         assert (await client.counts("user"))["waiting"] == 3 * len(ENTITIES)
         leases = Leases(client, "w1")

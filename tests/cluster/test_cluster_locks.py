@@ -25,8 +25,9 @@ POOL = ["a:b{c}", "{x}", "üñí 😀", "plain"]
 
 @pytest.fixture
 async def client(cluster_url: str) -> AsyncIterator[Client]:
-    settings = Settings(redis_url=cluster_url, heartbeat_ttl=0.6, heartbeat_interval=0.2,
-                        idle_timeout=0.5)  # fmt: skip
+    settings = Settings(
+        redis_url=cluster_url, heartbeat_ttl=0.6, heartbeat_interval=0.2, idle_timeout=0.5
+    )
     c = await Client.connect(settings)
     assert isinstance(c.redis, RedisCluster)
     try:
@@ -40,8 +41,14 @@ async def test_lock_types_spread_over_masters(client: Client) -> None:
     nodes = {client.redis.get_node_from_key(client.keys.lock_held(t)).name for t in TYPES}
     assert len(nodes) > 1
     for t in TYPES:
-        slots = {client.redis.keyslot(k) for k in (client.keys.lock(t, POOL[0]),
-                 client.keys.lock_held(t), client.keys.lock_used(t))}  # fmt: skip
+        slots = {
+            client.redis.keyslot(k)
+            for k in (
+                client.keys.lock(t, POOL[0]),
+                client.keys.lock_held(t),
+                client.keys.lock_used(t),
+            )
+        }
         assert len(slots) == 1
 
 
@@ -69,7 +76,8 @@ async def test_every_lock_operation_on_the_cluster(client: Client, spread: Sprea
         assert released.owner_id == "bob"
     held = await locks.held()
     assert {(x.resource_type, x.resource_id) for x in held} == {
-        (t, r) for t in TYPES for r in POOL if r not in ("a:b{c}", "{x}")}  # fmt: skip
+        (t, r) for t in TYPES for r in POOL if r not in ("a:b{c}", "{x}")
+    }
     assert await locks.types() == TYPES
 
 

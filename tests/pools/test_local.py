@@ -226,9 +226,14 @@ async def test_a_wake_up_during_a_reconcile_is_not_lost(redis_url: str) -> None:
     from atomicqueues.pools.reconciler import Plan
     from atomicqueues.pools.spec import parse_pool
 
-    slow = {**MANIFEST["spec"], "timing": {"heartbeatTTLSeconds": 10,  # type: ignore[dict-item]
-                                           "heartbeatIntervalSeconds": 5,
-                                           "resyncIntervalSeconds": 5}}  # fmt: skip
+    slow = {
+        **MANIFEST["spec"],
+        "timing": {
+            "heartbeatTTLSeconds": 10,  # type: ignore[dict-item]
+            "heartbeatIntervalSeconds": 5,
+            "resyncIntervalSeconds": 5,
+        },
+    }
     pool = parse_pool({**MANIFEST, "spec": slow})
     client = await Client.connect(Settings(redis_url=redis_url, prefix="uptest"))
     local = LocalPool(pool, client)

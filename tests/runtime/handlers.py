@@ -73,9 +73,15 @@ async def _fenced_write(ctx: JobContext, ev: str, seq: Any) -> bool:
         "attempt": ctx.attempt,
     }
     accepted = await _store().eval(
-        FENCED_WRITE, 3, LOG_KEY, REJECTED_KEY, FENCE_KEY,
-        f"{ctx.entity_type}/{ctx.entity_id}", str(ctx.fencing_token), json.dumps(record),
-    )  # fmt: skip
+        FENCED_WRITE,
+        3,
+        LOG_KEY,
+        REJECTED_KEY,
+        FENCE_KEY,
+        f"{ctx.entity_type}/{ctx.entity_id}",
+        str(ctx.fencing_token),
+        json.dumps(record),
+    )
     return bool(accepted)
 
 

@@ -61,8 +61,15 @@ async def contend(
             released = True
         except LockNotOwned:  # never, unless exclusion is broken: the test says how
             released = False
-        records.append({"r": lock.resource_id, "token": lock.token, "start": start, "end": end,
-                        "released": released})  # fmt: skip
+        records.append(
+            {
+                "r": lock.resource_id,
+                "token": lock.token,
+                "start": start,
+                "end": end,
+                "released": released,
+            }
+        )
     async with aioredis.Redis.from_url(url) as r:
         if records:
             await r.rpush(CONTEND_KEY, *(json.dumps(x | {"pid": os.getpid()}) for x in records))
@@ -76,8 +83,10 @@ async def pause(locks: Locks, url: str, resource_type: str, resource_id: str, tt
     async with aioredis.Redis.from_url(url) as r:
         await r.blpop([GO_KEY], 60)
     outcome: dict[str, Any] = {"ev": "woke"}
-    for name, call in (("extend", lambda: locks.extend(lock, ttl)),
-                       ("release", lambda: locks.release(lock))):  # fmt: skip
+    for name, call in (
+        ("extend", lambda: locks.extend(lock, ttl)),
+        ("release", lambda: locks.release(lock)),
+    ):
         try:
             await call()
             outcome[name] = "ok"

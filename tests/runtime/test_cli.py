@@ -150,9 +150,17 @@ def test_bad_handlers_spec_is_one_line(redis_url: str) -> None:
 def test_dlq_commands_round_trip(redis_url: str) -> None:
     job_id = aq("enqueue", "user", "bob", "nosuch", url=redis_url).stdout.strip()
     worker = aq(
-        "worker", "--handlers", "cli_handlers:registry", "--entity-type", "user",
-        "--entity-id", "bob", "--idle-timeout", "0.5", url=redis_url,
-    )  # fmt: skip
+        "worker",
+        "--handlers",
+        "cli_handlers:registry",
+        "--entity-type",
+        "user",
+        "--entity-id",
+        "bob",
+        "--idle-timeout",
+        "0.5",
+        url=redis_url,
+    )
     assert worker.returncode == 0, worker.stderr
     listed = json.loads(aq("dlq", "list", "user", "--json", url=redis_url).stdout)
     assert [j["id"] for j in listed] == [job_id]

@@ -64,8 +64,11 @@ async def test_sigkill_mid_job_returns_job_to_head_and_it_completes_once(
 
     a = workers.start(slots=len(entities)) if packed else workers.start("e1")
     # A is mid-job (seq 1, a long first run) on every entity before anyone else exists.
-    wait_until(lambda: {r.entity for r in runs_of(workers, pid=a.pid, seq=1)} == set(entities),
-               30, "worker A to start seq 1 of every entity")  # fmt: skip
+    wait_until(
+        lambda: {r.entity for r in runs_of(workers, pid=a.pid, seq=1)} == set(entities),
+        30,
+        "worker A to start seq 1 of every entity",
+    )
     b = workers.start(slots=len(entities)) if packed else workers.start("e1")
     assert not runs_of(workers, pid=b.pid), "B must find every entity held by A"
 
@@ -104,16 +107,20 @@ async def test_sigstop_past_ttl_late_completion_is_refused_and_fenced(
     workers: Workers, client: Client
 ) -> None:
     first_sleep = 3.0
-    job_id = await client.enqueue(T, "e1", "record", {"seq": 0, "sleep": 0.2,
-                                                       "first_sleep": first_sleep})  # fmt: skip
+    job_id = await client.enqueue(
+        T, "e1", "record", {"seq": 0, "sleep": 0.2, "first_sleep": first_sleep}
+    )
     a = workers.start("e1")
     (a_run,) = wait_until(lambda: runs_of(workers, pid=a.pid), 30, "A to start the job")
     b = workers.start("e1")
 
     a.signal(signal.SIGSTOP)
     # A's lease expires, B's heartbeat sweeps it back to the queue, B runs it to completion.
-    b_run = wait_until(lambda: [r for r in runs_of(workers, pid=b.pid) if r.how == "end"],
-                       30, "B to complete the job")[0]  # fmt: skip
+    b_run = wait_until(
+        lambda: [r for r in runs_of(workers, pid=b.pid) if r.how == "end"],
+        30,
+        "B to complete the job",
+    )[0]
     assert (b_run.attempt, b_run.seq) == (2, 0)
     assert b_run.token > a_run.token
     assert workers.job("e1", job_id)["state"] == "completed"
@@ -169,8 +176,11 @@ async def test_storm_with_random_kills_loses_nothing(workers: Workers, client: C
 
     victims = []
     for fraction in (0.25, 0.6):
-        wait_until(lambda f=fraction: completed() >= f * total, 60,  # type: ignore[misc]
-                   f"{fraction:.0%} of the jobs to complete")  # fmt: skip
+        wait_until(
+            lambda f=fraction: completed() >= f * total,
+            60,  # type: ignore[misc]
+            f"{fraction:.0%} of the jobs to complete",
+        )
         live = workers.alive()
         busy_pids = {r.pid for r in load_runs(workers.redis) if r.end is None}
         victim = rng.choice([w for w in live if w.pid in busy_pids] or live)
@@ -185,8 +195,9 @@ async def test_storm_with_random_kills_loses_nothing(workers: Workers, client: C
     dead = dead_seqs(workers, entities)
     runs = load_runs(workers.redis)
     lost = workers.lost_jobs()  # leases lost by live workers: only on a badly starved machine
-    per_entity = check_history(runs, dict.fromkeys(entities, n), workers.kill_times, dead=dead,
-                               lost_jobs=lost)  # fmt: skip
+    per_entity = check_history(
+        runs, dict.fromkeys(entities, n), workers.kill_times, dead=dead, lost_jobs=lost
+    )
     workers.assert_completed_once(per_entity)
     again = reruns(runs)
     for first, second in again:

@@ -159,8 +159,11 @@ async def test_close_signal_by_pubsub_does_not_wait_for_a_heartbeat(
     workers.ttl, workers.interval = 30.0, 10.0  # the heartbeat path would take up to 10 s
     w = workers.start("e1", node="n1", name="target")
     channel = client.keys.close_channel()
-    wait_until(lambda: dict(workers.redis.pubsub_numsub(channel)).get(channel, 0) >= 1,
-               20, "the worker to subscribe to close signals")  # fmt: skip
+    wait_until(
+        lambda: dict(workers.redis.pubsub_numsub(channel)).get(channel, 0) >= 1,
+        20,
+        "the worker to subscribe to close signals",
+    )
     signalled = time.monotonic()
     await Presence(client).close_worker("target")
     assert w.wait(20) == 0, w.describe()
@@ -175,9 +178,11 @@ async def test_close_signal_missed_on_pubsub_is_seen_at_the_next_heartbeat(
 ) -> None:
     w = workers.start("e1", node="n1", name="target")
     bystander = workers.start("e2", node="n2", name="bystander")
-    key = {"worker": client.keys.close_worker("target"),
-           "entity": client.keys.close_entity(T, "e1"),
-           "node": client.keys.close_node("n1")}[scope]  # fmt: skip
+    key = {
+        "worker": client.keys.close_worker("target"),
+        "entity": client.keys.close_entity(T, "e1"),
+        "node": client.keys.close_node("n1"),
+    }[scope]
     now = await Presence(client).server_time()
     set_at = time.monotonic()
     workers.redis.set(key, repr(now), px=60_000)  # the key only: no PUBLISH
@@ -288,8 +293,9 @@ async def test_idle_exit_racing_new_jobs_never_strands_one(
 async def test_idle_exit_race_in_process_many_repetitions(redis_url: str) -> None:
     """The same race with Worker objects in this process: cheap enough for many repetitions."""
     idle = 0.05
-    settings = Settings(redis_url=redis_url, heartbeat_ttl=TTL, heartbeat_interval=INTERVAL,
-                        idle_timeout=idle)  # fmt: skip
+    settings = Settings(
+        redis_url=redis_url, heartbeat_ttl=TTL, heartbeat_interval=INTERVAL, idle_timeout=idle
+    )
     done: list[int] = []
     registry = Registry()
 
@@ -432,8 +438,9 @@ async def test_registry_lists_live_workers_and_forgets_a_killed_one(
 def test_worker_with_bad_handlers_fails_in_one_line(
     redis_url: str, spec: str, expected: str
 ) -> None:
-    result = run_aq(["worker", "--handlers", spec, "--entity-type", T, "--entity-id", "e1"],
-                    base_env(redis_url))  # fmt: skip
+    result = run_aq(
+        ["worker", "--handlers", spec, "--entity-type", T, "--entity-id", "e1"], base_env(redis_url)
+    )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -47,8 +47,13 @@ STRANGE_IDS = ["a:b{c}", "üñí 😀 ☃", "100%", "x" * 1000, "{}"]
 
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[Client]:
-    settings = Settings(redis_url=redis_url, heartbeat_ttl=0.6, heartbeat_interval=0.2,
-                        idle_timeout=0.5, shutdown_grace=0.5)  # fmt: skip
+    settings = Settings(
+        redis_url=redis_url,
+        heartbeat_ttl=0.6,
+        heartbeat_interval=0.2,
+        idle_timeout=0.5,
+        shutdown_grace=0.5,
+    )
     c = await Client.connect(settings)
     try:
         yield c
@@ -89,7 +94,11 @@ async def test_acquire_extend_release(locks: Locks) -> None:
     lock = result.lock
     assert lock is not None
     assert (lock.resource_type, lock.resource_id, lock.owner_id, lock.owner_type) == (
-        "device", "d1", "alice", "proc")  # fmt: skip
+        "device",
+        "d1",
+        "alice",
+        "proc",
+    )
     assert lock.expires_at - lock.acquired_at == pytest.approx(5.0)
     assert abs(lock.acquired_at - time.time()) < 5
     assert [x.to_dict() for x in await locks.held("device")] == [lock.to_dict()]
@@ -205,7 +214,10 @@ async def test_acquire_any_first(locks: Locks) -> None:
     full = await locks.acquire_any("modem", POOL, "late", "proc", 5.0)
     assert not full.acquired
     assert [(h.resource_id, h.owner_id) for h in full.holders] == [
-        ("p1", "o0"), ("p2", "o1"), ("p3", "o2")]  # fmt: skip
+        ("p1", "o0"),
+        ("p2", "o1"),
+        ("p3", "o2"),
+    ]
     await locks.release(got[1])
     again = await locks.acquire_any("modem", POOL, "late", "proc", 5.0)
     assert again.lock is not None
@@ -242,8 +254,9 @@ async def test_acquire_any_lru(locks: Locks) -> None:
         await asyncio.sleep(0.005)
     assert order == ["p2", "p3", "p1"]
     # A resource never used comes first; ties keep the order given.
-    result = await locks.acquire_any("device", [*POOL, "new", "newer"], "o", "proc", 5.0,
-                                     spread="lru")  # fmt: skip
+    result = await locks.acquire_any(
+        "device", [*POOL, "new", "newer"], "o", "proc", 5.0, spread="lru"
+    )
     assert result.lock is not None
     assert result.lock.resource_id == "new"
 
@@ -251,39 +264,58 @@ async def test_acquire_any_lru(locks: Locks) -> None:
 @pytest.mark.parametrize(
     ("call", "words"),
     [
-        pytest.param(lambda x: x.acquire("device", "", "o", "proc", 1), "resource id",
-                     id="empty-id"),
+        pytest.param(
+            lambda x: x.acquire("device", "", "o", "proc", 1), "resource id", id="empty-id"
+        ),
         pytest.param(lambda x: x.acquire("device", "d", "o", "proc", 0), "ttl", id="ttl-zero"),
         pytest.param(lambda x: x.acquire("device", "d", "o", "proc", -1), "ttl", id="ttl-neg"),
-        pytest.param(lambda x: x.acquire("device", "d", "o", "proc", math.nan), "ttl",
-                     id="ttl-nan"),
+        pytest.param(
+            lambda x: x.acquire("device", "d", "o", "proc", math.nan), "ttl", id="ttl-nan"
+        ),
         pytest.param(lambda x: x.acquire("device", "d", "o", "proc", "5"), "ttl", id="ttl-str"),
-        pytest.param(lambda x: x.acquire("dev ice", "d", "o", "proc", 1), "resource type",
-                     id="type-space"),
-        pytest.param(lambda x: x.acquire("a:b", "d", "o", "proc", 1), "resource type",
-                     id="type-colon"),
-        pytest.param(lambda x: x.acquire("a{b}", "d", "o", "proc", 1), "resource type",
-                     id="type-brace"),
-        pytest.param(lambda x: x.acquire("", "d", "o", "proc", 1), "resource type",
-                     id="type-empty"),
-        pytest.param(lambda x: x.acquire("dev\n", "d", "o", "proc", 1), "resource type",
-                     id="type-newline"),
-        pytest.param(lambda x: x.acquire("device", "\ud800", "o", "proc", 1), "unicode",
-                     id="id-surrogate"),
-        pytest.param(lambda x: x.acquire("device", "d", "\ud800", "proc", 1), "unicode",
-                     id="owner-surrogate"),
-        pytest.param(lambda x: x.acquire("device", "d", "", "proc", 1), "owner id",
-                     id="owner-empty"),
-        pytest.param(lambda x: x.acquire("device", "d", "o", "a b", 1), "owner type",
-                     id="owner-type"),
-        pytest.param(lambda x: x.acquire_any("device", [], "o", "proc", 1), "at least one",
-                     id="empty-pool"),
-        pytest.param(lambda x: x.acquire_any("device", "abc", "o", "proc", 1), "list",
-                     id="pool-string"),
-        pytest.param(lambda x: x.acquire_any("device", ["a", ""], "o", "proc", 1), "resource id",
-                     id="pool-empty-id"),
-        pytest.param(lambda x: x.acquire_any("device", ["a"], "o", "proc", 1, spread="most"),
-                     "spread", id="spread"),
+        pytest.param(
+            lambda x: x.acquire("dev ice", "d", "o", "proc", 1), "resource type", id="type-space"
+        ),
+        pytest.param(
+            lambda x: x.acquire("a:b", "d", "o", "proc", 1), "resource type", id="type-colon"
+        ),
+        pytest.param(
+            lambda x: x.acquire("a{b}", "d", "o", "proc", 1), "resource type", id="type-brace"
+        ),
+        pytest.param(
+            lambda x: x.acquire("", "d", "o", "proc", 1), "resource type", id="type-empty"
+        ),
+        pytest.param(
+            lambda x: x.acquire("dev\n", "d", "o", "proc", 1), "resource type", id="type-newline"
+        ),
+        pytest.param(
+            lambda x: x.acquire("device", "\ud800", "o", "proc", 1), "unicode", id="id-surrogate"
+        ),
+        pytest.param(
+            lambda x: x.acquire("device", "d", "\ud800", "proc", 1), "unicode", id="owner-surrogate"
+        ),
+        pytest.param(
+            lambda x: x.acquire("device", "d", "", "proc", 1), "owner id", id="owner-empty"
+        ),
+        pytest.param(
+            lambda x: x.acquire("device", "d", "o", "a b", 1), "owner type", id="owner-type"
+        ),
+        pytest.param(
+            lambda x: x.acquire_any("device", [], "o", "proc", 1), "at least one", id="empty-pool"
+        ),
+        pytest.param(
+            lambda x: x.acquire_any("device", "abc", "o", "proc", 1), "list", id="pool-string"
+        ),
+        pytest.param(
+            lambda x: x.acquire_any("device", ["a", ""], "o", "proc", 1),
+            "resource id",
+            id="pool-empty-id",
+        ),
+        pytest.param(
+            lambda x: x.acquire_any("device", ["a"], "o", "proc", 1, spread="most"),
+            "spread",
+            id="spread",
+        ),
         pytest.param(lambda x: x.force_release("device", ""), "resource id", id="force-empty"),
         pytest.param(lambda x: x.held("a b"), "resource type", id="list-type"),
     ],
@@ -417,15 +449,17 @@ async def run_worker(client: Client, registry: Registry, entity: str = "e1") -> 
     return worker
 
 
-@pytest.mark.parametrize("fail", [pytest.param(False, id="completes"),
-                                  pytest.param(True, id="fails")])  # fmt: skip
+@pytest.mark.parametrize(
+    "fail", [pytest.param(False, id="completes"), pytest.param(True, id="fails")]
+)
 async def test_job_lock_released_when_the_job_ends(
     client: Client, locks: Locks, fail: bool
 ) -> None:
     events = {"locked": asyncio.Event()}
     notes: list[Lock] = []
-    job = await client.enqueue("acct", "e1", "use", {"id": "d1", "sleep": 0.1, "fail": fail},
-                               attempts=1)  # fmt: skip
+    job = await client.enqueue(
+        "acct", "e1", "use", {"id": "d1", "sleep": 0.1, "fail": fail}, attempts=1
+    )
     await client.enqueue("acct", "e1", "pool", None)
     await run_worker(client, job_registry(events, notes))
     assert await locks.held() == []
@@ -439,8 +473,9 @@ async def test_job_lock_released_when_the_job_ends(
 async def test_job_lock_lost_fails_the_job(client: Client, locks: Locks) -> None:
     events = {"locked": asyncio.Event()}
     notes: list[Lock] = []
-    job = await client.enqueue("acct", "e1", "use", {"id": "d1", "ttl": 0.3, "sleep": 30},
-                               attempts=1)  # fmt: skip
+    job = await client.enqueue(
+        "acct", "e1", "use", {"id": "d1", "ttl": 0.3, "sleep": 30}, attempts=1
+    )
     worker = asyncio.create_task(run_worker(client, job_registry(events, notes)))
     await asyncio.wait_for(events["locked"].wait(), 10)
     released = await locks.force_release("device", "d1")
@@ -465,9 +500,12 @@ async def test_job_lock_busy_fails_the_job(client: Client, locks: Locks) -> None
 def contender(url: str, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.runtime.lock_contender", args[0], url, *args[1:]],
-        env=base_env(url), cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        env=base_env(url),
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def finish(proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
@@ -487,8 +525,9 @@ def states(r: redis.Redis) -> list[dict[str, Any]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ids", [pytest.param(["only"], id="one-resource"),
-                                 pytest.param(POOL, id="pool-of-3")])  # fmt: skip
+@pytest.mark.parametrize(
+    "ids", [pytest.param(["only"], id="one-resource"), pytest.param(POOL, id="pool-of-3")]
+)
 def test_processes_never_hold_a_resource_together(
     redis_url: str, sync_redis: redis.Redis, ids: list[str]
 ) -> None:
@@ -517,7 +556,8 @@ async def test_sigstopped_holder_is_refused_after_sigcont(
     proc = contender(redis_url, "pause", "device", "d1", "0.5")
     try:
         (first,) = await asyncio.to_thread(
-            wait_until, lambda: states(sync_redis), 30, "the holder to take the lock")
+            wait_until, lambda: states(sync_redis), 30, "the holder to take the lock"
+        )
         proc.send_signal(signal.SIGSTOP)
         await asyncio.sleep(0.7)
         result = await locks.acquire("device", "d1", "taker", "proc", 30)
@@ -546,8 +586,12 @@ def test_sigstopped_hold_block_learns_it_lost(redis_url: str, sync_redis: redis.
         proc.send_signal(signal.SIGCONT)
     finish(proc, timeout=10)
     ended = states(sync_redis)[1]
-    assert ended == {"ev": "ended", "how": f"LockNotOwned {first['token']}", "lost": True,
-                     "pid": proc.pid}  # fmt: skip
+    assert ended == {
+        "ev": "ended",
+        "how": f"LockNotOwned {first['token']}",
+        "lost": True,
+        "pid": proc.pid,
+    }
 
 
 async def grant(url: str) -> int:
@@ -560,8 +604,9 @@ async def grant(url: str) -> int:
         await client.close()
 
 
-@pytest.mark.parametrize("crash", [pytest.param(False, id="graceful-restart"),
-                                   pytest.param(True, id="sigkill-restart")])  # fmt: skip
+@pytest.mark.parametrize(
+    "crash", [pytest.param(False, id="graceful-restart"), pytest.param(True, id="sigkill-restart")]
+)
 async def test_tokens_grow_across_restart(crash: bool) -> None:
     with RedisServer(appendonly=True) as server:
         before = [await grant(server.url) for _ in range(5)]
@@ -575,14 +620,20 @@ async def test_tokens_grow_across_restart(crash: bool) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fail", [pytest.param(False, id="completes"),
-                                  pytest.param(True, id="fails")])  # fmt: skip
+@pytest.mark.parametrize(
+    "fail", [pytest.param(False, id="completes"), pytest.param(True, id="fails")]
+)
 async def test_worker_process_releases_job_locks(
     workers: Workers, locks: Locks, client: Client, fail: bool
 ) -> None:
     workers.start("e1")
-    await client.enqueue("acct", "e1", "hold_lock",
-                         {"type": "device", "id": "d1", "sleep": 0.3, "fail": fail}, attempts=1)
+    await client.enqueue(
+        "acct",
+        "e1",
+        "hold_lock",
+        {"type": "device", "id": "d1", "sleep": 0.3, "fail": fail},
+        attempts=1,
+    )
     await asyncio.to_thread(workers.wait_all_done, 1, 30)
     assert workers.redis.llen(LOCK_LOG_KEY) == 1
     assert await locks.held() == []
@@ -594,13 +645,16 @@ async def test_killed_worker_lock_expires_by_ttl(
     workers: Workers, locks: Locks, client: Client
 ) -> None:
     w = workers.start("e1")
-    job = await client.enqueue("acct", "e1", "hold_lock",
-                               {"type": "device", "id": "d1", "ttl": 1.0, "sleep": 60})
-    note = json.loads(await asyncio.to_thread(
-        wait_until, lambda: workers.redis.lindex(LOCK_LOG_KEY, 0), 30, "the job to lock"))
+    job = await client.enqueue(
+        "acct", "e1", "hold_lock", {"type": "device", "id": "d1", "ttl": 1.0, "sleep": 60}
+    )
+    note = json.loads(
+        await asyncio.to_thread(
+            wait_until, lambda: workers.redis.lindex(LOCK_LOG_KEY, 0), 30, "the job to lock"
+        )
+    )
     (held,) = await locks.held("device")
-    assert (held.owner_id, held.owner_type, held.token) == (f"{w.name}:{job}", "job",
-                                                            note["token"])  # fmt: skip
+    assert (held.owner_id, held.owner_type, held.token) == (f"{w.name}:{job}", "job", note["token"])
     killed = w.kill()
     assert not (await locks.acquire("device", "d1", "next", "proc", 5)).acquired
     while (result := await locks.acquire("device", "d1", "next", "proc", 5)).lock is None:
@@ -633,8 +687,11 @@ async def test_cli_list_release_status(redis_url: str, locks: Locks) -> None:
     assert "device/'a:b{c}'" in listed.stdout
     assert f"proc alice  token {lock.token}" in listed.stdout
     assert "2 lock(s) held" in listed.stdout
-    only = json.loads((await asyncio.to_thread(aq, redis_url, "locks", "list", "--type",
-                                               "device", "--json")).stdout)  # fmt: skip
+    only = json.loads(
+        (
+            await asyncio.to_thread(aq, redis_url, "locks", "list", "--type", "device", "--json")
+        ).stdout
+    )
     assert only == [lock.to_dict()]
 
     status = await asyncio.to_thread(aq, redis_url, "status")
@@ -647,16 +704,19 @@ async def test_cli_list_release_status(redis_url: str, locks: Locks) -> None:
     one_line_error(refused, "--force")
     assert len(await locks.held("device")) == 1
 
-    forced = await asyncio.to_thread(aq, redis_url, "locks", "release", "device", "a:b{c}",
-                                     "--force")  # fmt: skip
+    forced = await asyncio.to_thread(
+        aq, redis_url, "locks", "release", "device", "a:b{c}", "--force"
+    )
     assert forced.returncode == 0, forced.stderr
     assert forced.stdout.strip() == (
-        f"released device/'a:b{{c}}' held by proc alice (token {lock.token})")
+        f"released device/'a:b{{c}}' held by proc alice (token {lock.token})"
+    )
     assert await locks.held("device") == []
     with pytest.raises(LockNotOwned):
         await locks.release(lock)
-    again = await asyncio.to_thread(aq, redis_url, "locks", "release", "device", "a:b{c}",
-                                    "--force")  # fmt: skip
+    again = await asyncio.to_thread(
+        aq, redis_url, "locks", "release", "device", "a:b{c}", "--force"
+    )
     assert "was not held" in again.stdout
 
 
@@ -664,10 +724,12 @@ async def test_cli_list_release_status(redis_url: str, locks: Locks) -> None:
     ("args", "words"),
     [
         pytest.param(["locks", "list", "--type", "a b"], ["resource type"], id="list-type"),
-        pytest.param(["locks", "release", "x:y", "d", "--force"], ["resource type"],
-                     id="release-type"),
-        pytest.param(["locks", "release", "device", "", "--force"], ["resource id"],
-                     id="release-empty-id"),
+        pytest.param(
+            ["locks", "release", "x:y", "d", "--force"], ["resource type"], id="release-type"
+        ),
+        pytest.param(
+            ["locks", "release", "device", "", "--force"], ["resource id"], id="release-empty-id"
+        ),
         pytest.param(["locks", "release", "device"], [], id="release-no-id"),
         pytest.param(["locks"], [], id="no-action"),
     ],

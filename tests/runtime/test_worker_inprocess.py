@@ -222,5 +222,9 @@ def test_settings_from_env() -> None:
         }
     )
     assert (s.redis_url, s.prefix, s.idle_timeout, s.metrics_port, s.node) == (
-        "redis://h:1/2", "p", 7.0, 9100, "n1",
-    )  # fmt: skip
+        "redis://h:1/2",
+        "p",
+        7.0,
+        9100,
+        "n1",
+    )

@@ -85,9 +85,13 @@ def run_aq(
     """Run the `aq` command line to its end and capture its output."""
     return subprocess.run(
         [sys.executable, "-m", "atomicqueues.cli", *args],
-        env=dict(env), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+        env=dict(env),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -154,8 +158,10 @@ class Workers:
 
     def env(self, **settings: str | float) -> dict[str, str]:
         values: dict[str, str | float] = {
-            "prefix": self.prefix, "heartbeat_ttl": self.ttl, "heartbeat_interval": self.interval,
-        }  # fmt: skip
+            "prefix": self.prefix,
+            "heartbeat_ttl": self.ttl,
+            "heartbeat_interval": self.interval,
+        }
         values.update(settings)
         return base_env(self.redis_url, **values)
 
@@ -175,9 +181,19 @@ class Workers:
         """Start `aq worker` (entity-bound when `entity_id`, else packed) and, with `wait`,
         return once it has registered (it heartbeats, claims and listens from then on)."""
         name = name or f"w{len(self.started)}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
-        args = ["worker", "--handlers", HANDLERS, "--entity-type", entity_type or self.entity_type,
-                "--name", name, "--idle-timeout", str(idle_timeout),
-                "--shutdown-grace", str(shutdown_grace)]  # fmt: skip
+        args = [
+            "worker",
+            "--handlers",
+            HANDLERS,
+            "--entity-type",
+            entity_type or self.entity_type,
+            "--name",
+            name,
+            "--idle-timeout",
+            str(idle_timeout),
+            "--shutdown-grace",
+            str(shutdown_grace),
+        ]
         if entity_id is not None:
             args += ["--entity-id", entity_id]
         else:
@@ -186,10 +202,13 @@ class Workers:
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "atomicqueues.cli", *args],
-                env=self.env(node_name=node, **settings), cwd=REPO_ROOT,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env(node_name=node, **settings),
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
-            )  # fmt: skip
+            )
         worker = WorkerProc(name, node, entity_id, proc, log_path)
         self.started.append(worker)
         if wait:
@@ -264,8 +283,11 @@ class Workers:
 
     def lost_jobs(self) -> set[str]:
         """Ids of jobs whose worker logged that it lost the lease while running them."""
-        return {m.group(1) for w in self.started
-                for m in re.finditer(r"job (\S+) of .* lease lost", w.output())}  # fmt: skip
+        return {
+            m.group(1)
+            for w in self.started
+            for m in re.finditer(r"job (\S+) of .* lease lost", w.output())
+        }
 
     def counts(self) -> dict[str, int]:
         total: dict[str, int] = defaultdict(int)
@@ -322,8 +344,16 @@ def load_runs(client: redis.Redis) -> list[Run]:
         k = (r["entity"], r["job"], r["token"], r["attempt"])
         if r["ev"] == "start":
             assert k not in runs, f"two starts of one run: {r}"
-            runs[k] = Run(r["entity"], r["job"], r["seq"], r["token"], r["attempt"], r["pid"],
-                          r["worker"], r["t"])  # fmt: skip
+            runs[k] = Run(
+                r["entity"],
+                r["job"],
+                r["seq"],
+                r["token"],
+                r["attempt"],
+                r["pid"],
+                r["worker"],
+                r["t"],
+            )
         else:
             run = runs.get(k)
             assert run is not None, f"end without a start: {r}"

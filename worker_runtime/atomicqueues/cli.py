@@ -103,8 +103,11 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("dlq", help="dead-letter lists")
     dlq = p.add_subparsers(dest="action", required=True, parser_class=Parser)
-    for action, text in (("list", "show dead jobs"), ("requeue", "put dead jobs back"),
-                         ("purge", "delete dead jobs")):  # fmt: skip
+    for action, text in (
+        ("list", "show dead jobs"),
+        ("requeue", "put dead jobs back"),
+        ("purge", "delete dead jobs"),
+    ):
         a = dlq.add_parser(action, help=text)
         a.add_argument("entity_type")
         a.add_argument("entity_id", nargs="?", help="one entity (default: all of the type)")
@@ -123,9 +126,11 @@ def build_parser() -> Parser:
     a.add_argument("resource_type")
     a.add_argument("resource_id")
     a.add_argument(
-        "--force", action="store_true", required=True,
+        "--force",
+        action="store_true",
+        required=True,
         help="required: the holder loses the lock while it may still be working",
-    )  # fmt: skip
+    )
 
     p = sub.add_parser("close", help="ask workers to shut down gracefully")
     target = p.add_mutually_exclusive_group(required=True)
@@ -161,9 +166,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-async def _with_client(
-    settings: Settings, action: Callable[[Client], Awaitable[int]]
-) -> int:
+async def _with_client(settings: Settings, action: Callable[[Client], Awaitable[int]]) -> int:
     client = await Client.connect(settings)
     try:
         return await action(client)
@@ -173,9 +176,15 @@ async def _with_client(
 
 async def cmd_enqueue(args: argparse.Namespace, client: Client) -> int:
     job_id = await client.enqueue(
-        args.entity_type, args.entity_id, args.name, args.payload, job_id=args.job_id,
-        delay=args.delay, priority=args.priority, attempts=args.attempts,
-    )  # fmt: skip
+        args.entity_type,
+        args.entity_id,
+        args.name,
+        args.payload,
+        job_id=args.job_id,
+        delay=args.delay,
+        priority=args.priority,
+        attempts=args.attempts,
+    )
     print(job_id)
     return 0
 
@@ -184,8 +193,11 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
     types = [args.entity_type] if args.entity_type else await client.entity_types()
     workers = await Presence(client).all_workers()
     held = await Locks(client).held()
-    report: dict[str, Any] = {"types": {}, "workers": [asdict(w) for w in workers],
-                              "locks": [lock.to_dict() for lock in held]}  # fmt: skip
+    report: dict[str, Any] = {
+        "types": {},
+        "workers": [asdict(w) for w in workers],
+        "locks": [lock.to_dict() for lock in held],
+    }
     for t in types:
         report["types"][t] = {
             "counts": await client.counts(t),
@@ -207,8 +219,10 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
     print(f"workers: {len(workers)}")
     for w in workers:
         where = w.entity_id if w.entity_id is not None else f"packed x{w.slots}"
-        print(f"    {w.name:<40} {w.entity_type}/{where}  node {w.node}  pid {w.pid}"
-              f"  holds {len(w.entities)}")  # fmt: skip
+        print(
+            f"    {w.name:<40} {w.entity_type}/{where}  node {w.node}  pid {w.pid}"
+            f"  holds {len(w.entities)}"
+        )
     print(f"locks: {len(held)} held")
     now = await Presence(client).server_time()
     for lock in held[:STATUS_LOCKS]:
@@ -224,8 +238,10 @@ STATUS_LOCKS = 10
 
 def _lock_line(lock: Lock, now: float) -> str:
     where = f"{lock.resource_type}/{lock.resource_id!r}"
-    return (f"{where:<40} {lock.owner_type} {lock.owner_id}  token {lock.token}"
-            f"  expires in {max(0.0, lock.expires_at - now):.1f}s")  # fmt: skip
+    return (
+        f"{where:<40} {lock.owner_type} {lock.owner_id}  token {lock.token}"
+        f"  expires in {max(0.0, lock.expires_at - now):.1f}s"
+    )
 
 
 async def cmd_locks(args: argparse.Namespace, client: Client) -> int:
@@ -245,8 +261,10 @@ async def cmd_locks(args: argparse.Namespace, client: Client) -> int:
     if released is None:
         print(f"{where} was not held: nothing released")
     else:
-        print(f"released {where} held by {released.owner_type} {released.owner_id}"
-              f" (token {released.token})")  # fmt: skip
+        print(
+            f"released {where} held by {released.owner_type} {released.owner_id}"
+            f" (token {released.token})"
+        )
     return 0
 
 
@@ -259,8 +277,13 @@ async def cmd_dlq(args: argparse.Namespace, client: Client) -> int:
     if args.action == "list":
         jobs = await client.dlq_list(args.entity_type, args.entity_id, limit=args.limit)
         if args.json:
-            print(json.dumps([asdict(j) | {"backoff": j.backoff.model_dump()} for j in jobs],
-                             indent=2, ensure_ascii=False))  # fmt: skip
+            print(
+                json.dumps(
+                    [asdict(j) | {"backoff": j.backoff.model_dump()} for j in jobs],
+                    indent=2,
+                    ensure_ascii=False,
+                )
+            )
         else:
             for job in jobs:
                 print(_job_line(job))
@@ -302,8 +325,14 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         raise InvalidInput("--slots must be at least 1")
     client = await Client.connect(settings)
     try:
-        worker = Worker(client, registry, args.entity_type, entity_id=args.entity_id,
-                        slots=args.slots or 1, name=args.name)  # fmt: skip
+        worker = Worker(
+            client,
+            registry,
+            args.entity_type,
+            entity_id=args.entity_id,
+            slots=args.slots or 1,
+            name=args.name,
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.close, signal.Signals(sig).name)
@@ -352,8 +381,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = _settings(args)
         if args.command == "worker":
             return asyncio.run(cmd_worker(args, settings))
-        handler = {"enqueue": cmd_enqueue, "status": cmd_status, "dlq": cmd_dlq,
-                   "close": cmd_close, "locks": cmd_locks}[args.command]  # fmt: skip
+        handler = {
+            "enqueue": cmd_enqueue,
+            "status": cmd_status,
+            "dlq": cmd_dlq,
+            "close": cmd_close,
+            "locks": cmd_locks,
+        }[args.command]
         return asyncio.run(_with_client(settings, lambda c: handler(args, c)))
     except AtomicQueuesError as exc:
         print(f"aq: {exc}", file=sys.stderr)

@@ -95,9 +95,7 @@ class Client:
     # Typed reads: the client decodes replies, so every value is a str.
     async def blpop(self, keys: list[str], seconds: float) -> tuple[str, str] | None:
         """Block until one of `keys` has an element (popped and returned) or `seconds` pass."""
-        value = await self.call(
-            lambda: self.redis.blpop(keys, timeout=max(seconds, 0.01))
-        )
+        value = await self.call(lambda: self.redis.blpop(keys, timeout=max(seconds, 0.01)))
         return None if value is None else (str(value[0]), str(value[1]))
 
     async def hget(self, key: str, field: str) -> str | None:

@@ -67,7 +67,6 @@ async def connect(url: str) -> RedisClient:
     return cluster
 
 
-
 def pubsub_client(url: str) -> aioredis.Redis:
     """A plain client for subscribing. On Cluster it talks to the URL's node: classic pub/sub
     messages reach every node of a cluster. The caller closes it."""

@@ -19,9 +19,22 @@ MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 
 # The order of fields in a job reply from the scripts (JOB_FIELDS in lua/lib.lua), after jslot.
 REPLY_FIELDS = (
-    "id", "eid", "name", "payload", "state", "prio", "made", "max", "backoff",
-    "enq", "start", "token", "error", "result", "fin",
-)  # fmt: skip
+    "id",
+    "eid",
+    "name",
+    "payload",
+    "state",
+    "prio",
+    "made",
+    "max",
+    "backoff",
+    "enq",
+    "start",
+    "token",
+    "error",
+    "result",
+    "fin",
+)
 
 
 class Backoff(BaseModel):

@@ -66,9 +66,7 @@ class Leases:
         jslot = reply[0] or ""
         return Started(lease, jslot, Job.from_reply(lease.entity_type, reply[1:]))
 
-    async def claim(
-        self, entity_type: str, entity_id: str, lease: Lease | None
-    ) -> Started | Idle:
+    async def claim(self, entity_type: str, entity_id: str, lease: Lease | None) -> Started | Idle:
         """Start the entity's next job, acquiring a lease if `lease` is None."""
         reply = await self.client.script(
             "claim",

@@ -158,8 +158,15 @@ class Locks:
         )
         if reply[0] != 1:
             return LockResult(None, (Holder(resource_id, reply[1], reply[2], _seconds(reply[3])),))
-        lock = Lock(resource_type, resource_id, owner_id, owner_type, int(reply[1]),
-                    _seconds(reply[2]), _seconds(reply[3]))  # fmt: skip
+        lock = Lock(
+            resource_type,
+            resource_id,
+            owner_id,
+            owner_type,
+            int(reply[1]),
+            _seconds(reply[2]),
+            _seconds(reply[3]),
+        )
         return LockResult(lock)
 
     async def acquire_any(
@@ -192,9 +199,15 @@ class Locks:
         offset = random.randrange(len(ids)) if spread == "random" else 0
         await self.client.remember(self.keys.lock_types(), resource_type)
         reply = await self._script(
-            "lock_acquire_any", resource_type, owner_id, owner_type, ms, spread, offset,
+            "lock_acquire_any",
+            resource_type,
+            owner_id,
+            owner_type,
+            ms,
+            spread,
+            offset,
             *(encode_id(r) for r in ids),
-        )  # fmt: skip
+        )
         if reply[0] != 1:
             rest = reply[1:]
             holders = tuple(
@@ -202,8 +215,15 @@ class Locks:
                 for i in range(0, len(rest), 4)
             )
             return LockResult(None, holders)
-        lock = Lock(resource_type, decode_id(reply[1]), owner_id, owner_type, int(reply[2]),
-                    _seconds(reply[3]), _seconds(reply[4]))  # fmt: skip
+        lock = Lock(
+            resource_type,
+            decode_id(reply[1]),
+            owner_id,
+            owner_type,
+            int(reply[2]),
+            _seconds(reply[3]),
+            _seconds(reply[4]),
+        )
         return LockResult(lock)
 
     async def extend(self, lock: Lock, ttl: float) -> Lock:
@@ -211,9 +231,13 @@ class Locks:
         under its token (nothing is changed then). Updates and returns `lock`."""
         ms = _ttl_ms(ttl)
         reply = await self._script(
-            "lock_extend", lock.resource_type, encode_id(lock.resource_id), lock.owner_id,
-            str(lock.token), ms,
-        )  # fmt: skip
+            "lock_extend",
+            lock.resource_type,
+            encode_id(lock.resource_id),
+            lock.owner_id,
+            str(lock.token),
+            ms,
+        )
         if reply[0] != 1:
             raise LockNotOwned(lock.resource_type, lock.resource_id, lock.token)
         lock.expires_at = _seconds(reply[1])
@@ -223,9 +247,13 @@ class Locks:
         """Give the lock up; `LockNotOwned` if it is no longer held under its token (expired,
         force-released or taken over: nothing is changed then)."""
         reply = await self._script(
-            "lock_release", lock.resource_type, encode_id(lock.resource_id), lock.owner_id,
-            str(lock.token), "0",
-        )  # fmt: skip
+            "lock_release",
+            lock.resource_type,
+            encode_id(lock.resource_id),
+            lock.owner_id,
+            str(lock.token),
+            "0",
+        )
         if reply[0] != 1:
             raise LockNotOwned(lock.resource_type, lock.resource_id, lock.token)
 
@@ -240,8 +268,9 @@ class Locks:
         if reply[0] != 1:
             return None
         _, owner, otype, token, at, exp = reply
-        return Lock(resource_type, resource_id, owner, otype, int(token), _seconds(at),
-                    _seconds(exp))  # fmt: skip
+        return Lock(
+            resource_type, resource_id, owner, otype, int(token), _seconds(at), _seconds(exp)
+        )
 
     # --- listing ---------------------------------------------------------------------------------
     async def types(self) -> list[str]:
@@ -256,8 +285,9 @@ class Locks:
             reply = await self._script("lock_list", t, MAX_LISTED)
             for i in range(0, len(reply), 6):
                 r, owner, otype, token, at, exp = reply[i : i + 6]
-                found.append(Lock(t, decode_id(r), owner, otype, int(token), _seconds(at),
-                                  _seconds(exp)))  # fmt: skip
+                found.append(
+                    Lock(t, decode_id(r), owner, otype, int(token), _seconds(at), _seconds(exp))
+                )
         return found
 
     # --- holding a lock while a block runs ---------------------------------------------------
@@ -286,9 +316,13 @@ class Locks:
         """
         ms = _ttl_ms(ttl)
         return Hold(
-            self, resource_type, ms / 1000.0, cancel_on_loss, wait,
+            self,
+            resource_type,
+            ms / 1000.0,
+            cancel_on_loss,
+            wait,
             lambda: self.acquire(resource_type, resource_id, owner_id, owner_type, ttl),
-        )  # fmt: skip
+        )
 
     def hold_any(
         self,
@@ -306,10 +340,15 @@ class Locks:
         says which one was taken."""
         ms = _ttl_ms(ttl)
         return Hold(
-            self, resource_type, ms / 1000.0, cancel_on_loss, wait,
-            lambda: self.acquire_any(resource_type, candidate_ids, owner_id, owner_type, ttl,
-                                     spread),
-        )  # fmt: skip
+            self,
+            resource_type,
+            ms / 1000.0,
+            cancel_on_loss,
+            wait,
+            lambda: self.acquire_any(
+                resource_type, candidate_ids, owner_id, owner_type, ttl, spread
+            ),
+        )
 
     async def acquire_within(
         self, resource_type: str, attempt: Callable[[], Awaitable[LockResult]], wait: float
@@ -345,8 +384,13 @@ class Locks:
         except LockNotOwned:
             lock.lost.set()
         except Exception as exc:
-            log.warning("lock on %s/%r (token %s) not released (%s); it expires by its TTL",
-                        lock.resource_type, lock.resource_id, lock.token, exc)  # fmt: skip
+            log.warning(
+                "lock on %s/%r (token %s) not released (%s); it expires by its TTL",
+                lock.resource_type,
+                lock.resource_id,
+                lock.token,
+                exc,
+            )
 
 
 class Renewal:
@@ -387,8 +431,12 @@ class Renewal:
                 self._lose("is gone (expired, force-released or taken over)")
                 return
             except Exception as exc:  # Redis unreachable: try again before it expires
-                log.warning("lock on %s/%r not renewed: %s", self.lock.resource_type,
-                            self.lock.resource_id, exc)  # fmt: skip
+                log.warning(
+                    "lock on %s/%r not renewed: %s",
+                    self.lock.resource_type,
+                    self.lock.resource_id,
+                    exc,
+                )
                 delay = max(0.0, min(interval, deadline - loop.time()))
                 continue
             deadline = sent + self.ttl
@@ -398,8 +446,15 @@ class Renewal:
         if self._stopping:
             return
         lock = self.lock
-        log.warning("lock on %s/%r of %s %s (token %s) %s", lock.resource_type, lock.resource_id,
-                    lock.owner_type, lock.owner_id, lock.token, why)  # fmt: skip
+        log.warning(
+            "lock on %s/%r of %s %s (token %s) %s",
+            lock.resource_type,
+            lock.resource_id,
+            lock.owner_type,
+            lock.owner_id,
+            lock.token,
+            why,
+        )
         lock.lost.set()
         if self.target is not None and not self.target.done():
             self.target.cancel()

@@ -51,8 +51,7 @@ class Scripts:
 
     def __init__(self, redis: RedisClient) -> None:
         self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(source(name))
-            for name in NAMES
+            name: redis.register_script(source(name)) for name in NAMES
         }
 
     async def run(self, name: str, bucket: str, *args: str | int | float) -> Any:

@@ -82,8 +82,9 @@ class Worker:
         self.exit_reason = ""
         self._work_hint = asyncio.Event()
         self._clock_offset = 0.0
-        self.info = WorkerInfo(self.name, entity_type, entity_id, self.slots,
-                               self.settings.node, os.getpid(), 0.0, [])  # fmt: skip
+        self.info = WorkerInfo(
+            self.name, entity_type, entity_id, self.slots, self.settings.node, os.getpid(), 0.0, []
+        )
 
     # --- life cycle ---------------------------------------------------------------------------
     def close(self, reason: str) -> None:
@@ -101,9 +102,13 @@ class Worker:
         await self.presence.beat(self.info, self.settings.heartbeat_ttl)
         log.info(
             "worker %s started for %s/%s (%d slot%s) on %s",
-            self.name, self.entity_type, self.entity_id if self.entity_id is not None else "*",
-            self.slots, "" if self.slots == 1 else "s", self.settings.node,
-        )  # fmt: skip
+            self.name,
+            self.entity_type,
+            self.entity_id if self.entity_id is not None else "*",
+            self.slots,
+            "" if self.slots == 1 else "s",
+            self.settings.node,
+        )
         helpers = [
             asyncio.create_task(self._heartbeat(), name="aq-heartbeat"),
             asyncio.create_task(self._listen(), name="aq-close-listener"),
@@ -134,8 +139,9 @@ class Worker:
                 if not done:
                     log.warning(
                         "worker %s: grace of %ss over, giving running jobs back",
-                        self.name, self.settings.shutdown_grace,
-                    )  # fmt: skip
+                        self.name,
+                        self.settings.shutdown_grace,
+                    )
                     for _, task in list(self.running.values()):
                         task.cancel()
                     done, _ = await asyncio.wait({work}, timeout=self.settings.heartbeat_ttl)
@@ -152,8 +158,9 @@ class Worker:
             try:
                 await self.leases.release(lease, "shutdown")
             except RedisUnavailable as exc:
-                log.warning("lease on %s/%r not released (%s); it expires", lease.entity_type,
-                            eid, exc)  # fmt: skip
+                log.warning(
+                    "lease on %s/%r not released (%s); it expires", lease.entity_type, eid, exc
+                )
             self.held.pop(eid, None)
 
     # --- heartbeat, close signals, sweeping ------------------------------------------------------
@@ -217,8 +224,13 @@ class Worker:
             return
         del self.held[lease.entity_id]
         metrics.LEASES_LOST.labels(self.entity_type).inc()
-        log.warning("worker %s lost its lease on %s/%r (token %s)", self.name, lease.entity_type,
-                    lease.entity_id, lease.token)  # fmt: skip
+        log.warning(
+            "worker %s lost its lease on %s/%r (token %s)",
+            self.name,
+            lease.entity_type,
+            lease.entity_id,
+            lease.token,
+        )
         running = self.running.get(lease.entity_id)
         if running:
             ctx, task = running
@@ -240,8 +252,9 @@ class Worker:
             waiter = asyncio.ensure_future(self.client.blpop(bells, timeout))
         closing = asyncio.ensure_future(self.closing.wait())
         try:
-            done, _ = await asyncio.wait({waiter, closing}, timeout=timeout + 1,
-                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+            done, _ = await asyncio.wait(
+                {waiter, closing}, timeout=timeout + 1, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             for fut in (waiter, closing):
                 if not fut.done():
@@ -265,8 +278,9 @@ class Worker:
         idle_since = loop.time()
         while not self.closing.is_set():
             try:
-                claimed = await self.leases.claim(self.entity_type, entity_id,
-                                                  self.held.get(entity_id))  # fmt: skip
+                claimed = await self.leases.claim(
+                    self.entity_type, entity_id, self.held.get(entity_id)
+                )
             except LeaseLost:
                 self.held.pop(entity_id, None)
                 continue
@@ -476,9 +490,12 @@ class Worker:
         while True:
             try:
                 nxt = await self.leases.finish(
-                    run, outcome, value, retry_delay=retry_delay,
+                    run,
+                    outcome,
+                    value,
+                    retry_delay=retry_delay,
                     claim_next=not self.closing.is_set(),
-                )  # fmt: skip
+                )
                 break
             except LeaseLost:
                 self._lost(run.lease)
@@ -486,13 +503,20 @@ class Worker:
                 return None
             except RedisUnavailable as exc:
                 if time.monotonic() > deadline:
-                    log.error("%s: outcome %s not recorded (%s); the job will run again",
-                              where, outcome, exc)  # fmt: skip
+                    log.error(
+                        "%s: outcome %s not recorded (%s); the job will run again",
+                        where,
+                        outcome,
+                        exc,
+                    )
                     self.held.pop(run.lease.entity_id, None)
                     return None
                 await asyncio.sleep(0.2)
-        {"completed": metrics.JOBS_COMPLETED, "retry": metrics.JOBS_RETRIED,
-         "dead": metrics.JOBS_DEAD}[outcome].labels(*labels).inc()  # fmt: skip
+        {
+            "completed": metrics.JOBS_COMPLETED,
+            "retry": metrics.JOBS_RETRIED,
+            "dead": metrics.JOBS_DEAD,
+        }[outcome].labels(*labels).inc()
         return nxt
 
 
