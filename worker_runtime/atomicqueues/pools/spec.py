@@ -19,6 +19,8 @@ API_GROUP = "atomicqueues.io"
 API_VERSION = "v1alpha1"
 KIND = "EntityWorkerPool"
 HANDLERS_RE = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
+URL_PASSWORD_RE = r"^rediss?://[^/@]*:[^/@]+@"
+"""A Redis URL that carries a password (refused: the password belongs in a Secret)."""
 
 
 class Model(BaseModel):
@@ -41,7 +43,7 @@ class RedisSpec(Model):
     def _one_source(self) -> RedisSpec:
         if self.url and self.secret_ref:
             raise ValueError("give either url or secretRef, not both")
-        if self.url and re.match(r"^rediss?://[^/@]*:[^/@]+@", self.url):
+        if self.url and re.match(URL_PASSWORD_RE, self.url):
             raise ValueError("url must not carry a password: put the URL in a Secret (secretRef)")
         return self
 
