@@ -121,8 +121,6 @@ class Rule:
         return {"rule": self.rule, "message": self.message}
 
 
-
-
 def _cel_literal(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
