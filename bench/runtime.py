@@ -22,11 +22,8 @@ import hashlib
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -42,8 +39,10 @@ from atomicqueues.client import Client
 from atomicqueues.config import Settings
 from atomicqueues.connection import connect
 from atomicqueues.context import JobContext
+from atomicqueues.errors import AtomicQueuesError
 from atomicqueues.keys import Keys
 from atomicqueues.leases import Leases, Started
+from atomicqueues.pools.embedded import EmbeddedRedis
 from atomicqueues.registry import Registry
 from atomicqueues.scripts import NAMES, source
 from atomicqueues.worker import Worker
@@ -91,77 +90,11 @@ class Sizes:
 
 
 # --- a private redis-server --------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class RedisServer:
-    """A redis-server of our own on a free loopback port: temporary directory, no persistence."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.dir = Path(tempfile.mkdtemp(prefix="aq-bench-"))
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        for _ in range(5):  # the port can be taken between our probe and the server's bind
-            self.port = free_port()
-            self.proc = subprocess.Popen(
-                [
-                    self.binary,
-                    "--port",
-                    str(self.port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self.dir),
-                    "--logfile",
-                    str(self.dir / "redis.log"),
-                    "--daemonize",
-                    "no",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            if self._ready():
-                return
-            self.proc.kill()
-            self.proc.wait()
-        raise BenchError(f"redis-server did not start; see {self.dir / 'redis.log'}")
-
-    def _ready(self) -> bool:
-        assert self.proc is not None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with redis.Redis(port=self.port, socket_timeout=1) as r:
-                    return bool(r.ping())
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        return False
+class RedisServer(EmbeddedRedis):
+    """The library's embedded redis-server, keeping its directory (and log) when a run failed."""
 
     def stop(self, *, keep_dir: bool = False) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().stop()
         if not keep_dir:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -927,11 +860,11 @@ def header(server: RedisServer, load: tuple[float, float, float]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     sizes = parse_args(argv)
-    binary = os.environ.get("AQ_REDIS_SERVER") or shutil.which("redis-server")
-    if not binary:
-        print("runtime.py: redis-server not found (set AQ_REDIS_SERVER)", file=sys.stderr)
+    try:
+        server = RedisServer()
+    except AtomicQueuesError as exc:
+        print(f"runtime.py: {exc}", file=sys.stderr)
         return 1
-    server = RedisServer(binary)
     failed = True
     try:
         server.start()
@@ -940,7 +873,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(bench.run())
         print_table(bench, header(server, load))
         failed = False
-    except BenchError as exc:
+    except (BenchError, AtomicQueuesError) as exc:
         print(f"runtime.py: {exc} (logs kept in {server.dir})", file=sys.stderr)
         return 1
     finally:

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import statistics
 import sys
 import time
@@ -38,6 +37,7 @@ import redis
 import redis.asyncio as aioredis
 
 from atomicqueues.client import Client
+from atomicqueues.errors import AtomicQueuesError
 from atomicqueues.pools.cli import settings_for
 from atomicqueues.pools.local import LocalPool
 from atomicqueues.pools.reconciler import Action, Plan, StartWorker
@@ -484,12 +484,12 @@ async def bench(server: RedisServer, options: Options) -> tuple[Run, dict[str, l
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
-    binary = os.environ.get("AQ_REDIS_SERVER") or shutil.which("redis-server")
-    if not binary:
-        print("scaling.py: redis-server not found (set AQ_REDIS_SERVER)", file=sys.stderr)
-        return 1
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    server = RedisServer(binary)
+    try:
+        server = RedisServer()
+    except AtomicQueuesError as exc:
+        print(f"scaling.py: {exc}", file=sys.stderr)
+        return 1
     failed = True
     try:
         server.start()
@@ -497,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run, figures = asyncio.run(bench(server, options))
         print_table(run, figures, header(server, run.pool, options, load))
         failed = False
-    except BenchError as exc:
+    except (BenchError, AtomicQueuesError) as exc:
         print(f"scaling.py: {exc} (logs kept in {server.dir})", file=sys.stderr)
         return 1
     finally:
