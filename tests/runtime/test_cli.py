@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,50 @@ def test_dlq_commands_round_trip(redis_url: str) -> None:
     report = json.loads(aq("status", "--json", url=redis_url).stdout)
     assert report["types"]["user"]["counts"]["waiting"] == 1
     assert report["types"]["user"]["counts"]["dead"] == 0
+
+
+def test_worker_serves_prometheus_metrics(redis_url: str) -> None:
+    import urllib.request
+
+    port = closed_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "atomicqueues.cli",
+            "--redis-url",
+            redis_url,
+            "worker",
+            "--handlers",
+            "cli_handlers:registry",
+            "--entity-type",
+            "user",
+            "--entity-id",
+            "bob",
+            "--idle-timeout",
+            "30",
+            "--metrics-port",
+            str(port),
+        ],
+        env={**os.environ, "PYTHONPATH": HERE},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        aq("enqueue", "user", "bob", "nosuch", url=redis_url)
+        body = ""
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    body = r.read().decode()
+                if 'aq_jobs_dead_total{entity_type="user",job="nosuch"} 1.0' in body:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert 'aq_jobs_dead_total{entity_type="user",job="nosuch"} 1.0' in body
+        assert "aq_job_wait_seconds_bucket" in body
+        assert "bob" not in body  # never an entity id in a label
+    finally:
+        proc.terminate()
+        proc.wait(30)
