@@ -1,11 +1,14 @@
 """`aq crd` and `aq operator`, reached lazily from `atomicqueues.cli` as `main([command, ...])`.
 
 Errors a person can cause are `AtomicQueuesError`s: `atomicqueues.cli` prints them as one line.
+kopf is imported only by `aq operator`, so `aq crd` works without the operator extra.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -26,6 +29,43 @@ def cmd_crd(write: bool) -> int:
     return 0
 
 
+def cmd_operator(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("kopf") is None:
+        raise AtomicQueuesError("`aq operator` needs kopf: pip install 'atomicqueues[operator]'")
+    import asyncio
+    from dataclasses import replace
+
+    import kopf
+
+    from .config import Config
+    from .runner import Operator, default_login
+
+    config = Config.from_env()
+    if args.worker_image:
+        config = replace(config, worker_image=args.worker_image)
+    try:
+        found = default_login(settings=kopf.OperatorSettings(), logger=logging.getLogger(__name__))
+    except kopf.LoginError as exc:
+        raise AtomicQueuesError(str(exc)) from None
+    if found is None:
+        raise AtomicQueuesError(
+            "no Kubernetes credentials: run in a pod with a service account, or set KUBECONFIG"
+        )
+    operator = Operator(config)
+    try:
+        asyncio.run(
+            operator.run(
+                namespaces=args.namespaces or (),
+                peering=args.peering,
+                priority=args.priority,
+                liveness=None if args.liveness == "" else args.liveness,
+            )
+        )
+    except kopf.LoginError as exc:
+        raise AtomicQueuesError(f"cannot log in to Kubernetes: {exc}") from None
+    return 0
+
+
 def main(argv: Sequence[str]) -> int:
     parser = Parser(prog="aq")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -37,8 +77,32 @@ def main(argv: Sequence[str]) -> int:
     p.add_argument(
         "--write", action="store_true", help=f"write {CRD_FILE} of this source checkout instead"
     )
-    sub.add_parser("operator", help="run the Kubernetes operator")
+    p = sub.add_parser(
+        "operator",
+        help="run the Kubernetes operator",
+        description="Reconcile every EntityWorkerPool: worker pods for the entities with work.",
+    )
+    p.add_argument(
+        "-n",
+        "--namespace",
+        dest="namespaces",
+        action="append",
+        help="serve pools of this namespace only (repeat; default: the whole cluster)",
+    )
+    p.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="coordinate with other replicas through this kopf peering (default: standalone)",
+    )
+    p.add_argument("--priority", type=int, default=0, help="peering priority (highest is active)")
+    p.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        metavar="URL",
+        help="liveness endpoint (default %(default)s; empty: none)",
+    )
+    p.add_argument("--worker-image", help="image of pools without spec.image ($AQ_WORKER_IMAGE)")
     args = parser.parse_args(list(argv))
     if args.command == "crd":
         return cmd_crd(args.write)
-    raise AtomicQueuesError("`aq operator` is not built yet: only `aq crd` is, so far")
+    return cmd_operator(args)

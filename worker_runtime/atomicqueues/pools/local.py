@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import math
 import os
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO
 
 from ..aio import cancel_and_wait
@@ -29,6 +26,8 @@ from ..client import Client
 from ..errors import RedisUnavailable
 from ..leases import sweep
 from ..presence import Presence
+from .limits import StartLimiter
+from .names import worker_name
 from .reconciler import (
     Action,
     Backoff,
@@ -63,32 +62,6 @@ class LocalWorker:
 
     def state(self) -> WorkerState:
         return WorkerState(self.name, self.entity_id, self.slot, self.phase, self.started_at)
-
-
-@dataclass
-class StartLimiter:
-    """A token bucket: at most `rate` starts per second, bursts up to `max(1, rate)`."""
-
-    rate: float
-    tokens: float = 1.0
-    last: float = field(default_factory=time.monotonic)
-
-    def budget(self) -> int:
-        now = time.monotonic()
-        self.tokens = min(max(1.0, self.rate), self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        return math.floor(self.tokens)
-
-    def spend(self, n: int) -> None:
-        self.tokens -= n
-
-
-def worker_name(pool: str, entity_id: str | None, slot: int) -> str:
-    """A name safe for any entity id: a hash of it, never the id itself."""
-    if entity_id is None:
-        return f"{pool}-packed-{slot}-{uuid.uuid4().hex[:5]}"
-    digest = hashlib.sha256(entity_id.encode()).hexdigest()[:10]
-    return f"{pool}-{digest}-{slot}-{uuid.uuid4().hex[:5]}"
 
 
 class LocalPool:

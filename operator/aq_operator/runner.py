@@ -1,0 +1,154 @@
+"""The kopf operator: one daemon per EntityWorkerPool, and the handlers that wake it.
+
+An `Operator` owns its own kopf registry (nothing is registered at import time, so tests run
+several side by side) and the one API client its pools share. kopf does the watching, the
+peering between replicas (`--peering NAME`; standalone by default), the liveness endpoint and
+the Kubernetes Events; each pool's `KubePool` does the reconciling, one pass at a time, in the
+daemon kopf keeps for it while the pool exists.
+
+Wake-ups: a change of one of a pool's pods (a kopf watch on pods with the pool label) and a new
+generation of the pool's spec set the pool's wake event; the pool's own Redis subscription does
+the same for "entity has work"; the resync interval catches anything missed.
+
+kopf's daemons need a finalizer on each pool (so a daemon stops before its pool goes); while
+no operator runs, deleting a pool waits for one. Namespace and CRD scanning are off: the
+operator watches the namespaces it is given (exact names) or the whole cluster, with no
+permission to list namespaces or CRDs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection
+from typing import Any
+
+import kopf
+
+from atomicqueues.pools.spec import API_GROUP, API_VERSION
+
+from . import pods
+from .config import Config
+from .crd import PLURAL
+from .kube import Kube
+from .pool import KubePool
+
+log = logging.getLogger(__name__)
+
+FINALIZER = "atomicqueues.io/operator"
+LoginFn = Callable[..., kopf.ConnectionInfo | None]
+
+
+def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a cluster, the pod's service account; elsewhere, the kubeconfig."""
+    try:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    except (OSError, ValueError, KeyError) as exc:  # an unreadable or broken kubeconfig
+        raise kopf.LoginError(f"cannot read Kubernetes credentials: {exc}") from None
+
+
+class Operator:
+    """The operator's handlers, registry and shared state."""
+
+    def __init__(self, config: Config | None = None, *, login: LoginFn = default_login) -> None:
+        self.config = config or Config.from_env()
+        self.registry = kopf.OperatorRegistry()
+        self.pools: dict[tuple[str, str], KubePool] = {}
+        self.connection: kopf.ConnectionInfo | None = None
+        self.kube = Kube(lambda: self.connection)
+        self._login = login
+        self._register()
+
+    def settings(self) -> kopf.OperatorSettings:
+        settings = kopf.OperatorSettings()
+        settings.scanning.disabled = True
+        settings.persistence.finalizer = FINALIZER
+        settings.posting.level = logging.INFO
+        settings.watching.reconnect_backoff = 1.0
+        return settings
+
+    def poke(self, namespace: str | None, pool: str | None) -> None:
+        found = self.pools.get((namespace or "default", pool or ""))
+        if found is not None:
+            found.wake.set()
+
+    def _register(self) -> None:
+        registry = self.registry
+
+        @kopf.on.login(registry=registry)
+        def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+            info = self._login(**kwargs)
+            if info is not None:
+                self.connection = info
+            return info
+
+        @kopf.on.cleanup(registry=registry)
+        async def cleanup(**_: Any) -> None:
+            await self.kube.close()
+
+        @kopf.daemon(
+            API_GROUP,
+            API_VERSION,
+            PLURAL,
+            registry=registry,
+            id="pool",
+            cancellation_timeout=30.0,
+            backoff=5.0,
+        )
+        async def pool_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any) -> None:
+            pool = KubePool(body, self.kube, self.config)
+            key = (pool.namespace, pool.name)
+            self.pools[key] = pool
+            stop = asyncio.Event()
+            watcher = asyncio.create_task(_set_when_stopped(stopped, stop))
+            try:
+                await pool.run(stop)
+            finally:
+                watcher.cancel()
+                if self.pools.get(key) is pool:
+                    del self.pools[key]
+
+        @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
+        def pool_changed(body: kopf.Body, **_: Any) -> None:
+            pool = self.pools.get((body.metadata.namespace or "default", body.metadata.name or ""))
+            if pool is not None and pool.generation_seen != body.metadata.get("generation"):
+                pool.wake.set()
+
+        @kopf.on.event(
+            "",
+            "v1",
+            "pods",
+            registry=registry,
+            labels={pods.LABEL_MANAGED_BY: pods.MANAGED_BY, pods.LABEL_POOL: kopf.PRESENT},
+        )
+        def pod_changed(body: kopf.Body, **_: Any) -> None:
+            self.poke(body.metadata.namespace, body.metadata.labels.get(pods.LABEL_POOL))
+
+    async def run(
+        self,
+        *,
+        namespaces: Collection[str] = (),
+        peering: str | None = None,
+        priority: int = 0,
+        liveness: str | None = None,
+        stop_flag: asyncio.Event | None = None,
+        ready_flag: asyncio.Event | None = None,
+    ) -> None:
+        """Run until stopped (SIGTERM/SIGINT, or `stop_flag`). No namespaces: the whole cluster."""
+        await kopf.operator(
+            registry=self.registry,
+            settings=self.settings(),
+            clusterwide=not namespaces,
+            namespaces=list(namespaces),
+            standalone=peering is None,
+            peering_name=peering,
+            priority=priority,
+            liveness_endpoint=liveness,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
+
+
+async def _set_when_stopped(stopped: kopf.DaemonStopped, stop: asyncio.Event) -> None:
+    await stopped.wait()
+    stop.set()

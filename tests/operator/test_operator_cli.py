@@ -1,0 +1,47 @@
+"""`aq operator` as a person meets it, and the layer rule that keeps worker images small.
+
+Why: without credentials the operator must say so in one line, not a kopf traceback; and the
+runtime (what every worker image runs) must never import kopf or the operator's HTTP client,
+or a worker image would need the operator's dependencies.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_no_credentials_is_one_line(tmp_path: Path) -> None:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")
+    }
+    for kubeconfig in (None, str(tmp_path / "missing")):
+        if kubeconfig:
+            env["KUBECONFIG"] = kubeconfig
+        result = subprocess.run(
+            [sys.executable, "-m", "atomicqueues.cli", "operator", "--liveness", ""],
+            env={**env, "HOME": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert "Kubernetes credentials" in lines[0]
+
+
+def test_the_runtime_never_imports_the_operators_dependencies() -> None:
+    code = (
+        "import sys\n"
+        "import atomicqueues, atomicqueues.cli, atomicqueues.worker, atomicqueues.pools.local\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('kopf', 'aiohttp', 'kmock',"
+        " 'aq_operator', 'kubernetes', 'kubernetes_asyncio', 'lightkube'))\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == ""
