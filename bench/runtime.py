@@ -858,27 +858,37 @@ def header(server: RedisServer, load: tuple[float, float, float]) -> list[str]:
     ]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    sizes = parse_args(argv)
+def run_on_private_redis(name: str, measure: Callable[[RedisServer], None]) -> int:
+    """Start a private redis-server, `measure` on it, stop it; its log is kept on failure.
+    Returns the exit code (1 with one line on stderr when it could not be done)."""
     try:
         server = RedisServer()
     except AtomicQueuesError as exc:
-        print(f"runtime.py: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return 1
     failed = True
     try:
         server.start()
-        load = os.getloadavg()
-        bench = Bench(server, sizes)
-        asyncio.run(bench.run())
-        print_table(bench, header(server, load))
+        measure(server)
         failed = False
     except (BenchError, AtomicQueuesError) as exc:
-        print(f"runtime.py: {exc} (logs kept in {server.dir})", file=sys.stderr)
+        print(f"{name}: {exc} (logs kept in {server.dir})", file=sys.stderr)
         return 1
     finally:
         server.stop(keep_dir=failed)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    sizes = parse_args(argv)
+
+    def measure(server: RedisServer) -> None:
+        load = os.getloadavg()
+        bench = Bench(server, sizes)
+        asyncio.run(bench.run())
+        print_table(bench, header(server, load))
+
+    return run_on_private_redis("runtime.py", measure)
 
 
 if __name__ == "__main__":

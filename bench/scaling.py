@@ -37,12 +37,11 @@ import redis
 import redis.asyncio as aioredis
 
 from atomicqueues.client import Client
-from atomicqueues.errors import AtomicQueuesError
 from atomicqueues.pools.cli import settings_for
 from atomicqueues.pools.local import LocalPool
 from atomicqueues.pools.reconciler import Action, Plan, StartWorker
 from atomicqueues.pools.spec import Pool, parse_pool
-from runtime import BenchError, RedisServer, percentile
+from runtime import BenchError, RedisServer, percentile, run_on_private_redis
 
 ENTITY_TYPE = "scale"
 PREFIX = "aqscale"
@@ -485,24 +484,13 @@ async def bench(server: RedisServer, options: Options) -> tuple[Run, dict[str, l
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        server = RedisServer()
-    except AtomicQueuesError as exc:
-        print(f"scaling.py: {exc}", file=sys.stderr)
-        return 1
-    failed = True
-    try:
-        server.start()
+
+    def measure(server: RedisServer) -> None:
         load = os.getloadavg()[0]
         run, figures = asyncio.run(bench(server, options))
         print_table(run, figures, header(server, run.pool, options, load))
-        failed = False
-    except (BenchError, AtomicQueuesError) as exc:
-        print(f"scaling.py: {exc} (logs kept in {server.dir})", file=sys.stderr)
-        return 1
-    finally:
-        server.stop(keep_dir=failed)
-    return 0
+
+    return run_on_private_redis("scaling.py", measure)
 
 
 if __name__ == "__main__":
