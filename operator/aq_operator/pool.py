@@ -35,7 +35,6 @@ from atomicqueues.client import Client, EntityIndex
 from atomicqueues.config import Settings
 from atomicqueues.connection import describe
 from atomicqueues.errors import AtomicQueuesError, RedisUnavailable
-from atomicqueues.leases import sweep
 from atomicqueues.pools.limits import StartLimiter
 from atomicqueues.pools.names import random_suffix
 from atomicqueues.pools.reconciler import (
@@ -51,6 +50,7 @@ from atomicqueues.pools.reconciler import (
     plan,
 )
 from atomicqueues.pools.spec import API_GROUP, API_VERSION, URL_PASSWORD_RE, PoolSpec, SecretKeyRef
+from atomicqueues.pools.watch import sweep_leases, wake_on_work
 from atomicqueues.presence import Presence
 
 from . import pods, status
@@ -389,8 +389,18 @@ class KubePool:
         if self._task_key != task_key:
             await cancel_and_wait(self._tasks)
             self._tasks = [
-                asyncio.create_task(self._watch_events(self._client, spec.entity_type)),
-                asyncio.create_task(self._sweep(self._client, spec)),
+                asyncio.create_task(
+                    wake_on_work(self._client, spec.entity_type, self.wake, self._label)
+                ),
+                asyncio.create_task(
+                    sweep_leases(
+                        self._client,
+                        spec.entity_type,
+                        spec.timing.heartbeat_interval_seconds,
+                        self.wake,
+                        self._label,
+                    )
+                ),
             ]
             self._task_key = task_key
         return self._client
@@ -403,35 +413,9 @@ class KubePool:
                 await self._client.close()
             self._client, self._client_key = None, None
 
-    async def _watch_events(self, client: Client, entity_type: str) -> None:
-        while True:
-            try:
-                async for _ in client.events(entity_type):
-                    self.wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the resync interval still runs: log and subscribe again
-                log.warning("pool %s/%s: event stream: %s", self.namespace, self.name, exc)
-            await asyncio.sleep(1.0)
-
-    async def _sweep(self, client: Client, spec: PoolSpec) -> None:
-        """Recover expired leases every heartbeat interval (the job of a killed pod returns to
-        its queue, and its entity shows up as claimable, which wakes the pool)."""
-        while True:
-            await asyncio.sleep(spec.timing.heartbeat_interval_seconds)
-            try:
-                recovered, _ = await sweep(client, spec.entity_type)
-            except AtomicQueuesError as exc:
-                log.warning("pool %s/%s: sweep: %s", self.namespace, self.name, exc)
-                continue
-            if recovered:
-                log.warning(
-                    "pool %s/%s: recovered %d expired lease(s)",
-                    self.namespace,
-                    self.name,
-                    recovered,
-                )
-                self.wake.set()
+    @property
+    def _label(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
     def _limiter_for(self, spec: PoolSpec) -> StartLimiter:
         rate = spec.workers.max_starts_per_second

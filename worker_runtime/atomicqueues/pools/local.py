@@ -24,7 +24,6 @@ from typing import IO
 from ..aio import cancel_and_wait
 from ..client import Client
 from ..errors import RedisUnavailable
-from ..leases import sweep
 from ..presence import Presence
 from .limits import StartLimiter
 from .names import worker_name
@@ -41,6 +40,7 @@ from .reconciler import (
     plan,
 )
 from .spec import Pool
+from .watch import sweep_leases, wake_on_work
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,24 @@ class LocalPool:
         self.extra_env = extra_env or {}
         self.wake = asyncio.Event()
         self.last_plan = Plan([])
-        self._last_sweep = 0.0
         self._watchers: set[asyncio.Task[None]] = set()
 
     # --- the control loop ------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile until `stop` is set, then shut every worker down gracefully."""
-        events = asyncio.create_task(self._watch_events())
+        name, entity_type = self.pool.metadata.name, self.spec.entity_type
+        helpers = [
+            asyncio.create_task(wake_on_work(self.client, entity_type, self.wake, name)),
+            asyncio.create_task(
+                sweep_leases(
+                    self.client,
+                    entity_type,
+                    self.spec.timing.heartbeat_interval_seconds,
+                    self.wake,
+                    name,
+                )
+            ),
+        ]
         try:
             while not stop.is_set():
                 self.wake.clear()  # before, not after: a wake-up during the reconcile counts
@@ -117,17 +128,8 @@ class LocalPool:
                 for w in waiters:
                     w.cancel()
         finally:
-            await cancel_and_wait([events])
+            await cancel_and_wait(helpers)
             await self.shutdown()
-
-    async def _watch_events(self) -> None:
-        while True:
-            try:
-                async for _ in self.client.events(self.spec.entity_type):
-                    self.wake.set()
-            except RedisUnavailable as exc:
-                log.warning("pool %s: event stream: %s", self.pool.metadata.name, exc)
-            await asyncio.sleep(1.0)
 
     async def reconcile_once(self) -> Plan:
         now = time.time()
@@ -138,14 +140,6 @@ class LocalPool:
         for action in result.actions:
             await self._carry_out(action)
         self.last_plan = result
-        if time.monotonic() - self._last_sweep >= self.spec.timing.heartbeat_interval_seconds:
-            self._last_sweep = time.monotonic()
-            recovered, _ = await sweep(self.client, self.spec.entity_type)
-            if recovered:
-                log.warning(
-                    "pool %s: recovered %d expired lease(s)", self.pool.metadata.name, recovered
-                )
-                self.wake.set()
         return result
 
     # --- actions -----------------------------------------------------------------------------
