@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
+import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from atomicqueues.cli import Parser
 from atomicqueues.errors import AtomicQueuesError
@@ -38,6 +41,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
     import kopf
 
     from .config import Config
+    from .leader import LeaderElection, LeadershipLost
     from .runner import Operator, default_login
 
     config = Config.from_env()
@@ -52,18 +56,37 @@ def cmd_operator(args: argparse.Namespace) -> int:
             "no Kubernetes credentials: run in a pod with a service account, or set KUBECONFIG"
         )
     operator = Operator(config)
+    operator.connection = found
+    leader = None
+    if args.leader_elect:
+        leader = LeaderElection(
+            operator.kube,
+            args.lease_namespace or _own_namespace(),
+            args.lease_name,
+            os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+        )
     try:
         asyncio.run(
-            operator.run(
-                namespaces=args.namespaces or (),
-                peering=args.peering,
-                priority=args.priority,
-                liveness=None if args.liveness == "" else args.liveness,
-            )
+            operator.run(namespaces=args.namespaces or (), leader=leader, listen=args.listen)
         )
     except kopf.LoginError as exc:
         raise AtomicQueuesError(f"cannot log in to Kubernetes: {exc}") from None
+    except LeadershipLost as exc:
+        raise AtomicQueuesError(f"stepped down: {exc}") from None
     return 0
+
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _own_namespace() -> str:
+    """The namespace this operator runs in: $POD_NAMESPACE, the service account's, or default."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:
+        return "default"
 
 
 def main(argv: Sequence[str]) -> int:
@@ -90,16 +113,26 @@ def main(argv: Sequence[str]) -> int:
         help="serve pools of this namespace only (repeat; default: the whole cluster)",
     )
     p.add_argument(
-        "--peering",
-        metavar="NAME",
-        help="coordinate with other replicas through this kopf peering (default: standalone)",
+        "--leader-elect",
+        action="store_true",
+        help="run only while holding a Lease, so one of several replicas is active",
     )
-    p.add_argument("--priority", type=int, default=0, help="peering priority (highest is active)")
     p.add_argument(
-        "--liveness",
-        default="http://0.0.0.0:8080/healthz",
-        metavar="URL",
-        help="liveness endpoint (default %(default)s; empty: none)",
+        "--lease-name",
+        default="atomicqueues-operator",
+        metavar="NAME",
+        help="the Lease for --leader-elect (default %(default)s)",
+    )
+    p.add_argument(
+        "--lease-namespace",
+        metavar="NS",
+        help="namespace of the Lease (default: $POD_NAMESPACE, else the service account's)",
+    )
+    p.add_argument(
+        "--listen",
+        default="0.0.0.0:8080",
+        metavar="HOST:PORT",
+        help="serve /healthz, /readyz and /metrics here (default %(default)s; empty: none)",
     )
     p.add_argument("--worker-image", help="image of pools without spec.image ($AQ_WORKER_IMAGE)")
     args = parser.parse_args(list(argv))

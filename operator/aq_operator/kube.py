@@ -1,13 +1,13 @@
 """The few Kubernetes API calls the operator makes itself, on kopf's credentials.
 
-kopf watches pools and pods and posts Events; the rest (create, annotate and delete pods, read
-a Secret, write a pool's status) is six REST calls, made here with aiohttp — already in the
-process as kopf's own HTTP client — and the `kopf.ConnectionInfo` that kopf's login produced
-(service account in a cluster, kubeconfig outside; the operator's login handler keeps the
-latest). Why not `kubernetes_asyncio` or `lightkube`: a second client would bring a second
-login, a second HTTP stack and (for the first) a large generated package with loosely typed
-models, for calls this short; bodies stay plain dicts as the API returns them, and pods.py is
-the one module that reads or writes their fields.
+kopf watches pools and pods and posts Events; the rest (create, annotate and delete pods, read a
+Secret, write a pool's status, read and write the leader Lease) is a few REST calls, made here
+with aiohttp — already in the process as kopf's own HTTP client — and the `kopf.ConnectionInfo`
+that kopf's login produced (service account in a cluster, kubeconfig outside; the operator's
+login handler keeps the latest). Why not `kubernetes_asyncio` or `lightkube`: a second client
+would bring a second login, a second HTTP stack and (for the first) a large generated package
+with loosely typed models, for calls this short; bodies stay plain dicts as the API returns
+them, and pods.py is the one module that reads or writes their fields.
 
 A label selector is sent to the server and applied again here, so a server that ignores it
 (the mock API of the fast tests) still yields exactly the pool's pods.
@@ -179,6 +179,24 @@ class Kube:
         body = {"status": dict(status)}
         await self.request("PATCH", f"{path}/status", body=body, content_type=MERGE_PATCH)
 
+    # --- leases (leader election) -------------------------------------------------------------
+    async def get_lease(self, namespace: str, name: str) -> Body | None:
+        """The Lease, or None when it does not exist."""
+        try:
+            return await self.request("GET", _lease(namespace, name))
+        except NotFound:
+            return None
+
+    async def create_lease(self, namespace: str, body: Body) -> Body:
+        """Create a Lease; `Conflict` when another replica created it first."""
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{_q(namespace)}/leases"
+        return await self.request("POST", path, body=body)
+
+    async def replace_lease(self, namespace: str, body: Body) -> Body:
+        """Write a Lease back; `Conflict` when it changed since `body`'s resourceVersion."""
+        name = body["metadata"]["name"]
+        return await self.request("PUT", _lease(namespace, name), body=body)
+
 
 def _q(part: str) -> str:
     return quote(part, safe="")
@@ -186,6 +204,10 @@ def _q(part: str) -> str:
 
 def _pod(namespace: str, name: str) -> str:
     return f"/api/v1/namespaces/{_q(namespace)}/pods/{_q(name)}"
+
+
+def _lease(namespace: str, name: str) -> str:
+    return f"/apis/coordination.k8s.io/v1/namespaces/{_q(namespace)}/leases/{_q(name)}"
 
 
 def _has_labels(obj: Mapping[str, Any], labels: Mapping[str, str]) -> bool:

@@ -53,7 +53,7 @@ from atomicqueues.pools.spec import API_GROUP, API_VERSION, URL_PASSWORD_RE, Poo
 from atomicqueues.pools.watch import sweep_leases, wake_on_work
 from atomicqueues.presence import Presence
 
-from . import pods, status
+from . import metrics, pods, status
 from .config import Config
 from .crd import PLURAL
 from .kube import Body, Kube, KubeError, SecretNotFound
@@ -129,6 +129,13 @@ class KubePool:
 
     async def reconcile_once(self) -> float:
         """One pass; returns the seconds until the next one is due."""
+        began = time.perf_counter()
+        try:
+            return await self._reconcile()
+        finally:
+            metrics.RECONCILE_SECONDS.labels(*self._key).observe(time.perf_counter() - began)
+
+    async def _reconcile(self) -> float:
         self.passes += 1
         generation = self.body["metadata"].get("generation")
         self.generation_seen = generation
@@ -146,10 +153,13 @@ class KubePool:
             problem = blocked.problem
         except KubeError as exc:  # the API itself: nothing to write the status with either
             log.warning("pool %s/%s: Kubernetes API: %s", self.namespace, self.name, exc)
+            metrics.RECONCILE_ERRORS.labels(*self._key).inc()
             return retry
         except Exception:  # a bug must not end the daemon (and lose the backoff): log, go on
             log.exception("pool %s/%s: reconcile failed", self.namespace, self.name)
+            metrics.RECONCILE_ERRORS.labels(*self._key).inc()
             return retry
+        metrics.RECONCILE_ERRORS.labels(*self._key).inc()
         log.warning("pool %s/%s: %s", self.namespace, self.name, problem.message)
         await self._write_status(Observation(generation, [problem]), urgent=True)
         return retry
@@ -175,8 +185,11 @@ class KubePool:
         problems: list[Problem] = []
         done: Counter[str] = Counter()
         closed_now: dict[str, float] = {}
+        work_since = {e.entity_id: e.since for e in entities}
         for action in result.actions:
-            await self._carry_out(action, spec, target, by_name, problems, done, closed_now)
+            await self._carry_out(
+                action, spec, target, by_name, work_since, problems, done, closed_now
+            )
         self.last_plan = result
         next_due = await self._finish_closing(spec, client, listed, closed_now, now)
         self._report(done, result)
@@ -192,13 +205,22 @@ class KubePool:
             del self.last_failure[key]
 
         live = [s for s in states if s.phase in ("starting", "running", "closing")]
+        ready = sum(1 for s in live if s.phase == "running")
+        desired = _desired(spec, entities, states, backoff_before, now)
+        for gauge, value in (
+            (metrics.ACTIVE_ENTITIES, len(entities)),
+            (metrics.WORKERS_DESIRED, desired),
+            (metrics.WORKERS_ACTUAL, len(live)),
+            (metrics.WORKERS_READY, ready),
+        ):
+            gauge.labels(*self._key).set(value)
         seen = Observation(
             generation,
             _unique(problems),
             active_entities=len(entities),
             waiting_jobs=sum(e.waiting for e in entities),
-            workers_desired=_desired(spec, entities, states, backoff_before, now),
-            workers_ready=sum(1 for s in live if s.phase == "running"),
+            workers_desired=desired,
+            workers_ready=ready,
         )
         next_due = min(next_due, await self._write_status(seen))
         return max(0.01, min(spec.timing.resync_interval_seconds, next_due))
@@ -210,12 +232,16 @@ class KubePool:
         spec: PoolSpec,
         target: RedisTarget,
         by_name: dict[str, Body],
+        work_since: Mapping[str, float],
         problems: list[Problem],
         done: Counter[str],
         closed_now: dict[str, float],
     ) -> None:
         if isinstance(action, StartWorker | StartPacked):
-            await self._start(action, spec, target, problems, done)
+            created = await self._start(action, spec, target, problems, done)
+            if created and isinstance(action, StartWorker) and action.slot == 0:
+                waited = time.time() - work_since.get(action.entity_id, time.time())
+                metrics.WORK_TO_POD_SECONDS.labels(*self._key).observe(max(0.0, waited))
         elif isinstance(action, CloseWorker):
             pod = by_name.get(action.name)
             if pod is None or pods.closing_since(pod) is not None:
@@ -243,7 +269,7 @@ class KubePool:
                 done["failed"] += 1
             else:
                 done["ended"] += 1
-            await self.kube.delete_pod(self.namespace, action.name)
+            await self._delete_pod(action.name)
 
     async def _start(
         self,
@@ -252,13 +278,14 @@ class KubePool:
         target: RedisTarget,
         problems: list[Problem],
         done: Counter[str],
-    ) -> None:
+    ) -> bool:
+        """Create the worker's pod; False when there is no image or the API refused it."""
         image = spec.image or self.config.worker_image
         if not image:
             problems.append(
                 Problem("ImageMissing", "no worker image: set spec.image (or AQ_WORKER_IMAGE)")
             )
-            return
+            return False
         assert self._limiter is not None
         self._limiter.spend(1)
         body = pods.pod_body(
@@ -284,8 +311,10 @@ class KubePool:
             problems.append(Problem("PodCreateFailed", f"cannot create a worker pod: {exc}"))
             self._event("Warning", "PodCreateFailed", f"cannot create a worker pod: {exc}")
             self.wake.set()  # the stand-in is forgotten at once and the entity backs off
-            return
+            return False
         done["started"] += 1
+        metrics.PODS_CREATED.labels(*self._key).inc()
+        return True
 
     async def _annotate_closing(self, name: str, since: float) -> None:
         try:
@@ -320,7 +349,7 @@ class KubePool:
                 log.info(
                     "pool %s/%s: deleting closed worker pod %s", self.namespace, self.name, name
                 )
-                await self.kube.delete_pod(self.namespace, name)
+                await self._delete_pod(name)
             else:
                 next_due = min(
                     next_due, since + grace - now, spec.timing.heartbeat_interval_seconds
@@ -416,6 +445,14 @@ class KubePool:
     @property
     def _label(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def _key(self) -> tuple[str, str]:
+        return self.namespace, self.name
+
+    async def _delete_pod(self, name: str) -> None:
+        if await self.kube.delete_pod(self.namespace, name):
+            metrics.PODS_DELETED.labels(*self._key).inc()
 
     def _limiter_for(self, spec: PoolSpec) -> StartLimiter:
         rate = spec.workers.max_starts_per_second

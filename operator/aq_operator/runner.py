@@ -1,10 +1,11 @@
 """The kopf operator: one daemon per EntityWorkerPool, and the handlers that wake it.
 
 An `Operator` owns its own kopf registry (nothing is registered at import time, so tests run
-several side by side) and the one API client its pools share. kopf does the watching, the
-peering between replicas (`--peering NAME`; standalone by default), the liveness endpoint and
-the Kubernetes Events; each pool's `KubePool` does the reconciling, one pass at a time, in the
-daemon kopf keeps for it while the pool exists.
+several side by side) and the one API client its pools share. kopf does the watching and the
+Kubernetes Events; each pool's `KubePool` does the reconciling, one pass at a time, in the
+daemon kopf keeps for it while the pool exists. With several replicas, a Lease elects the one
+that runs kopf (leader.py); the others wait as standbys. The HTTP port (endpoints.py) serves
+the probes and the metrics, standby or not.
 
 Wake-ups: a change of one of a pool's pods (a kopf watch on pods with the pool label) and a new
 generation of the pool's spec set the pool's wake event; the pool's own Redis subscription does
@@ -19,18 +20,23 @@ permission to list namespaces or CRDs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Collection
+import signal
+import threading
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import kopf
 
 from atomicqueues.pools.spec import API_GROUP, API_VERSION
 
-from . import pods
+from . import metrics, pods
 from .config import Config
 from .crd import PLURAL
+from .endpoints import Endpoints, Health
 from .kube import Kube
+from .leader import LeaderElection
 from .pool import KubePool
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,7 @@ class Operator:
         self.registry = kopf.OperatorRegistry()
         self.pools: dict[tuple[str, str], KubePool] = {}
         self.connection: kopf.ConnectionInfo | None = None
+        self.health = Health()
         self.kube = Kube(lambda: self.connection)
         self._login = login
         self._register()
@@ -107,6 +114,7 @@ class Operator:
                 watcher.cancel()
                 if self.pools.get(key) is pool:
                     del self.pools[key]
+                    metrics.forget_pool(*key)
 
         @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
         def pool_changed(body: kopf.Body, **_: Any) -> None:
@@ -128,25 +136,85 @@ class Operator:
         self,
         *,
         namespaces: Collection[str] = (),
-        peering: str | None = None,
-        priority: int = 0,
-        liveness: str | None = None,
+        leader: LeaderElection | None = None,
+        listen: str | None = None,
         stop_flag: asyncio.Event | None = None,
         ready_flag: asyncio.Event | None = None,
     ) -> None:
-        """Run until stopped (SIGTERM/SIGINT, or `stop_flag`). No namespaces: the whole cluster."""
-        await kopf.operator(
-            registry=self.registry,
-            settings=self.settings(),
-            clusterwide=not namespaces,
-            namespaces=list(namespaces),
-            standalone=peering is None,
-            peering_name=peering,
-            priority=priority,
-            liveness_endpoint=liveness,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
-        )
+        """Run until stopped (SIGTERM/SIGINT, or `stop_flag`). No namespaces: the whole cluster.
+
+        With `leader`, wait as a standby until this replica holds the Lease, then run; raises
+        `LeadershipLost` (after stopping every pool) when the Lease is lost."""
+        stop = stop_flag if stop_flag is not None else asyncio.Event()
+        endpoints = Endpoints(self.health)
+        if listen:
+            await endpoints.start(listen)
+        try:
+            if leader is None:
+                await self._run_kopf(namespaces, stop, ready_flag)
+                return
+            with _stop_on_signals(stop):
+                self.health.set("standby")
+                if not await leader.acquire(stop):
+                    return
+            holding = asyncio.create_task(leader.hold(stop))
+            kopf_stop = asyncio.Event()
+            holding.add_done_callback(lambda _: kopf_stop.set())
+            try:
+                await self._run_kopf(namespaces, kopf_stop, ready_flag)
+            finally:
+                holding.cancel()
+                await asyncio.gather(holding, return_exceptions=True)
+                await leader.release()
+            lost = None if holding.cancelled() else holding.exception()
+            if lost is not None:
+                raise lost
+        finally:
+            self.health.set("stopping")
+            metrics.LEADER.set(0)
+            await endpoints.stop()
+
+    async def _run_kopf(
+        self, namespaces: Collection[str], stop: asyncio.Event, ready_flag: asyncio.Event | None
+    ) -> None:
+        ready = asyncio.Event()
+
+        async def when_ready() -> None:
+            await ready.wait()
+            self.health.set("active")
+            metrics.LEADER.set(1)
+            if ready_flag is not None:
+                ready_flag.set()
+
+        announcing = asyncio.create_task(when_ready())
+        try:
+            await kopf.operator(
+                registry=self.registry,
+                settings=self.settings(),
+                clusterwide=not namespaces,
+                namespaces=list(namespaces),
+                standalone=True,
+                stop_flag=stop,
+                ready_flag=ready,
+            )
+        finally:
+            announcing.cancel()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT set `stop` while a standby waits (kopf handles them once it runs)."""
+    loop = asyncio.get_running_loop()
+    handled = []
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    try:
+        yield
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
 
 
 async def _set_when_stopped(stopped: kopf.DaemonStopped, stop: asyncio.Event) -> None:

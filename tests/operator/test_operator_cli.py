@@ -21,7 +21,7 @@ def test_no_credentials_is_one_line(tmp_path: Path) -> None:
         if kubeconfig:
             env["KUBECONFIG"] = kubeconfig
         result = subprocess.run(
-            [sys.executable, "-m", "atomicqueues.cli", "operator", "--liveness", ""],
+            [sys.executable, "-m", "atomicqueues.cli", "operator", "--listen", ""],
             env={**env, "HOME": str(tmp_path)},
             capture_output=True,
             text=True,
