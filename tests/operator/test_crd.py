@@ -23,14 +23,17 @@ from pydantic import BaseModel, ValidationError
 
 from aq_operator.crd import (
     CEL_RULES,
+    CHART_CRD_FILE,
     CRD_FILE,
     PRINTER_COLUMNS,
     SchemaError,
     apply_defaults,
+    chart_crd_yaml,
     crd,
     crd_yaml,
     openapi_schema,
     structural_schema,
+    write_crd,
 )
 from atomicqueues.cli import main as aq
 from atomicqueues.pools import spec as spec_module
@@ -52,6 +55,20 @@ def test_committed_crd_is_the_generators_output() -> None:
     committed = (REPO / CRD_FILE).read_text(encoding="utf-8")
     if committed != crd_yaml():
         pytest.fail(f"{CRD_FILE} differs from the model: run `aq crd --write` and commit it")
+    chart_copy = (REPO / CHART_CRD_FILE).read_text(encoding="utf-8")
+    if chart_copy != chart_crd_yaml():
+        pytest.fail(f"{CHART_CRD_FILE} differs from the model: run `aq crd --write`, commit it")
+    # the chart's copy is the same YAML inside its template lines (rendered: tests/chart)
+    assert all(line in chart_copy.splitlines() for line in committed.splitlines())
+
+
+def test_aq_crd_write_writes_both_copies(tmp_path: Path) -> None:
+    path, changed = write_crd(tmp_path)
+    assert (path, changed) == (tmp_path / CRD_FILE, True)
+    assert (tmp_path / CHART_CRD_FILE).read_text(encoding="utf-8") == chart_crd_yaml()
+    (tmp_path / CHART_CRD_FILE).write_text("stale", encoding="utf-8")
+    assert write_crd(tmp_path) == (path, True)  # a stale chart copy alone is rewritten
+    assert write_crd(tmp_path) == (path, False)
 
 
 def test_aq_crd_prints_the_same_yaml(capsys: pytest.CaptureFixture[str]) -> None:
