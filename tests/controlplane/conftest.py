@@ -1,0 +1,128 @@
+"""Fixtures of the control-plane tier: the control plane, namespaces, helm, the kubelet stand-in.
+
+The control plane starts once per session (about 5 s), only when a test of this folder runs.
+When its binaries are not cached and Go is missing, every test here is skipped with a loud
+reason (repeated at the end of the run); with CI set, that is a failure instead. When a test
+fails, the last lines of every log it touched (control plane, operator, worker pods, what the
+kubelet stand-in did) are printed with it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from kubelet import Kubelet
+
+from controlplane import REPO_ROOT, BinariesMissing, ControlPlane, build
+
+Diagnostics = list[Callable[[], str]]
+_skipped: list[str] = []
+
+
+def skip_or_fail(reason: str) -> None:
+    message = f"CONTROL-PLANE TIER (tier 4) NOT RUN: {reason}"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI is set: this is a failure)", pytrace=False)
+    if message not in _skipped:
+        _skipped.append(message)
+    pytest.skip(message)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for message in _skipped:
+        terminalreporter.write_sep("!", message, red=True, bold=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[None]:
+    report = yield
+    if report.failed:
+        item.stash[FAILED] = True
+    return report
+
+
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(scope="session")
+def binaries() -> dict[str, Path]:
+    try:
+        return build("core")
+    except BinariesMissing as exc:
+        skip_or_fail(str(exc))
+        raise
+
+
+@pytest.fixture(scope="session")
+def control_plane(
+    binaries: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ControlPlane]:
+    """etcd, kube-apiserver and kube-controller-manager, for the whole session."""
+    with ControlPlane(binaries, tmp_path_factory.mktemp("controlplane")) as cp:
+        yield cp
+
+
+@pytest.fixture
+def diagnostics(
+    request: pytest.FixtureRequest, control_plane: ControlPlane
+) -> Iterator[Diagnostics]:
+    """Reports printed when the test fails (fixtures add theirs); the control plane's logs
+    come last."""
+    found: Diagnostics = []
+    yield found
+    if request.node.stash.get(FAILED, False):
+        for report in [*found, control_plane.logs]:
+            print(report(), file=sys.stderr)
+
+
+@pytest.fixture
+def namespace(
+    request: pytest.FixtureRequest, control_plane: ControlPlane, diagnostics: Diagnostics
+) -> Iterator[str]:
+    """A new namespace for the test (with its `default` ServiceAccount); deleted after it, without
+    waiting (the control plane goes at the end of the session anyway)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{secrets.token_hex(3)}"
+    control_plane.create_namespace(name)
+    diagnostics.append(
+        lambda: (
+            "---- events in the namespace\n"
+            + control_plane.kubectl("-n", name, "get", "events", check=False).stdout
+        )
+    )
+    yield name
+    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def kubelet(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path, diagnostics: Diagnostics
+) -> Iterator[Kubelet]:
+    """Runs the namespace's worker pods as local processes (see kubelet.py)."""
+    log_dir = tmp_path / "pods"
+    log_dir.mkdir()
+    fake = Kubelet(control_plane, namespace, log_dir)
+    fake.start()
+    diagnostics.append(fake.report)
+    try:
+        yield fake
+    finally:
+        fake.stop()
+    assert not fake.errors, f"the test kubelet failed: {fake.errors}"
+
+
+@pytest.fixture(scope="session")
+def crd(control_plane: ControlPlane) -> str:
+    """`kubectl apply -f crds/`, once Established; the CRD's name."""
+    name = "entityworkerpools.atomicqueues.io"
+    control_plane.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
+    control_plane.kubectl(
+        "wait", "--for", "condition=Established", "--timeout", "60s", f"crd/{name}"
+    )
+    return name

@@ -1,0 +1,289 @@
+"""A real Kubernetes control plane for the tests: etcd, kube-apiserver, kube-controller-manager.
+
+Why: the mock API of tier 3 is not an API server. Only a real one evaluates the CRD's schema and
+CEL rules, enforces RBAC (the operator must work with exactly the permissions the chart grants),
+binds pods, makes deletion graceful and, with the controller manager, garbage-collects pods whose
+pool is gone. The binaries come from scripts/build-controlplane.sh (built from Go modules and
+cached outside the repository); `ControlPlane` starts them on free loopback ports in a temp dir,
+with the flags that scripts/controlplane-smoke.sh shows work, writes an admin kubeconfig and
+always stops them again. No kubelet runs: kubelet.py plays its part for worker pods.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import shutil
+import signal
+import ssl
+import subprocess
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from redis_servers import free_port
+from runtime.workers import wait_until
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-controlplane.sh"
+GO_MISSING = 3
+"""build-controlplane.sh's exit code when Go is missing and nothing is cached."""
+ADMIN = "aq-test-admin"
+CORE = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+
+
+class BinariesMissing(RuntimeError):
+    """The control-plane binaries are not cached and cannot be built here (no Go)."""
+
+
+def build(*targets: str) -> dict[str, Path]:
+    """Paths of the binaries of `targets` (core, helm, ...), building them when not cached.
+
+    The build script prints `NAME=/abs/path` lines on stdout; its progress goes to our stderr (a
+    cold build of core takes about 13 minutes). Exit 3 (no Go) raises `BinariesMissing`."""
+    done = subprocess.run(
+        ["bash", str(BUILD_SCRIPT), *targets], stdout=subprocess.PIPE, text=True, check=False
+    )
+    if done.returncode == GO_MISSING:
+        raise BinariesMissing(
+            f"Go is not installed and the control-plane binaries ({' '.join(targets)}) are not "
+            f"cached: install Go >= 1.22 and run scripts/build-controlplane.sh {' '.join(targets)}"
+        )
+    if done.returncode != 0:
+        raise RuntimeError(f"scripts/build-controlplane.sh {' '.join(targets)} failed")
+    paths = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    return {name: Path(path) for name, path in paths.items()}
+
+
+def _die_with_parent() -> None:
+    # The control plane must not outlive a killed pytest (start it from the main thread).
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Process:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            text = ["(no log)"]
+        return f"---- {self.name} (pid {self.proc.pid}, exit {self.proc.poll()}): {self.log}\n" + (
+            "\n".join(text)
+        )
+
+
+class ControlPlane:
+    """etcd, kube-apiserver and kube-controller-manager in `root`; a context manager."""
+
+    def __init__(self, binaries: Mapping[str, Path], root: Path) -> None:
+        self.bin = dict(binaries)
+        self.root = root
+        self.processes: list[Process] = []
+        self.token = secrets.token_hex(24)
+        self.server = ""
+        self.ca = root / "apiserver-certs" / "apiserver.crt"
+        self.kubeconfig = root / "admin.kubeconfig"
+
+    # --- start and stop ------------------------------------------------------------------------
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        root = self.root
+        etcd_port, peer_port = free_port(), free_port()
+        etcd_url, peer_url = f"http://127.0.0.1:{etcd_port}", f"http://127.0.0.1:{peer_port}"
+        # --unsafe-no-fsync: a throwaway store, no need to wait for the disk on every write.
+        self._spawn("etcd", [
+            str(self.bin["etcd"]), "--name", "aq", "--data-dir", str(root / "etcd"),
+            "--log-level", "warn", "--unsafe-no-fsync",
+            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"aq={peer_url}",
+        ])  # fmt: skip
+        self._wait_http("etcd", f"{etcd_url}/health", lambda body: '"health":"true"' in body, 30)
+
+        (root / "tokens.csv").write_text(f'{self.token},{ADMIN},{ADMIN},"system:masters"\n')
+        key, pub = root / "sa.key", root / "sa.pub"
+        subprocess.run(["openssl", "genrsa", "-out", key, "2048"], check=True, capture_output=True)
+        subprocess.run(
+            ["openssl", "rsa", "-in", key, "-pubout", "-out", pub], check=True, capture_output=True
+        )
+        api_port = free_port()
+        self.server = f"https://127.0.0.1:{api_port}"
+        # It writes its own CA and serving cert into --cert-dir (apiserver.crt holds the chain).
+        # --endpoint-reconciler-type none: the `kubernetes` Service's endpoint would be
+        # 127.0.0.1, which Endpoints validation refuses.
+        self._spawn("kube-apiserver", [
+            str(self.bin["kube-apiserver"]), "--etcd-servers", etcd_url,
+            "--advertise-address", "127.0.0.1", "--bind-address", "127.0.0.1",
+            "--secure-port", str(api_port), "--cert-dir", str(root / "apiserver-certs"),
+            "--token-auth-file", str(root / "tokens.csv"), "--authorization-mode", "RBAC",
+            "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+            "--service-account-key-file", str(pub), "--service-account-signing-key-file", str(key),
+            "--service-cluster-ip-range", "10.0.0.0/24", "--endpoint-reconciler-type", "none",
+        ])  # fmt: skip
+        self._wait_http("kube-apiserver", f"{self.server}/readyz", lambda b: b == "ok", 120)
+        self.write_kubeconfig(self.kubeconfig, self.token, ADMIN)
+
+        kcm_port = free_port()
+        # garbagecollector: owner references; namespace: finishes namespace deletion;
+        # serviceaccount: the `default` ServiceAccount that pod admission needs.
+        self._spawn("kube-controller-manager", [
+            str(self.bin["kube-controller-manager"]), "--kubeconfig", str(self.kubeconfig),
+            "--leader-elect=false", "--bind-address", "127.0.0.1", "--secure-port", str(kcm_port),
+            "--cert-dir", str(root / "kcm-certs"),
+            "--controllers", "garbagecollector,namespace,serviceaccount,serviceaccount-token",
+            "--service-account-private-key-file", str(key), "--root-ca-file", str(self.ca),
+        ])  # fmt: skip
+        self._wait_http(
+            "kube-controller-manager",
+            f"https://127.0.0.1:{kcm_port}/healthz",
+            lambda b: b == "ok",
+            60,
+        )
+
+    def stop(self) -> None:
+        """SIGTERM in reverse start order (SIGKILL after 10 s); etcd's data is deleted."""
+        for p in reversed(self.processes):
+            if p.proc.poll() is None:
+                p.proc.terminate()
+                try:
+                    p.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.proc.kill()
+                    p.proc.wait()
+        self.processes.clear()
+        shutil.rmtree(self.root / "etcd", ignore_errors=True)  # 60+ MB of preallocated WAL
+
+    def logs(self, lines: int = 30) -> str:
+        return "\n".join(p.tail(lines) for p in self.processes)
+
+    def _spawn(self, name: str, argv: Sequence[str]) -> None:
+        log = self.root / f"{name}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        self.processes.append(Process(name, proc, log))
+
+    def _wait_http(self, name: str, url: str, ready: Callable[[str], bool], timeout: float) -> None:
+        process = self.processes[-1]
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        headers = {"Authorization": f"Bearer {self.token}"}
+
+        def up() -> bool:
+            if process.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited while starting:\n{process.tail()}")
+            try:
+                request = urllib.request.Request(url, headers=headers)
+                with urllib.request.urlopen(request, timeout=2, context=context) as reply:
+                    return ready(reply.read().decode())
+            except OSError:
+                return False
+
+        try:
+            wait_until(up, timeout, f"{name} at {url}", every=0.1)
+        except AssertionError as exc:
+            raise RuntimeError(f"{exc}\n{process.tail()}") from None
+
+    # --- clients ---------------------------------------------------------------------------
+    def write_kubeconfig(self, path: Path, token: str, user: str) -> Path:
+        """A kubeconfig for this API server with a bearer token (JSON is valid YAML)."""
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "aq",
+                    "cluster": {"server": self.server, "certificate-authority": str(self.ca)},
+                }
+            ],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "aq", "context": {"cluster": "aq", "user": user}}],
+            "current-context": "aq",
+        }
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
+        return path
+
+    def kubectl(
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        kubeconfig: Path | None = None,
+        timeout: float = 60,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl (admin unless `kubeconfig`); with `check`, a failure raises with its
+        output."""
+        argv = [str(self.bin["kubectl"]), "--kubeconfig", str(kubeconfig or self.kubeconfig), *args]
+        done = subprocess.run(
+            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} exited {done.returncode}:\n{done.stdout}{done.stderr}"
+            )
+        return done
+
+    def apply(
+        self, manifest: Mapping[str, Any] | str, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
+        text = manifest if isinstance(manifest, str) else json.dumps(manifest)
+        return self.kubectl("apply", "-f", "-", input=text, **kwargs)
+
+    def get(self, *args: str, **kwargs: Any) -> Any:
+        """`kubectl get ... -o json`, parsed."""
+        return json.loads(self.kubectl("get", *args, "-o", "json", **kwargs).stdout)
+
+    def create_namespace(self, name: str) -> None:
+        """A namespace, once its `default` ServiceAccount exists (pod admission needs it)."""
+        self.kubectl("create", "namespace", name)
+        wait_until(
+            lambda: (
+                self.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode
+                == 0
+            ),
+            30,
+            f"namespace {name}'s default ServiceAccount",
+            every=0.1,
+        )
+
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
+        """A kubeconfig that acts as ServiceAccount `namespace/name` (a token from the
+        TokenRequest API, valid for an hour)."""
+        token = self.kubectl(
+            "-n", namespace, "create", "token", name, "--duration", "1h"
+        ).stdout.strip()
+        claims = token.split(".")[1]
+        subject = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["sub"]
+        assert subject == f"system:serviceaccount:{namespace}:{name}", subject
+        return self.write_kubeconfig(path, token, f"{namespace}-{name}")
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
