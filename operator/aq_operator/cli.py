@@ -41,9 +41,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
     import kopf
 
     from .config import Config
-    from .leader import LeaderElection, LeadershipLost
+    from .endpoints import parse_listen
+    from .leader import LeaderElection, LeadershipLost, LeaseTiming
     from .runner import Operator, default_login
 
+    if args.listen:
+        parse_listen(args.listen)  # a bad address is one line before anything starts
+    timing = LeaseTiming.scaled(args.lease_duration)
     config = Config.from_env()
     if args.worker_image:
         config = replace(config, worker_image=args.worker_image)
@@ -64,6 +68,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
             args.lease_namespace or _own_namespace(),
             args.lease_name,
             os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
+            timing,
         )
     try:
         asyncio.run(
@@ -127,6 +132,14 @@ def main(argv: Sequence[str]) -> int:
         "--lease-namespace",
         metavar="NS",
         help="namespace of the Lease (default: $POD_NAMESPACE, else the service account's)",
+    )
+    p.add_argument(
+        "--lease-duration",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long a silent leader keeps the others waiting (default %(default)g; the"
+        " leader renews every 2/15 of it and steps down after 2/3 of it without renewing)",
     )
     p.add_argument(
         "--listen",

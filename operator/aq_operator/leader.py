@@ -53,6 +53,13 @@ class LeaseTiming:
                 "lease timing needs 0 < retry period < renew deadline < lease duration"
             )
 
+    @classmethod
+    def scaled(cls, duration: float) -> LeaseTiming:
+        """client-go's proportions (15 s, 10 s, 2 s) for another lease duration."""
+        if duration < 1:
+            raise ConfigError("the lease duration must be at least 1 second")
+        return cls(duration, duration * 2 / 3, duration * 2 / 15)
+
 
 class LeaderElection:
     """Candidate for, and holder of, one Lease."""
@@ -71,13 +78,20 @@ class LeaderElection:
         self.identity = identity
         self.timing = timing or LeaseTiming()
         self.is_leader = False
+        self._renewed = 0.0  # monotonic time of the last successful take or renewal
         self._observed: tuple[str, float] | None = None  # (the Lease's spec, when first seen)
+
+    def leading(self) -> bool:
+        """True while this replica holds the Lease and renewed it within the renew deadline:
+        asked before every change, so a replica that was paused past it changes nothing even
+        before `hold` has noticed."""
+        return self.is_leader and time.monotonic() - self._renewed < self.timing.renew_deadline
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Try until this replica holds the Lease (True) or `stop` is set (False)."""
         announced = False
         while not stop.is_set():
-            if await self._try():
+            if await self.try_acquire():
                 log.info("leader election: %s holds Lease %s", self.identity, self._where)
                 return True
             if not announced:
@@ -88,14 +102,12 @@ class LeaderElection:
 
     async def hold(self, stop: asyncio.Event) -> None:
         """Renew until `stop` is set; raise `LeadershipLost` when the Lease is lost."""
-        renewed = time.monotonic()
         while not await _wait(stop, self.timing.retry_period):
-            if await self._try():
-                renewed = time.monotonic()
+            if await self.try_acquire():
                 continue
             if not self.is_leader:
                 raise LeadershipLost(f"Lease {self._where} is held by another replica now")
-            if time.monotonic() - renewed > self.timing.renew_deadline:
+            if time.monotonic() - self._renewed > self.timing.renew_deadline:
                 self.is_leader = False
                 raise LeadershipLost(
                     f"could not renew Lease {self._where} for {self.timing.renew_deadline:g}s"
@@ -117,30 +129,37 @@ class LeaderElection:
         except KubeError as exc:  # it expires on its own
             log.warning("leader election: could not release Lease %s: %s", self._where, exc)
 
-    async def _try(self) -> bool:
+    async def try_acquire(self) -> bool:
         """One attempt to take or renew the Lease; True when this replica holds it after."""
         try:
             lease = await self.kube.get_lease(self.namespace, self.name)
-            if lease is None:
+            written = (
                 await self.kube.create_lease(self.namespace, self._new_lease())
-                self.is_leader = True
-                return True
-            spec = lease.get("spec") or {}
-            holder = spec.get("holderIdentity") or None
-            if holder != self.identity:
-                self.is_leader = False
-                if holder is not None and not self._expired(spec):
-                    return False
-            spec = self._take(spec, renewing=holder == self.identity)
-            written = await self.kube.replace_lease(self.namespace, {**lease, "spec": spec})
+                if lease is None
+                else await self._take_over(lease)
+            )
+            if written is None:
+                return False
         except Conflict:  # another replica wrote first: read again next time
             return False
         except KubeError as exc:
             log.warning("leader election: Lease %s: %s", self._where, exc)
             return False
-        self._observed = (_fingerprint(written.get("spec") or spec), time.monotonic())
+        self._observed = (_fingerprint(written.get("spec") or {}), time.monotonic())
+        self._renewed = time.monotonic()
         self.is_leader = True
         return True
+
+    async def _take_over(self, lease: Body) -> Body | None:
+        """Write this replica into an existing Lease; None when another holds it still."""
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity") or None
+        if holder != self.identity:
+            self.is_leader = False
+            if holder is not None and not self._expired(spec):
+                return None
+        spec = self._take(spec, renewing=holder == self.identity)
+        return await self.kube.replace_lease(self.namespace, {**lease, "spec": spec})
 
     def _expired(self, spec: dict[str, Any]) -> bool:
         seen = _fingerprint(spec)

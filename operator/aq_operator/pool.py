@@ -22,7 +22,7 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -69,6 +69,10 @@ FAILED_CREATE = "create-failed"
 worker, so the entity backs off exactly as when a pod fails (no API storm either)."""
 
 
+class NotLeading(Exception):
+    """This replica may have lost the leader Lease: it must change nothing."""
+
+
 class Blocked(Exception):
     """The pool cannot work now; the problem goes into its conditions."""
 
@@ -88,10 +92,18 @@ class RedisTarget:
 class KubePool:
     """Runs one EntityWorkerPool with pods. `body` is kopf's live view of the resource."""
 
-    def __init__(self, body: Mapping[str, Any], kube: Kube, config: Config) -> None:
+    def __init__(
+        self,
+        body: Mapping[str, Any],
+        kube: Kube,
+        config: Config,
+        leading: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.body = body
         self.kube = kube
         self.config = config
+        self.leading = leading
+        """Asked before every change (see leader.py): False stops the pass."""
         meta = body["metadata"]
         self.name: str = meta["name"]
         self.namespace: str = meta.get("namespace") or "default"
@@ -151,6 +163,9 @@ class KubePool:
             problem = Problem("RedisUnreachable", str(exc))
         except Blocked as blocked:
             problem = blocked.problem
+        except NotLeading:
+            log.warning("pool %s/%s: not the leader (any more): no changes", *self._key)
+            return retry
         except KubeError as exc:  # the API itself: nothing to write the status with either
             log.warning("pool %s/%s: Kubernetes API: %s", self.namespace, self.name, exc)
             metrics.RECONCILE_ERRORS.labels(*self._key).inc()
@@ -165,6 +180,7 @@ class KubePool:
         return retry
 
     async def _pass(self, spec: PoolSpec, generation: int | None) -> float:
+        self._check_leading()
         now = time.time()
         target = await self._redis_target(spec)
         client = await self._connect(spec, target.url)
@@ -250,6 +266,7 @@ class KubePool:
                 "pool %s/%s: closing %s (%s)", self.namespace, self.name, action.name, action.reason
             )
             assert self._client is not None
+            self._check_leading()
             await Presence(self._client).close_worker(action.name)
             since = time.time()
             with contextlib.suppress(KeyError):  # gone meanwhile: nothing left to close
@@ -298,6 +315,7 @@ class KubePool:
             created_at=time.time(),
         )
         try:
+            self._check_leading()
             await self.kube.create_pod(self.namespace, body)
         except KubeError as exc:
             entity = action.entity_id if isinstance(action, StartWorker) else None
@@ -450,7 +468,12 @@ class KubePool:
     def _key(self) -> tuple[str, str]:
         return self.namespace, self.name
 
+    def _check_leading(self) -> None:
+        if not self.leading():
+            raise NotLeading
+
     async def _delete_pod(self, name: str) -> None:
+        self._check_leading()
         if await self.kube.delete_pod(self.namespace, name):
             metrics.PODS_DELETED.labels(*self._key).inc()
 

@@ -62,6 +62,8 @@ class Operator:
         self.pools: dict[tuple[str, str], KubePool] = {}
         self.connection: kopf.ConnectionInfo | None = None
         self.health = Health()
+        self.leading: Callable[[], bool] = lambda: True
+        """False when this replica may have lost the leader Lease: pools change nothing."""
         self.kube = Kube(lambda: self.connection)
         self._login = login
         self._register()
@@ -103,7 +105,7 @@ class Operator:
             backoff=5.0,
         )
         async def pool_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any) -> None:
-            pool = KubePool(body, self.kube, self.config)
+            pool = KubePool(body, self.kube, self.config, lambda: self.leading())
             key = (pool.namespace, pool.name)
             self.pools[key] = pool
             stop = asyncio.Event()
@@ -157,6 +159,7 @@ class Operator:
                 self.health.set("standby")
                 if not await leader.acquire(stop):
                     return
+            self.leading = leader.leading
             holding = asyncio.create_task(leader.hold(stop))
             kopf_stop = asyncio.Event()
             holding.add_done_callback(lambda _: kopf_stop.set())
