@@ -6,7 +6,9 @@ fields themselves.
 
 Names and labels are safe for any entity id: an id appears only hashed in them, raw in an
 annotation and in the container's environment (`AQ_ENTITY_ID`, which the command line takes as
-`$(AQ_ENTITY_ID)`: Kubernetes expands it once, so `$(...)` inside an id stays literal).
+`$(AQ_ENTITY_ID)`). The kubelet expands `$(VAR)` in env values as well as in the command, and
+`$$` to `$`, so every `$` of the id is doubled in the value; the command's expansion happens
+once, so what the worker gets is the id as it was.
 
 The pool's `podTemplate` is a PodTemplateSpec (`metadata`, `spec`) of which only the keys below
 are honoured (`ignored_template_keys` names the others, so the operator can warn):
@@ -139,7 +141,8 @@ def _env(spec: PoolSpec, redis: SecretKeyRef | str, entity_id: str | None) -> li
         {"name": "AQ_SHUTDOWN_GRACE", "value": str(t.shutdown_grace_seconds)},
     ]
     if entity_id is not None:
-        env.append({"name": "AQ_ENTITY_ID", "value": entity_id})
+        # The kubelet expands $(VAR) in an env value too (and `$$` to `$`): escape every `$`.
+        env.append({"name": "AQ_ENTITY_ID", "value": entity_id.replace("$", "$$")})
     return env
 
 

@@ -102,7 +102,12 @@ def test_names_and_labels_are_safe_for_any_entity_id(entity_id: str, pool: str) 
     assert entity_id not in meta["labels"].values()
     assert meta["labels"][LABEL_ENTITY] == entity_hash(entity_id)[:40]
     assert meta["annotations"][ANNOTATION_ENTITY] == entity_id
-    assert env_of(pod)["AQ_ENTITY_ID"] == {"name": "AQ_ENTITY_ID", "value": entity_id}
+    # `$` doubled: the kubelet expands $(VAR) and `$$` in env values (the control-plane tier
+    # runs the kubelet's expansion on it and checks the worker gets the id as it was)
+    assert env_of(pod)["AQ_ENTITY_ID"] == {
+        "name": "AQ_ENTITY_ID",
+        "value": entity_id.replace("$", "$$"),
+    }
 
 
 def test_entity_id_never_in_a_label_value() -> None:
