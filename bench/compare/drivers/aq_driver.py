@@ -1,0 +1,105 @@
+"""AtomicQueues: `Client.enqueue` from the producer, jobs spread round-robin over `entities`
+entities (`e0`, `e1`, ...), each of concurrency `concurrency` (1: in order).
+
+Two ways to run the workers, both with the benchmark's process count and concurrency:
+- `packed` (the default): `aq worker --slots C` processes, as `bench/runtime.py` runs them. A
+  packed worker holds at most one lease per entity, so one entity runs at most one job per
+  process.
+- `bound`: C entity-bound `Worker`s of entity `e0` per process (this module's `work()`), each
+  its own lease holder: how one entity of concurrency N runs N jobs at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from dataclasses import replace
+
+from pydantic import BaseModel
+
+from atomicqueues.client import Client
+from atomicqueues.config import Settings
+from atomicqueues.context import JobContext
+from atomicqueues.registry import Registry
+from atomicqueues.worker import Worker
+from compare.driver import Driver, console_script
+from compare.marks import ENV_CONCURRENCY, ENV_OPTIONS, ENV_REDIS_URL, mark
+
+ENTITY_TYPE = "bench"
+PREFIX = "aqcompare"
+IDLE_TIMEOUT = 3600.0
+"""Workers never leave for idleness during a run: the benchmark stops them."""
+
+registry = Registry()
+
+
+class Sent(BaseModel):
+    sent: float
+
+
+@registry.command("noop")
+async def noop(ctx: JobContext, payload: Sent) -> None:
+    mark(payload.sent)
+
+
+class AtomicQueues(Driver):
+    name = "aq"
+    packages = ("atomicqueues", "redis", "hiredis", "pydantic")
+
+    @property
+    def entities(self) -> int:
+        return int(self.options.get("entities", 1000))
+
+    async def open(self) -> None:
+        self.client = await Client.connect(Settings(redis_url=self.url, prefix=PREFIX))
+        self.sent = 0
+        concurrency = int(self.options.get("concurrency", 1))
+        if concurrency > 1:
+            for i in range(self.entities):
+                await self.client.set_concurrency(ENTITY_TYPE, f"e{i}", concurrency)
+
+    async def enqueue(self, sent: float) -> None:
+        entity = f"e{self.sent % self.entities}"
+        self.sent += 1
+        await self.client.enqueue(ENTITY_TYPE, entity, "noop", {"sent": sent})
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def worker_commands(self, processes: int, concurrency: int) -> list[list[str]]:
+        if self.options.get("mode", "packed") == "bound":
+            return [[sys.executable, "-m", "compare.drivers.aq_driver"]] * processes
+        argv = [console_script("aq"), "--redis-url", self.url, "--prefix", PREFIX, "worker"]
+        argv += ["--handlers", "compare.drivers.aq_driver:registry", "--entity-type", ENTITY_TYPE]
+        argv += ["--slots", str(concurrency), "--idle-timeout", str(IDLE_TIMEOUT)]
+        return [argv] * processes
+
+
+async def work() -> None:
+    """One process of `bound` mode: C entity-bound Workers of entity e0 until SIGTERM."""
+    concurrency = int(os.environ[ENV_CONCURRENCY])
+    entity = json.loads(os.environ.get(ENV_OPTIONS, "{}")).get("entity", "e0")
+    settings = Settings(redis_url=os.environ[ENV_REDIS_URL], prefix=PREFIX)
+    settings = replace(settings, idle_timeout=IDLE_TIMEOUT)
+    clients = [await Client.connect(settings) for _ in range(concurrency)]
+    workers = [
+        Worker(c, registry, ENTITY_TYPE, entity_id=entity, name=f"bench-{os.getpid()}-{i}")
+        for i, c in enumerate(clients)
+    ]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: [w.close("benchmark done") for w in workers])
+    try:
+        await asyncio.gather(*(w.run() for w in workers))
+    finally:
+        for c in clients:
+            await c.close()
+
+
+DRIVER = AtomicQueues
+
+if __name__ == "__main__":
+    asyncio.run(work())

@@ -1,0 +1,343 @@
+"""The benchmark report: AtomicQueues against RQ, arq, Celery, Dramatiq, taskiq, Huey and BullMQ,
+and against Redis itself, on one machine, one local Redis, one run.
+
+Why this exists: people choose a job system on evidence, and we need to know where we are slow.
+This command builds the competitors' virtualenvs (cached, outside the repository), starts one
+private redis-server, runs every system `--repeat` times (throughput, Redis cost per job,
+enqueue-to-start latency), the round-trip limits of Redis, the cost of per-entity order, and
+the local scaling benchmark (`bench/scaling.py`), and writes docs/benchmarks.md (markdown
+tables), docs/benchmarks.png (chart) and docs/benchmarks.json (every figure). See
+bench/README.md, "Comparison report".
+
+    python bench/report.py [--jobs N] [--repeat R] [--only KEY,...] [--quick]
+    python bench/report.py --render-only     # docs/benchmarks.md and .png from the .json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+import runtime
+import scaling
+from compare import measure, render, venvs
+from compare.systems import CHART_REQUIREMENTS, SYSTEMS, System
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
+RESULTS = DOCS / "benchmarks.json"
+REPORT = DOCS / "benchmarks.md"
+CHART = DOCS / "benchmarks.png"
+CHART_SCRIPT = Path(__file__).resolve().parent / "compare" / "chart.py"
+LIMIT_CLIENTS = 32
+"""Connections of redis-benchmark: as many as the workers' slots (2 processes × 16)."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--jobs", type=int, default=20_000, help="jobs per run (default 20000)")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
+    parser.add_argument(
+        "--only", help="comma-separated system keys (default all): " + ",".join(SYSTEMS_KEYS)
+    )
+    parser.add_argument(
+        "--scaling-entities",
+        type=int,
+        default=100,
+        help="entities of the scaling benchmark (default 100; 0 skips it)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="1000 jobs, 1 repetition, 10 scaling entities"
+    )
+    parser.add_argument("--out", type=Path, default=DOCS, help="where the report goes (docs/)")
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite the .md and .png from the .json"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.jobs, args.repeat, args.scaling_entities = 1000, 1, 10
+    if args.jobs < 10 or args.repeat < 1 or args.scaling_entities < 0:
+        parser.error("--jobs must be at least 10, --repeat at least 1")
+    return args
+
+
+SYSTEMS_KEYS = [s.key for s in SYSTEMS]
+
+
+def selected(only: str | None) -> list[System]:
+    if not only:
+        return list(SYSTEMS)
+    keys = [k.strip() for k in only.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in SYSTEMS_KEYS]
+    if unknown:
+        raise SystemExit(f"report.py: unknown system {', '.join(unknown)}")
+    return [s for s in SYSTEMS if s.key in keys]
+
+
+# --- the machine -------------------------------------------------------------------------------
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def memory() -> str:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return f"{int(line.split()[1]) / 1024 / 1024:.0f} GiB"
+    except OSError:
+        pass
+    return "?"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def machine(server: runtime.RedisServer) -> dict[str, Any]:
+    with redis.Redis(port=server.port, decode_responses=True) as r:
+        info = r.info("server")
+    return {
+        "os": f"{platform.system()} {platform.release()}",
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "memory": memory(),
+        "redis": f"redis-server {info['redis_version']} (private, loopback, no persistence)",
+        "python": platform.python_version(),
+        "load_start": os.getloadavg()[0],
+    }
+
+
+# --- the run -----------------------------------------------------------------------------------
+class Report:
+    def __init__(self, server: runtime.RedisServer, args: argparse.Namespace) -> None:
+        self.server = server
+        self.args = args
+        self.systems = selected(args.only)
+        self.sizes = measure.Sizes(args.jobs, args.repeat, args.jobs, args.scaling_entities)
+        self.figures: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+        self.limits: dict[str, list[float]] = defaultdict(list)
+        self.failures: list[str] = []
+        self.console = Console(stderr=True)
+
+    def steps(self) -> int:
+        reps = self.sizes.repeat * (1 + len(self.systems))
+        return 1 + reps + (1 if self.sizes.scaling_entities else 0)
+
+    async def pythons(self) -> dict[str, str]:
+        """Each system's interpreter: the project's for AtomicQueues, else its virtualenv's."""
+        needed = {s.driver: s.requirements for s in self.systems if s.requirements}
+        built = await asyncio.gather(
+            *(venvs.ensure(name, reqs) for name, reqs in needed.items()),
+            venvs.ensure("chart", CHART_REQUIREMENTS),
+        )
+        pythons = dict(zip(needed, map(str, built), strict=False))
+        pythons["chart"] = str(built[-1])
+        return pythons
+
+    async def run(self) -> dict[str, Any]:
+        started = datetime.now(UTC)
+        meta = machine(self.server)
+        columns = (
+            SpinnerColumn(),
+            TextColumn("{task.description:<46}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        )
+        work = self.server.dir / "report"
+        work.mkdir(exist_ok=True)
+        bench = runtime.Bench(
+            self.server, runtime.Sizes(self.sizes.limit_ops, 1, 1, 1, self.sizes.repeat)
+        )
+        await bench.learn_connection_settings()
+        m = measure.Measure(self.server.url, self.sizes, work)
+        with Progress(*columns, console=self.console) as progress:
+            overall = progress.add_task("virtualenvs (cached after the first run)", total=None)
+            jobs = progress.add_task("", total=None, visible=False)
+            pythons = await self.pythons()
+            progress.update(overall, total=self.steps(), completed=1)
+            try:
+                for rep in range(self.sizes.repeat):
+                    progress.update(overall, description=f"[{rep + 1}] Redis round-trip limits")
+                    await m.reset()
+                    for key, value in (await measure.client_loops(bench)).items():
+                        self.limits[key].append(value)
+                    server = await measure.redis_benchmark(
+                        self.server.port, self.sizes.limit_ops * 5, LIMIT_CLIENTS
+                    )
+                    for key, value in server.items():
+                        self.limits[key].append(value)
+                    progress.advance(overall)
+                    for system in self.systems:
+                        await self.one(m, system, pythons, rep, progress, overall, jobs)
+                if self.sizes.scaling_entities:
+                    progress.update(overall, description="scaling: bench/scaling.py (local)")
+                    meta["scaling"] = await self.scaling()
+                    progress.advance(overall)
+            finally:
+                await m.close()
+                await bench.control.aclose()
+        meta["load_end"] = os.getloadavg()[0]
+        return {
+            "command": command_line(),
+            "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+            "commit": git_commit(),
+            "machine": meta,
+            "jobs": self.sizes.jobs,
+            "repeat": self.sizes.repeat,
+            "versions": m.versions,
+            "systems": [render.system_dict(s) for s in self.systems],
+            "figures": {k: dict(v) for k, v in self.figures.items()},
+            "limits": dict(self.limits),
+            "failures": self.failures,
+        }
+
+    async def one(
+        self,
+        m: measure.Measure,
+        system: System,
+        pythons: dict[str, str],
+        rep: int,
+        progress: Progress,
+        overall: TaskID,
+        jobs: TaskID,
+    ) -> None:
+        progress.update(overall, description=f"[{rep + 1}] {system.label}")
+        progress.update(jobs, description="  jobs started", completed=0, visible=True)
+
+        def seen(done: int, total: int) -> None:
+            progress.update(jobs, completed=done, total=total)
+
+        python = pythons.get(system.driver, sys.executable)
+        began = time.perf_counter()
+        try:
+            figures = await m.system(system, python, rep, seen)
+        except measure.BenchError as exc:
+            self.failures.append(f"repetition {rep + 1}: {exc}")
+            progress.console.print(f"[red]{system.key} failed:[/red] {exc}")
+        else:
+            for key, value in figures.items():
+                self.figures[system.key][key].append(value)
+            figures["seconds"] = time.perf_counter() - began
+            progress.console.print(
+                f"{system.key:>9} rep {rep + 1}: {figures['rate']:,.0f} jobs/s, "
+                f"{figures['commands_per_job']:.1f} commands/job, "
+                f"{figures['cpu_us_per_job']:.0f} µs Redis CPU/job"
+                + (
+                    f", latency p50 {figures['latency_p50'] * 1000:.1f} ms"
+                    if "latency_p50" in figures
+                    else ""
+                )
+            )
+        progress.update(jobs, visible=False)
+        progress.advance(overall)
+
+    async def scaling(self) -> dict[str, Any]:
+        """bench/scaling.py's measurement, reused: cold and warm starts of the local pool."""
+        await self.server_flush()
+        options = scaling.Options(self.sizes.scaling_entities, 0.5, 20)
+        run, figures = await scaling.bench(self.server, options)
+        samples = run.samples
+        return {
+            "entities": len(samples),
+            "cold": scaling.spans(samples, "enqueue", "start"),
+            "reaction": scaling.spans(samples, "enqueue", "action"),
+            "warm": scaling.spans(samples, "warm_enqueue", "warm_start"),
+            "import": figures["baseline.import"],
+        }
+
+    async def server_flush(self) -> None:
+        with redis.Redis(port=self.server.port) as r:
+            r.flushall()
+
+
+def command_line() -> str:
+    script = Path(sys.argv[0])
+    with contextlib.suppress(ValueError):
+        script = script.resolve().relative_to(REPO)
+    return shlex.join(["python", str(script), *sys.argv[1:]])
+
+
+# --- output ------------------------------------------------------------------------------------
+def write(results: dict[str, Any], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RESULTS.name).write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    draw(out)
+
+
+def draw(out: Path) -> None:
+    results = json.loads((out / RESULTS.name).read_text())
+    report = out / REPORT.name
+    old = report.read_text() if report.exists() else ""
+    report.write_text(render.report(results, findings=render.findings_of(old)))
+    python = asyncio.run(venvs.ensure("chart", CHART_REQUIREMENTS))
+    subprocess.run(
+        [str(python), str(CHART_SCRIPT), str(out / RESULTS.name), str(out / CHART.name)],
+        check=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render_only:
+        draw(args.out)
+        print(f"wrote {args.out / REPORT.name} and {args.out / CHART.name}")
+        return 0
+    holder: dict[str, Any] = {}
+
+    def measure_all(server: runtime.RedisServer) -> None:
+        holder["results"] = asyncio.run(Report(server, args).run())
+
+    code = runtime.run_on_private_redis("report.py", measure_all)
+    if code != 0 or "results" not in holder:
+        return code or 1
+    write(holder["results"], args.out)
+    failures = holder["results"]["failures"]
+    for failure in failures:
+        print(f"report.py: {failure}", file=sys.stderr)
+    print(f"wrote {args.out / REPORT.name}, {args.out / CHART.name} and {args.out / RESULTS.name}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
