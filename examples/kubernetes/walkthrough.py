@@ -37,14 +37,21 @@ async def run(accounts: int, jobs: int, timeout: float) -> str | None:
         while True:
             seen = {n: [int(x) for x in await redis.lrange(seen_key(n), 0, -1)] for n in names}
             done = sum(len(s) for s in seen.values())
-            if done >= accounts * jobs or time.monotonic() > deadline:
+            if done >= accounts * jobs:
                 break
+            if time.monotonic() > deadline:
+                return f"{done}/{accounts * jobs} jobs done after {timeout:g}s (are workers up?)"
             print(f"  {done}/{accounts * jobs} jobs done", flush=True)
             await asyncio.sleep(2)
-        overlaps = await redis.lrange(OVERLAPS_KEY, 0, -1)
+        overlaps = [str(x) for x in await redis.lrange(OVERLAPS_KEY, 0, -1)]
+    return verdict(seen, overlaps, jobs)
+
+
+def verdict(seen: dict[str, list[int]], overlaps: list[str], jobs: int) -> str | None:
+    """None when each account ran 0..jobs-1 once, in order, without overlaps; else why not."""
     for name, order in seen.items():
         if order != list(range(jobs)):
-            return f"{name} ran {order}, expected 0..{jobs - 1} in order (timeout {timeout:g}s?)"
+            return f"{name} ran {order}, expected 0..{jobs - 1} once each, in order"
     if overlaps:
         return f"jobs of one account overlapped: {overlaps[:5]}"
     return None

@@ -69,9 +69,10 @@ def render(
     release: str = "aq",
     namespace: str = "aq-system",
     sets: Sequence[str] = (),
+    extra_args: Sequence[str] = (),
 ) -> list[Manifest]:
     """Every manifest `helm template` renders, in order."""
-    args = ["template", release, str(CHART), "--namespace", namespace]
+    args = ["template", release, str(CHART), "--namespace", namespace, *extra_args]
     for item in sets:
         args += ["--set", item]
     text = helm_run(helm, *args, values=values)
