@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def test_no_credentials_is_one_line(tmp_path: Path) -> None:
     env = {
@@ -31,6 +33,30 @@ def test_no_credentials_is_one_line(tmp_path: Path) -> None:
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
         assert "Kubernetes credentials" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--listen", "8080"], "--listen '8080': expected HOST:PORT"),
+        (["--listen", "127.0.0.1:99999"], "expected HOST:PORT"),
+        (["--lease-duration", "0.5"], "lease duration must be at least 1 second"),
+    ],
+    ids=["port-only", "port-too-big", "lease-too-short"],
+)
+def test_bad_flags_are_one_line(flags: list[str], expected: str, tmp_path: Path) -> None:
+    # Refused before any login: no credentials are needed to find out.
+    result = subprocess.run(
+        [sys.executable, "-m", "atomicqueues.cli", "operator", *flags],
+        env={**os.environ, "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
 
 
 def test_the_runtime_never_imports_the_operators_dependencies() -> None:
