@@ -37,6 +37,7 @@ NON_DEFAULT: dict[str, Any] = {
         "image": {"repository": "registry.example/aq/operator", "tag": "1.2.3"},
         "imagePullSecrets": ["pull-secret"],
         "leaseName": "queues-leader",
+        "leaseDurationSeconds": 7.5,
         "port": 9090,
         "defaultRedisUrl": "redis://redis.data:6379/0",
         "resources": {"requests": {"cpu": "100m", "memory": "200Mi"}, "limits": {"cpu": 1}},
@@ -204,6 +205,8 @@ def test_default_command_line_and_environment(helm: Path) -> None:
         "--leader-elect",
         "--lease-name",
         f"{RELEASE}-atomicqueues-operator",
+        "--lease-duration",
+        "15",
         "--listen",
         "0.0.0.0:8080",
     ]
@@ -231,6 +234,7 @@ def test_non_default_command_line_and_environment(helm: Path) -> None:
     args = container["args"]
     assert _namespaces_flag(args) == []  # cluster-wide: no --namespace at all
     assert args[args.index("--lease-name") + 1] == "queues-leader"
+    assert args[args.index("--lease-duration") + 1] == "7.5"
     assert args[-2:] == ["--worker-image", "example/handlers:1"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["AQ_WORKER_IMAGE"] == "example/handlers:7"

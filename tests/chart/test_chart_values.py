@@ -136,6 +136,7 @@ TYPOS = [
         {"operator": {"image": {"pullPolicy": "Sometimes"}}}, "must be one of", id="bad-enum"
     ),
     pytest.param({"operator": {"port": 70000}}, "maximum", id="port-out-of-range"),
+    pytest.param({"operator": {"leaseDurationSeconds": 0.5}}, "minimum", id="short-lease"),
     pytest.param(
         {"operator": {"resources": {"requests": {"cpus": "1"}}}}, "'cpus' not allowed", id="cpus"
     ),
