@@ -80,7 +80,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.jobs, args.repeat, args.scaling_entities = 1000, 1, 10
+        args.jobs, args.repeat = 1000, 1
+        args.scaling_entities = min(args.scaling_entities, 10)
     if args.jobs < 10 or args.repeat < 1 or args.scaling_entities < 0:
         parser.error("--jobs must be at least 10, --repeat at least 1")
     return args
@@ -258,6 +259,7 @@ class Report:
         else:
             for key, value in figures.items():
                 self.figures[system.key][key].append(value)
+            self.figures[system.key]["rep"].append(rep)
             figures["seconds"] = time.perf_counter() - began
             progress.console.print(
                 f"{system.key:>9} rep {rep + 1}: {figures['rate']:,.0f} jobs/s, "

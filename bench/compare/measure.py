@@ -157,7 +157,7 @@ class Measure:
 
     async def system(self, system: System, python: str, rep: int, progress: Progress) -> Figures:
         """One repetition of one system; its figures by name."""
-        n = self.sizes.jobs
+        n = system.jobs(self.sizes.jobs)
         await self.reset()
         marks = self.work_dir / f"{system.key}-{rep}.marks"
         marks.unlink(missing_ok=True)
@@ -183,6 +183,8 @@ class Measure:
                 figures["commands_per_job"] = cost.commands_per_job
                 figures["scripts_per_job"] = cost.scripts_per_job
                 figures["cpu_us_per_job"] = cost.cpu_us_per_job
+                figures["script_us_per_job"] = cost.script_us_per_job
+                figures["jobs"] = n
                 for name, per_job in cost.top(40):
                     figures[f"cmd.{name}"] = per_job
                 if system.latency:

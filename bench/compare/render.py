@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from compare.stats import Spread, percentile, ratios, round_trip_limit
+from compare.stats import Spread, by_rep, percentile, ratios, round_trip_limit
 from compare.systems import CONCURRENCY, PROCESSES, System
 
 FINDINGS = "## Findings"
@@ -93,6 +93,19 @@ class Renderer:
     def fig(self, key: str, name: str) -> list[float]:
         return list(self.figures.get(key, {}).get(name, []))
 
+    def reps(self, key: str, name: str) -> dict[int, float]:
+        """A figure of a system by repetition (`rep` lists the repetitions that succeeded)."""
+        figures = self.figures.get(key, {})
+        values = list(figures.get(name, []))
+        reps = [int(r) for r in figures.get("rep", range(len(values)))]
+        return by_rep(values, reps[: len(values)]) if values else {}
+
+    def vs(self, a: str, b: str, name: str, fmt: Callable[[float], str]) -> str:
+        """Figure `name` of system a ÷ that of system b, per repetition, as a spread."""
+        if a == b:
+            return ""
+        return spread(ratios(self.reps(a, name), self.reps(b, name)), fmt)
+
     def versions_of(self, key: str) -> str:
         v = self.r.get("versions", {}).get(key, {})
         return ", ".join(f"{k} {ver}" for k, ver in v.items() if k != "python")
@@ -129,21 +142,24 @@ class Renderer:
             "dependency of the project) and how their workers ran:",
             "",
         ]
-        rows = [[self.labels[s.key], self.versions_of(s.key) or "–", s.runs] for s in self.systems]
-        lines.append(table(["system", "versions", "workers"], rows, right=3))
+        jobs = self.r["jobs"]
+        rows = [
+            [self.labels[s.key], self.versions_of(s.key) or "–", s.runs, f"{s.jobs(jobs):,}"]
+            for s in self.systems
+        ]
+        lines.append(table(["system", "versions", "workers", "jobs per run"], rows, right=3))
         if self.r.get("failures"):
             lines += ["", "**Runs that failed** (left out of the figures):", ""]
             lines += [f"- {f}" for f in self.r["failures"]]
         return "\n".join(lines)
 
     def throughput(self) -> str:
-        main = self.fig(MAIN, "rate")
         rows = []
         for s in self.systems:
             if s.key in (UNORDERED, "aq-10"):
                 continue
             rate = self.fig(s.key, "rate")
-            vs = spread(ratios(main, rate), fmt_times) if s.key != MAIN and main and rate else ""
+            vs = self.vs(MAIN, s.key, "rate", fmt_times)
             order = "yes, per entity" if s.ordered else "**none**"
             rows.append(
                 [
@@ -176,13 +192,12 @@ class Renderer:
         )
 
     def atomicity(self) -> str:
-        base = self.fig(UNORDERED, "rate")
         rows = []
         for key in ("aq-1", "aq-10", MAIN, UNORDERED):
             rate = self.fig(key, "rate")
             if not rate:
                 continue
-            vs = spread(ratios(rate, base), fmt_pct) if base else "–"
+            vs = self.vs(key, UNORDERED, "rate", fmt_pct) or "= 100%"
             rows.append([self.labels.get(key, key), spread(rate, fmt_rate), vs])
         return "\n".join(
             [
@@ -197,13 +212,12 @@ class Renderer:
         )
 
     def cost(self) -> str:
-        main_cpu = self.fig(MAIN, "cpu_us_per_job")
         rows = []
         for s in self.systems:
             if s.key in (UNORDERED, "aq-10"):
                 continue
             cpu = self.fig(s.key, "cpu_us_per_job")
-            vs = spread(ratios(main_cpu, cpu), fmt_times) if s.key != MAIN and cpu else ""
+            vs = self.vs(MAIN, s.key, "cpu_us_per_job", fmt_times)
             rows.append(
                 [
                     self.labels[s.key],
@@ -211,6 +225,7 @@ class Renderer:
                     spread(self.fig(s.key, "scripts_per_job"), fmt_num),
                     spread(cpu, fmt_num),
                     vs,
+                    spread(self.fig(s.key, "script_us_per_job"), fmt_num),
                     self.top_commands(s.key),
                 ]
             )
@@ -220,6 +235,7 @@ class Renderer:
             "of them Lua calls",
             "Redis CPU µs/job",
             "ours ÷ this",
+            "in Lua scripts µs/job",
             "most frequent commands per job",
         ]
         return "\n".join(
@@ -230,7 +246,8 @@ class Renderer:
                 "enqueue and after the drain of section 1: everything Redis did for the jobs, "
                 "polling by idle workers included. Redis counts the commands a Lua script runs as "
                 "commands too, so a script call and the commands inside it are all in "
-                '"commands/job".',
+                '"commands/job". "In Lua scripts" is the time `INFO commandstats` gives the '
+                "script calls (the commands they ran included), part of the CPU time.",
                 "",
                 table(head, rows, right=1),
             ]
@@ -248,102 +265,74 @@ class Renderer:
 
     def limits(self) -> str:
         lim: Mapping[str, Sequence[float]] = self.r.get("limits", {})
-        rate = self.fig(MAIN, "rate")
-        trips = self.our_trips()
-        rows = [
-            [
-                "no-op `EVALSHA` (`return 1`), one redis-py asyncio client, one call at a time",
-                spread(lim.get("evalsha_ops"), fmt_rate),
-            ],
-            [
-                "  the same, one round trip (p50)",
-                spread(lim.get("evalsha_rtt"), fmt_ms),
-            ],
-            [
-                "`LPUSH` + `BLMOVE` pairs, the same client, one call at a time",
-                spread(lim.get("lpush_blmove_ops"), fmt_rate),
-            ],
+        loops = [
+            ("evalsha_ops", "no-op `EVALSHA` (`return 1`), one redis-py asyncio client, serial"),
+            ("lpush_blmove_ops", "`LPUSH` + `BLMOVE` pairs, the same client, serial"),
+            ("server_evalsha_ops", "no-op `EVALSHA`, `redis-benchmark`, 32 connections"),
+            ("server_lpush_ops", "`LPUSH`, `redis-benchmark`, 32 connections"),
         ]
-        if lim.get("server_evalsha_ops"):
-            rows += [
-                [
-                    "no-op `EVALSHA`, `redis-benchmark`, 32 connections (the server's ceiling)",
-                    spread(lim.get("server_evalsha_ops"), fmt_rate),
-                ],
-                [
-                    "`LPUSH`, `redis-benchmark`, 32 connections",
-                    spread(lim.get("server_lpush_ops"), fmt_rate),
-                ],
-            ]
+        rows = [[label, spread(lim.get(key), fmt_rate)] for key, label in loops if lim.get(key)]
+        if lim.get("evalsha_rtt"):
+            rows.insert(1, ["  one such round trip, p50", spread(lim["evalsha_rtt"], fmt_ms)])
         lines = [
             "## 4. The physical limit",
             "",
-            "Round trips per second on the same server, measured in each repetition:",
+            "Round trips per second on the same server, measured at the start of each "
+            "repetition. The one-client loops are what one client of this library can do one "
+            "call at a time; `redis-benchmark` (C, pipelining off) shows the server's ceiling.",
             "",
             table(["loop", "round trips/s"], rows, right=1),
         ]
-        if rate and trips and lim.get("evalsha_ops"):
-            one = [
-                r / round_trip_limit(ops, t)
-                for r, ops, t in zip(rate, lim["evalsha_ops"], trips, strict=False)
+        rate = self.reps(MAIN, "rate")
+        trips = self.our_trips()
+        if not (rate and trips and lim.get("evalsha_ops")):
+            return "\n".join(lines)
+        label = self.labels.get(MAIN, MAIN)
+        rows2 = [
+            [
+                f"{label}: round trips per job (`EVALSHA` + `BLPOP` calls ÷ jobs: enqueue, "
+                "claims, finishes, releases, waits)",
+                spread(list(trips.values()), fmt_num),
             ]
-            rows2 = [
-                [
-                    f"{self.labels.get(MAIN, MAIN)}: round trips per job "
-                    "(enqueue + worker: `EVALSHA` + `BLPOP` calls ÷ jobs)",
-                    spread(trips, fmt_num),
-                ],
-                [
-                    "  limit: one-client `EVALSHA` round trips/s ÷ round trips per job",
-                    spread(
-                        [
-                            round_trip_limit(o, t)
-                            for o, t in zip(lim["evalsha_ops"], trips, strict=False)
-                        ],
-                        fmt_rate,
-                    ),
-                ],
-                ["  our jobs/s (section 1) as a fraction of that limit", spread(one, fmt_pct)],
-            ]
-            if lim.get("server_evalsha_ops"):
-                server = [
-                    r / round_trip_limit(ops, t)
-                    for r, ops, t in zip(rate, lim["server_evalsha_ops"], trips, strict=False)
-                ]
-                rows2.append(
-                    [
-                        "  our jobs/s as a fraction of the server's ceiling ÷ round trips per job",
-                        spread(server, fmt_pct),
-                    ]
-                )
-            lines += [
-                "",
-                "Our jobs/s against it. The producer and the workers are separate processes and "
-                f"the workers are {PROCESSES}, so more than 100% of the one-client limit is "
-                "possible; the server's ceiling is not.",
-                "",
-                table(["", ""], rows2, right=1),
-            ]
+        ]
+        for key, what in (
+            ("evalsha_ops", "one-client `EVALSHA` round trips/s"),
+            ("server_evalsha_ops", "the server's `EVALSHA` ceiling"),
+        ):
+            if not lim.get(key):
+                continue
+            ops = by_rep(lim[key])
+            limit = {r: round_trip_limit(ops[r], t) for r, t in trips.items() if r in ops}
+            rows2.append(
+                [f"  limit: {what} ÷ round trips per job", spread(list(limit.values()), fmt_rate)]
+            )
+            rows2.append(
+                ["  our jobs/s (section 1) ÷ that limit", spread(ratios(rate, limit), fmt_pct)]
+            )
+        lines += [
+            "",
+            f"Our jobs/s against them. The producer and the {PROCESSES} worker processes run at "
+            "the same time, so more than 100% of the one-client limit is possible; the "
+            "server's ceiling is not.",
+            "",
+            table(["", ""], rows2, right=1),
+        ]
         return "\n".join(lines)
 
-    def our_trips(self) -> list[float]:
-        figures = self.figures.get(MAIN, {})
-        evalsha = figures.get("cmd.evalsha", [])
-        blpop = figures.get("cmd.blpop", [])
-        if not evalsha:
-            return []
-        if len(blpop) != len(evalsha):
-            blpop = [0.0] * len(evalsha)
-        return [e + b for e, b in zip(evalsha, blpop, strict=True)]
+    def our_trips(self) -> dict[int, float]:
+        """Client round trips per job of the main run: every EVALSHA and BLPOP is a request of
+        its own (no project script calls another; heartbeat pipelines are a rounding error)."""
+        evalsha = self.reps(MAIN, "cmd.evalsha")
+        blpop = self.reps(MAIN, "cmd.blpop")
+        return {r: e + blpop.get(r, 0.0) for r, e in evalsha.items()}
 
     def latency(self) -> str:
-        main = self.fig(MAIN, "latency_p50")
         rows = []
         for s in self.systems:
             p50 = self.fig(s.key, "latency_p50")
             if not p50:
                 continue
-            vs = spread(ratios(p50, main), fmt_times) if s.key != MAIN and main else ""
+            vs = self.vs(s.key, MAIN, "latency_p50", fmt_times)
             rows.append(
                 [
                     self.labels[s.key],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 BENCH_COMMANDS = frozenset(
     {"info", "flushall", "script|flush", "script|load", "config|resetstat", "ping", "hello"}
@@ -51,11 +51,19 @@ class Spread:
         return (self.high - self.low) / 2 / self.median if self.median else 0.0
 
 
-def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
-    """Per repetition: numerator ÷ denominator of the same repetition (never across)."""
-    if len(numerators) != len(denominators):
-        raise ValueError("ratios need one value of each per repetition")
-    return [a / b for a, b in zip(numerators, denominators, strict=True) if b]
+def ratios(numerators: Mapping[int, float], denominators: Mapping[int, float]) -> list[float]:
+    """Per repetition: numerator ÷ denominator of the same repetition, never across (a
+    repetition that one of them lacks, or where the denominator is 0, gives none)."""
+    return [a / denominators[rep] for rep, a in numerators.items() if denominators.get(rep)]
+
+
+def by_rep(values: Sequence[float], reps: Sequence[int] | None = None) -> dict[int, float]:
+    """Values keyed by their repetition (`reps`, or 0, 1, 2, ... when every one succeeded)."""
+    if reps is None:
+        reps = range(len(values))
+    if len(reps) != len(values):
+        raise ValueError("one repetition number per value")
+    return dict(zip(reps, values, strict=True))
 
 
 def throughput(starts: Sequence[float]) -> float:
@@ -79,7 +87,9 @@ class ServerSnapshot:
     cpu: float
 
     @classmethod
-    def from_info(cls, commandstats: Mapping[str, Mapping[str, float]], cpu: Mapping[str, float]):
+    def from_info(
+        cls, commandstats: Mapping[str, Mapping[str, float]], cpu: Mapping[str, float]
+    ) -> ServerSnapshot:
         calls = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in commandstats.items()}
         usec = {k.removeprefix("cmdstat_"): int(v["usec"]) for k, v in commandstats.items()}
         if "used_cpu_sys_main_thread" in cpu:
@@ -99,17 +109,21 @@ class RedisCost:
     calls: Mapping[str, int]
     cpu: float
     """Seconds of CPU of Redis's main thread."""
+    usec: Mapping[str, int] = field(default_factory=dict)
+    """Microseconds Redis spent in each command (a script call's include its commands)."""
 
     @classmethod
     def between(cls, before: ServerSnapshot, after: ServerSnapshot, jobs: int) -> RedisCost:
         if jobs < 1:
             raise ValueError("jobs must be at least 1")
         calls: dict[str, int] = {}
+        usec: dict[str, int] = {}
         for name, n in after.calls.items():
             delta = n - before.calls.get(name, 0)
             if delta > 0 and name not in BENCH_COMMANDS:
                 calls[name] = delta
-        return cls(jobs, calls, max(0.0, after.cpu - before.cpu))
+                usec[name] = max(0, after.usec.get(name, 0) - before.usec.get(name, 0))
+        return cls(jobs, calls, max(0.0, after.cpu - before.cpu), usec)
 
     @property
     def commands_per_job(self) -> float:
@@ -123,6 +137,11 @@ class RedisCost:
     @property
     def cpu_us_per_job(self) -> float:
         return self.cpu * 1e6 / self.jobs
+
+    @property
+    def script_us_per_job(self) -> float:
+        """Microseconds of Lua script calls per job, the commands they ran included."""
+        return sum(self.usec.get(name, 0) for name in SCRIPT_CALLS) / self.jobs
 
     def top(self, n: int = 5) -> list[tuple[str, float]]:
         """The most frequent commands, per job."""

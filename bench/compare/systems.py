@@ -34,7 +34,16 @@ class System:
     competitor: bool = True
     latency: bool = True
     """Also measure enqueue-to-start latency (the atomicity-only runs skip it)."""
+    max_jobs: int | None = None
+    """Fewer jobs than the run's for a system too slow for them in the time a run has."""
 
+    def jobs(self, jobs: int) -> int:
+        return min(jobs, self.max_jobs) if self.max_jobs else jobs
+
+
+RQ_JOBS = 4000
+"""RQ forks a process for every job (its default worker): about 50 jobs/s here, so 20,000 jobs
+would take some 7 minutes per repetition; its per-job figures are steady long before that."""
 
 AQ_PACKED = f"{PROCESSES} × `aq worker --slots {CONCURRENCY}`"
 
@@ -82,6 +91,7 @@ SYSTEMS: tuple[System, ...] = (
         "rq",
         ("rq==2.12.0",),
         runs=f"{PROCESSES} × `rq worker` (forks a work horse per job; 1 job at a time)",
+        max_jobs=RQ_JOBS,
     ),
     System(
         "arq",
