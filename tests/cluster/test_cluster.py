@@ -16,6 +16,7 @@ from redis.asyncio.cluster import RedisCluster
 from atomicqueues import Client, JobContext, Registry, Settings, Worker
 from atomicqueues.keys import BUCKETS, bucket_of
 from atomicqueues.leases import Leases, Started, sweep
+from atomicqueues.presence import Presence, WorkerInfo
 
 pytestmark = pytest.mark.cluster
 
@@ -112,5 +113,27 @@ async def test_packed_worker_drains_entities_in_order_on_cluster(cluster_url: st
         await runner
         assert dict(seen) == {e: [0, 1, 2, 3, 4] for e in ENTITIES}
         assert await client.entities_with_work("user") == {}
+    finally:
+        await client.close()
+
+
+async def test_worker_records_of_every_slot_are_read_together(cluster_url: str) -> None:
+    # Worker records are not hash-tagged: their keys spread over the masters, and one pipeline
+    # (split by node) reads them all.
+    client = await connect(cluster_url)
+    try:
+        presence = Presence(client)
+        names = sorted(f"w-{i}" for i in range(12))
+        assert len({client.redis.get_node_from_key(client.keys.worker(n)).name for n in names}) > 1
+        for n in names:
+            info = WorkerInfo(n, "user", f"e-{n}", 1, "node-a", 1, 0.0, [])
+            await presence.beat(info, ttl=30)
+        assert sorted(w.name for w in await presence.all_workers()) == names
+        assert sorted(w.name for w in await presence.node_workers("node-a")) == names
+        [only] = await presence.entity_workers("user", "e-w-3")
+        assert only.name == "w-3"
+        await presence.leave(WorkerInfo("w-0", "user", "e-w-0", 1, "node-a", 1, 0.0, []))
+        left = sorted(w.name for w in await presence.all_workers())
+        assert left == [n for n in names if n != "w-0"]
     finally:
         await client.close()

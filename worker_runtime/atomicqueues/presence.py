@@ -154,8 +154,14 @@ class Presence:
         return bool(await self.client.call(lambda: self.redis.exists(self.keys.worker(name))))
 
     async def _live(self, names: set[str]) -> list[WorkerInfo]:
-        found = [await self.worker(n) for n in sorted(names)]
-        return [w for w in found if w is not None]
+        """The records of `names` that still exist, read in one pipeline."""
+        if not names:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for name in sorted(names):
+            pipe.hgetall(self.keys.worker(name))
+        found: list[dict[str, str]] = await self.client.call(pipe.execute)
+        return [WorkerInfo.from_fields(fields) for fields in found if fields]
 
     async def entity_workers(self, entity_type: str, entity_id: str) -> list[WorkerInfo]:
         key = self.keys.entity_workers(entity_type, entity_id)
