@@ -13,15 +13,15 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kubelet import Kubelet
 
-from controlplane import REPO_ROOT, BinariesMissing, ControlPlane, build
+from controlplane import REPO_ROOT, BinariesMissing, ControlPlane, Diagnostics, Helm, build
+from runtime.workers import wait_until
 
-Diagnostics = list[Callable[[], str]]
 _skipped: list[str] = []
 
 
@@ -125,4 +125,21 @@ def crd(control_plane: ControlPlane) -> str:
     control_plane.kubectl(
         "wait", "--for", "condition=Established", "--timeout", "60s", f"crd/{name}"
     )
+    # Established comes a moment before the resource's storage serves lists (429 until then)
+    wait_until(
+        lambda: control_plane.kubectl("get", "ewp", "-A", check=False).returncode == 0,
+        30,
+        "EntityWorkerPools to be served",
+        every=0.1,
+    )
     return name
+
+
+@pytest.fixture(scope="session")
+def helm(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    try:
+        binary = build("helm")["helm"]
+    except BinariesMissing as exc:
+        skip_or_fail(str(exc))
+        raise
+    return Helm(binary, control_plane, tmp_path_factory.mktemp("helm"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -34,6 +35,10 @@ GO_MISSING = 3
 """build-controlplane.sh's exit code when Go is missing and nothing is cached."""
 ADMIN = "aq-test-admin"
 CORE = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+
+
+Diagnostics = list[Callable[[], str]]
+"""Reports a test's fixtures leave, printed when the test fails."""
 
 
 class BinariesMissing(RuntimeError):
@@ -287,3 +292,26 @@ class ControlPlane:
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))
+
+
+class Helm:
+    """helm against the control plane, with its home dirs in a temp dir."""
+
+    def __init__(self, binary: Path, control_plane: ControlPlane, home: Path) -> None:
+        self.binary = binary
+        self.cp = control_plane
+        self.env = {
+            **os.environ,
+            "HELM_CACHE_HOME": str(home / "cache"),
+            "HELM_CONFIG_HOME": str(home / "config"),
+            "HELM_DATA_HOME": str(home / "data"),
+        }
+
+    def __call__(self, *args: str, timeout: float = 120) -> str:
+        argv = [str(self.binary), "--kubeconfig", str(self.cp.kubeconfig), *args]
+        done = subprocess.run(
+            argv, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} exited {done.returncode}:\n{done.stderr}")
+        return done.stdout

@@ -99,6 +99,10 @@ class Run:
     exit_code: int | None = None
     killed_at: float | None = None
     """When a test SIGKILLed the process (`Kubelet.kill`)."""
+    stopped_by_deletion: bool = False
+    """The pod was deleted while its process ran (SIGTERM, then SIGKILL after the grace)."""
+    owners: list[dict[str, Any]] = field(default_factory=list)
+    """The pod's ownerReferences."""
     deleting: asyncio.Event = field(default_factory=asyncio.Event)
     grace: float = 30.0
     process: asyncio.subprocess.Process | None = None
@@ -249,6 +253,7 @@ class Kubelet:
                 return  # not ours to start
             annotations = meta.get("annotations") or {}
             run = self.runs[name] = Run(name, annotations.get(ENTITY_ANNOTATION))
+            run.owners = list(meta.get("ownerReferences") or [])
             run.task = asyncio.create_task(self._guarded(run, pod))
         elif deleted or meta.get("deletionTimestamp"):
             run.grace = float(meta.get("deletionGracePeriodSeconds") or 0)
@@ -309,6 +314,7 @@ class Kubelet:
         deleting = asyncio.create_task(run.deleting.wait())
         await asyncio.wait([exited, deleting], return_when=asyncio.FIRST_COMPLETED)
         if not exited.done():
+            run.stopped_by_deletion = True
             self._note(f"{name}: deleted: SIGTERM, grace {run.grace:g}s")
             run.process.terminate()
             try:

@@ -1,0 +1,311 @@
+"""The operator end to end on a real API server, with exactly the permissions the chart grants.
+
+Why: the mock API of tier 3 enforces no RBAC, binds no pods, has no graceful deletion and no
+garbage collector. Here the chart is installed with `helm install`; the operator runs as a local
+process with the chart's own command line (its Deployment's args, `--listen` on a free loopback
+port) and a token of the chart's ServiceAccount, so a call the chart does not allow fails. The
+kubelet stand-in (kubelet.py) runs the pods as `aq worker` processes, whose `record` handler
+(tests/runtime/handlers.py) writes every run to Redis: the tests check order and overlap from
+those records, as the fault tests do.
+
+Timings are short through the pool's spec (idle timeout 1 s, heartbeat TTL 1 s), so a test takes
+seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from kubelet import Kubelet, field_value
+
+from atomicqueues import Settings, SyncClient
+from controlplane import REPO_ROOT, ControlPlane, Diagnostics, Helm
+from redis_servers import free_port
+from runtime.workers import check_history, load_runs, records, wait_until
+
+pytestmark = pytest.mark.controlplane
+
+CHART = REPO_ROOT / "helm" / "atomicqueues"
+RELEASE = "aq"
+POOL = "accounts"
+TYPE = "acct"
+POOL_LABEL = "atomicqueues.io/pool"
+TIMING = {
+    "idleTimeoutSeconds": 1,
+    "heartbeatTTLSeconds": 1,
+    "heartbeatIntervalSeconds": 0.25,
+    "shutdownGraceSeconds": 2,
+    "resyncIntervalSeconds": 1,
+    "restartBackoffSeconds": 0.2,
+    "maxRestartBackoffSeconds": 1,
+}
+
+
+@dataclass
+class Operator:
+    """`aq operator` as a local process."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+    url: str
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.log.read_text(errors="replace").splitlines()[-lines:]
+        return f"---- operator (pid {self.proc.pid}, exit {self.proc.poll()})\n" + "\n".join(text)
+
+    def metric(self, name: str) -> float | None:
+        try:
+            with urllib.request.urlopen(f"{self.url}/metrics", timeout=2) as reply:
+                text = reply.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+
+def chart_objects(helm: Helm, namespace: str) -> dict[str, dict[str, Any]]:
+    """The release's objects by kind (the first of each kind)."""
+    manifest = helm("get", "manifest", RELEASE, "-n", namespace)
+    found: dict[str, dict[str, Any]] = {}
+    for doc in yaml.safe_load_all(manifest):
+        if doc:
+            found.setdefault(doc["kind"], doc)
+    return found
+
+
+@pytest.fixture
+def operator(
+    control_plane: ControlPlane,
+    crd: str,
+    helm: Helm,
+    namespace: str,
+    tmp_path: Path,
+    diagnostics: Diagnostics,
+) -> Iterator[Operator]:
+    """The chart installed in `namespace` (its CRD is already there: crds/), and the operator
+    run as its Deployment would run it, under its ServiceAccount; once it is the leader."""
+    if not (CHART / "Chart.yaml").is_file():
+        pytest.fail(f"no chart at {CHART}: the operator's RBAC comes from it")
+    # crds.install=false: the CRD from crds/ is installed once for the session already.
+    # operator.replicas=0: nothing runs Deployments here; the operator runs below instead.
+    helm("install", RELEASE, str(CHART), "-n", namespace,
+         "--set", "crds.install=false", "--set", "operator.replicas=0")  # fmt: skip
+    objects = chart_objects(helm, namespace)
+    account = objects["ServiceAccount"]["metadata"]["name"]
+    kubeconfig = control_plane.service_account_kubeconfig(
+        namespace, account, tmp_path / "operator.kubeconfig"
+    )
+    [container] = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    argv = [*container["command"], *container["args"]]
+    assert argv[0] == "aq", argv
+    port = free_port()
+    argv[argv.index("--listen") + 1] = f"127.0.0.1:{port}"
+    fake_pod = {"metadata": {"name": "operator-0", "namespace": namespace}, "spec": {}}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_")}
+    for entry in container.get("env") or []:
+        ref = (entry.get("valueFrom") or {}).get("fieldRef")
+        env[entry["name"]] = field_value(fake_pod, ref["fieldPath"]) if ref else entry["value"]
+    env["KUBECONFIG"] = str(kubeconfig)
+    log = tmp_path / "operator.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "aq"), *argv[1:]],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    running = Operator(proc, log, f"http://127.0.0.1:{port}")
+    diagnostics.append(running.tail)
+    try:
+
+        def leader() -> bool:
+            assert proc.poll() is None, f"the operator exited:\n{running.tail()}"
+            return running.metric("aq_operator_leader") == 1
+
+        wait_until(leader, 30, "the operator to hold its Lease", every=0.1)
+        yield running
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    forbidden = [line for line in running.tail(10_000).splitlines() if "forbidden" in line]
+    assert not forbidden, "the operator was refused calls (RBAC):\n" + "\n".join(forbidden[:10])
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[SyncClient]:
+    c = SyncClient(Settings(redis_url=redis_url))
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def apply_pool(cp: ControlPlane, namespace: str, redis_url: str, **timing: float) -> dict[str, Any]:
+    """The Redis URL in a Secret, and a pool of `record` workers that reads it; the pool as
+    stored."""
+    cp.kubectl("-n", namespace, "create", "secret", "generic", "redis",
+               f"--from-literal=url={redis_url}")  # fmt: skip
+    pool = {
+        "apiVersion": "atomicqueues.io/v1alpha1",
+        "kind": "EntityWorkerPool",
+        "metadata": {"name": POOL, "namespace": namespace},
+        "spec": {
+            "entityType": TYPE,
+            "handlers": "tests.runtime.handlers:registry",
+            "image": "atomicqueues-test-worker:never-pulled",
+            "redis": {"secretRef": {"name": "redis"}},
+            "timing": {**TIMING, **timing},
+        },
+    }
+    cp.apply(pool)
+    stored: dict[str, Any] = cp.get("-n", namespace, "ewp", POOL)
+    return stored
+
+
+def client_redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
+def pods(cp: ControlPlane, namespace: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = cp.get("-n", namespace, "pods", "-l", POOL_LABEL)["items"]
+    return found
+
+
+def ended(client: SyncClient, total: int) -> bool:
+    counts = client.counts(TYPE)
+    busy = sum(counts.get(s, 0) for s in ("waiting", "delayed", "active", "retrying"))
+    return counts.get("completed", 0) == total and busy == 0
+
+
+def test_jobs_run_in_order_per_entity_and_pods_go_when_idle(
+    control_plane: ControlPlane,
+    operator: Operator,
+    kubelet: Kubelet,
+    namespace: str,
+    redis_url: str,
+    client: SyncClient,
+) -> None:
+    pool = apply_pool(control_plane, namespace, redis_url)
+    entities = ["alice@example.com", "a:b{c} $(POD_NAME)", "zoë"]
+    for seq in range(4):
+        for entity in entities:
+            client.enqueue(TYPE, entity, "record", {"seq": seq, "sleep": 0.05})
+
+    wait_until(lambda: ended(client, 12), 60, "12 jobs to complete", every=0.1)
+    runs = load_runs(client_redis(redis_url))
+    check_history(runs, dict.fromkeys(entities, 4), kubelet.kill_times)
+    # every run was a pod's worker (`--name $(POD_NAME)`), and the pod was its entity's
+    by_pod = {run.pod: run for run in kubelet.runs.values()}
+    for run in runs:
+        assert by_pod[run.worker].entity_id == run.entity, (run, by_pod[run.worker])
+    assert {r.entity_id for r in by_pod.values()} == set(entities)
+
+    # the workers exit when idle (Succeeded), and the operator removes their pods
+    wait_until(lambda: not pods(control_plane, namespace), 30, "the pods to be removed")
+    assert all(r.exit_code == 0 for r in kubelet.runs.values()), kubelet.report()
+    owners = {(ref["kind"], ref["uid"]) for r in kubelet.runs.values() for ref in r.owners}
+    assert owners == {("EntityWorkerPool", pool["metadata"]["uid"])}
+    status = control_plane.get("-n", namespace, "ewp", POOL)["status"]
+    assert status.get("activeEntities") == 0, status
+    assert status.get("waitingJobs") == 0, status
+
+
+def test_deleting_the_pool_deletes_its_pods_never_its_jobs(
+    control_plane: ControlPlane,
+    operator: Operator,
+    kubelet: Kubelet,
+    namespace: str,
+    redis_url: str,
+    client: SyncClient,
+) -> None:
+    pool = apply_pool(control_plane, namespace, redis_url, idleTimeoutSeconds=30)
+    entities, jobs = ["e1", "e2"], 60  # a minute of work each: far more than the test waits
+    for seq in range(jobs):
+        for entity in entities:
+            client.enqueue(TYPE, entity, "record", {"seq": seq, "sleep": 1.0})
+    wait_until(lambda: len(kubelet.running()) == 2, 30, "a running worker per entity")
+    wait_until(lambda: client.counts(TYPE)["completed"] >= 2, 30, "some jobs to complete")
+    for found in pods(control_plane, namespace):
+        [owner] = found["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"]) == ("EntityWorkerPool", pool["metadata"]["uid"])
+        assert owner["controller"] is True
+        assert owner["blockOwnerDeletion"] is True
+
+    deleted = time.monotonic()
+    control_plane.kubectl("-n", namespace, "delete", "ewp", POOL, "--wait=false")
+    wait_until(
+        lambda: control_plane.kubectl("-n", namespace, "get", "ewp", POOL, check=False).returncode,
+        60,
+        "the pool to be deleted (its finalizer removed by the operator)",
+        every=0.1,
+    )
+    pool_gone_after = time.monotonic() - deleted
+    # the garbage collector deletes the pods (owner references); the kubelet stops them
+    wait_until(lambda: not pods(control_plane, namespace), 30, "the pods to be deleted")
+    assert kubelet.runs
+    assert all(r.stopped_by_deletion for r in kubelet.runs.values()), kubelet.report()
+    assert all(r.exit_code == 0 for r in kubelet.runs.values()), kubelet.report()
+
+    # every job is still there: completed, or waiting for the next pool of this entity type
+    counts = client.counts(TYPE)
+    assert counts["waiting"] > 0, counts
+    assert counts["completed"] + counts["waiting"] == 2 * jobs, counts
+    assert set(client.pending_entities(TYPE)) == set(entities)
+    # in order and one at a time up to the deletion: each entity completed a prefix of its jobs
+    runs = load_runs(client_redis(redis_url))
+    done = {e: len({r.seq for r in runs if r.entity == e and r.how == "end"}) for e in entities}
+    check_history(runs, done, kubelet.kill_times)
+    assert sum(done.values()) == counts["completed"], (done, counts)
+    if pool_gone_after > 10:
+        pytest.xfail(
+            f"known operator bug: the pool was gone only {pool_gone_after:.0f} s after its"
+            " deletion (kopf waits its daemon's 30 s cancellation timeout before it removes the"
+            " finalizer, see tests/controlplane/README.md)"
+        )
+
+
+def test_a_killed_workers_job_comes_back_and_finishes(
+    control_plane: ControlPlane,
+    operator: Operator,
+    kubelet: Kubelet,
+    namespace: str,
+    redis_url: str,
+    client: SyncClient,
+) -> None:
+    apply_pool(control_plane, namespace, redis_url)
+    victim = "victim"
+    client.enqueue(TYPE, victim, "record", {"seq": 0, "sleep": 0.05, "first_sleep": 60})
+    for seq in (1, 2):
+        client.enqueue(TYPE, victim, "record", {"seq": seq, "sleep": 0.05})
+    store = client_redis(redis_url)
+    first = wait_until(lambda: records(store), 30, "the first job to start")[0]
+    killed = kubelet.kill(first["worker"])
+
+    wait_until(lambda: ended(client, 3), 60, "the 3 jobs to complete")
+    runs = load_runs(store)
+    history = check_history(runs, {victim: 3}, kubelet.kill_times)[victim]
+    assert [(r.seq, r.attempt) for r in history] == [(0, 1), (0, 2), (1, 1), (2, 1)]
+    assert history[0].start <= killed < history[1].start
+    # the killed pod failed (exit 137); the operator replaced it with a new pod
+    assert kubelet.runs[first["worker"]].exit_code == 137
+    assert {r.pod for r in kubelet.runs.values()} >= {first["worker"], history[1].worker}
+    assert history[1].worker != first["worker"]
