@@ -128,7 +128,8 @@ class Renderer:
             f"{m.get('load_end', 0):.2f} at end).",
             f"- {m['redis']}; Python {m['python']}. One Redis for every system; emptied "
             "(FLUSHALL, SCRIPT FLUSH) before each run.",
-            f"- {self.r['jobs']:,} jobs per run; every figure is the **median of {reps} "
+            f"- {self.r['jobs']:,} jobs per run (fewer where the table below says so); every "
+            f"figure is the **median of {reps} "
             "repetitions (lowest–highest)**. Ratios are taken within each repetition, then the "
             "median of those: the machine is shared and noisy, absolute figures move, ratios "
             "much less.",
@@ -398,8 +399,8 @@ class Renderer:
                 "Kubernetes (operator): enqueue → pod created",
                 "see control-plane tier",
                 "",
-                "placeholder: reported by the control-plane tier (tests/controlplane, a real "
-                "kube-apiserver), not measured here",
+                "placeholder: reported by the control-plane tier (a real kube-apiserver; "
+                "`bench/podstart.py`, bench/README.md), not measured by this command",
             ],
             [
                 "KEDA, default `pollingInterval` 30 s (documented, not measured)",
