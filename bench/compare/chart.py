@@ -65,7 +65,7 @@ def main() -> None:
         [k for k in compared if results["figures"].get(k, {}).get("latency_p50")],
     )
     axes[1][0].set_xscale("log")
-    atomicity = [k for k in ("aq-1", "aq-10", "aq-1000", "aq-1xN") if k in keys]
+    atomicity = [k for k in ("aq-1", "aq-10", "aq-1000", "aq-new", "aq-1xN") if k in keys]
     bars(axes[1][1], results, "rate", "AtomicQueues: cost of per-entity order (jobs/s)", atomicity)
     fig.suptitle(
         f"AtomicQueues vs other Redis job queues: {results['jobs']:,} jobs, median of "

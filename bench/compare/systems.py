@@ -67,6 +67,15 @@ SYSTEMS: tuple[System, ...] = (
         competitor=False,
     ),
     System(
+        "aq-new",
+        "AtomicQueues, every job for a new entity",
+        "aq",
+        options={"entities": 10_000_000},
+        runs=AQ_PACKED + "; each job an entity switch (claim, run, release)",
+        ordered=True,
+        competitor=False,
+    ),
+    System(
         "aq-10",
         "AtomicQueues, 10 entities",
         "aq",
