@@ -16,7 +16,9 @@ from compare.stats import (
 )
 
 
-def snapshot(calls: dict[str, int], cpu: float, usec: dict[str, int] | None = None):
+def snapshot(
+    calls: dict[str, int], cpu: float, usec: dict[str, int] | None = None
+) -> ServerSnapshot:
     return ServerSnapshot(calls, usec or {}, cpu)
 
 

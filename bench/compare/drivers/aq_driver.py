@@ -89,9 +89,14 @@ async def work() -> None:
         Worker(c, registry, ENTITY_TYPE, entity_id=entity, name=f"bench-{os.getpid()}-{i}")
         for i, c in enumerate(clients)
     ]
+
+    def close_all() -> None:
+        for worker in workers:
+            worker.close("benchmark done")
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: [w.close("benchmark done") for w in workers])
+        loop.add_signal_handler(sig, close_all)
     try:
         await asyncio.gather(*(w.run() for w in workers))
     finally:
