@@ -118,6 +118,11 @@ class Api:
             and r.data.get("involvedObject", {}).get("name") == pool
         ]
 
+    async def delete_pool(self, name: str, ns: str = NAMESPACE) -> None:
+        await self._json(
+            "delete", f"/apis/atomicqueues.io/v1alpha1/namespaces/{ns}/entityworkerpools/{name}"
+        )
+
     async def delete_pod(self, name: str, ns: str = NAMESPACE) -> None:
         with contextlib.suppress(AssertionError):
             await self._json("delete", f"/api/v1/namespaces/{ns}/pods/{name}")

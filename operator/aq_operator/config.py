@@ -1,7 +1,7 @@
 """The operator's own settings: what every pool falls back on, and how often it retries.
 
 Read from the environment once (`Config.from_env`), overridden by `aq operator` flags; passed
-down explicitly. kopf's settings (namespaces, finalizer) are set in runner.py.
+down explicitly. kopf's own settings are set in runner.py.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from atomicqueues.aio import wait_any
 from atomicqueues.errors import AtomicQueuesError, ConfigError
 
 from .kube import Body, Conflict, Kube, KubeError
@@ -97,12 +98,12 @@ class LeaderElection:
             if not announced:
                 log.info("leader election: waiting for Lease %s", self._where)
                 announced = True
-            await _wait(stop, self.timing.retry_period * random.uniform(1.0, 1.2))
+            await wait_any([stop], self.timing.retry_period * random.uniform(1.0, 1.2))
         return False
 
     async def hold(self, stop: asyncio.Event) -> None:
         """Renew until `stop` is set; raise `LeadershipLost` when the Lease is lost."""
-        while not await _wait(stop, self.timing.retry_period):
+        while not await wait_any([stop], self.timing.retry_period):
             if await self.try_acquire():
                 continue
             if not self.is_leader:
@@ -202,13 +203,3 @@ def _fingerprint(spec: dict[str, Any]) -> str:
 def _now() -> str:
     """A MicroTime, as the API wants it: RFC 3339, microseconds, UTC."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep `seconds` or until `stop` is set; True when it is set."""
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait([waiter], timeout=seconds)
-    finally:
-        waiter.cancel()
-    return stop.is_set()

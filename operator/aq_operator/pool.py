@@ -30,7 +30,7 @@ from typing import Any, cast
 import kopf
 from pydantic import ValidationError
 
-from atomicqueues.aio import cancel_and_wait
+from atomicqueues.aio import cancel_and_wait, wait_any
 from atomicqueues.client import Client, EntityIndex
 from atomicqueues.config import Settings
 from atomicqueues.connection import describe
@@ -106,6 +106,7 @@ class KubePool:
         """Asked before every change (see leader.py): False stops the pass."""
         meta = body["metadata"]
         self.name: str = meta["name"]
+        self.uid: str | None = meta.get("uid")
         self.namespace: str = meta.get("namespace") or "default"
         self.path = (
             f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{self.namespace}/{PLURAL}/{self.name}"
@@ -135,7 +136,7 @@ class KubePool:
             while not stop.is_set():
                 self.wake.clear()  # before the pass: a wake-up during it counts
                 timeout = await self.reconcile_once()
-                await _wait_any(self.wake, stop, timeout)
+                await wait_any((self.wake, stop), timeout)
         finally:
             await self._disconnect()
 
@@ -145,7 +146,7 @@ class KubePool:
         try:
             return await self._reconcile()
         finally:
-            metrics.RECONCILE_SECONDS.labels(*self._key).observe(time.perf_counter() - began)
+            metrics.RECONCILE_SECONDS.labels(*self.key).observe(time.perf_counter() - began)
 
     async def _reconcile(self) -> float:
         self.passes += 1
@@ -164,17 +165,17 @@ class KubePool:
         except Blocked as blocked:
             problem = blocked.problem
         except NotLeading:
-            log.warning("pool %s/%s: not the leader (any more): no changes", *self._key)
+            log.warning("pool %s/%s: not the leader (any more): no changes", *self.key)
             return retry
         except KubeError as exc:  # the API itself: nothing to write the status with either
             log.warning("pool %s/%s: Kubernetes API: %s", self.namespace, self.name, exc)
-            metrics.RECONCILE_ERRORS.labels(*self._key).inc()
+            metrics.RECONCILE_ERRORS.labels(*self.key).inc()
             return retry
         except Exception:  # a bug must not end the daemon (and lose the backoff): log, go on
             log.exception("pool %s/%s: reconcile failed", self.namespace, self.name)
-            metrics.RECONCILE_ERRORS.labels(*self._key).inc()
+            metrics.RECONCILE_ERRORS.labels(*self.key).inc()
             return retry
-        metrics.RECONCILE_ERRORS.labels(*self._key).inc()
+        metrics.RECONCILE_ERRORS.labels(*self.key).inc()
         log.warning("pool %s/%s: %s", self.namespace, self.name, problem.message)
         await self._write_status(Observation(generation, [problem]), urgent=True)
         return retry
@@ -229,7 +230,7 @@ class KubePool:
             (metrics.WORKERS_ACTUAL, len(live)),
             (metrics.WORKERS_READY, ready),
         ):
-            gauge.labels(*self._key).set(value)
+            gauge.labels(*self.key).set(value)
         seen = Observation(
             generation,
             _unique(problems),
@@ -257,7 +258,7 @@ class KubePool:
             created = await self._start(action, spec, target, problems, done)
             if created and isinstance(action, StartWorker) and action.slot == 0:
                 waited = time.time() - work_since.get(action.entity_id, time.time())
-                metrics.WORK_TO_POD_SECONDS.labels(*self._key).observe(max(0.0, waited))
+                metrics.WORK_TO_POD_SECONDS.labels(*self.key).observe(max(0.0, waited))
         elif isinstance(action, CloseWorker):
             pod = by_name.get(action.name)
             if pod is None or pods.closing_since(pod) is not None:
@@ -331,7 +332,7 @@ class KubePool:
             self.wake.set()  # the stand-in is forgotten at once and the entity backs off
             return False
         done["started"] += 1
-        metrics.PODS_CREATED.labels(*self._key).inc()
+        metrics.PODS_CREATED.labels(*self.key).inc()
         return True
 
     async def _annotate_closing(self, name: str, since: float) -> None:
@@ -465,7 +466,7 @@ class KubePool:
         return f"{self.namespace}/{self.name}"
 
     @property
-    def _key(self) -> tuple[str, str]:
+    def key(self) -> tuple[str, str]:
         return self.namespace, self.name
 
     def _check_leading(self) -> None:
@@ -475,7 +476,7 @@ class KubePool:
     async def _delete_pod(self, name: str) -> None:
         self._check_leading()
         if await self.kube.delete_pod(self.namespace, name):
-            metrics.PODS_DELETED.labels(*self._key).inc()
+            metrics.PODS_DELETED.labels(*self.key).inc()
 
     def _limiter_for(self, spec: PoolSpec) -> StartLimiter:
         rate = spec.workers.max_starts_per_second
@@ -609,12 +610,3 @@ def _event_target(body: Mapping[str, Any]) -> dict[str, Any]:
         "kind": body.get("kind", "EntityWorkerPool"),
         "metadata": {k: meta[k] for k in ("name", "namespace", "uid") if k in meta},
     }
-
-
-async def _wait_any(wake: asyncio.Event, stop: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()

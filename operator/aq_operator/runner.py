@@ -1,20 +1,20 @@
-"""The kopf operator: one daemon per EntityWorkerPool, and the handlers that wake it.
+"""The kopf operator: one reconcile loop per EntityWorkerPool, and the handlers that wake it.
 
 An `Operator` owns its own kopf registry (nothing is registered at import time, so tests run
 several side by side) and the one API client its pools share. kopf does the watching and the
-Kubernetes Events; each pool's `KubePool` does the reconciling, one pass at a time, in the
-daemon kopf keeps for it while the pool exists. With several replicas, a Lease elects the one
-that runs kopf (leader.py); the others wait as standbys. The HTTP port (endpoints.py) serves
-the probes and the metrics, standby or not.
+Kubernetes Events; each pool's `KubePool` does the reconciling, one pass at a time, in a task
+the operator starts when the pool's first watch event arrives and stops when it is deleted.
+With several replicas, a Lease elects the one that runs kopf (leader.py); the others wait as
+standbys. The HTTP port (endpoints.py) serves the probes and the metrics, standby or not.
 
 Wake-ups: a change of one of a pool's pods (a kopf watch on pods with the pool label) and a new
 generation of the pool's spec set the pool's wake event; the pool's own Redis subscription does
 the same for "entity has work"; the resync interval catches anything missed.
 
-kopf's daemons need a finalizer on each pool (so a daemon stops before its pool goes); while
-no operator runs, deleting a pool waits for one. Namespace and CRD scanning are off: the
-operator watches the namespaces it is given (exact names) or the whole cluster, with no
-permission to list namespaces or CRDs.
+Only watch-event handlers (no kopf daemons or change handlers): kopf puts no finalizer on a
+pool and writes no annotations, so deleting a pool never waits for an operator, and its pods go
+by garbage collection. Namespace and CRD scanning are off: the operator watches the namespaces
+it is given (exact names) or the whole cluster, with no permission to list namespaces or CRDs.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 import kopf
 
+from atomicqueues.aio import cancel_and_wait, wait_any
 from atomicqueues.pools.spec import API_GROUP, API_VERSION
 
 from . import metrics, pods
@@ -41,7 +42,9 @@ from .pool import KubePool
 
 log = logging.getLogger(__name__)
 
-FINALIZER = "atomicqueues.io/operator"
+STOP_TIMEOUT = 30.0
+"""How long a pool's current pass may take to end when the pool stops being served."""
+RESTART_DELAY = 5.0
 LoginFn = Callable[..., kopf.ConnectionInfo | None]
 
 
@@ -60,6 +63,7 @@ class Operator:
         self.config = config or Config.from_env()
         self.registry = kopf.OperatorRegistry()
         self.pools: dict[tuple[str, str], KubePool] = {}
+        self._serving: dict[tuple[str, str], tuple[asyncio.Event, asyncio.Task[None]]] = {}
         self.connection: kopf.ConnectionInfo | None = None
         self.health = Health()
         self.leading: Callable[[], bool] = lambda: True
@@ -71,10 +75,26 @@ class Operator:
     def settings(self) -> kopf.OperatorSettings:
         settings = kopf.OperatorSettings()
         settings.scanning.disabled = True
-        settings.persistence.finalizer = FINALIZER
         settings.posting.level = logging.INFO
         settings.watching.reconnect_backoff = 1.0
         return settings
+
+    def _serve(self, key: tuple[str, str], pool: KubePool) -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(_serve(pool, stop), name=f"pool {key[0]}/{key[1]}")
+        self.pools[key] = pool
+        self._serving[key] = (stop, task)
+
+    async def _stop_serving(self, key: tuple[str, str]) -> None:
+        """Stop serving a pool: its current pass ends first (30 s at most)."""
+        self.pools.pop(key, None)
+        serving = self._serving.pop(key, None)
+        if serving is not None:
+            stop, task = serving
+            stop.set()
+            await asyncio.wait([task], timeout=STOP_TIMEOUT)
+            await cancel_and_wait([task])
+        metrics.forget_pool(*key)
 
     def poke(self, namespace: str | None, pool: str | None) -> None:
         found = self.pools.get((namespace or "default", pool or ""))
@@ -93,35 +113,24 @@ class Operator:
 
         @kopf.on.cleanup(registry=registry)
         async def cleanup(**_: Any) -> None:
+            await asyncio.gather(*(self._stop_serving(key) for key in list(self._serving)))
             await self.kube.close()
 
-        @kopf.daemon(
-            API_GROUP,
-            API_VERSION,
-            PLURAL,
-            registry=registry,
-            id="pool",
-            cancellation_timeout=30.0,
-            backoff=5.0,
-        )
-        async def pool_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any) -> None:
-            pool = KubePool(body, self.kube, self.config, lambda: self.leading())
-            key = (pool.namespace, pool.name)
-            self.pools[key] = pool
-            stop = asyncio.Event()
-            watcher = asyncio.create_task(_set_when_stopped(stopped, stop))
-            try:
-                await pool.run(stop)
-            finally:
-                watcher.cancel()
-                if self.pools.get(key) is pool:
-                    del self.pools[key]
-                    metrics.forget_pool(*key)
-
         @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
-        def pool_changed(body: kopf.Body, **_: Any) -> None:
-            pool = self.pools.get((body.metadata.namespace or "default", body.metadata.name or ""))
-            if pool is not None and pool.generation_seen != body.metadata.get("generation"):
+        async def pool_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+            key = (body.metadata.namespace or "default", body.metadata.name or "")
+            if type == "DELETED":
+                await self._stop_serving(key)
+                return
+            pool = self.pools.get(key)
+            if pool is not None and pool.uid != body.metadata.uid:  # deleted and made anew
+                await self._stop_serving(key)
+                pool = None
+            if pool is None:
+                self._serve(key, KubePool(body, self.kube, self.config, lambda: self.leading()))
+                return
+            pool.body = body
+            if pool.generation_seen != body.metadata.get("generation"):
                 pool.wake.set()
 
         @kopf.on.event(
@@ -131,7 +140,7 @@ class Operator:
             registry=registry,
             labels={pods.LABEL_MANAGED_BY: pods.MANAGED_BY, pods.LABEL_POOL: kopf.PRESENT},
         )
-        def pod_changed(body: kopf.Body, **_: Any) -> None:
+        async def pod_changed(body: kopf.Body, **_: Any) -> None:
             self.poke(body.metadata.namespace, body.metadata.labels.get(pods.LABEL_POOL))
 
     async def run(
@@ -220,6 +229,11 @@ def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-async def _set_when_stopped(stopped: kopf.DaemonStopped, stop: asyncio.Event) -> None:
-    await stopped.wait()
-    stop.set()
+async def _serve(pool: KubePool, stop: asyncio.Event) -> None:
+    """Run a pool until `stop`; should its loop itself fail, log and start it again."""
+    while not stop.is_set():
+        try:
+            await pool.run(stop)
+        except Exception:
+            log.exception("pool %s/%s: its loop failed; again in %gs", *pool.key, RESTART_DELAY)
+            await wait_any([stop], RESTART_DELAY)

@@ -354,3 +354,22 @@ async def test_the_job_of_a_killed_worker_comes_back_without_a_live_worker(
 
 async def _other_pod(api: Api, old: str) -> bool:
     return any(p["metadata"]["name"] != old for p in await api.pods("accounts"))
+
+
+async def test_a_pool_gets_no_finalizer_and_deleting_it_ends_its_loop(
+    operator: RunningOperator, api: Api, redis_url: str
+) -> None:
+    # Nothing of the operator's must hold a pool back: without it running, deleting one would
+    # hang (a finalizer), and its pods go by garbage collection anyway.
+    await api.add_pool("plain", pool_spec(redis_url, timing=SLOW))
+    await ready(api, "plain")
+    meta = (await api.pool("plain"))["metadata"]
+    assert not meta.get("finalizers")
+    assert not [k for k in meta.get("annotations") or {} if "kopf" in k]
+    assert (NAMESPACE, "plain") in operator.op.pools
+    await api.delete_pool("plain")
+
+    async def gone() -> bool:
+        return (NAMESPACE, "plain") not in operator.op.pools
+
+    await eventually(gone, "the pool's loop to end")

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO
 
-from ..aio import cancel_and_wait
+from ..aio import cancel_and_wait, wait_any
 from ..client import Client
 from ..errors import RedisUnavailable
 from ..presence import Presence
@@ -113,20 +113,11 @@ class LocalPool:
                     await self.reconcile_once()
                 except RedisUnavailable as exc:
                     log.warning("pool %s: %s", self.pool.metadata.name, exc)
-                waiters = [
-                    asyncio.ensure_future(self.wake.wait()),
-                    asyncio.ensure_future(stop.wait()),
-                ]
-                await asyncio.wait(
-                    waiters,
-                    timeout=min(
-                        self.spec.timing.resync_interval_seconds,
-                        self.spec.timing.heartbeat_interval_seconds,
-                    ),
-                    return_when=asyncio.FIRST_COMPLETED,
+                timing = self.spec.timing
+                await wait_any(
+                    (self.wake, stop),
+                    min(timing.resync_interval_seconds, timing.heartbeat_interval_seconds),
                 )
-                for w in waiters:
-                    w.cancel()
         finally:
             await cancel_and_wait(helpers)
             await self.shutdown()
