@@ -56,7 +56,7 @@ def build(*targets: str) -> dict[str, Path]:
     if done.returncode == GO_MISSING:
         raise BinariesMissing(
             f"Go is not installed and the control-plane binaries ({' '.join(targets)}) are not "
-            f"cached: install Go >= 1.22 and run scripts/build-controlplane.sh {' '.join(targets)}"
+            f"cached: install Go >= 1.26 and run scripts/build-controlplane.sh {' '.join(targets)}"
         )
     if done.returncode != 0:
         raise RuntimeError(f"scripts/build-controlplane.sh {' '.join(targets)} failed")

@@ -109,6 +109,10 @@ def operator(
     kubeconfig = control_plane.service_account_kubeconfig(
         namespace, account, tmp_path / "operator.kubeconfig"
     )
+    # the token is the ServiceAccount's: what the chart does not grant is refused
+    can = control_plane.kubectl("auth", "can-i", "list", "secrets", "-n", namespace,
+                                kubeconfig=kubeconfig, check=False)  # fmt: skip
+    assert can.stdout.strip() == "no", can
     [container] = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
     argv = [*container["command"], *container["args"]]
     assert argv[0] == "aq", argv
@@ -146,6 +150,7 @@ def operator(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    assert proc.returncode == 0, f"the operator exited {proc.returncode} on SIGTERM"
     forbidden = [line for line in running.tail(10_000).splitlines() if "forbidden" in line]
     assert not forbidden, "the operator was refused calls (RBAC):\n" + "\n".join(forbidden[:10])
 
@@ -224,9 +229,12 @@ def test_jobs_run_in_order_per_entity_and_pods_go_when_idle(
     assert all(r.exit_code == 0 for r in kubelet.runs.values()), kubelet.report()
     owners = {(ref["kind"], ref["uid"]) for r in kubelet.runs.values() for ref in r.owners}
     assert owners == {("EntityWorkerPool", pool["metadata"]["uid"])}
-    status = control_plane.get("-n", namespace, "ewp", POOL)["status"]
-    assert status.get("activeEntities") == 0, status
-    assert status.get("waitingJobs") == 0, status
+
+    def idle_status() -> bool:
+        status = control_plane.get("-n", namespace, "ewp", POOL).get("status") or {}
+        return status.get("activeEntities") == 0 and status.get("waitingJobs") == 0
+
+    wait_until(idle_status, 10, "the pool's status to show no work", every=0.2)
 
 
 def test_deleting_the_pool_deletes_its_pods_never_its_jobs(
