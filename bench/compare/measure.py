@@ -41,6 +41,26 @@ Progress = Callable[[int, int], None]
 """Called with (jobs started, jobs expected) while a phase waits for its jobs."""
 
 
+def session_cpu(sessions: set[int]) -> float:
+    """CPU seconds (user + system) used so far by every process of these sessions, with the
+    children they have reaped: each system's worker command runs in a session of its own, so
+    this is all its worker processes (RQ's forked work horses and Dramatiq's or taskiq's
+    worker processes included)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            data = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = data[data.rindex(")") + 2 :].split()
+        if int(fields[3]) in sessions:  # field 6 of stat: the session id
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / tick
+
+
 class BenchError(RuntimeError):
     """A system could not be measured (its workers died, jobs did not start in time)."""
 
@@ -168,15 +188,20 @@ class Measure:
             before = await self.snapshot()
             enqueued = await driver.request("enqueue", timeout=DRAIN_TIMEOUT, count=n)
             figures["enqueue_rate"] = n / enqueued["seconds"]
-            await driver.request(
+            started = await driver.request(
                 "start",
                 processes=PROCESSES,
                 concurrency=CONCURRENCY,
                 logs=str(self.work_dir),
                 marks=str(marks),
             )
+            sessions = set(started["pids"])
             try:
+                # Worker CPU from the first job's start (start-up imports left out) to the last.
+                await self.wait_marks(reader, 1, driver, progress, DRAIN_TIMEOUT)
+                cpu_before, jobs_before = session_cpu(sessions), len(reader.marks)
                 await self.wait_marks(reader, n, driver, progress, DRAIN_TIMEOUT)
+                cpu_after = session_cpu(sessions)
                 cost = RedisCost.between(before, await self.snapshot(), n)
                 rate = throughput([start for _, start in reader.marks[:n]])
                 figures["rate"] = rate
@@ -185,6 +210,9 @@ class Measure:
                 figures["cpu_us_per_job"] = cost.cpu_us_per_job
                 figures["script_us_per_job"] = cost.script_us_per_job
                 figures["jobs"] = n
+                if n > jobs_before:
+                    worker_cpu = (cpu_after - cpu_before) / (n - jobs_before)
+                    figures["worker_cpu_us_per_job"] = worker_cpu * 1e6
                 for name, per_job in cost.top(40):
                     figures[f"cmd.{name}"] = per_job
                 if system.latency:

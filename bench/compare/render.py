@@ -228,6 +228,7 @@ class Renderer:
                     spread(cpu, fmt_num),
                     vs,
                     spread(self.fig(s.key, "script_us_per_job"), fmt_num),
+                    spread(self.fig(s.key, "worker_cpu_us_per_job"), fmt_num),
                     self.top_commands(s.key),
                 ]
             )
@@ -238,6 +239,7 @@ class Renderer:
             "Redis CPU µs/job",
             "ours ÷ this",
             "in Lua scripts µs/job",
+            "worker CPU µs/job",
             "most frequent commands per job",
         ]
         return "\n".join(
@@ -249,7 +251,10 @@ class Renderer:
                 "polling by idle workers included. Redis counts the commands a Lua script runs as "
                 "commands too, so a script call and the commands inside it are all in "
                 '"commands/job". "In Lua scripts" is the time `INFO commandstats` gives the '
-                "script calls (the commands they ran included), part of the CPU time.",
+                'script calls (the commands they ran included), part of the CPU time. "Worker CPU" '
+                "is not Redis's: the CPU time of all the system's worker processes (from "
+                "`/proc`, with the children they reaped) from the first job's start to the last "
+                "one's, per job: what the client side costs.",
                 "",
                 table(head, rows, right=1),
             ]
