@@ -21,7 +21,6 @@ import pytest
 from kubelet import Kubelet
 
 from controlplane import REPO_ROOT, BinariesMissing, ControlPlane, Diagnostics, Helm, build
-from runtime.workers import wait_until
 
 _skipped: list[str] = []
 
@@ -67,7 +66,8 @@ def control_plane(
     binaries: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ControlPlane]:
     """etcd, kube-apiserver and kube-controller-manager, for the whole session."""
-    with ControlPlane(binaries, tmp_path_factory.mktemp("controlplane")) as cp:
+    root = tmp_path_factory.mktemp("controlplane")
+    with ControlPlane(binaries, root, crds=[REPO_ROOT / "crds"]) as cp:
         yield cp
 
 
@@ -122,19 +122,9 @@ def kubelet(
 
 @pytest.fixture(scope="session")
 def crd(control_plane: ControlPlane) -> str:
-    """`kubectl apply -f crds/`, once Established; the CRD's name."""
-    name = "entityworkerpools.atomicqueues.io"
-    control_plane.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
-    control_plane.kubectl(
-        "wait", "--for", "condition=Established", "--timeout", "60s", f"crd/{name}"
-    )
-    # Established comes a moment before the resource's storage serves lists (429 until then)
-    wait_until(
-        lambda: control_plane.kubectl("get", "ewp", "-A", check=False).returncode == 0,
-        30,
-        "EntityWorkerPools to be served",
-        every=0.1,
-    )
+    """`kubectl apply -f crds/` (again: the control plane installs it before its controller
+    manager starts), once Established and served; the CRD's name."""
+    [name] = control_plane.install_crds(REPO_ROOT / "crds")
     return name
 
 

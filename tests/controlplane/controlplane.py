@@ -22,6 +22,7 @@ import subprocess
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -90,9 +91,12 @@ class Process:
 class ControlPlane:
     """etcd, kube-apiserver and kube-controller-manager in `root`; a context manager."""
 
-    def __init__(self, binaries: Mapping[str, Path], root: Path) -> None:
+    def __init__(self, binaries: Mapping[str, Path], root: Path, crds: Sequence[Path] = ()) -> None:
         self.bin = dict(binaries)
         self.root = root
+        self.crds = list(crds)
+        """Applied before the controller manager starts: its garbage collector looks for new
+        resource types only every 30 s, and would not see a dependent's owner go until then."""
         self.processes: list[Process] = []
         self.token = secrets.token_hex(24)
         self.server = ""
@@ -149,6 +153,8 @@ class ControlPlane:
         ])  # fmt: skip
         self._wait_http("kube-apiserver", f"{self.server}/readyz", lambda b: b == "ok", 120)
         self.write_kubeconfig(self.kubeconfig, self.token, ADMIN)
+        for crd in self.crds:
+            self.install_crds(crd)
 
         kcm_port = free_port()
         # garbagecollector: owner references; namespace: finishes namespace deletion;
@@ -265,6 +271,22 @@ class ControlPlane:
     def get(self, *args: str, **kwargs: Any) -> Any:
         """`kubectl get ... -o json`, parsed."""
         return json.loads(self.kubectl("get", *args, "-o", "json", **kwargs).stdout)
+
+    def install_crds(self, path: Path) -> list[str]:
+        """`kubectl apply -f PATH`, once each CRD is Established and its resource is served;
+        the CRDs' names."""
+        applied = self.kubectl("apply", "-f", str(path), "-o", "name").stdout.split()
+        names = [name.split("/", 1)[1] for name in applied]
+        for name in names:
+            self.kubectl(
+                "wait", "--for", "condition=Established", "--timeout", "60s", f"crd/{name}"
+            )
+            # Established comes a moment before the resource's storage serves lists (429 then)
+            wait_until(partial(self.served, name), 30, f"{name} to be served", every=0.1)
+        return names
+
+    def served(self, resource: str) -> bool:
+        return self.kubectl("get", resource, "-A", check=False).returncode == 0
 
     def create_namespace(self, name: str) -> None:
         """A namespace, once its `default` ServiceAccount exists (pod admission needs it)."""
