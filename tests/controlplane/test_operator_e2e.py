@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,13 +58,16 @@ TIMING = {
 class Operator:
     """`aq operator` as a local process."""
 
+    name: str
     proc: subprocess.Popen[bytes]
     log: Path
     url: str
+    killed: bool = False
 
     def tail(self, lines: int = 40) -> str:
         text = self.log.read_text(errors="replace").splitlines()[-lines:]
-        return f"---- operator (pid {self.proc.pid}, exit {self.proc.poll()})\n" + "\n".join(text)
+        head = f"---- operator {self.name} (pid {self.proc.pid}, exit {self.proc.poll()})\n"
+        return head + "\n".join(text)
 
     def metric(self, name: str) -> float | None:
         try:
@@ -76,6 +80,91 @@ class Operator:
                 return float(line.rsplit(" ", 1)[1])
         return None
 
+    def leading(self) -> bool:
+        assert self.proc.poll() is None, f"the operator exited:\n{self.tail()}"
+        return self.metric("aq_operator_leader") == 1
+
+    def kill(self) -> None:
+        self.killed = True
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        """SIGTERM (SIGKILL after 30 s); then check it exited 0 and was refused nothing."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        assert self.killed or code == 0, f"operator {self.name} exited {code} on SIGTERM"
+        forbidden = [line for line in self.tail(10_000).splitlines() if "forbidden" in line]
+        assert not forbidden, f"operator {self.name} was refused calls (RBAC):\n" + "\n".join(
+            forbidden[:10]
+        )
+
+
+class Chart:
+    """The chart installed in a namespace, and operators run as its Deployment would run them:
+    its command line and env, under its ServiceAccount."""
+
+    def __init__(
+        self, cp: ControlPlane, helm: Helm, namespace: str, tmp_path: Path, *values: str
+    ) -> None:
+        self.namespace = namespace
+        self.tmp_path = tmp_path
+        self.operators: list[Operator] = []
+        # crds.install=false: the CRD from crds/ is installed for the session already.
+        # operator.replicas=0: nothing runs Deployments here; operators run as processes.
+        sets = ["crds.install=false", "operator.replicas=0", *values]
+        helm("install", RELEASE, str(CHART), "-n", namespace,
+             *(arg for value in sets for arg in ("--set", value)))  # fmt: skip
+        objects = chart_objects(helm, namespace)
+        account = objects["ServiceAccount"]["metadata"]["name"]
+        self.kubeconfig = cp.service_account_kubeconfig(
+            namespace, account, tmp_path / "operator.kubeconfig"
+        )
+        # the token is the ServiceAccount's: what the chart does not grant is refused
+        can = cp.kubectl("auth", "can-i", "list", "secrets", "-n", namespace,
+                         kubeconfig=self.kubeconfig, check=False)  # fmt: skip
+        assert can.stdout.strip() == "no", can
+        [self.container] = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+
+    def start_operator(self, name: str) -> Operator:
+        """`aq operator` with the Deployment's args (--listen on a free loopback port) and env
+        (fieldRefs resolved for a pod called `name`)."""
+        argv = [*self.container["command"], *self.container["args"]]
+        assert argv[0] == "aq", argv
+        port = free_port()
+        argv[argv.index("--listen") + 1] = f"127.0.0.1:{port}"
+        pod = {"metadata": {"name": name, "namespace": self.namespace}, "spec": {}}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_")}
+        for entry in self.container.get("env") or []:
+            ref = (entry.get("valueFrom") or {}).get("fieldRef")
+            env[entry["name"]] = field_value(pod, ref["fieldPath"]) if ref else entry["value"]
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        log = self.tmp_path / f"{name}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [str(Path(sys.executable).parent / "aq"), *argv[1:]],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        operator = Operator(name, proc, log, f"http://127.0.0.1:{port}")
+        self.operators.append(operator)
+        return operator
+
+    def stop(self) -> None:
+        for operator in self.operators:
+            if operator.proc.poll() is None:
+                operator.proc.send_signal(signal.SIGTERM)  # all at once: each takes a while
+        for operator in self.operators:
+            operator.stop()
+
 
 def chart_objects(helm: Helm, namespace: str) -> dict[str, dict[str, Any]]:
     """The release's objects by kind (the first of each kind)."""
@@ -87,6 +176,25 @@ def chart_objects(helm: Helm, namespace: str) -> dict[str, dict[str, Any]]:
     return found
 
 
+@contextmanager
+def installed(
+    cp: ControlPlane,
+    helm: Helm,
+    namespace: str,
+    tmp_path: Path,
+    diagnostics: Diagnostics,
+    *values: str,
+) -> Iterator[Chart]:
+    if not (CHART / "Chart.yaml").is_file():
+        pytest.fail(f"no chart at {CHART}: the operator's RBAC comes from it")
+    chart = Chart(cp, helm, namespace, tmp_path, *values)
+    diagnostics.append(lambda: "\n".join(op.tail() for op in chart.operators))
+    try:
+        yield chart
+    finally:
+        chart.stop()
+
+
 @pytest.fixture
 def operator(
     control_plane: ControlPlane,
@@ -96,63 +204,11 @@ def operator(
     tmp_path: Path,
     diagnostics: Diagnostics,
 ) -> Iterator[Operator]:
-    """The chart installed in `namespace` (its CRD is already there: crds/), and the operator
-    run as its Deployment would run it, under its ServiceAccount; once it is the leader."""
-    if not (CHART / "Chart.yaml").is_file():
-        pytest.fail(f"no chart at {CHART}: the operator's RBAC comes from it")
-    # crds.install=false: the CRD from crds/ is installed once for the session already.
-    # operator.replicas=0: nothing runs Deployments here; the operator runs below instead.
-    helm("install", RELEASE, str(CHART), "-n", namespace,
-         "--set", "crds.install=false", "--set", "operator.replicas=0")  # fmt: skip
-    objects = chart_objects(helm, namespace)
-    account = objects["ServiceAccount"]["metadata"]["name"]
-    kubeconfig = control_plane.service_account_kubeconfig(
-        namespace, account, tmp_path / "operator.kubeconfig"
-    )
-    # the token is the ServiceAccount's: what the chart does not grant is refused
-    can = control_plane.kubectl("auth", "can-i", "list", "secrets", "-n", namespace,
-                                kubeconfig=kubeconfig, check=False)  # fmt: skip
-    assert can.stdout.strip() == "no", can
-    [container] = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
-    argv = [*container["command"], *container["args"]]
-    assert argv[0] == "aq", argv
-    port = free_port()
-    argv[argv.index("--listen") + 1] = f"127.0.0.1:{port}"
-    fake_pod = {"metadata": {"name": "operator-0", "namespace": namespace}, "spec": {}}
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_")}
-    for entry in container.get("env") or []:
-        ref = (entry.get("valueFrom") or {}).get("fieldRef")
-        env[entry["name"]] = field_value(fake_pod, ref["fieldPath"]) if ref else entry["value"]
-    env["KUBECONFIG"] = str(kubeconfig)
-    log = tmp_path / "operator.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "aq"), *argv[1:]],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    running = Operator(proc, log, f"http://127.0.0.1:{port}")
-    diagnostics.append(running.tail)
-    try:
-
-        def leader() -> bool:
-            assert proc.poll() is None, f"the operator exited:\n{running.tail()}"
-            return running.metric("aq_operator_leader") == 1
-
-        wait_until(leader, 30, "the operator to hold its Lease", every=0.1)
+    """The chart installed in `namespace` and one operator run from it, once it leads."""
+    with installed(control_plane, helm, namespace, tmp_path, diagnostics) as chart:
+        running = chart.start_operator("operator-0")
+        wait_until(running.leading, 30, "the operator to hold its Lease", every=0.1)
         yield running
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, f"the operator exited {proc.returncode} on SIGTERM"
-    forbidden = [line for line in running.tail(10_000).splitlines() if "forbidden" in line]
-    assert not forbidden, "the operator was refused calls (RBAC):\n" + "\n".join(forbidden[:10])
 
 
 @pytest.fixture
@@ -314,3 +370,45 @@ def test_a_killed_workers_job_comes_back_and_finishes(
     assert kubelet.runs[first["worker"]].exit_code == 137
     assert {r.pod for r in kubelet.runs.values()} >= {first["worker"], history[1].worker}
     assert history[1].worker != first["worker"]
+
+
+LEASE_SECONDS = 4.0
+
+
+def test_a_standby_operator_takes_over_when_the_leader_is_killed(
+    control_plane: ControlPlane,
+    crd: str,
+    helm: Helm,
+    kubelet: Kubelet,
+    namespace: str,
+    redis_url: str,
+    client: SyncClient,
+    tmp_path: Path,
+    diagnostics: Diagnostics,
+) -> None:
+    """Two replicas from the chart (Lease of 4 s): one leads, the other stands by. SIGKILL the
+    leader (no release): the standby takes the Lease once it has expired, and serves the pool."""
+    lease = f"operator.leaseDurationSeconds={LEASE_SECONDS:g}"
+    with installed(control_plane, helm, namespace, tmp_path, diagnostics, lease) as chart:
+        first = chart.start_operator("operator-a")
+        wait_until(first.leading, 30, "operator-a to hold the Lease", every=0.1)
+        second = chart.start_operator("operator-b")
+        wait_until(lambda: second.metric("aq_operator_leader") == 0, 30, "operator-b to stand by")
+        apply_pool(control_plane, namespace, redis_url)
+        client.enqueue(TYPE, "before", "record", {"seq": 0, "sleep": 0.05})
+        wait_until(lambda: ended(client, 1), 30, "the first job to complete (operator-a)")
+        assert not second.leading()  # it never acted beside the leader
+
+        first.kill()
+        killed = time.monotonic()
+        for seq in range(3):
+            client.enqueue(TYPE, "after", "record", {"seq": seq, "sleep": 0.05})
+        wait_until(second.leading, 30, "operator-b to take the Lease", every=0.1)
+        took_over = time.monotonic() - killed
+        wait_until(lambda: ended(client, 4), 60, "the jobs enqueued after the kill to complete")
+        runs = load_runs(client_redis(redis_url))
+        check_history(runs, {"before": 1, "after": 3}, kubelet.kill_times)
+        wait_until(lambda: not pods(control_plane, namespace), 30, "operator-b to remove the pods")
+    # the Lease was not taken early: it had been renewed at most a renew period before the kill
+    renew_period = LEASE_SECONDS * 2 / 15
+    assert LEASE_SECONDS - renew_period - 0.5 <= took_over <= LEASE_SECONDS + 10, took_over
