@@ -172,8 +172,7 @@ class Kubelet:
         asyncio.run(self._main())
 
     def _note(self, message: str) -> None:
-        self.journal.append(f"{time.strftime('%H:%M:%S')}.{int(time.time() * 1000) % 1000:03d} "
-                            f"{message}")  # fmt: skip
+        self.journal.append(f"{datetime.now().strftime('%H:%M:%S.%f')[:-3]} {message}")
 
     async def _main(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
@@ -224,7 +223,18 @@ class Kubelet:
         return f"/api/v1/namespaces/{self.namespace}/pods"
 
     async def _watch(self) -> None:
-        """List, then watch from there; list again whenever the watch ends."""
+        """List, then watch from there; list again whenever the watch ends or breaks."""
+        while True:
+            try:
+                await self._list_and_watch()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self._note(f"watch broke ({exc!r}): list again")
+                await asyncio.sleep(0.2)
+            except Exception as exc:
+                self.errors.append(f"watch: {exc!r}")
+                raise
+
+    async def _list_and_watch(self) -> None:
         params = {"labelSelector": POOL_LABEL}
         while True:
             listing = await self._call("GET", self._pods(), params=params)
