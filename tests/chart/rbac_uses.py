@@ -17,18 +17,29 @@ KUBE_PY = REPO / "operator" / "aq_operator" / "kube.py"
 Uses = dict[tuple[str, str], set[str]]
 
 KOPF_USES: Uses = {
-    # the pool daemon and on.event handlers: kopf lists and watches pools, and patches them
-    # (its finalizer `atomicqueues.io/operator`, and its annotations)
-    ("atomicqueues.io", "entityworkerpools"): {"list", "watch", "patch"},
-    # kopf's progress and handler state go to the status subresource when a CRD has one
-    ("atomicqueues.io", "entityworkerpools/status"): {"patch"},
+    # on.event handlers for pools: kopf lists and watches them. With watch-event handlers only
+    # (no daemons, timers or change handlers) kopf adds no finalizer and writes no annotations
+    # or status: it never patches a pool.
+    ("atomicqueues.io", "entityworkerpools"): {"list", "watch"},
     # on.event for the pools' pods: list and watch
     ("", "pods"): {"list", "watch"},
     # kopf.info/warn and its own handler Events: core v1 Events are POSTed, never patched
     ("", "events"): {"create"},
 }
 """Scanning is off (runner.py): no namespaces, CRDs or API discovery beyond what every
-authenticated user may read."""
+authenticated user may read. `kopf_handler_kinds` checks that runner.py still registers only
+the handler kinds this table was written for."""
+
+KOPF_HANDLERS = {"login", "cleanup", "event"}
+"""kopf.on.* handlers that need no permission beyond KOPF_USES (daemon, timer, create, update,
+resume, delete and field would add a finalizer and patches of the pool)."""
+
+
+def kopf_handler_kinds(path: Path = REPO / "operator" / "aq_operator" / "runner.py") -> set[str]:
+    """The kinds of kopf handlers runner.py registers: `kopf.on.event` -> "event"."""
+    found = re.findall(r"@kopf\.(?:on\.)?(\w+)\(", path.read_text(encoding="utf-8"))
+    return set(found)
+
 
 _RESOURCE = re.compile(r"/(pods|secrets|leases|events)\b")
 _COLLECTION = re.compile(r"/(pods|secrets|leases|events)$")

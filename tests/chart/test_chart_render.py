@@ -20,7 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from chart_render import CHART, REPO, HelmFailed, Manifest, by_kind, helm_run, one, render
-from rbac_uses import KOPF_USES, kube_py_uses, operator_uses
+from rbac_uses import KOPF_HANDLERS, KOPF_USES, kopf_handler_kinds, kube_py_uses, operator_uses
 
 from aq_operator.crd import crd
 
@@ -365,6 +365,12 @@ def test_operator_uses_are_read_from_the_code() -> None:
     assert uses[("", "secrets")] == {"get"}
     assert uses[("atomicqueues.io", "entityworkerpools/status")] == {"patch"}
     assert set(KOPF_USES) <= set(operator_uses())
+    kinds = kopf_handler_kinds()
+    assert "event" in kinds
+    assert kinds <= KOPF_HANDLERS, (
+        f"runner.py registers kopf handlers {kinds - KOPF_HANDLERS}: they may need RBAC that"
+        " KOPF_USES (tests/chart/rbac_uses.py) and the chart do not grant"
+    )
 
 
 def test_rbac_can_be_left_to_the_installer(helm: Path) -> None:

@@ -82,11 +82,11 @@ What the operator does with pools, their pods, Secrets and Events in a namespace
 (verbs as used by operator/aq_operator: kopf's watches, finalizers and Events, kube.py's calls).
 */}}
 {{- define "atomicqueues.operatorRules" -}}
-# kopf lists and watches pools, and patches them (its finalizer and annotations).
+# kopf lists and watches pools (watch-event handlers only: no finalizer, no annotations).
 - apiGroups: ["atomicqueues.io"]
   resources: ["entityworkerpools"]
-  verbs: ["list", "watch", "patch"]
-# kube.py patch_status writes a pool's status; kopf patches its own state there too.
+  verbs: ["list", "watch"]
+# kube.py patch_status writes a pool's status.
 - apiGroups: ["atomicqueues.io"]
   resources: ["entityworkerpools/status"]
   verbs: ["patch"]
