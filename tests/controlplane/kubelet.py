@@ -155,16 +155,19 @@ class Kubelet:
     def running(self) -> list[Run]:
         return [r for r in list(self.runs.values()) if r.pid is not None and r.exit_code is None]
 
+    def output(self, pod: str) -> str:
+        """What the pod's process wrote (stdout and stderr)."""
+        try:
+            return (self.log_dir / f"{pod}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
     def report(self, lines: int = 15) -> str:
         """What it did, and the last lines of each process's output (for a failure message)."""
         parts = ["---- test kubelet", *self.journal[-60:]]
         for run in list(self.runs.values()):
-            try:
-                tail = (self.log_dir / f"{run.pod}.log").read_text(errors="replace").splitlines()
-            except OSError:
-                tail = []
             parts.append(f"---- pod {run.pod} (pid {run.pid}, exit {run.exit_code})")
-            parts += tail[-lines:]
+            parts += self.output(run.pod).splitlines()[-lines:]
         return "\n".join(parts)
 
     # --- the kubelet's side (its own thread and event loop) ----------------------------------

@@ -14,6 +14,7 @@ seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -412,3 +413,42 @@ def test_a_standby_operator_takes_over_when_the_leader_is_killed(
     # the Lease was not taken early: it had been renewed at most a renew period before the kill
     renew_period = LEASE_SECONDS * 2 / 15
     assert LEASE_SECONDS - renew_period - 0.5 <= took_over <= LEASE_SECONDS + 10, took_over
+
+
+def test_switching_placement_closes_busy_workers_gracefully(
+    control_plane: ControlPlane,
+    operator: Operator,
+    kubelet: Kubelet,
+    namespace: str,
+    redis_url: str,
+    client: SyncClient,
+) -> None:
+    """Dedicated to packed while every worker is busy: the operator closes the dedicated
+    workers through Redis (and annotates their pods), each finishes its job and exits, and the
+    packed workers go on with the rest. No job is cut short or run twice."""
+    apply_pool(control_plane, namespace, redis_url)
+    entities, jobs = ["p1", "p2"], 8
+    for seq in range(jobs):
+        for entity in entities:
+            client.enqueue(TYPE, entity, "record", {"seq": seq, "sleep": 0.5})
+    wait_until(lambda: client.counts(TYPE)["completed"] >= 2, 30, "the dedicated workers to work")
+    dedicated = {r.pod for r in kubelet.running()}
+    assert len(dedicated) == 2, kubelet.report()
+
+    patch = {"spec": {"placement": {"mode": "packed", "slots": 4}}}
+    control_plane.kubectl("-n", namespace, "patch", "ewp", POOL, "--type", "merge",
+                          "-p", json.dumps(patch))  # fmt: skip
+    wait_until(lambda: ended(client, 2 * jobs), 60, "every job to complete")
+    runs = load_runs(client_redis(redis_url))
+    check_history(runs, dict.fromkeys(entities, jobs), kubelet.kill_times)
+    assert len(runs) == 2 * jobs, "a job ran twice"
+    assert all(run.how == "end" for run in runs)
+    # both kinds of worker ran jobs; the dedicated ones stopped on the close signal from Redis
+    # (their pods were deleted only then, so a SIGTERM may still reach the exiting process)
+    packed = {r.pod for r in kubelet.runs.values() if r.entity_id is None}
+    assert packed, kubelet.report()
+    assert {run.worker for run in runs} & dedicated
+    assert {run.worker for run in runs} & packed
+    for pod in dedicated:
+        assert "stopped: close signal" in kubelet.output(pod), kubelet.report()
+    wait_until(lambda: not pods(control_plane, namespace), 30, "the pods to be removed")
