@@ -1,6 +1,6 @@
 """Handlers for the runtime benchmark: they do nothing, so what is measured is the runtime.
 
-Used by the `aq worker` processes that `bench/runtime.py` starts
+Used by the `aq worker` processes that `bench/hotpath.py` starts
 (`aq worker --handlers noop_handlers:registry`, with `bench/` on PYTHONPATH) and by its
 in-process workers.
 """

@@ -40,13 +40,9 @@ from atomicqueues.config import Settings
 from atomicqueues.errors import AtomicQueuesError
 from atomicqueues.pools.embedded import EmbeddedRedis
 
-# The control-plane tier's helpers. They import tests/runtime/ (a namespace package), which
-# bench/runtime.py would shadow: this script's own folder leaves the path.
-HERE = Path(__file__).resolve().parent
-TESTS = HERE.parent / "tests"
-sys.path[:] = [str(TESTS / "controlplane"), str(TESTS)] + [
-    p for p in sys.path if Path(p or ".").resolve() != HERE
-]
+# The control-plane tier's helpers.
+TESTS = Path(__file__).resolve().parents[1] / "tests"
+sys.path[:0] = [str(TESTS / "controlplane"), str(TESTS)]
 
 from controlplane import REPO_ROOT, BinariesMissing, ControlPlane, build  # noqa: E402
 from redis_servers import free_port  # noqa: E402

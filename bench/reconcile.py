@@ -43,7 +43,7 @@ from atomicqueues.client import Client
 from atomicqueues.config import Settings
 from atomicqueues.pools.reconciler import StartWorker, plan
 from atomicqueues.pools.spec import PoolSpec
-from runtime import RedisServer, fmt_ms, run_on_private_redis
+from hotpath import RedisServer, fmt_ms, run_on_private_redis
 
 NAMESPACE = "bench"
 POOL = "accounts"

@@ -43,7 +43,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-import runtime
+import hotpath
 import scaling
 from compare import measure, render, venvs
 from compare.systems import CHART_REQUIREMENTS, SYSTEMS, System
@@ -134,7 +134,7 @@ def git_commit() -> str:
         return "?"
 
 
-def machine(server: runtime.RedisServer) -> dict[str, Any]:
+def machine(server: hotpath.RedisServer) -> dict[str, Any]:
     with redis.Redis(port=server.port, decode_responses=True) as r:
         info = r.info("server")
     return {
@@ -150,7 +150,7 @@ def machine(server: runtime.RedisServer) -> dict[str, Any]:
 
 # --- the run -----------------------------------------------------------------------------------
 class Report:
-    def __init__(self, server: runtime.RedisServer, args: argparse.Namespace) -> None:
+    def __init__(self, server: hotpath.RedisServer, args: argparse.Namespace) -> None:
         self.server = server
         self.args = args
         self.systems = selected(args.only)
@@ -187,8 +187,8 @@ class Report:
         )
         work = self.server.dir / "report"
         work.mkdir(exist_ok=True)
-        bench = runtime.Bench(
-            self.server, runtime.Sizes(self.sizes.limit_ops, 1, 1, 1, self.sizes.repeat)
+        bench = hotpath.Bench(
+            self.server, hotpath.Sizes(self.sizes.limit_ops, 1, 1, 1, self.sizes.repeat)
         )
         await bench.learn_connection_settings()
         m = measure.Measure(self.server.url, self.sizes, work)
@@ -327,10 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     holder: dict[str, Any] = {}
 
-    def measure_all(server: runtime.RedisServer) -> None:
+    def measure_all(server: hotpath.RedisServer) -> None:
         holder["results"] = asyncio.run(Report(server, args).run())
 
-    code = runtime.run_on_private_redis("report.py", measure_all)
+    code = hotpath.run_on_private_redis("report.py", measure_all)
     if code != 0 or "results" not in holder:
         return code or 1
     write(holder["results"], args.out)

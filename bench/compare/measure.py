@@ -28,7 +28,7 @@ from compare.driver import BENCH_DIR
 from compare.marks import MarkReader
 from compare.stats import RedisCost, ServerSnapshot, percentile, throughput
 from compare.systems import CONCURRENCY, PROCESSES, System
-from runtime import Bench as RuntimeBench
+from hotpath import Bench as RuntimeBench
 
 DRAIN_TIMEOUT = 900.0
 """Seconds a drain may take before the benchmark gives up on that system."""
@@ -243,7 +243,7 @@ class Measure:
 # --- the physical limit: Redis round trips with the same client library --------------------
 async def client_loops(bench: RuntimeBench) -> Figures:
     """One redis-py asyncio client set up as the library's `connect()` sets one up, one call at a
-    time: no-op EVALSHA calls (`bench/runtime.py`'s baseline, reused), and LPUSH + BLMOVE pairs
+    time: no-op EVALSHA calls (`bench/hotpath.py`'s baseline, reused), and LPUSH + BLMOVE pairs
     (the least a reliable list queue does per job). Round trips per second of each."""
     evalsha = await bench.baseline()
     client = bench.redis()

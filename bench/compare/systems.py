@@ -14,7 +14,7 @@ PROCESSES = 2
 """Worker processes of every system (the machine has 2 cores)."""
 CONCURRENCY = 16
 """Jobs in flight per worker process, where the system runs jobs concurrently in a process
-(asyncio tasks or threads); as `bench/runtime.py`'s `aq worker --slots 16`."""
+(asyncio tasks or threads); as `bench/hotpath.py`'s `aq worker --slots 16`."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 entities (`e0`, `e1`, ...), each of concurrency `concurrency` (1: in order).
 
 Two ways to run the workers, both with the benchmark's process count and concurrency:
-- `packed` (the default): `aq worker --slots C` processes, as `bench/runtime.py` runs them. A
+- `packed` (the default): `aq worker --slots C` processes, as `bench/hotpath.py` runs them. A
   packed worker holds at most one lease per entity, so one entity runs at most one job per
   process.
 - `bound`: C entity-bound `Worker`s of entity `e0` per process (this module's `work()`), each

@@ -11,7 +11,7 @@ the same repetition: a loop of no-op EVALSHA calls (`return 1`) from one asyncio
 fastest this client library talks to this server. See bench/README.md for what each figure
 means.
 
-    python bench/runtime.py [--jobs N] [--repeat R] [--quick]
+    python bench/hotpath.py [--jobs N] [--repeat R] [--quick]
 """
 
 from __future__ import annotations
@@ -888,7 +888,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(bench.run())
         print_table(bench, header(server, load))
 
-    return run_on_private_redis("runtime.py", measure)
+    return run_on_private_redis("hotpath.py", measure)
 
 
 if __name__ == "__main__":
