@@ -20,8 +20,10 @@ import redis
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def aq(*args: str, url: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": HERE}
+def aq(
+    *args: str, url: str, timeout: float = 30, **env_vars: str
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": HERE, **env_vars}
     return subprocess.run(
         [sys.executable, "-m", "atomicqueues.cli", "--redis-url", url, *args],
         capture_output=True,
@@ -146,6 +148,18 @@ def test_bad_handlers_spec_is_one_line(redis_url: str) -> None:
     ]:
         result = aq("worker", "--handlers", spec, "--entity-type", "user", url=redis_url)
         assert_one_line_error(result, word)
+
+
+def test_worker_handlers_default_to_aq_handlers(redis_url: str) -> None:
+    # The worker image's entrypoint is plain `aq worker`: its handlers come from AQ_HANDLERS.
+    base = ("worker", "--entity-type", "user", "--entity-id", "bob", "--idle-timeout", "0.3")
+    assert_one_line_error(aq(*base, url=redis_url, AQ_HANDLERS=""), "needs --handlers")
+    bad = aq(*base, url=redis_url, AQ_HANDLERS="no_such_module_xyz:registry")
+    assert_one_line_error(bad, "cannot import", "no_such_module_xyz")
+    ok = aq(*base, url=redis_url, AQ_HANDLERS="cli_handlers:registry")
+    assert ok.returncode == 0, ok.stderr
+    flag_wins = aq(*base, "--handlers", "cli_handlers:registry", url=redis_url, AQ_HANDLERS="x:y")
+    assert flag_wins.returncode == 0, flag_wins.stderr
 
 
 def test_dlq_commands_round_trip(redis_url: str) -> None:

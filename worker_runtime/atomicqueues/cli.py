@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from .client import Client
 from .config import Settings
-from .errors import AtomicQueuesError, InvalidInput
+from .errors import AtomicQueuesError, ConfigError, InvalidInput
 from .jobs import Job
 from .locks import Lock, Locks
 from .presence import Presence
@@ -87,7 +87,11 @@ def build_parser() -> Parser:
     p.add_argument("--attempts", type=int, help="maximum attempts")
 
     p = sub.add_parser("worker", help="run a worker")
-    p.add_argument("--handlers", required=True, help="MODULE:ATTRIBUTE of a Registry")
+    p.add_argument(
+        "--handlers",
+        default=os.environ.get("AQ_HANDLERS") or None,
+        help="MODULE:ATTRIBUTE of a Registry (default: $AQ_HANDLERS)",
+    )
     p.add_argument("--entity-type", required=True)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--entity-id", help="serve this one entity (dedicated)")
@@ -314,6 +318,8 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from .registry import load_registry
     from .worker import Worker
 
+    if not args.handlers:
+        raise ConfigError("aq worker needs --handlers MODULE:ATTRIBUTE (or AQ_HANDLERS)")
     registry = load_registry(args.handlers)
     if args.idle_timeout is not None:
         settings = replace(settings, idle_timeout=args.idle_timeout)
