@@ -18,15 +18,18 @@ from pathlib import Path
 from atomicqueues.cli import Parser
 from atomicqueues.errors import AtomicQueuesError
 
-from .crd import CRD_FILE, CRD_NAME, crd_yaml, write_crd
+from .crd import CHART_CRD_FILE, CRD_FILE, CRD_NAME, crd_yaml, write_crd
 
 
 def cmd_crd(write: bool) -> int:
     if importlib.util.find_spec("yaml") is None:
         raise AtomicQueuesError("`aq crd` needs pyyaml: pip install 'atomicqueues[local]'")
     if write:
-        path, changed = write_crd()
-        print(f"{'wrote' if changed else 'unchanged:'} {path}", file=sys.stderr)
+        written = write_crd()
+        for path in written:
+            print(f"wrote {path}", file=sys.stderr)
+        if not written:
+            print(f"unchanged: {CRD_FILE}, {CHART_CRD_FILE}", file=sys.stderr)
     else:
         sys.stdout.write(crd_yaml())
     return 0

@@ -411,12 +411,11 @@ def checkout_root() -> Path:
     return root
 
 
-def write_crd(root: Path | None = None) -> tuple[Path, bool]:
-    """Write the CRD file of a checkout and the chart's copy; (the CRD file's path, whether
-    either content changed)."""
+def write_crd(root: Path | None = None) -> list[Path]:
+    """Write the CRD file of a checkout and the chart's copy; the paths whose content changed."""
     root = root or checkout_root()
-    changed = False
-    for name, text in ((CHART_CRD_FILE, chart_crd_yaml()), (CRD_FILE, crd_yaml())):
+    written = []
+    for name, text in ((CRD_FILE, crd_yaml()), (CHART_CRD_FILE, chart_crd_yaml())):
         path = root / name
         try:
             old = path.read_text(encoding="utf-8")
@@ -425,5 +424,5 @@ def write_crd(root: Path | None = None) -> tuple[Path, bool]:
         if old != text:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
-            changed = True
-    return path, changed
+            written.append(path)
+    return written

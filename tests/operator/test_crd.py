@@ -63,12 +63,12 @@ def test_committed_crd_is_the_generators_output() -> None:
 
 
 def test_aq_crd_write_writes_both_copies(tmp_path: Path) -> None:
-    path, changed = write_crd(tmp_path)
-    assert (path, changed) == (tmp_path / CRD_FILE, True)
-    assert (tmp_path / CHART_CRD_FILE).read_text(encoding="utf-8") == chart_crd_yaml()
-    (tmp_path / CHART_CRD_FILE).write_text("stale", encoding="utf-8")
-    assert write_crd(tmp_path) == (path, True)  # a stale chart copy alone is rewritten
-    assert write_crd(tmp_path) == (path, False)
+    chart_copy = tmp_path / CHART_CRD_FILE
+    assert write_crd(tmp_path) == [tmp_path / CRD_FILE, chart_copy]
+    assert chart_copy.read_text(encoding="utf-8") == chart_crd_yaml()
+    chart_copy.write_text("stale", encoding="utf-8")
+    assert write_crd(tmp_path) == [chart_copy]  # a stale chart copy alone is rewritten
+    assert write_crd(tmp_path) == []
 
 
 def test_aq_crd_prints_the_same_yaml(capsys: pytest.CaptureFixture[str]) -> None:
