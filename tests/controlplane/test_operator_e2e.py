@@ -321,7 +321,7 @@ def test_deleting_the_pool_deletes_its_pods_never_its_jobs(
     wait_until(
         lambda: control_plane.kubectl("-n", namespace, "get", "ewp", POOL, check=False).returncode,
         60,
-        "the pool to be deleted (its finalizer removed by the operator)",
+        "the pool to be deleted",
         every=0.1,
     )
     pool_gone_after = time.monotonic() - deleted
