@@ -20,7 +20,15 @@ from typing import NoReturn
 import pytest
 from kubelet import Kubelet
 
-from controlplane import REPO_ROOT, BinariesMissing, ControlPlane, Diagnostics, Helm, build
+from controlplane import (
+    REPO_ROOT,
+    BinariesMissing,
+    ControlPlane,
+    Diagnostics,
+    Helm,
+    Reaper,
+    build,
+)
 
 _skipped: list[str] = []
 
@@ -62,6 +70,21 @@ def binaries() -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def reaper(control_plane: ControlPlane) -> Iterator[Reaper]:
+    """Checks that wait for something a test only started (an operator's 5 s stop), run once
+    the session's tests are done, while the control plane still runs."""
+    checks: Reaper = []
+    yield checks
+    failures = []
+    for check in checks:
+        try:
+            check()
+        except AssertionError as exc:
+            failures.append(str(exc))
+    assert not failures, "\n".join(failures)
+
+
+@pytest.fixture(scope="session")
 def control_plane(
     binaries: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ControlPlane]:
@@ -87,9 +110,10 @@ def diagnostics(
 @pytest.fixture
 def namespace(
     request: pytest.FixtureRequest, control_plane: ControlPlane, diagnostics: Diagnostics
-) -> Iterator[str]:
-    """A new namespace for the test (with its `default` ServiceAccount); deleted after it, without
-    waiting (the control plane goes at the end of the session anyway)."""
+) -> str:
+    """A new namespace for the test (with its `default` ServiceAccount). Never deleted: the
+    control plane goes at the end of the session anyway, and deleting the namespace would pull
+    the RBAC from under an operator that is still stopping."""
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{slug}-{secrets.token_hex(3)}"
     control_plane.create_namespace(name)
@@ -99,8 +123,7 @@ def namespace(
             + control_plane.kubectl("-n", name, "get", "events", check=False).stdout
         )
     )
-    yield name
-    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    return name
 
 
 @pytest.fixture

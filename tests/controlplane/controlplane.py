@@ -40,6 +40,8 @@ CORE = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
 
 Diagnostics = list[Callable[[], str]]
 """Reports a test's fixtures leave, printed when the test fails."""
+Reaper = list[Callable[[], None]]
+"""Checks run when the session's tests are done (a process a test stopped, once it has ended)."""
 
 
 class BinariesMissing(RuntimeError):
@@ -65,7 +67,7 @@ def build(*targets: str) -> dict[str, Path]:
     return {name: Path(path) for name, path in paths.items()}
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     # The control plane must not outlive a killed pytest (start it from the main thread).
     import ctypes
 
@@ -197,7 +199,7 @@ class ControlPlane:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         self.processes.append(Process(name, proc, log))
 

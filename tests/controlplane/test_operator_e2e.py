@@ -33,7 +33,7 @@ import yaml
 from kubelet import Kubelet, field_value
 
 from atomicqueues import Settings, SyncClient
-from controlplane import REPO_ROOT, ControlPlane, Diagnostics, Helm
+from controlplane import REPO_ROOT, ControlPlane, Diagnostics, Helm, Reaper, die_with_parent
 from redis_servers import free_port
 from runtime.workers import check_history, load_runs, records, wait_until
 
@@ -90,20 +90,22 @@ class Operator:
         self.proc.kill()
         self.proc.wait()
 
-    def stop(self) -> None:
-        """SIGTERM (SIGKILL after 30 s); then check it exited 0 and was refused nothing."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def refused(self) -> list[str]:
+        """Log lines of calls the API server refused (the chart's RBAC did not allow them)."""
+        return [line for line in self.tail(100_000).splitlines() if "forbidden" in line]
+
+    def finish(self) -> None:
+        """Wait for it to stop (SIGKILL after 30 s); check it exited 0 and was refused nothing.
+        Run once the session's tests are done (`reaper`): stopping takes the operator 5 s."""
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         code = self.proc.returncode
         assert self.killed or code == 0, f"operator {self.name} exited {code} on SIGTERM"
-        forbidden = [line for line in self.tail(10_000).splitlines() if "forbidden" in line]
-        assert not forbidden, f"operator {self.name} was refused calls (RBAC):\n" + "\n".join(
-            forbidden[:10]
+        assert not self.refused(), f"operator {self.name} was refused:\n" + "\n".join(
+            self.refused()[:10]
         )
 
 
@@ -154,17 +156,18 @@ class Chart:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,  # never outlives a killed pytest
             )
         operator = Operator(name, proc, log, f"http://127.0.0.1:{port}")
         self.operators.append(operator)
         return operator
 
-    def stop(self) -> None:
+    def stop(self, reaper: Reaper) -> None:
+        """SIGTERM every operator; the reaper waits for them at the end of the session."""
         for operator in self.operators:
             if operator.proc.poll() is None:
-                operator.proc.send_signal(signal.SIGTERM)  # all at once: each takes a while
-        for operator in self.operators:
-            operator.stop()
+                operator.proc.send_signal(signal.SIGTERM)
+            reaper.append(operator.finish)
 
 
 def chart_objects(helm: Helm, namespace: str) -> dict[str, dict[str, Any]]:
@@ -184,16 +187,23 @@ def installed(
     namespace: str,
     tmp_path: Path,
     diagnostics: Diagnostics,
+    reaper: Reaper,
     *values: str,
 ) -> Iterator[Chart]:
+    """The chart installed, for operators to start; at the end, no operator may have been
+    refused a call, and every operator is stopped (and checked once stopped, by `reaper`)."""
     if not (CHART / "Chart.yaml").is_file():
         pytest.fail(f"no chart at {CHART}: the operator's RBAC comes from it")
     chart = Chart(cp, helm, namespace, tmp_path, *values)
     diagnostics.append(lambda: "\n".join(op.tail() for op in chart.operators))
     try:
         yield chart
+        for operator in chart.operators:
+            assert not operator.refused(), f"{operator.name} was refused (RBAC):\n" + "\n".join(
+                operator.refused()[:10]
+            )
     finally:
-        chart.stop()
+        chart.stop(reaper)
 
 
 @pytest.fixture
@@ -204,9 +214,10 @@ def operator(
     namespace: str,
     tmp_path: Path,
     diagnostics: Diagnostics,
+    reaper: Reaper,
 ) -> Iterator[Operator]:
     """The chart installed in `namespace` and one operator run from it, once it leads."""
-    with installed(control_plane, helm, namespace, tmp_path, diagnostics) as chart:
+    with installed(control_plane, helm, namespace, tmp_path, diagnostics, reaper) as chart:
         running = chart.start_operator("operator-0")
         wait_until(running.leading, 30, "the operator to hold its Lease", every=0.1)
         yield running
@@ -386,11 +397,12 @@ def test_a_standby_operator_takes_over_when_the_leader_is_killed(
     client: SyncClient,
     tmp_path: Path,
     diagnostics: Diagnostics,
+    reaper: Reaper,
 ) -> None:
     """Two replicas from the chart (Lease of 4 s): one leads, the other stands by. SIGKILL the
     leader (no release): the standby takes the Lease once it has expired, and serves the pool."""
     lease = f"operator.leaseDurationSeconds={LEASE_SECONDS:g}"
-    with installed(control_plane, helm, namespace, tmp_path, diagnostics, lease) as chart:
+    with installed(control_plane, helm, namespace, tmp_path, diagnostics, reaper, lease) as chart:
         first = chart.start_operator("operator-a")
         wait_until(first.leading, 30, "operator-a to hold the Lease", every=0.1)
         second = chart.start_operator("operator-b")
