@@ -330,7 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     def measure_all(server: hotpath.RedisServer) -> None:
         holder["results"] = asyncio.run(Report(server, args).run())
 
-    code = hotpath.run_on_private_redis("report.py", measure_all)
+    try:
+        code = hotpath.run_on_private_redis("report.py", measure_all)
+    except KeyboardInterrupt:  # the server and every worker are stopped by then
+        print("report.py: interrupted; nothing written", file=sys.stderr)
+        return 130
     if code != 0 or "results" not in holder:
         return code or 1
     write(holder["results"], args.out)
