@@ -195,7 +195,10 @@ class Report:
         with Progress(*columns, console=self.console) as progress:
             overall = progress.add_task("virtualenvs (cached after the first run)", total=None)
             jobs = progress.add_task("", total=None, visible=False)
-            pythons = await self.pythons()
+            try:
+                pythons = await self.pythons()
+            except (OSError, RuntimeError) as exc:
+                raise hotpath.BenchError(f"could not build a virtualenv: {exc}") from None
             progress.update(overall, total=self.steps(), completed=1)
             try:
                 for rep in range(self.sizes.repeat):
@@ -312,11 +315,14 @@ def draw(out: Path) -> None:
     report = out / REPORT.name
     old = report.read_text() if report.exists() else ""
     report.write_text(render.report(results, findings=render.findings_of(old)))
-    python = asyncio.run(venvs.ensure("chart", CHART_REQUIREMENTS))
-    subprocess.run(
-        [str(python), str(CHART_SCRIPT), str(out / RESULTS.name), str(out / CHART.name)],
-        check=True,
-    )
+    try:
+        python = asyncio.run(venvs.ensure("chart", CHART_REQUIREMENTS))
+        subprocess.run(
+            [str(python), str(CHART_SCRIPT), str(out / RESULTS.name), str(out / CHART.name)],
+            check=True,
+        )
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"report.py: no chart drawn: {exc}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
