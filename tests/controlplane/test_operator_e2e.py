@@ -103,7 +103,7 @@ class Operator:
             self.proc.kill()
             self.proc.wait()
         code = self.proc.returncode
-        assert self.killed or code == 0, f"operator {self.name} exited {code} on SIGTERM"
+        assert self.killed or code == 0, f"exited {code} on SIGTERM:\n{self.tail()}"
         assert not self.refused(), f"operator {self.name} was refused:\n" + "\n".join(
             self.refused()[:10]
         )
