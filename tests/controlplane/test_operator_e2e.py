@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,24 +232,37 @@ def client(redis_url: str) -> Iterator[SyncClient]:
         c.close()
 
 
-def apply_pool(cp: ControlPlane, namespace: str, redis_url: str, **timing: float) -> dict[str, Any]:
-    """The Redis URL in a Secret, and a pool of `record` workers that reads it; the pool as
-    stored."""
-    cp.kubectl("-n", namespace, "create", "secret", "generic", "redis",
-               f"--from-literal=url={redis_url}")  # fmt: skip
-    pool = {
+def pool_manifest(
+    namespace: str,
+    name: str = POOL,
+    entity_type: str = TYPE,
+    secret: str = "redis",
+    timing: Mapping[str, float] | None = None,
+) -> dict[str, Any]:
+    """A pool of `record` workers that reads its Redis URL from `secret`."""
+    return {
         "apiVersion": "atomicqueues.io/v1alpha1",
         "kind": "EntityWorkerPool",
-        "metadata": {"name": POOL, "namespace": namespace},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
-            "entityType": TYPE,
+            "entityType": entity_type,
             "handlers": "tests.runtime.handlers:registry",
             "image": "atomicqueues-test-worker:never-pulled",
-            "redis": {"secretRef": {"name": "redis"}},
-            "timing": {**TIMING, **timing},
+            "redis": {"secretRef": {"name": secret}},
+            "timing": {**TIMING, **(timing or {})},
         },
     }
-    cp.apply(pool)
+
+
+def create_secret(cp: ControlPlane, namespace: str, redis_url: str, name: str = "redis") -> None:
+    cp.kubectl("-n", namespace, "create", "secret", "generic", name,
+               f"--from-literal=url={redis_url}")  # fmt: skip
+
+
+def apply_pool(cp: ControlPlane, namespace: str, redis_url: str, **timing: float) -> dict[str, Any]:
+    """The Redis URL in a Secret, and a pool that reads it; the pool as stored."""
+    create_secret(cp, namespace, redis_url)
+    cp.apply(pool_manifest(namespace, timing=timing))
     stored: dict[str, Any] = cp.get("-n", namespace, "ewp", POOL)
     return stored
 
@@ -464,3 +477,50 @@ def test_switching_placement_closes_busy_workers_gracefully(
     for pod in dedicated:
         assert "stopped: close signal" in kubelet.output(pod), kubelet.report()
     wait_until(lambda: not pods(control_plane, namespace), 30, "the pods to be removed")
+
+
+def conditions(cp: ControlPlane, namespace: str, name: str) -> dict[str, tuple[str, str]]:
+    status = cp.get("-n", namespace, "ewp", name).get("status") or {}
+    return {c["type"]: (c["status"], c.get("reason", "")) for c in status.get("conditions", [])}
+
+
+def test_a_pool_that_cannot_work_is_degraded_and_the_others_still_run(
+    control_plane: ControlPlane,
+    operator: Operator,
+    kubelet: Kubelet,
+    namespace: str,
+    redis_url: str,
+    client: SyncClient,
+) -> None:
+    """A pool whose Secret is missing passes the schema but cannot work: its status says why
+    (written through the status subresource, validated by the real API server), an Event is
+    posted, it starts no pod, and the operator goes on serving the other pool. Once the
+    Secret exists, the pool recovers."""
+    control_plane.apply(pool_manifest(namespace, "broken", "other", secret="missing"))
+    apply_pool(control_plane, namespace, redis_url)
+
+    def degraded() -> bool:
+        found = conditions(control_plane, namespace, "broken")
+        return found.get("Degraded") == ("True", "SecretNotFound")
+
+    wait_until(degraded, 20, "the broken pool to be Degraded (SecretNotFound)", every=0.2)
+    assert conditions(control_plane, namespace, "broken")["Ready"] == ("False", "SecretNotFound")
+    events = control_plane.get("-n", namespace, "events",
+                               "--field-selector", "involvedObject.name=broken")  # fmt: skip
+    assert ("Warning", "SecretNotFound") in {(e["type"], e["reason"]) for e in events["items"]}
+
+    for seq in range(3):
+        client.enqueue(TYPE, "served", "record", {"seq": seq, "sleep": 0.05})
+    client.enqueue("other", "waits", "record", {"seq": 0, "sleep": 0.05})
+    wait_until(lambda: ended(client, 3), 30, "the good pool's jobs to complete")
+    broken_pods = control_plane.get("-n", namespace, "pods", "-l", f"{POOL_LABEL}=broken")
+    assert broken_pods["items"] == []
+
+    create_secret(control_plane, namespace, redis_url, "missing")  # retried within 5 s
+
+    def recovered() -> bool:
+        found = conditions(control_plane, namespace, "broken")
+        return found.get("Ready", ("",))[0] == "True" and client.counts("other")["completed"] == 1
+
+    wait_until(recovered, 30, "the broken pool to recover and run its job", every=0.2)
+    assert conditions(control_plane, namespace, "broken")["Degraded"][0] == "False"
