@@ -276,8 +276,8 @@ def pods(cp: ControlPlane, namespace: str) -> list[dict[str, Any]]:
     return found
 
 
-def ended(client: SyncClient, total: int) -> bool:
-    counts = client.counts(TYPE)
+def ended(client: SyncClient, total: int, entity_type: str = TYPE) -> bool:
+    counts = client.counts(entity_type)
     busy = sum(counts.get(s, 0) for s in ("waiting", "delayed", "active", "retrying"))
     return counts.get("completed", 0) == total and busy == 0
 
@@ -524,3 +524,32 @@ def test_a_pool_that_cannot_work_is_degraded_and_the_others_still_run(
 
     wait_until(recovered, 30, "the broken pool to recover and run its job", every=0.2)
     assert conditions(control_plane, namespace, "broken")["Degraded"][0] == "False"
+
+
+def test_cluster_wide_from_the_chart(
+    control_plane: ControlPlane,
+    crd: str,
+    helm: Helm,
+    kubelet: Kubelet,
+    namespace: str,
+    redis_url: str,
+    client: SyncClient,
+    tmp_path: Path,
+    diagnostics: Diagnostics,
+    reaper: Reaper,
+) -> None:
+    """`watch.clusterWide=true`: a ClusterRole instead of Roles, and no --namespace. The
+    operator serves every namespace's pools (the earlier tests' too: their entity type has no
+    work here), and runs this one's jobs."""
+    wide = "watch.clusterWide=true"
+    with installed(control_plane, helm, namespace, tmp_path, diagnostics, reaper, wide) as chart:
+        assert "--namespace" not in chart.container["args"]
+        running = chart.start_operator("operator-0")
+        wait_until(running.leading, 30, "the operator to hold its Lease", every=0.1)
+        create_secret(control_plane, namespace, redis_url)
+        control_plane.apply(pool_manifest(namespace, entity_type="wide"))
+        for seq in range(3):
+            client.enqueue("wide", "w1", "record", {"seq": seq, "sleep": 0.05})
+        wait_until(lambda: ended(client, 3, "wide"), 30, "the jobs to complete")
+        check_history(load_runs(client_redis(redis_url)), {"w1": 3}, kubelet.kill_times)
+        wait_until(lambda: not pods(control_plane, namespace), 30, "the pods to be removed")
