@@ -96,7 +96,8 @@ class Operator:
 
     def finish(self) -> None:
         """Wait for it to stop (SIGKILL after 30 s); check it exited 0 and was refused nothing.
-        Run once the session's tests are done (`reaper`): stopping takes the operator 5 s."""
+        Run once the session's tests are done (`reaper`): a test need not wait for the stop
+        (5 s when this was written: kopf waited for the leader's tasks)."""
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
