@@ -56,6 +56,7 @@ class Endpoints:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
+        self._serving = False
 
     async def start(self, listen: str) -> None:
         host, port = parse_listen(listen)
@@ -65,9 +66,13 @@ class Endpoints:
         except OSError as exc:
             await self._runner.cleanup()
             raise ConfigError(f"--listen {listen}: {exc.strerror or exc}") from None
+        self._serving = True
 
     async def stop(self) -> None:
-        await self._runner.cleanup()
+        """Close the port and its connections (a second call does nothing)."""
+        if self._serving:
+            self._serving = False
+            await self._runner.cleanup()
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")

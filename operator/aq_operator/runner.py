@@ -64,8 +64,10 @@ class Operator:
         self.registry = kopf.OperatorRegistry()
         self.pools: dict[tuple[str, str], KubePool] = {}
         self._serving: dict[tuple[str, str], tuple[asyncio.Event, asyncio.Task[None]]] = {}
+        self._kopf_stop: asyncio.Event | None = None
         self.connection: kopf.ConnectionInfo | None = None
         self.health = Health()
+        self.endpoints = Endpoints(self.health)
         self.leading: Callable[[], bool] = lambda: True
         """False when this replica may have lost the leader Lease: pools change nothing."""
         self.kube = Kube(lambda: self.connection)
@@ -113,8 +115,13 @@ class Operator:
 
         @kopf.on.cleanup(registry=registry)
         async def cleanup(**_: Any) -> None:
+            # Raised here too when kopf stops on a signal: else kopf waits 5 s for its own task
+            # that waits for the flag, among what it takes for hung tasks.
+            if self._kopf_stop is not None:
+                self._kopf_stop.set()
+            # And the HTTP port's connections (a scraper's keep-alive) would count as hung too.
+            await self.endpoints.stop()
             await asyncio.gather(*(self._stop_serving(key) for key in list(self._serving)))
-            await self.kube.close()
 
         @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
         async def pool_event(type: str | None, body: kopf.Body, **_: Any) -> None:
@@ -157,9 +164,8 @@ class Operator:
         With `leader`, wait as a standby until this replica holds the Lease, then run; raises
         `LeadershipLost` (after stopping every pool) when the Lease is lost."""
         stop = stop_flag if stop_flag is not None else asyncio.Event()
-        endpoints = Endpoints(self.health)
         if listen:
-            await endpoints.start(listen)
+            await self.endpoints.start(listen)
         try:
             if leader is None:
                 await self._run_kopf(namespaces, stop, ready_flag)
@@ -169,13 +175,17 @@ class Operator:
                 if not await leader.acquire(stop):
                     return
             self.leading = leader.leading
-            holding = asyncio.create_task(leader.hold(stop))
+            # One event ends both kopf and the renewing: set by `stop`, by a lost Lease, and by
+            # kopf's cleanup when kopf stops on a signal.
             kopf_stop = asyncio.Event()
+            forwarding = asyncio.create_task(_forward(stop, kopf_stop))
+            holding = asyncio.create_task(leader.hold(kopf_stop))
             holding.add_done_callback(lambda _: kopf_stop.set())
             try:
                 await self._run_kopf(namespaces, kopf_stop, ready_flag)
             finally:
-                holding.cancel()
+                kopf_stop.set()
+                await cancel_and_wait([forwarding])
                 await asyncio.gather(holding, return_exceptions=True)
                 await leader.release()
             lost = None if holding.cancelled() else holding.exception()
@@ -184,11 +194,13 @@ class Operator:
         finally:
             self.health.set("stopping")
             metrics.LEADER.set(0)
-            await endpoints.stop()
+            await self.endpoints.stop()
+            await self.kube.close()  # last: the leader releases its Lease through it
 
     async def _run_kopf(
         self, namespaces: Collection[str], stop: asyncio.Event, ready_flag: asyncio.Event | None
     ) -> None:
+        self._kopf_stop = stop
         ready = asyncio.Event()
 
         async def when_ready() -> None:
@@ -211,6 +223,11 @@ class Operator:
             )
         finally:
             announcing.cancel()
+
+
+async def _forward(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
 
 
 @contextlib.contextmanager
