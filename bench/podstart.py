@@ -44,7 +44,8 @@ from atomicqueues.pools.embedded import EmbeddedRedis
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path[:0] = [str(TESTS / "controlplane"), str(TESTS)]
 
-from controlplane import REPO_ROOT, BinariesMissing, ControlPlane, build  # noqa: E402
+from controlplane import REPO_ROOT, ControlPlane  # noqa: E402
+from go_tools import BinariesMissing, build  # noqa: E402
 from redis_servers import free_port  # noqa: E402
 
 NAMESPACE = "bench"

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from go_tools import SKIPPED
 from redis_servers import RedisCluster, RedisServer
 
 CLUSTER_FIXTURES = {"redis_cluster", "cluster_url"}
@@ -25,6 +26,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.cluster)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for message in SKIPPED:  # a tier that could not run, said once more at the very end
+        terminalreporter.write_sep("!", message, red=True, bold=True)
 
 
 def flushall(url: str) -> None:

@@ -1,7 +1,7 @@
 """Rendering the Helm chart for the tests: `helm template` with values, parsed into dicts.
 
 helm comes from scripts/build-controlplane.sh (built from Go modules and cached, as the
-control-plane tier's binaries are); `find_helm` says why when it cannot be had.
+control-plane tier's binaries are): the `helm` fixture, tests/go_tools.py.
 """
 
 from __future__ import annotations
@@ -15,33 +15,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "atomicqueues"
-BUILD_SCRIPT = REPO / "scripts" / "build-controlplane.sh"
-GO_MISSING = 3
-"""build-controlplane.sh's exit code when Go is missing and helm is not cached."""
 
 Manifest = dict[str, Any]
 
 
-class HelmMissing(RuntimeError):
-    """helm is not cached and cannot be built here (no Go)."""
-
-
 class HelmFailed(RuntimeError):
     """helm refused the chart or its values; the message is helm's stderr."""
-
-
-def find_helm() -> Path:
-    done = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), "helm"], stdout=subprocess.PIPE, text=True, check=False
-    )
-    if done.returncode == GO_MISSING:
-        raise HelmMissing(
-            "Go is not installed and helm is not cached: install Go >= 1.22 and run"
-            " scripts/build-controlplane.sh helm"
-        )
-    if done.returncode != 0:
-        raise RuntimeError("scripts/build-controlplane.sh helm failed (see its output above)")
-    return Path(done.stdout.strip().partition("=")[2])
 
 
 def helm_run(helm: Path, *args: str, values: Mapping[str, Any] | None = None) -> str:

@@ -9,42 +9,25 @@ kubelet stand-in did) are printed with it.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import sys
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
 from kubelet import Kubelet
 
 from controlplane import (
     REPO_ROOT,
-    BinariesMissing,
     ControlPlane,
     Diagnostics,
     Helm,
     Reaper,
-    build,
 )
+from go_tools import built
 
-_skipped: list[str] = []
-
-
-def skip_or_fail(reason: str) -> NoReturn:
-    message = f"CONTROL-PLANE TIER (tier 4) NOT RUN: {reason}"
-    if os.environ.get("CI"):
-        pytest.fail(f"{message} (CI is set: this is a failure)", pytrace=False)
-    if message not in _skipped:
-        _skipped.append(message)
-    pytest.skip(message)
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    for message in _skipped:
-        terminalreporter.write_sep("!", message, red=True, bold=True)
+TIER = "CONTROL-PLANE TIER (tier 4)"
 
 
 @pytest.hookimpl(wrapper=True)
@@ -62,11 +45,7 @@ FAILED = pytest.StashKey[bool]()
 
 @pytest.fixture(scope="session")
 def binaries() -> dict[str, Path]:
-    try:
-        return build("core")
-    except BinariesMissing as exc:
-        missing = str(exc)
-    skip_or_fail(missing)  # outside the except: no exception chain in the report
+    return built(TIER, "core")
 
 
 @pytest.fixture(scope="session")
@@ -153,11 +132,5 @@ def crd(control_plane: ControlPlane) -> str:
 
 @pytest.fixture(scope="session")
 def helm(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    try:
-        binary = build("helm")["helm"]
-    except BinariesMissing as exc:
-        missing = str(exc)
-        binary = None
-    if binary is None:
-        skip_or_fail(missing)
+    binary = built(TIER, "helm")["helm"]
     return Helm(binary, control_plane, tmp_path_factory.mktemp("helm"))

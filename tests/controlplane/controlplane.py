@@ -31,9 +31,6 @@ from redis_servers import free_port
 from runtime.workers import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-controlplane.sh"
-GO_MISSING = 3
-"""build-controlplane.sh's exit code when Go is missing and nothing is cached."""
 ADMIN = "aq-test-admin"
 CORE = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
 
@@ -42,29 +39,6 @@ Diagnostics = list[Callable[[], str]]
 """Reports a test's fixtures leave, printed when the test fails."""
 Reaper = list[Callable[[], None]]
 """Checks run when the session's tests are done (a process a test stopped, once it has ended)."""
-
-
-class BinariesMissing(RuntimeError):
-    """The control-plane binaries are not cached and cannot be built here (no Go)."""
-
-
-def build(*targets: str) -> dict[str, Path]:
-    """Paths of the binaries of `targets` (core, helm, ...), building them when not cached.
-
-    The build script prints `NAME=/abs/path` lines on stdout; its progress goes to our stderr (a
-    cold build of core takes about 13 minutes). Exit 3 (no Go) raises `BinariesMissing`."""
-    done = subprocess.run(
-        ["bash", str(BUILD_SCRIPT), *targets], stdout=subprocess.PIPE, text=True, check=False
-    )
-    if done.returncode == GO_MISSING:
-        raise BinariesMissing(
-            f"Go is not installed and the control-plane binaries ({' '.join(targets)}) are not "
-            f"cached: install Go >= 1.26 and run scripts/build-controlplane.sh {' '.join(targets)}"
-        )
-    if done.returncode != 0:
-        raise RuntimeError(f"scripts/build-controlplane.sh {' '.join(targets)} failed")
-    paths = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
-    return {name: Path(path) for name, path in paths.items()}
 
 
 def die_with_parent() -> None:
