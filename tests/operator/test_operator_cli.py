@@ -15,6 +15,21 @@ from pathlib import Path
 import pytest
 
 
+def operator_error(env: dict[str, str], *flags: str) -> str:
+    """The one line `aq operator` exits 1 with."""
+    result = subprocess.run(
+        [sys.executable, "-m", "atomicqueues.cli", "operator", *flags],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
 def test_no_credentials_is_one_line(tmp_path: Path) -> None:
     env = {
         k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST")
@@ -22,17 +37,8 @@ def test_no_credentials_is_one_line(tmp_path: Path) -> None:
     for kubeconfig in (None, str(tmp_path / "missing")):
         if kubeconfig:
             env["KUBECONFIG"] = kubeconfig
-        result = subprocess.run(
-            [sys.executable, "-m", "atomicqueues.cli", "operator", "--listen", ""],
-            env={**env, "HOME": str(tmp_path)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert result.returncode == 1, result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, result.stderr
-        assert "Kubernetes credentials" in lines[0]
+        line = operator_error({**env, "HOME": str(tmp_path)}, "--listen", "")
+        assert "Kubernetes credentials" in line
 
 
 @pytest.mark.parametrize(
@@ -46,17 +52,8 @@ def test_no_credentials_is_one_line(tmp_path: Path) -> None:
 )
 def test_bad_flags_are_one_line(flags: list[str], expected: str, tmp_path: Path) -> None:
     # Refused before any login: no credentials are needed to find out.
-    result = subprocess.run(
-        [sys.executable, "-m", "atomicqueues.cli", "operator", *flags],
-        env={**os.environ, "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 1, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert expected in lines[0]
+    env = {**os.environ, "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "missing")}
+    assert expected in operator_error(env, *flags)
 
 
 def test_the_runtime_never_imports_the_operators_dependencies() -> None:
