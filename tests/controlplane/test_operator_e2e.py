@@ -554,3 +554,52 @@ def test_cluster_wide_from_the_chart(
         wait_until(lambda: ended(client, 3, "wide"), 30, "the jobs to complete")
         check_history(load_runs(client_redis(redis_url)), {"w1": 3}, kubelet.kill_times)
         wait_until(lambda: not pods(control_plane, namespace), 30, "the pods to be removed")
+
+
+def test_a_crash_looping_worker_backs_off_instead_of_a_pod_storm(
+    control_plane: ControlPlane,
+    operator: Operator,
+    kubelet: Kubelet,
+    namespace: str,
+    redis_url: str,
+    client: SyncClient,
+) -> None:
+    """Handlers that cannot be imported: every worker exits 1 at once and its pod fails. The
+    operator replaces it only after the entity's backoff (2 s, doubling to 4 s), says CrashLoop in
+    the pool's conditions and an Event, and recovers once the spec is fixed; nothing is lost."""
+    create_secret(control_plane, namespace, redis_url)
+    manifest = pool_manifest(
+        namespace, timing={"restartBackoffSeconds": 2, "maxRestartBackoffSeconds": 4}
+    )
+    manifest["spec"]["handlers"] = "tests.runtime.no_such_module:registry"
+    control_plane.apply(manifest)
+    client.enqueue(TYPE, "looping", "record", {"seq": 0, "sleep": 0.05})
+
+    def crash_looping() -> bool:
+        return conditions(control_plane, namespace, POOL).get("Degraded") == ("True", "CrashLoop")
+
+    wait_until(crash_looping, 30, "the pool to be Degraded (CrashLoop)", every=0.2)
+    began = time.monotonic()
+    runs_before = len(kubelet.runs)
+    time.sleep(8.0)
+    window = time.monotonic() - began
+    started = len(kubelet.runs) - runs_before
+    # Backoff 2, 4, 4 s: at most 3 new pods in 8 s (a worker fails within a second of its
+    # start); without it, one every second or so, each replacing the last at once.
+    assert 1 <= started <= 3, f"{started} pods in {window:.1f}s:\n{kubelet.report()}"
+    assert all(r.exit_code in (None, 1) for r in kubelet.runs.values()), kubelet.report()
+    assert "cannot import" in kubelet.output(next(iter(kubelet.runs))), kubelet.report()
+    events = control_plane.get("-n", namespace, "events",
+                               "--field-selector", f"involvedObject.name={POOL}")  # fmt: skip
+    assert ("Warning", "WorkerFailed") in {(e["type"], e["reason"]) for e in events["items"]}
+    assert client.counts(TYPE)["waiting"] == 1  # the job waits, untouched
+
+    fixed = {"spec": {"handlers": "tests.runtime.handlers:registry"}}
+    control_plane.kubectl("-n", namespace, "patch", "ewp", POOL, "--type", "merge",
+                          "-p", json.dumps(fixed))  # fmt: skip
+    wait_until(lambda: ended(client, 1), 30, "the job to run once the handlers import")
+    wait_until(
+        lambda: conditions(control_plane, namespace, POOL).get("Degraded", ("",))[0] == "False",
+        30,
+        "the pool to recover",
+    )
