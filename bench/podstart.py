@@ -34,6 +34,7 @@ from typing import Any
 
 import aiohttp
 
+from aq_operator.crd import CRD_NAME
 from aq_operator.pods import ANNOTATION_ENTITY
 from atomicqueues.client import Client
 from atomicqueues.config import Settings
@@ -45,7 +46,8 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path[:0] = [str(TESTS / "controlplane"), str(TESTS)]
 
 from controlplane import REPO_ROOT, ControlPlane  # noqa: E402
-from go_tools import BinariesMissing, build  # noqa: E402
+from go_tools import BinariesMissing as BinariesMissing  # noqa: E402
+from go_tools import build  # noqa: E402
 from redis_servers import free_port  # noqa: E402
 
 NAMESPACE = "bench"
@@ -123,7 +125,13 @@ def bare_pod(i: int) -> dict[str, Any]:
     }
 
 
-async def measure(cp: ControlPlane, redis_url: str, entities: int, spacing: float) -> None:
+Seconds = list[float]
+
+
+async def measure(
+    cp: ControlPlane, redis_url: str, entities: int, spacing: float, quiet: bool = False
+) -> tuple[Seconds, Seconds]:
+    """(first job -> pod created, baseline POST -> watch event), one of each per entity."""
     watch = Watch(cp)
     ready = asyncio.Event()
     watching = asyncio.create_task(watch.run(ready))
@@ -145,14 +153,16 @@ async def measure(cp: ControlPlane, redis_url: str, entities: int, spacing: floa
             began = time.perf_counter()
             await client.enqueue("account", entity, "step")
             reaction.append(await watch.wait_for(entity) - began)
-            print(f"\r{i + 1}/{entities} entities", end="", file=sys.stderr, flush=True)
+            if not quiet:
+                print(f"\r{i + 1}/{entities} entities", end="", file=sys.stderr, flush=True)
             await asyncio.sleep(spacing)
-        print(file=sys.stderr)
+        if not quiet:
+            print(file=sys.stderr)
     finally:
         await client.close()
         await api.close()
         watching.cancel()
-    report(reaction, floor)
+    return reaction, floor
 
 
 def fmt_ms(seconds: float) -> str:
@@ -185,18 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--entities", type=int, default=100)
     parser.add_argument("--spacing", type=float, default=0.1, help="seconds between entities")
     args = parser.parse_args(argv)
-    try:
-        binaries = build("core")
-    except BinariesMissing as exc:
-        print(f"podstart.py: {exc}", file=sys.stderr)
-        return 1
-
     redis = EmbeddedRedis()
     try:
         redis.start()
-        with tempfile.TemporaryDirectory() as tmp, ControlPlane(binaries, Path(tmp)) as cp:
-            run(cp, Path(tmp), redis.url, args.entities, args.spacing)
-    except (AtomicQueuesError, TimeoutError) as exc:
+        report(*pod_starts(redis.url, args.entities, args.spacing))
+    except (BinariesMissing, AtomicQueuesError, TimeoutError) as exc:
         print(f"podstart.py: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -204,27 +207,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def run(cp: ControlPlane, tmp: Path, redis_url: str, entities: int, spacing: float) -> None:
-    cp.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
-    cp.kubectl("wait", "--for", "condition=Established", "crd/entityworkerpools.atomicqueues.io")
-    cp.create_namespace(NAMESPACE)
-    log = tmp / "operator.log"
-    with open(log, "wb") as out:
-        operator = subprocess.Popen(
-            ["aq", "operator", "--namespace", NAMESPACE, "--listen", f"127.0.0.1:{free_port()}"],
-            env={**os.environ, "KUBECONFIG": str(cp.kubeconfig)},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        cp.apply(pool(redis_url, entities))
-        asyncio.run(measure(cp, redis_url, entities, spacing))
-    except TimeoutError as exc:
-        tail = log.read_text(errors="replace")[-3000:]
-        raise TimeoutError(f"{exc}; the operator's log ends:\n{tail}") from None
-    finally:
-        operator.terminate()
-        operator.wait(30)
+def pod_starts(
+    redis_url: str, entities: int, spacing: float = 0.1, quiet: bool = False
+) -> tuple[Seconds, Seconds]:
+    """The whole measurement on the Redis at `redis_url`: a control plane and an operator are
+    started for it and stopped after. `BinariesMissing` when they cannot be had."""
+    binaries = build("core")
+    with tempfile.TemporaryDirectory() as tmp, ControlPlane(binaries, Path(tmp)) as cp:
+        cp.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
+        cp.kubectl("wait", "--for", "condition=Established", f"crd/{CRD_NAME}")
+        cp.create_namespace(NAMESPACE)
+        log = Path(tmp) / "operator.log"
+        with open(log, "wb") as out:
+            operator = subprocess.Popen(
+                ["aq", "operator", "-n", NAMESPACE, "--listen", f"127.0.0.1:{free_port()}"],
+                env={**os.environ, "KUBECONFIG": str(cp.kubeconfig)},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            cp.apply(pool(redis_url, entities))
+            return asyncio.run(measure(cp, redis_url, entities, spacing, quiet))
+        except TimeoutError as exc:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise TimeoutError(f"{exc}; the operator's log ends:\n{tail}") from None
+        finally:
+            operator.terminate()
+            operator.wait(30)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from rich.progress import (
 )
 
 import hotpath
+import podstart
 import scaling
 from compare import measure, render, venvs
 from compare.systems import CHART_REQUIREMENTS, SYSTEMS, System
@@ -72,6 +73,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="entities of the scaling benchmark (default 100; 0 skips it)",
     )
     parser.add_argument(
+        "--pod-entities",
+        type=int,
+        default=100,
+        help="entities of the pod-start benchmark on a real API server (default 100; 0 skips"
+        " it; needs the control-plane binaries, see tests/controlplane/README.md)",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="1000 jobs, 1 repetition, 10 scaling entities"
     )
     parser.add_argument("--out", type=Path, default=DOCS, help="where the report goes (docs/)")
@@ -82,7 +90,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.quick:
         args.jobs, args.repeat = 1000, 1
         args.scaling_entities = min(args.scaling_entities, 10)
-    if args.jobs < 10 or args.repeat < 1 or args.scaling_entities < 0:
+        args.pod_entities = min(args.pod_entities, 10)
+    if args.jobs < 10 or args.repeat < 1 or args.scaling_entities < 0 or args.pod_entities < 0:
         parser.error("--jobs must be at least 10, --repeat at least 1")
     return args
 
@@ -155,6 +164,7 @@ class Report:
         self.args = args
         self.systems = selected(args.only)
         self.sizes = measure.Sizes(args.jobs, args.repeat, args.jobs, args.scaling_entities)
+        self.pods: int = args.pod_entities
         self.figures: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         self.limits: dict[str, list[float]] = defaultdict(list)
         self.failures: list[str] = []
@@ -162,7 +172,7 @@ class Report:
 
     def steps(self) -> int:
         reps = self.sizes.repeat * (1 + len(self.systems))
-        return 1 + reps + (1 if self.sizes.scaling_entities else 0)
+        return 1 + reps + (1 if self.sizes.scaling_entities else 0) + (1 if self.pods else 0)
 
     async def pythons(self) -> dict[str, str]:
         """Each system's interpreter: the project's for AtomicQueues, else its virtualenv's."""
@@ -217,6 +227,10 @@ class Report:
                 if self.sizes.scaling_entities:
                     progress.update(overall, description="scaling: bench/scaling.py (local)")
                     meta["scaling"] = await self.scaling()
+                    progress.advance(overall)
+                if self.pods:
+                    progress.update(overall, description="pod start: bench/podstart.py (real API)")
+                    meta["podstart"] = await self.pod_starts()
                     progress.advance(overall)
             finally:
                 await m.close()
@@ -290,6 +304,19 @@ class Report:
             "warm": scaling.spans(samples, "warm_enqueue", "warm_start"),
             "import": figures["baseline.import"],
         }
+
+    async def pod_starts(self) -> dict[str, Any]:
+        """bench/podstart.py's measurement, reused: first job to pod created on a real API
+        server; or why it could not be made (no Go and no cached binaries)."""
+        await self.server_flush()
+        url = f"redis://127.0.0.1:{self.server.port}/0"
+        try:
+            reaction, floor = await asyncio.to_thread(
+                podstart.pod_starts, url, self.pods, 0.1, True
+            )
+        except podstart.BinariesMissing as exc:
+            return {"skipped": str(exc)}
+        return {"entities": len(reaction), "reaction": reaction, "post": floor}
 
     async def server_flush(self) -> None:
         with redis.Redis(port=self.server.port) as r:
