@@ -1,7 +1,7 @@
 """The Kubernetes backend: carries out the reconciler's plan for one pool with worker pods.
 
 It mirrors `atomicqueues.pools.local.LocalPool`, with pods for processes. One `KubePool` runs
-per EntityWorkerPool (in a kopf daemon, so one pass at a time per pool). A pass reads the
+per EntityWorkerPool (in a task of its own, so one pass at a time per pool). A pass reads the
 entities with work (`Client.work_index`) and the pool's pods, asks `reconciler.plan` what to do,
 and does it: start -> create a pod; close -> the close signal through Redis and an annotation,
 then delete the pod once its worker has deregistered or the grace has passed; forget -> delete
@@ -90,7 +90,7 @@ class RedisTarget:
 
 
 class KubePool:
-    """Runs one EntityWorkerPool with pods. `body` is kopf's live view of the resource."""
+    """Runs one EntityWorkerPool with pods. `body` is the latest the pool's watch events gave."""
 
     def __init__(
         self,
@@ -171,7 +171,7 @@ class KubePool:
             log.warning("pool %s/%s: Kubernetes API: %s", self.namespace, self.name, exc)
             metrics.RECONCILE_ERRORS.labels(*self.key).inc()
             return retry
-        except Exception:  # a bug must not end the daemon (and lose the backoff): log, go on
+        except Exception:  # a bug must not end the loop (and lose the backoff): log, go on
             log.exception("pool %s/%s: reconcile failed", self.namespace, self.name)
             metrics.RECONCILE_ERRORS.labels(*self.key).inc()
             return retry
