@@ -46,6 +46,7 @@ from atomicqueues.pools.embedded import EmbeddedRedis
 from atomicqueues.registry import Registry
 from atomicqueues.scripts import NAMES, source
 from atomicqueues.worker import Worker
+from compare.stats import percentile
 from noop_handlers import registry as noop_registry
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -172,13 +173,6 @@ def counting_connection(trips: RoundTrips) -> type[Connection]:
 
 
 # --- statistics --------------------------------------------------------------------------------
-def percentile(values: Sequence[float], p: float) -> float:
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    return statistics.quantiles(ordered, n=1000, method="inclusive")[round(p * 10) - 1]
-
-
 @dataclass
 class ServerStats:
     """Calls and microseconds per command, from INFO commandstats. Commands a Lua script runs

@@ -40,6 +40,7 @@ from atomicqueues.client import Client
 from atomicqueues.config import Settings
 from atomicqueues.errors import AtomicQueuesError
 from atomicqueues.pools.embedded import EmbeddedRedis
+from compare.stats import percentile
 
 # The control-plane tier's helpers.
 TESTS = Path(__file__).resolve().parents[1] / "tests"
@@ -169,10 +170,6 @@ def fmt_ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-def p99(values: list[float]) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[98]
-
-
 def report(reaction: list[float], floor: list[float]) -> None:
     print(f"\nAtomicQueues pod-start benchmark: {len(reaction)} idle entities, one job each")
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end\n")
@@ -182,10 +179,8 @@ def report(reaction: list[float], floor: list[float]) -> None:
         ("baseline: POST of a pod -> its watch event", floor),
     ]
     for label, values in rows:
-        print(
-            f"{label:<44}{fmt_ms(statistics.median(values)):>11}{fmt_ms(p99(values)):>11}"
-            f"{fmt_ms(max(values)):>11}"
-        )
+        p50, p99 = statistics.median(values), percentile(values, 99)
+        print(f"{label:<44}{fmt_ms(p50):>11}{fmt_ms(p99):>11}{fmt_ms(max(values)):>11}")
     ratio = statistics.median(reaction) / statistics.median(floor)
     print(f"\nmedian reaction / median baseline: {ratio:.2f}x  (KEDA polls every 30 s)")
 

@@ -41,7 +41,8 @@ from atomicqueues.pools.cli import settings_for
 from atomicqueues.pools.local import LocalPool
 from atomicqueues.pools.reconciler import Action, Plan, StartWorker
 from atomicqueues.pools.spec import Pool, parse_pool
-from hotpath import BenchError, RedisServer, percentile, run_on_private_redis
+from compare.stats import percentile
+from hotpath import BenchError, RedisServer, run_on_private_redis
 
 ENTITY_TYPE = "scale"
 PREFIX = "aqscale"
