@@ -307,7 +307,8 @@ class Report:
 
     async def pod_starts(self) -> dict[str, Any]:
         """bench/podstart.py's measurement, reused: first job to pod created on a real API
-        server; or why it could not be made (no Go and no cached binaries)."""
+        server; or why it could not be made (no Go and no cached binaries, or it failed: then
+        the run's other figures are still written, and the exit code says it)."""
         await self.server_flush()
         url = f"redis://127.0.0.1:{self.server.port}/0"
         try:
@@ -316,6 +317,9 @@ class Report:
             )
         except podstart.BinariesMissing as exc:
             return {"skipped": str(exc)}
+        except (TimeoutError, RuntimeError, OSError, AssertionError) as exc:
+            self.failures.append(f"pod start: {exc}")
+            return {"skipped": f"failed: {str(exc).splitlines()[0]}"}
         return {"entities": len(reaction), "reaction": reaction, "post": floor}
 
     async def server_flush(self) -> None:
