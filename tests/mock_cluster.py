@@ -166,5 +166,5 @@ class RunningOperator:
         self.loop.call_soon_threadsafe(self.op.poke, ns, pool)
 
     def passes(self, pool: str, ns: str = NAMESPACE) -> int:
-        found = self.op.pools.get((ns, pool))
+        found = self.op.pool(ns, pool)
         return 0 if found is None else found.passes

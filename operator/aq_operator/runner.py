@@ -25,7 +25,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Collection, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import kopf
 
@@ -56,14 +56,21 @@ def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         raise kopf.LoginError(f"cannot read Kubernetes credentials: {exc}") from None
 
 
+class Served(NamedTuple):
+    """A pool being served: its reconcile loop runs in `task` until `stop` is set."""
+
+    pool: KubePool
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
 class Operator:
     """The operator's handlers, registry and shared state."""
 
     def __init__(self, config: Config | None = None, *, login: LoginFn = default_login) -> None:
         self.config = config or Config.from_env()
         self.registry = kopf.OperatorRegistry()
-        self.pools: dict[tuple[str, str], KubePool] = {}
-        self._serving: dict[tuple[str, str], tuple[asyncio.Event, asyncio.Task[None]]] = {}
+        self._served: dict[tuple[str, str], Served] = {}
         self._kopf_stop: asyncio.Event | None = None
         self.connection: kopf.ConnectionInfo | None = None
         self.health = Health()
@@ -81,25 +88,27 @@ class Operator:
         settings.watching.reconnect_backoff = 1.0
         return settings
 
+    def pool(self, namespace: str | None, name: str | None) -> KubePool | None:
+        """The pool this operator serves by that name, if any."""
+        served = self._served.get((namespace or "default", name or ""))
+        return None if served is None else served.pool
+
     def _serve(self, key: tuple[str, str], pool: KubePool) -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(_serve(pool, stop), name=f"pool {key[0]}/{key[1]}")
-        self.pools[key] = pool
-        self._serving[key] = (stop, task)
+        self._served[key] = Served(pool, stop, task)
 
     async def _stop_serving(self, key: tuple[str, str]) -> None:
         """Stop serving a pool: its current pass ends first (30 s at most)."""
-        self.pools.pop(key, None)
-        serving = self._serving.pop(key, None)
-        if serving is not None:
-            stop, task = serving
-            stop.set()
-            await asyncio.wait([task], timeout=STOP_TIMEOUT)
-            await cancel_and_wait([task])
+        served = self._served.pop(key, None)
+        if served is not None:
+            served.stop.set()
+            await asyncio.wait([served.task], timeout=STOP_TIMEOUT)
+            await cancel_and_wait([served.task])
         metrics.forget_pool(*key)
 
     def poke(self, namespace: str | None, pool: str | None) -> None:
-        found = self.pools.get((namespace or "default", pool or ""))
+        found = self.pool(namespace, pool)
         if found is not None:
             found.wake.set()
 
@@ -121,7 +130,7 @@ class Operator:
                 self._kopf_stop.set()
             # And the HTTP port's connections (a scraper's keep-alive) would count as hung too.
             await self.endpoints.stop()
-            await asyncio.gather(*(self._stop_serving(key) for key in list(self._serving)))
+            await asyncio.gather(*(self._stop_serving(key) for key in list(self._served)))
 
         @kopf.on.event(API_GROUP, API_VERSION, PLURAL, registry=registry)
         async def pool_event(type: str | None, body: kopf.Body, **_: Any) -> None:
@@ -129,7 +138,7 @@ class Operator:
             if type == "DELETED":
                 await self._stop_serving(key)
                 return
-            pool = self.pools.get(key)
+            pool = self.pool(*key)
             if pool is not None and pool.uid != body.metadata.uid:  # deleted and made anew
                 await self._stop_serving(key)
                 pool = None

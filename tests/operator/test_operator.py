@@ -366,10 +366,10 @@ async def test_a_pool_gets_no_finalizer_and_deleting_it_ends_its_loop(
     meta = (await api.pool("plain"))["metadata"]
     assert not meta.get("finalizers")
     assert not [k for k in meta.get("annotations") or {} if "kopf" in k]
-    assert (NAMESPACE, "plain") in operator.op.pools
+    assert operator.op.pool(NAMESPACE, "plain") is not None
     await api.delete_pool("plain")
 
     async def gone() -> bool:
-        return (NAMESPACE, "plain") not in operator.op.pools
+        return operator.op.pool(NAMESPACE, "plain") is None
 
     await eventually(gone, "the pool's loop to end")
