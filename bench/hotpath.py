@@ -224,7 +224,7 @@ class Bench:
         self.figures[key].append(value)
 
     async def learn_connection_settings(self) -> None:
-        model = await connect(self.server.url)
+        model = await connect(self.server.url, self.settings.call_timeout)
         kwargs = model.connection_pool.connection_kwargs
         self.connection_settings = {k: kwargs[k] for k in CONNECTION_SETTINGS if k in kwargs}
         await model.aclose()

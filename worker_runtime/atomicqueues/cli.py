@@ -347,7 +347,7 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         await worker.run()
     finally:
         await client.close()
-    return 0
+    return EXIT_ERROR if worker.failed else 0
 
 
 def _lazy(command: str, rest: list[str]) -> int:

@@ -30,6 +30,8 @@ from .keys import (
 from .scripts import Scripts
 
 T = TypeVar("T")
+MAX_BLOCK_SECONDS = 30.0
+"""The longest a blocking call waits before it returns empty (the caller may call again)."""
 Entity = tuple[str, str]
 
 
@@ -63,13 +65,17 @@ class Client:
         self.keys = Keys(settings.prefix)
         self.scripts = Scripts(redis)
         self._remembered: set[tuple[str, str]] = set()
+        self._blocking: RedisClient | None = None
+        self._blocking_made = asyncio.Lock()
 
     @classmethod
     async def connect(cls, settings: Settings | None = None) -> Client:
         settings = settings or Settings.from_env()
-        return cls(await connect(settings.redis_url), settings)
+        return cls(await connect(settings.redis_url, settings.call_timeout), settings)
 
     async def close(self) -> None:
+        if self._blocking is not None:
+            await self._blocking.aclose()
         await self.redis.aclose()
 
     async def __aenter__(self) -> Client:
@@ -94,8 +100,16 @@ class Client:
 
     # Typed reads: the client decodes replies, so every value is a str.
     async def blpop(self, keys: list[str], seconds: float) -> tuple[str, str] | None:
-        """Block until one of `keys` has an element (popped and returned) or `seconds` pass."""
-        value = await self.call(lambda: self.redis.blpop(keys, timeout=max(seconds, 0.01)))
+        """Block until one of `keys` has an element (popped and returned) or `seconds` pass
+        (at most `MAX_BLOCK_SECONDS`). Blocking calls have connections of their own, whose
+        read timeout is the longest block plus the call timeout."""
+        seconds = min(max(seconds, 0.01), MAX_BLOCK_SECONDS)
+        async with self._blocking_made:
+            if self._blocking is None:
+                timeout = MAX_BLOCK_SECONDS + self.settings.call_timeout
+                self._blocking = await connect(self.settings.redis_url, timeout)
+        blocking = self._blocking
+        value = await self.call(lambda: blocking.blpop(keys, timeout=seconds))
         return None if value is None else (str(value[0]), str(value[1]))
 
     async def hget(self, key: str, field: str) -> str | None:
@@ -347,7 +361,7 @@ class Client:
 
     async def events(self, entity_type: str) -> AsyncIterator[str]:
         """Entity ids as they become claimable (pub/sub; a missed message only delays)."""
-        redis = pubsub_client(self.settings.redis_url)
+        redis = pubsub_client(self.settings.redis_url, self.settings.call_timeout)
         pubsub = redis.pubsub()
         try:
             await self.call(lambda: pubsub.subscribe(self.keys.events(entity_type)))

@@ -31,6 +31,11 @@ class Settings:
     heartbeat_interval: float = 1.0
     """Seconds between heartbeats (`AQ_HEARTBEAT_INTERVAL`); must be well under the TTL."""
 
+    redis_timeout: float | None = None
+    """Seconds a Redis call may go unanswered before it fails (`AQ_REDIS_TIMEOUT`); default a
+    third of the heartbeat TTL, so a worker cut off from Redis finds out well inside its lease.
+    Blocking waits get this much on top of their own timeout."""
+
     idle_timeout: float = 30.0
     """An entity-bound worker exits after this many seconds without work (`AQ_IDLE_TIMEOUT`)."""
 
@@ -72,8 +77,23 @@ class Settings:
                 f"heartbeat interval {self.heartbeat_interval}s must be at most half "
                 f"the TTL {self.heartbeat_ttl}s"
             )
+        if self.redis_timeout is not None and self.redis_timeout <= 0:
+            raise ConfigError("the Redis timeout must be positive")
         if self.max_attempts < 1:
             raise ConfigError("max attempts must be at least 1")
+
+    @property
+    def call_timeout(self) -> float:
+        """Seconds a Redis call may go unanswered (`redis_timeout`, or a third of the TTL)."""
+        return self.redis_timeout or self.heartbeat_ttl / 3
+
+    @property
+    def lease_margin(self) -> float:
+        """How long before its lease expires (on its own clock) a worker stops the job it covers.
+
+        A fifth of the TTL: it absorbs a difference in clock rates between this host and Redis
+        (the one assumption left), the handler's time to give control back, and scheduling."""
+        return self.heartbeat_ttl / 5
 
     @property
     def lease_ttl_ms(self) -> int:
@@ -88,6 +108,7 @@ class Settings:
             "AQ_PREFIX": ("prefix", str),
             "AQ_HEARTBEAT_TTL": ("heartbeat_ttl", float),
             "AQ_HEARTBEAT_INTERVAL": ("heartbeat_interval", float),
+            "AQ_REDIS_TIMEOUT": ("redis_timeout", float),
             "AQ_IDLE_TIMEOUT": ("idle_timeout", float),
             "AQ_SHUTDOWN_GRACE": ("shutdown_grace", float),
             "AQ_MAX_PAYLOAD_BYTES": ("max_payload_bytes", int),

@@ -4,25 +4,28 @@ The same URL scheme serves both: after connecting we ask the server whether it r
 mode and, if so, switch to redis-py's cluster client. Password and TLS come through the URL
 (`redis://:PASSWORD@host:6379/0`, `rediss://...`). Connection failures become
 `RedisUnavailable` with one line a person can act on.
+
+Every client is made with a timeout (`Settings.redis_timeout`): a call on a connection that
+stopped answering (a partition, a frozen server) fails after that many seconds instead of
+hanging, and a timed-out call is never re-sent behind the caller's back (a script may have run:
+the caller decides). A connection that turns out to be broken when a call is sent is retried
+once on a fresh one, so a restarted Redis costs the caller nothing.
 """
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from .errors import RedisUnavailable
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
-
-SOCKET_TIMEOUT = 60.0
-"""Read timeout of our connections: longer than any blocking call we make (a worker blocks up
-to 30 s, `result()` up to 5 s at a time). redis-py >= 8 defaults to 5 s, which cut those calls
-short with a timeout error; a `socket_timeout` in the URL still wins."""
 
 CONNECTION_ERRORS = (
     redis.exceptions.ConnectionError,
@@ -41,10 +44,21 @@ def describe(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
-async def connect(url: str) -> RedisClient:
-    """A client for `url`; a Cluster client when the server runs in cluster mode."""
+def _options(timeout: float) -> dict[str, Any]:
+    """Client options; a `socket_timeout` given in the URL still wins."""
+    return {
+        "decode_responses": True,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+    }
+
+
+async def connect(url: str, timeout: float) -> RedisClient:
+    """A client for `url` whose calls fail after `timeout` seconds without an answer; a Cluster
+    client when the server runs in cluster mode."""
+    broken_once = Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
     try:
-        plain = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT)
+        plain = aioredis.Redis.from_url(url, retry=broken_once, **_options(timeout))
     except ValueError as exc:
         raise RedisUnavailable(f"invalid Redis URL {describe(url)!r}: {exc}") from None
     try:
@@ -58,7 +72,7 @@ async def connect(url: str) -> RedisClient:
     if not info.get("cluster_enabled"):
         return plain
     await plain.aclose()
-    cluster = RedisCluster.from_url(url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT)
+    cluster = RedisCluster.from_url(url, **_options(timeout))
     try:
         await cluster.initialize()
     except (*CONNECTION_ERRORS, redis.exceptions.RedisClusterException) as exc:
@@ -67,7 +81,8 @@ async def connect(url: str) -> RedisClient:
     return cluster
 
 
-def pubsub_client(url: str) -> aioredis.Redis:
-    """A plain client for subscribing. On Cluster it talks to the URL's node: classic pub/sub
-    messages reach every node of a cluster. The caller closes it."""
-    return aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT)
+def pubsub_client(url: str, timeout: float) -> aioredis.Redis:
+    """A plain client for subscribing (its reads of messages wait without limit). On Cluster it
+    talks to the URL's node: classic pub/sub messages reach every node of a cluster. The caller
+    closes it."""
+    return aioredis.Redis.from_url(url, **_options(timeout))

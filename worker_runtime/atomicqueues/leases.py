@@ -4,12 +4,18 @@ A lease (owner, fencing token, expiry) entitles one worker to run one job of an 
 time; an entity has at most `concurrency` leases. Every call presents the token, and the script
 refuses it when the lease has expired or passed to another worker (`LeaseLost`), so a paused or
 cut-off worker can change nothing after the fact.
+
+The worker also knows how long its lease lasts without asking Redis: a lease cannot expire
+before the send time of the last call that renewed it (claim, finish, renew) plus the TTL, as
+Redis sets the expiry when the script runs, never before the call was sent. `Lease.valid_until`
+keeps that moment on this process's monotonic clock, so the worker can stop a job before anyone
+else may start it, even when Redis cannot be reached.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .client import Client
@@ -27,6 +33,9 @@ class Lease:
     entity_type: str
     entity_id: str
     token: str
+    valid_until: float = field(default=0.0, compare=False)
+    """Until when (`time.monotonic()`) the lease holds for certain: the send time of the last
+    call that renewed it, plus the TTL."""
 
     @property
     def fencing_token(self) -> int:
@@ -61,6 +70,7 @@ class Leases:
         self.owner = owner
         self.keys = client.keys
         self.ttl_ms = client.settings.lease_ttl_ms
+        self.ttl = self.ttl_ms / 1000.0
 
     def _started(self, lease: Lease, reply: list[str | None]) -> Started:
         jslot = reply[0] or ""
@@ -68,6 +78,7 @@ class Leases:
 
     async def claim(self, entity_type: str, entity_id: str, lease: Lease | None) -> Started | Idle:
         """Start the entity's next job, acquiring a lease if `lease` is None."""
+        sent = time.monotonic()
         reply = await self.client.script(
             "claim",
             self.keys.entity_bucket(entity_type, entity_id),
@@ -80,7 +91,12 @@ class Leases:
         if reply[0] == "lost":
             raise LeaseLost(entity_type, entity_id, lease.fencing_token if lease else None)
         token = reply[1]
-        held = Lease(entity_type, entity_id, token) if token else None
+        held: Lease | None = None
+        if lease is not None and token == lease.token:  # the same lease, renewed
+            held = lease
+            held.valid_until = max(held.valid_until, sent + self.ttl)
+        elif token:
+            held = Lease(entity_type, entity_id, token, sent + self.ttl)
         if reply[0] == "job":
             assert held is not None
             return self._started(held, reply[2:])
@@ -100,12 +116,13 @@ class Leases:
 
     async def claim_any(self, entity_type: str, bucket: str) -> Started | None:
         """Take the oldest claimable entity of one bucket (packed workers)."""
+        sent = time.monotonic()
         reply = await self.client.script(
             "claim_any", bucket, self.owner, self.ttl_ms, self.keys.events(entity_type)
         )
         if reply[0] != "job":
             return None
-        lease = Lease(entity_type, decode_id(reply[1]), reply[2])
+        lease = Lease(entity_type, decode_id(reply[1]), reply[2], sent + self.ttl)
         return self._started(lease, reply[3:])
 
     async def finish(
@@ -119,6 +136,7 @@ class Leases:
     ) -> Started | None:
         """Record the outcome of `run`; with `claim_next`, start the next job in the same call."""
         lease = run.lease
+        sent = time.monotonic()
         reply = await self.client.script(
             "finish",
             self.keys.entity_bucket(lease.entity_type, lease.entity_id),
@@ -135,6 +153,7 @@ class Leases:
         )
         if reply[0] == "lost":
             raise LeaseLost(lease.entity_type, lease.entity_id, lease.fencing_token)
+        lease.valid_until = max(lease.valid_until, sent + self.ttl)
         if reply[1] == "job":
             return self._started(lease, reply[2:])
         return None
@@ -148,10 +167,15 @@ class Leases:
         lost: list[Lease] = []
         for (bucket, entity_type), group in by_bucket.items():
             pairs = [v for lease in group for v in (encode_id(lease.entity_id), lease.token)]
+            sent = time.monotonic()
             renewed = await self.client.script(
                 "renew", bucket, self.owner, self.ttl_ms, self.keys.events(entity_type), *pairs
             )
-            lost += [lease for lease, ok in zip(group, renewed, strict=True) if not ok]
+            for lease, ok in zip(group, renewed, strict=True):
+                if ok:
+                    lease.valid_until = max(lease.valid_until, sent + self.ttl)
+                else:
+                    lost.append(lease)
         return lost
 
     async def release(self, lease: Lease, mode: Literal["idle", "shutdown"]) -> str:

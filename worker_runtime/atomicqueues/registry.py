@@ -58,7 +58,13 @@ class Handler:
     async def __call__(self, ctx: JobContext, payload: Any) -> Any:
         if inspect.iscoroutinefunction(self.fn):
             return await self.fn(ctx, payload)
-        return await asyncio.to_thread(self.fn, ctx, payload)
+        work = asyncio.ensure_future(asyncio.to_thread(self.fn, ctx, payload))
+        try:
+            return await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # A thread cannot be stopped: the job has not ended before the function returns.
+            await asyncio.wait({work})
+            raise
 
 
 def _payload_model(fn: HandlerFn) -> type[BaseModel] | None:

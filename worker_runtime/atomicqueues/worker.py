@@ -7,10 +7,16 @@ worker (`entity_id` None, `slots` K) claims any entities of its type that have w
 holder, up to K at a time, runs each one's jobs serially, and lets go of an entity when it runs
 dry. Both finish a job and start the next one in one round trip.
 
-A heartbeat renews the leases and the registration every interval; a lost lease cancels the
-handler it covered (its job is already back in the queue). On SIGTERM/SIGINT or a close signal
-the worker stops taking jobs, lets the running ones finish within the grace period, gives back
-any that do not (at once, to the head of the queue), releases its leases and deregisters.
+A heartbeat renews the leases and the registration every interval. A lease the worker can no
+longer be sure of counts as lost before Redis could give it to anyone else: when its renewal
+was refused, or when, on the worker's own clock, it has come within `Settings.lease_margin` of
+the moment it may expire (leases.py) because Redis could not be reached. A lost lease cancels
+the handler it covered (`ctx.lost` is set; Redis gives the job back once the lease has
+expired); a handler that does not give control back ends the process (watchdog.py). Every loop
+of the worker retries what Redis could not do or ends the worker (exit code 1) so its leases
+end: none dies silently while its leases are renewed. On SIGTERM/SIGINT or a close signal the
+worker stops taking jobs, lets the running ones finish within the grace period, gives back any
+that do not (at once, to the head of the queue), releases its leases and deregisters.
 """
 
 from __future__ import annotations
@@ -23,27 +29,33 @@ import random
 import time
 import traceback
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import suppress
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster
 
 from . import metrics
 from .aio import cancel_and_wait
-from .client import Client
+from .client import MAX_BLOCK_SECONDS, Client
 from .connection import pubsub_client
 from .context import JobContext
 from .errors import LeaseLost, PermanentError, RedisUnavailable, UnknownHandler
 from .leases import Idle, Lease, Leases, Outcome, Started, sweep
 from .presence import Presence, WorkerInfo, close_message_applies
 from .registry import Registry
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_ERROR_CHARS = 4000
-MAX_BLOCK_SECONDS = 30.0
+RETRY_PAUSE = 0.2
+"""Seconds between tries of a Redis call that failed while a lease is still held."""
+LISTEN_BACKOFF = (0.1, 5.0)
+"""First and longest pause before the pub/sub listener subscribes again after an outage."""
 
 
 def default_name(node: str) -> str:
@@ -80,6 +92,12 @@ class Worker:
         self.closing = asyncio.Event()
         self.close_reason: str | None = None
         self.exit_reason = ""
+        self.failed: BaseException | None = None
+        """The error a loop of the worker ended with; the worker then stops (exit code 1)."""
+        self.margin = self.settings.lease_margin
+        # It ends the process when a job runs on after the guard below cancelled it: by a
+        # quarter of the margin before the lease may expire at the latest.
+        self.watchdog = Watchdog(every=min(0.05, self.margin / 8), reaction=self.margin / 2)
         self._work_hint = asyncio.Event()
         self._clock_offset = 0.0
         self.info = WorkerInfo(
@@ -109,14 +127,16 @@ class Worker:
             "" if self.slots == 1 else "s",
             self.settings.node,
         )
+        self.watchdog.start()
         helpers = [
-            asyncio.create_task(self._heartbeat(), name="aq-heartbeat"),
-            asyncio.create_task(self._listen(), name="aq-close-listener"),
+            self._spawn(self._heartbeat(), "heartbeat"),
+            self._spawn(self._guard(), "lease guard"),
+            self._spawn(self._listen(), "pub/sub listener"),
         ]
         loop: Coroutine[Any, Any, None] = (
             self._entity_loop(self.entity_id) if self.entity_id is not None else self._packed_loop()
         )
-        work = asyncio.create_task(loop, name="aq-work")
+        work = self._spawn(loop, "work loop")
         try:
             await self._until_done(work)
         finally:
@@ -126,9 +146,26 @@ class Worker:
                 await self.presence.leave(replace(self.info, entities=list(self.held)))
             except RedisUnavailable as exc:
                 log.warning("worker %s could not deregister: %s", self.name, exc)
+            self.watchdog.stop()
         reason = self.close_reason or self.exit_reason or "done"
         log.info("worker %s stopped: %s", self.name, reason)
         return reason
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
+        """Run one loop of the worker as a task; if it ends with an error, the worker stops."""
+        task = asyncio.create_task(coro, name=f"aq-{what}")
+
+        def ended(task: asyncio.Task[None]) -> None:
+            if task.cancelled() or task.exception() is None:
+                return
+            exc = task.exception()
+            log.error("worker %s: its %s failed", self.name, what, exc_info=exc)
+            if self.failed is None:
+                self.failed = exc
+            self.close(f"its {what} failed: {exc!r}")
+
+        task.add_done_callback(ended)
+        return task
 
     async def _until_done(self, work: asyncio.Task[None]) -> None:
         closing = asyncio.create_task(self.closing.wait())
@@ -148,38 +185,70 @@ class Worker:
                     if not done:
                         work.cancel()
             await asyncio.gather(work, return_exceptions=True)
-            if work.done() and not work.cancelled() and work.exception():
-                raise work.exception()  # type: ignore[misc]
         finally:
             closing.cancel()
 
     async def _release_all(self) -> None:
-        for eid, lease in list(self.held.items()):
-            try:
-                await self.leases.release(lease, "shutdown")
-            except RedisUnavailable as exc:
-                log.warning(
-                    "lease on %s/%r not released (%s); it expires", lease.entity_type, eid, exc
-                )
-            self.held.pop(eid, None)
+        for lease in list(self.held.values()):
+            await self._give_back(lease)
 
-    # --- heartbeat, close signals, sweeping ------------------------------------------------------
+    async def _give_back(self, lease: Lease) -> None:
+        """Release a lease at once (its running job, if any, goes back to the head of the
+        queue); when Redis cannot be reached the lease simply expires."""
+        if self.held.get(lease.entity_id) is lease:
+            del self.held[lease.entity_id]
+        try:
+            await self.leases.release(lease, "shutdown")
+        except RedisUnavailable as exc:
+            log.warning(
+                "lease on %s/%r not released (%s); it expires",
+                lease.entity_type,
+                lease.entity_id,
+                exc,
+            )
+
+    async def _while_held(self, lease: Lease, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Call `attempt` until Redis answers it; `LeaseLost` once the lease is held no more
+        (lost, or past its deadline while Redis could not be reached)."""
+        while self.held.get(lease.entity_id) is lease:
+            try:
+                return await attempt()
+            except RedisUnavailable as exc:
+                log.warning("worker %s: %s", self.name, exc)
+                await asyncio.sleep(RETRY_PAUSE)
+        raise LeaseLost(lease.entity_type, lease.entity_id, lease.fencing_token)
+
+    # --- heartbeat, lease guard, close signals, sweeping -----------------------------------------
     async def _heartbeat(self) -> None:
         interval = self.settings.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
             try:
+                leases = list(self.held.values())  # first: nothing may delay the renewal
+                for lease in await self.leases.renew(leases):
+                    self._lost(lease, "its renewal was refused")
                 info = replace(self.info, entities=list(self.held))
                 await self.presence.beat(info, self.settings.heartbeat_ttl)
-                leases = list(self.held.values())
-                for lease in await self.leases.renew(leases):
-                    self._lost(lease)
                 reason = await self.presence.close_requested(info)
                 if reason:
                     self.close(reason)
                 await self._sweep_if_due()
             except RedisUnavailable as exc:
                 log.warning("worker %s heartbeat failed: %s", self.name, exc)
+
+    async def _guard(self) -> None:
+        """Count a lease as lost once it comes within the margin of the moment it may expire
+        (on this process's clock): its job is stopped before anyone else may start it."""
+        while True:
+            now = time.monotonic()
+            wake = now + self.settings.heartbeat_interval
+            for lease in list(self.held.values()):
+                deadline = lease.valid_until - self.margin
+                if deadline <= now:
+                    self._lost(lease, "it could not be renewed in time")
+                else:
+                    wake = min(wake, deadline)
+            await asyncio.sleep(wake - now)
 
     async def _sweep_if_due(self) -> None:
         """One process per type and interval recovers expired leases and due delayed jobs."""
@@ -191,14 +260,37 @@ class Worker:
                 log.warning("recovered %d expired lease(s) of %s", recovered, self.entity_type)
 
     async def _listen(self) -> None:
-        """Close signals by pub/sub (fast path); the heartbeat also checks the signal keys."""
-        redis = pubsub_client(self.settings.redis_url)
-        pubsub = redis.pubsub()
+        """Close signals and (packed) work events by pub/sub, subscribing again after every
+        outage with a growing pause. Only the fast path: the heartbeat also checks the signal
+        keys, and waits for work end by their timeout."""
         channels = [self.client.keys.close_channel()]
         if self.entity_id is None:
             channels.append(self.client.keys.events(self.entity_type))
+        first, longest = LISTEN_BACKOFF
+        pause = first
+        while True:
+            subscribed = asyncio.Event()
+            try:
+                await self._listen_once(channels, subscribed)
+            except Exception as exc:
+                if subscribed.is_set():
+                    pause = first
+                log.warning(
+                    "worker %s: pub/sub listener stopped (%s); subscribing again in %.1fs",
+                    self.name,
+                    exc,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, longest)
+
+    async def _listen_once(self, channels: list[str], subscribed: asyncio.Event) -> None:
+        redis = pubsub_client(self.settings.redis_url, self.settings.call_timeout)
+        pubsub = redis.pubsub()
         try:
             await pubsub.subscribe(*channels)
+            subscribed.set()
+            self._work_hint.set()  # work events may have been missed while unsubscribed
             async for message in pubsub.listen():
                 if message.get("type") != "message":
                     continue
@@ -211,25 +303,24 @@ class Worker:
                     continue
                 if isinstance(body, dict) and close_message_applies(body, self.info):
                     self.close("close signal")
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # pub/sub is only the fast path: the heartbeat still works
-            log.warning("worker %s close listener stopped: %s", self.name, exc)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await redis.aclose()
+            with suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with suppress(Exception):
+                await redis.aclose()
 
-    def _lost(self, lease: Lease) -> None:
+    def _lost(self, lease: Lease, why: str) -> None:
         if self.held.get(lease.entity_id) is not lease:
             return
         del self.held[lease.entity_id]
         metrics.LEASES_LOST.labels(self.entity_type).inc()
         log.warning(
-            "worker %s lost its lease on %s/%r (token %s)",
+            "worker %s lost its lease on %s/%r (token %s): %s",
             self.name,
             lease.entity_type,
             lease.entity_id,
             lease.token,
+            why,
         )
         running = self.running.get(lease.entity_id)
         if running:
@@ -286,6 +377,10 @@ class Worker:
                 continue
             except RedisUnavailable as exc:
                 log.warning("worker %s: %s", self.name, exc)
+                if loop.time() - idle_since >= self.settings.idle_timeout:
+                    self.held.pop(entity_id, None)  # nothing runs: the lease may just expire
+                    self.exit_reason = "idle (Redis unreachable: the lease expires)"
+                    return
                 await asyncio.sleep(1.0)
                 continue
             if isinstance(claimed, Started):
@@ -316,10 +411,14 @@ class Worker:
         lease = self.held.get(entity_id)
         if lease is None:
             return True
-        outcome = await self.leases.release(lease, "idle")
+        try:
+            outcome = await self._while_held(lease, lambda: self.leases.release(lease, "idle"))
+        except LeaseLost:
+            return True
         if outcome == "busy":
             return False
-        self.held.pop(entity_id, None)
+        if self.held.get(entity_id) is lease:
+            del self.held[entity_id]
         return True
 
     # --- a packed worker -------------------------------------------------------------------------
@@ -389,24 +488,26 @@ class Worker:
 
     async def _drain(self, started: Started) -> None:
         """Run one entity's jobs until it runs dry, then let go of it."""
-        entity_id = started.lease.entity_id
-        self.held[entity_id] = started.lease
+        lease = started.lease
+        entity_id = lease.entity_id
+        self.held[entity_id] = lease
         run: Started | Idle = started
         while isinstance(run, Started):
             await self._run_serially(run)
-            if self.closing.is_set() or entity_id not in self.held:
+            if self.closing.is_set() or self.held.get(entity_id) is not lease:
                 return
             if await self._release_if_idle(entity_id):
                 return
             try:
-                run = await self.leases.claim(self.entity_type, entity_id, self.held[entity_id])
+                run = await self._while_held(
+                    lease, lambda: self.leases.claim(self.entity_type, entity_id, lease)
+                )
             except LeaseLost:
-                self.held.pop(entity_id, None)
+                self._lost(lease, "its next claim was refused")
                 return
         self._hold(entity_id, run)
-        lease = self.held.pop(entity_id, None)
-        if lease is not None:
-            await self.leases.release(lease, "shutdown")
+        if (held := self.held.get(entity_id)) is not None:
+            await self._give_back(held)
 
     # --- running jobs ----------------------------------------------------------------------------
     async def _run_serially(self, run: Started | None) -> None:
@@ -440,6 +541,8 @@ class Worker:
             )
             task = asyncio.create_task(ctx.locks.run(handler(ctx, payload)))
             self.running[lease.entity_id] = (ctx, task)
+            self.watchdog.watch(task, lambda: lease.valid_until - self.margin, where)
+            task.add_done_callback(self.watchdog.unwatch)
             metrics.IN_FLIGHT.labels(self.entity_type).inc()
             try:
                 result = await task
@@ -478,40 +581,25 @@ class Worker:
             log.warning("%s abandoned: lease lost, the job is back in the queue", where)
             return
         log.warning("%s interrupted by shutdown: given back to the head of the queue", where)
-        lease = self.held.pop(run.lease.entity_id, None)
-        if lease is not None:
-            await self.leases.release(lease, "shutdown")
+        await self._give_back(run.lease)
 
     async def _finish(
         self, run: Started, outcome: Outcome, value: str, retry_delay: float, where: str
     ) -> Started | None:
         labels = (run.job.entity_type, run.job.name)
-        deadline = time.monotonic() + self.settings.heartbeat_ttl
-        while True:
-            try:
-                nxt = await self.leases.finish(
-                    run,
-                    outcome,
-                    value,
-                    retry_delay=retry_delay,
-                    claim_next=not self.closing.is_set(),
-                )
-                break
-            except LeaseLost:
-                self._lost(run.lease)
-                log.warning("%s: outcome %s refused, lease lost", where, outcome)
-                return None
-            except RedisUnavailable as exc:
-                if time.monotonic() > deadline:
-                    log.error(
-                        "%s: outcome %s not recorded (%s); the job will run again",
-                        where,
-                        outcome,
-                        exc,
-                    )
-                    self.held.pop(run.lease.entity_id, None)
-                    return None
-                await asyncio.sleep(0.2)
+
+        def finish() -> Awaitable[Started | None]:
+            claim_next = not self.closing.is_set()
+            return self.leases.finish(
+                run, outcome, value, retry_delay=retry_delay, claim_next=claim_next
+            )
+
+        try:
+            nxt = await self._while_held(run.lease, finish)
+        except LeaseLost:
+            self._lost(run.lease, "its outcome was refused")
+            log.warning("%s: outcome %s not recorded, lease lost; it runs again", where, outcome)
+            return None
         {
             "completed": metrics.JOBS_COMPLETED,
             "retry": metrics.JOBS_RETRIED,
