@@ -15,6 +15,11 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+SAFETY_MARGIN = 0.2
+"""The part of a lease's or lock's TTL its holder keeps in hand: it stops what the lease or
+lock covers this long before the moment it may expire on its own clock. It absorbs a difference
+in clock rates between this host and Redis (the one assumption left: rates, not clocks, agree
+within it), the time a handler takes to give control back, and scheduling delays."""
 
 
 @dataclass(frozen=True)
@@ -89,11 +94,9 @@ class Settings:
 
     @property
     def lease_margin(self) -> float:
-        """How long before its lease expires (on its own clock) a worker stops the job it covers.
-
-        A fifth of the TTL: it absorbs a difference in clock rates between this host and Redis
-        (the one assumption left), the handler's time to give control back, and scheduling."""
-        return self.heartbeat_ttl / 5
+        """How long before its lease may expire (on its own clock) a worker stops the job it
+        covers (see `SAFETY_MARGIN`)."""
+        return self.heartbeat_ttl * SAFETY_MARGIN
 
     @property
     def lease_ttl_ms(self) -> int:

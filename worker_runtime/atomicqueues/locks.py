@@ -20,6 +20,7 @@ import asyncio
 import logging
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -27,6 +28,7 @@ from typing import Any, Literal
 
 from .aio import cancel_and_wait
 from .client import Client
+from .config import SAFETY_MARGIN
 from .errors import InvalidInput, LockBusy, LockNotOwned
 from .keys import (
     ENTITY_TYPE_RE,
@@ -61,6 +63,9 @@ class Lock:
     """Moved on by `extend` (and by the renewal of `hold`)."""
     lost: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
     """Set by `hold` and job locks when renewal found the lock gone (expired or taken)."""
+    valid_until: float = field(default=0.0, repr=False, compare=False)
+    """Until when (`time.monotonic()`) the lock holds for certain: the send time of the last
+    acquire or extend plus its TTL (the script sets the expiry, never before the send)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +158,7 @@ class Locks:
         _check_owner(owner_id, owner_type)
         ms = _ttl_ms(ttl)
         await self.client.remember(self.keys.lock_types(), resource_type)
+        sent = time.monotonic()
         reply = await self._script(
             "lock_acquire", resource_type, encode_id(resource_id), owner_id, owner_type, ms
         )
@@ -166,6 +172,7 @@ class Locks:
             int(reply[1]),
             _seconds(reply[2]),
             _seconds(reply[3]),
+            valid_until=sent + ms / 1000.0,
         )
         return LockResult(lock)
 
@@ -198,6 +205,7 @@ class Locks:
         ms = _ttl_ms(ttl)
         offset = random.randrange(len(ids)) if spread == "random" else 0
         await self.client.remember(self.keys.lock_types(), resource_type)
+        sent = time.monotonic()
         reply = await self._script(
             "lock_acquire_any",
             resource_type,
@@ -223,6 +231,7 @@ class Locks:
             int(reply[2]),
             _seconds(reply[3]),
             _seconds(reply[4]),
+            valid_until=sent + ms / 1000.0,
         )
         return LockResult(lock)
 
@@ -230,6 +239,7 @@ class Locks:
         """Make the lock expire `ttl` seconds from now; `LockNotOwned` if it is no longer held
         under its token (nothing is changed then). Updates and returns `lock`."""
         ms = _ttl_ms(ttl)
+        sent = time.monotonic()
         reply = await self._script(
             "lock_extend",
             lock.resource_type,
@@ -241,6 +251,7 @@ class Locks:
         if reply[0] != 1:
             raise LockNotOwned(lock.resource_type, lock.resource_id, lock.token)
         lock.expires_at = _seconds(reply[1])
+        lock.valid_until = max(lock.valid_until, sent + ms / 1000.0)
         return lock
 
     async def release(self, lock: Lock) -> None:
@@ -396,9 +407,11 @@ class Locks:
 class Renewal:
     """Extends one lock every ttl/3 in the background until stopped.
 
-    When the lock is gone (LockNotOwned, or Redis unreachable until the lock must have
-    expired) it sets `lock.lost` and, when given a `target` task, cancels it once; `cancels`
-    counts that, so whoever runs the target can tell its own cancellation from another.
+    When the lock is gone (LockNotOwned), or no extend has been answered by the time it comes
+    within the safety margin (a fifth of the TTL) of the moment it may expire on this process's
+    clock (`Lock.valid_until`; an extend stuck on a cut-off connection counts as unanswered), it
+    sets `lock.lost` and, when given a `target` task, cancels it once; `cancels` counts that, so
+    whoever runs the target can tell its own cancellation from another.
     """
 
     def __init__(
@@ -413,33 +426,38 @@ class Renewal:
         self._task = asyncio.create_task(self._run(), name=f"aq-lock-renewal-{lock.token}")
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         interval = self.ttl / 3
-        deadline = loop.time() + self.ttl  # the expiry on our clock, give or take a round trip
+        margin = self.ttl * SAFETY_MARGIN
         delay = interval
         while not self._stopping:
             await asyncio.sleep(delay)
             if self._stopping:
                 return
-            if loop.time() >= deadline:
-                self._lose("could not be renewed before it expired")
+            left = self.lock.valid_until - margin - time.monotonic()
+            if left <= 0:
+                self._lose("could not be renewed before it may expire")
                 return
-            sent = loop.time()
+            extend = asyncio.ensure_future(self.locks.extend(self.lock, self.ttl))
+            await asyncio.wait({extend}, timeout=left)
+            if not extend.done():
+                self._lose("could not be renewed before it may expire (no answer from Redis)")
+                await cancel_and_wait([extend])
+                return
             try:
-                await self.locks.extend(self.lock, self.ttl)
+                extend.result()
             except LockNotOwned:
                 self._lose("is gone (expired, force-released or taken over)")
                 return
-            except Exception as exc:  # Redis unreachable: try again before it expires
+            except Exception as exc:  # Redis unreachable: try again before it may expire
                 log.warning(
                     "lock on %s/%r not renewed: %s",
                     self.lock.resource_type,
                     self.lock.resource_id,
                     exc,
                 )
-                delay = max(0.0, min(interval, deadline - loop.time()))
+                left = self.lock.valid_until - margin - time.monotonic()
+                delay = max(0.0, min(interval, left))
                 continue
-            deadline = sent + self.ttl
             delay = interval
 
     def _lose(self, why: str) -> None:
