@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -123,3 +124,13 @@ async def hold_lock(ctx: JobContext, payload: dict[str, Any]) -> None:
     await asyncio.sleep(float(payload.get("sleep", 0.0)))
     if payload.get("fail"):
         raise RuntimeError("failing on purpose, holding a lock")
+
+
+@registry.query("wait_for_file")
+async def wait_for_file(ctx: JobContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """Run until the file `payload["path"]` exists, writing nothing to Redis (so it runs the same
+    while Redis refuses writes); returns who ran it: {"pid": ..., "worker": ...}."""
+    path = Path(payload["path"])
+    while not await asyncio.to_thread(path.exists):
+        await asyncio.sleep(0.02)
+    return {"pid": os.getpid(), "worker": ctx.worker}

@@ -24,6 +24,7 @@ from .config import Settings
 from .errors import AtomicQueuesError, ConfigError, InvalidInput
 from .jobs import Job
 from .locks import Lock, Locks
+from .memory import eviction_warning
 from .presence import Presence
 
 LAZY_COMMANDS = ("operator", "crd", "up", "demo")
@@ -194,6 +195,8 @@ async def cmd_enqueue(args: argparse.Namespace, client: Client) -> int:
 
 
 async def cmd_status(args: argparse.Namespace, client: Client) -> int:
+    if warning := await client.call(lambda: eviction_warning(client.redis)):
+        print(f"aq: warning: {warning}", file=sys.stderr)
     types = [args.entity_type] if args.entity_type else await client.entity_types()
     workers = await Presence(client).all_workers()
     held = await Locks(client).held()

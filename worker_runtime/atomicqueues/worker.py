@@ -44,6 +44,7 @@ from .connection import pubsub_client
 from .context import JobContext
 from .errors import LeaseLost, PermanentError, RedisUnavailable, UnknownHandler
 from .leases import Idle, Lease, Leases, Outcome, Started, sweep
+from .memory import eviction_warning
 from .presence import Presence, WorkerInfo, close_message_applies
 from .registry import Registry
 from .watchdog import Watchdog
@@ -127,6 +128,8 @@ class Worker:
             "" if self.slots == 1 else "s",
             self.settings.node,
         )
+        if warning := await self.client.call(lambda: eviction_warning(self.client.redis)):
+            log.warning("worker %s: %s", self.name, warning)
         self.watchdog.start()
         helpers = [
             self._spawn(self._heartbeat(), "heartbeat"),

@@ -3,6 +3,7 @@
 -- ARGV  e, jslot, channel
 -- Returns {1, 'cancelled'} or {0, state} (state '' when there is no such job).
 local bb, e, jslot = KEYS[1], ARGV[1], ARGV[2]
+when_full_run(bb)
 local jk = jkey(bb, jslot)
 local state = redis.call('HGET', jk, 'state')
 if state ~= 'waiting' and state ~= 'delayed' then

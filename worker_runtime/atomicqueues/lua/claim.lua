@@ -5,6 +5,7 @@
 --      or {'idle', token or '', next_due_ms or ''}  (nothing may start now)
 --      or {'lost'}                                  (the presented lease is gone)
 local bb, e, owner, token, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+when_full_run(bb)
 local now = now_ms()
 promote(bb, e, now)
 local job = nil

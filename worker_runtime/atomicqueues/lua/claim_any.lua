@@ -3,6 +3,7 @@
 -- ARGV  owner, lease_ttl_ms, channel
 -- Returns {'job', e, token, jslot, <JOB_FIELDS...>} or {'none'}.
 local bb, owner, ttl, chan = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3]
+when_full_run(bb)
 local now = now_ms()
 for _, e in ipairs(redis.call('ZRANGEBYSCORE', bb .. 'delayed', '-inf', now, 'LIMIT', 0, 20)) do
   promote(bb, e, now)

@@ -4,6 +4,7 @@
 -- Returns the number of jobs requeued or purged. A requeued job keeps its original place in
 -- the order (its enqueue score), with its attempts reset.
 local bb, e, action, chan = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
+when_full_run(bb)
 local dlq = ekey(bb, e, 'dlq')
 local jslots = {}
 for i = 4, #ARGV do table.insert(jslots, ARGV[i]) end

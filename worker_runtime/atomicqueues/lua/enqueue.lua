@@ -10,6 +10,7 @@ local existing = redis.call('HGET', jk, 'state')
 if existing then
   return {0, existing}
 end
+when_full_refuse(bb)
 local now = now_ms()
 promote(bb, e, now)
 local prio = tonumber(ARGV[7])

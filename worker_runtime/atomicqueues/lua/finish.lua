@@ -8,6 +8,7 @@
 local bb, e, owner, token, jslot = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local outcome, value, chan = ARGV[5], ARGV[6], ARGV[10]
 local ttl = tonumber(ARGV[9])
+when_full_run(bb)
 local now = now_ms()
 if not check_lease(bb, e, owner, token, now) or
     redis.call('HGET', ekey(bb, e, 'run'), owner) ~= jslot then

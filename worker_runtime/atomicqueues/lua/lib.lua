@@ -17,11 +17,34 @@
 --           bb..'delayed'  ZSET e -> next due ms        bb..'dead'    HASH e -> dead jobs
 --           bb..'conc'     HASH e -> concurrency (absent: 1)
 --           bb..'counts'   HASH state -> jobs           bb..'bell'    LIST (packed workers)
+--           bb..'oom'      never written (see when_full_run below)
 -- Job fields: id eid name payload state prio score made max backoff enq due start fin owner
 --             token error result keep keepn keepf waiters
 -- Times are the Redis server's (TIME), in milliseconds; one clock for every client. The done
 -- and dlq lists order by microseconds, so jobs that ended within one millisecond keep their
 -- order (equal scores would be ordered by job slot instead).
+
+-- When Redis is out of memory (maxmemory reached, policy noeviction) it refuses a script's first
+-- write command that may add memory (HSET, ZADD, ...), and lets every later one through so that
+-- no script stops half-way; a refused script has changed nothing (RedisOutOfMemory). Which write
+-- comes first therefore decides whether a script runs when memory is full, and each script says
+-- it outright as its first write:
+--   when_full_refuse  in what adds new work (enqueue): a ZADD XX on a key that never exists, a
+--                     write that writes nothing but is refused, whatever path the script takes.
+--   when_full_run     in what moves work already in Redis along (claim, finish, renew, release,
+--                     sweep, cancel, dead letters, watch, locks): a DEL of that key, a write
+--                     that never adds memory, so the rest runs even over maxmemory (a few bytes a
+--                     job): a running job's lease, renewal and outcome never fail for memory.
+-- This holds on Redis 6.2 and 7.x alike for scripts without flags, as ours are. (A `#!lua` line
+-- would change it: on 7.x such a script is refused at its start unless flagged allow-oom, a
+-- flag 6.2 cannot parse.)
+local function when_full_refuse(base)
+  redis.call('ZADD', base .. 'oom', 'XX', 0, '')
+end
+
+local function when_full_run(base)
+  redis.call('DEL', base .. 'oom')
+end
 
 local function now_ms()
   local t = redis.call('TIME')

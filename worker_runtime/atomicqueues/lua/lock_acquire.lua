@@ -4,6 +4,7 @@
 -- Returns {1, token, acquired_ms, expires_ms} or {0, owner, owner_type, expires_ms} (held;
 -- also when owner itself holds it: a lock is not re-entrant).
 local lb, r, owner, otype, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+when_full_run(lb)
 local now = now_ms()
 lock_expire(lb, now, 100)
 local h = lock_holder(lb, r, now)

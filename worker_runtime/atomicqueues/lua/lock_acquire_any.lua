@@ -9,6 +9,7 @@
 --      or {0, then r, owner, owner_type, expires_ms for every candidate} (all held)
 local lb, owner, otype, ttl = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
 local spread, offset = ARGV[4], tonumber(ARGV[5])
+when_full_run(lb)
 local now = now_ms()
 lock_expire(lb, now, 100)
 local n = #ARGV - 5

@@ -4,6 +4,7 @@
 -- Returns {1, expires_ms}, or {0} when owner does not hold it under token (expired, released,
 -- taken over): nothing is changed then.
 local lb, r, owner, token, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+when_full_run(lb)
 local now = now_ms()
 lock_expire(lb, now, 100)
 local h = lock_holder(lb, r, now)

@@ -4,6 +4,7 @@
 --   lb..'l:'..r  HASH owner otype token at exp (holder fields only while held; token always)
 --   lb..'held'   ZSET r -> expiry ms (the type's held locks, for listing)
 --   lb..'used'   ZSET r -> when last acquired or released, ms (least recently used first)
+--   lb..'oom'    never written (lib.lua's when_full_run)
 -- A lock is held while now < exp, checked here with TIME: an expired lock is free even before
 -- it is cleaned up. Key TTLs only clean up; they are longer than any lock they could cut.
 local LOCK_KEEP_MS = 86400000  -- a free lock's last token and last use are kept this long

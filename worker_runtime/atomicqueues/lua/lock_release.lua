@@ -4,6 +4,7 @@
 -- Returns {1, owner, owner_type, token, acquired_ms, expires_ms} (what was released), or {0}
 -- when it was not held (by owner under token): nothing is changed then.
 local lb, r, owner, token, force = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+when_full_run(lb)
 local now = now_ms()
 lock_expire(lb, now, 100)
 local h = lock_holder(lb, r, now)

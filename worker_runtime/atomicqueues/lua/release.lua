@@ -7,6 +7,7 @@
 --                attempt it used is given back.
 -- Returns 'released', 'busy' (idle mode, work is there: lease kept) or 'lost'.
 local bb, e, owner, token, mode, chan = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+when_full_run(bb)
 local now = now_ms()
 promote(bb, e, now)
 if not check_lease(bb, e, owner, token, now) then

@@ -3,6 +3,7 @@
 -- ARGV  owner, lease_ttl_ms, channel, then (e, token) pairs
 -- Returns one 1 (renewed) or 0 (lost: expired or taken over, nothing renewed) per pair.
 local bb, owner, ttl, chan = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3]
+when_full_run(bb)
 local now = now_ms()
 local out = {}
 for i = 4, #ARGV, 2 do

@@ -4,6 +4,7 @@
 -- ARGV  limit, channel
 -- Returns {leases_recovered, entities_promoted}.
 local bb, limit, chan = KEYS[1], tonumber(ARGV[1]), ARGV[2]
+when_full_run(bb)
 local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', bb .. 'leases', '-inf', now - 1, 'LIMIT', 0, limit)
 for _, member in ipairs(expired) do

@@ -4,6 +4,7 @@
 -- Returns {state, result, error}; state '' when there is no such job. When the state is not
 -- final (completed or dead), one element will be pushed to bb..'jw:'..jslot when it becomes so.
 local bb, jslot = KEYS[1], ARGV[1]
+when_full_run(bb)
 local jk = jkey(bb, jslot)
 local f = redis.call('HMGET', jk, 'state', 'result', 'error')
 if not f[1] then
