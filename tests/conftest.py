@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from atomicqueues import watchdog
 from go_tools import SKIPPED
 from redis_servers import RedisCluster, RedisServer
 
@@ -31,6 +32,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     for message in SKIPPED:  # a tier that could not run, said once more at the very end
         terminalreporter.write_sep("!", message, red=True, bold=True)
+
+
+@pytest.fixture(autouse=True)
+def watchdog_overruns(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """A worker run in the test's own process must never end pytest: its watchdog's overruns
+    (a job still running past its lease) are recorded instead, and fail the test unless the
+    test takes them out of this list."""
+    overruns: list[str] = []
+    monkeypatch.setattr(watchdog, "end_process", overruns.append)
+    yield overruns
+    assert not overruns, f"a worker's watchdog would have ended the process: {overruns}"
 
 
 def flushall(url: str) -> None:

@@ -25,9 +25,14 @@ EXIT_LEASE_OVERRUN = 70
 class Watchdog:
     """A daemon thread that ends the process when a watched deadline passes."""
 
-    def __init__(self, every: float, reaction: float) -> None:
+    def __init__(
+        self, every: float, reaction: float, end: Callable[[str], None] | None = None
+    ) -> None:
         self.every = every
         self.reaction = reaction
+        self.end = end or end_process
+        """What happens to an overrun (default: `end_process`; tests that run workers in their
+        own process put something gentler here)."""
         self._watched: dict[Hashable, tuple[Callable[[], float], str]] = {}
         self._overdue: dict[Hashable, float] = {}  # key -> when it was first seen overdue
         self._lock = threading.Lock()
@@ -64,16 +69,20 @@ class Watchdog:
                         continue
                     seen = self._overdue.setdefault(key, now)
                     if now - seen >= self.reaction:
-                        self._end(what, now - deadline())
+                        self.end(
+                            f"{what} is still running {now - deadline():.3f}s past the moment "
+                            "its lease may end"
+                        )
+                        self._overdue[key] = now  # once per reaction time, if `end` returns
 
-    @staticmethod
-    def _end(what: str, late: float) -> None:
-        # Straight to the file descriptor, without logging's locks: the thread that holds them
-        # may be the one that is stuck.
-        message = (
-            f"aq worker: {what} is still running {late:.3f}s past the moment its lease may "
-            "end; the handler did not give control back, so the worker exits now "
-            f"(exit code {EXIT_LEASE_OVERRUN}) and the job runs again under a new lease\n"
-        )
-        os.write(2, message.encode("utf-8", "replace"))
-        os._exit(EXIT_LEASE_OVERRUN)
+
+def end_process(overrun: str) -> None:
+    """End the process at once: the handler did not give control back."""
+    # Straight to the file descriptor, without logging's locks: the thread that holds them may
+    # be the one that is stuck.
+    message = (
+        f"aq worker: {overrun}; the handler did not give control back, so the worker exits "
+        f"now (exit code {EXIT_LEASE_OVERRUN}) and the job runs again under a new lease\n"
+    )
+    os.write(2, message.encode("utf-8", "replace"))
+    os._exit(EXIT_LEASE_OVERRUN)

@@ -441,7 +441,7 @@ class Worker:
             await free.acquire()
             started, first = await self._claim_any(buckets, first)
             if started is not None:
-                task = asyncio.create_task(self._drain(started))
+                task = self._spawn(self._drain(started), "drain of an entity")
                 drains.add(task)
                 task.add_done_callback(drains.discard)
                 task.add_done_callback(lambda _: free.release())
