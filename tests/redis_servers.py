@@ -371,6 +371,16 @@ class RedisCluster:
         self.owners[index] = new
         return new
 
+    def rejoin(self, node: RedisServer) -> None:
+        """Restart a killed node (it keeps its cluster config) and wait until it has come back
+        as a replica of the master that took over from it, with its link up."""
+        node.start()
+        _poll(
+            lambda: _role(node).get("master_link_status") == "up",
+            self.timeout,
+            f"node {node.port} to rejoin as a replica",
+        )
+
     def close(self) -> None:
         for node in self.nodes:
             node.close()

@@ -45,6 +45,21 @@ CONNECTION_ERRORS = (
 )
 
 
+def broken_transport(exc: BaseException) -> bool:
+    """A TypeError or AttributeError from inside redis-py's asyncio connection: a connection
+    closed under a call (by the peer, or by the Cluster client dropping its connections when a
+    node fails) that redis-py reports as such instead of a ConnectionError (redis-py #4287).
+    redis-py has dropped the connection; the call may be tried again."""
+    if not isinstance(exc, TypeError | AttributeError):
+        return False
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename.replace("\\", "/"))
+        tb = tb.tb_next
+    return any(name.endswith("redis/asyncio/connection.py") for name in frames)
+
+
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
 
