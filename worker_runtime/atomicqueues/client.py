@@ -16,8 +16,22 @@ from typing import Any, TypeVar
 import redis.exceptions
 
 from .config import Settings
-from .connection import CONNECTION_ERRORS, RedisClient, connect, describe, pubsub_client
-from .errors import InvalidInput, JobFailed, JobNotFound, RedisUnavailable
+from .connection import (
+    CONNECTION_ERRORS,
+    RedisClient,
+    broken_transport,
+    connect,
+    describe,
+    pubsub_client,
+)
+from .errors import (
+    InvalidInput,
+    JobFailed,
+    JobNotFound,
+    NotReplicated,
+    RedisOutOfMemory,
+    RedisUnavailable,
+)
 from .jobs import MAX_PRIORITY, MIN_PRIORITY, STATES, Backoff, Job, encode_payload
 from .keys import (
     AUTO_JOB_ID_RE,
@@ -27,12 +41,20 @@ from .keys import (
     decode_id,
     encode_id,
 )
+from .memory import refused_for_memory
 from .scripts import Scripts
 
 T = TypeVar("T")
 MAX_BLOCK_SECONDS = 30.0
 """The longest a blocking call waits before it returns empty (the caller may call again)."""
 Entity = tuple[str, str]
+FAILING_OVER = (
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.MovedError,
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+)
+"""Answers of a server that is not (or no longer) the one to take the call."""
 
 
 @dataclass(frozen=True)
@@ -85,7 +107,8 @@ class Client:
         await self.close()
 
     async def call(self, make: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis operation, turning connection failures into `RedisUnavailable`."""
+        """Run one Redis operation, turning connection failures into `RedisUnavailable` and a
+        refusal for full memory into `RedisOutOfMemory`."""
         try:
             return await make()
         except CONNECTION_ERRORS as exc:
@@ -94,9 +117,33 @@ class Client:
             ) from None
         except redis.exceptions.ClusterDownError as exc:
             raise RedisUnavailable(f"Redis Cluster is down: {exc}") from None
+        except (TypeError, AttributeError) as exc:
+            if not broken_transport(exc):
+                raise
+            raise RedisUnavailable(
+                f"connection to Redis at {describe(self.settings.redis_url)} broke: {exc!r}"
+            ) from None
+        except FAILING_OVER as exc:
+            # A demoted primary (READONLY) or a slot that moved: the call did not run; once the
+            # failover is over, the same call reaches the new primary.
+            raise RedisUnavailable(
+                f"Redis at {describe(self.settings.redis_url)} is failing over: {exc}"
+            ) from None
+        except redis.exceptions.ResponseError as exc:
+            if not refused_for_memory(exc):
+                raise
+            raise RedisOutOfMemory(describe(self.settings.redis_url)) from None
 
-    async def script(self, name: str, bucket: str, *args: str | int | float) -> Any:
-        return await self.call(lambda: self.scripts.run(name, bucket, *args))
+    async def script(
+        self, name: str, bucket: str, *args: str | int | float, durable: bool = False
+    ) -> Any:
+        """Run a script; a `durable` one waits for `Settings.durable_replicas` (`NotReplicated`
+        when fewer confirm it in time)."""
+        replicas = self.settings.durable_replicas if durable else 0
+        wait_ms = self.settings.durable_wait_ms
+        return await self.call(
+            lambda: self.scripts.run(name, bucket, *args, replicas=replicas, wait_ms=wait_ms)
+        )
 
     # Typed reads: the client decodes replies, so every value is a str.
     async def blpop(self, keys: list[str], seconds: float) -> tuple[str, str] | None:
@@ -175,24 +222,34 @@ class Client:
             raise InvalidInput(f"job id {job_id!r} has the reserved form TYPE.BUCKET.HEX32")
         keep = self.settings.keep_completed if keep_completed is None else keep_completed
         await self._remember_type(entity_type)
-        await self.script(
-            "enqueue",
-            self.keys.entity_bucket(entity_type, entity_id),
-            encode_id(entity_id),
-            self.keys.job_slot(entity_type, entity_id, job_id),
-            job_id,
-            entity_id,
-            name,
-            body,
-            priority,
-            round((delay or 0) * 1000),
-            max_attempts,
-            backoff.model_dump_json(),
-            round(keep * 1000),
-            self.settings.keep_completed_count,
-            round(self.settings.keep_failed * 1000),
-            self.keys.events(entity_type),
-        )
+        try:
+            await self.script(
+                "enqueue",
+                self.keys.entity_bucket(entity_type, entity_id),
+                encode_id(entity_id),
+                self.keys.job_slot(entity_type, entity_id, job_id),
+                job_id,
+                entity_id,
+                name,
+                body,
+                priority,
+                round((delay or 0) * 1000),
+                max_attempts,
+                backoff.model_dump_json(),
+                round(keep * 1000),
+                self.settings.keep_completed_count,
+                round(self.settings.keep_failed * 1000),
+                self.keys.events(entity_type),
+                durable=True,
+            )
+        except NotReplicated as exc:
+            raise NotReplicated(
+                f"job {job_id!r} of {entity_type}/{entity_id!r}",
+                exc.acked,
+                exc.wanted,
+                exc.reply,
+                hint=" (enqueue it again with the same job_id to be sure: that is idempotent)",
+            ) from None
         return job_id
 
     async def _remember_type(self, entity_type: str) -> None:
@@ -200,10 +257,12 @@ class Client:
 
     async def remember(self, key: str, member: str) -> None:
         """Add `member` to the set `key` once per client (the sets of known entity and resource
-        types only grow, so a second SADD would change nothing)."""
+        types only grow, so a second SADD would change nothing). When Redis's memory is full it
+        is left to a later call: the sets only list, and what needs memory is refused anyway."""
         if (key, member) not in self._remembered:
-            await self.call(lambda: self.redis.sadd(key, member))
-            self._remembered.add((key, member))
+            with suppress(RedisOutOfMemory):
+                await self.call(lambda: self.redis.sadd(key, member))
+                self._remembered.add((key, member))
 
     async def cancel(self, job_id: str, *, entity: Entity | None = None) -> bool:
         """Remove a job that has not started; False when it is running or already ended."""

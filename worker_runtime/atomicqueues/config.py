@@ -41,6 +41,15 @@ class Settings:
     third of the heartbeat TTL, so a worker cut off from Redis finds out well inside its lease.
     Blocking waits get this much on top of their own timeout."""
 
+    durable_replicas: int = 0
+    """Replicas that must confirm an enqueue and a job's outcome before the call returns
+    (`AQ_DURABLE_REPLICAS`; Redis WAIT). 0 (the default) waits for none: replication is
+    asynchronous and a failover can lose what the primary acknowledged last."""
+
+    durable_timeout: float | None = None
+    """Seconds WAIT waits for those replicas (`AQ_DURABLE_TIMEOUT`); default half the call
+    timeout. Fewer confirmations in that time is an error the caller sees (`NotReplicated`)."""
+
     idle_timeout: float = 30.0
     """An entity-bound worker exits after this many seconds without work (`AQ_IDLE_TIMEOUT`)."""
 
@@ -86,11 +95,23 @@ class Settings:
             raise ConfigError("the Redis timeout must be positive")
         if self.max_attempts < 1:
             raise ConfigError("max attempts must be at least 1")
+        if self.durable_replicas < 0:
+            raise ConfigError("durable replicas must not be negative")
+        if self.durable_timeout is not None and not 0 < self.durable_timeout < self.call_timeout:
+            raise ConfigError(
+                f"the durable timeout must be positive and below the call timeout "
+                f"{self.call_timeout}s (AQ_REDIS_TIMEOUT)"
+            )
 
     @property
     def call_timeout(self) -> float:
         """Seconds a Redis call may go unanswered (`redis_timeout`, or a third of the TTL)."""
         return self.redis_timeout or self.heartbeat_ttl / 3
+
+    @property
+    def durable_wait_ms(self) -> int:
+        """Milliseconds a WAIT for `durable_replicas` may take."""
+        return round((self.durable_timeout or self.call_timeout / 2) * 1000)
 
     @property
     def lease_margin(self) -> float:
@@ -112,6 +133,8 @@ class Settings:
             "AQ_HEARTBEAT_TTL": ("heartbeat_ttl", float),
             "AQ_HEARTBEAT_INTERVAL": ("heartbeat_interval", float),
             "AQ_REDIS_TIMEOUT": ("redis_timeout", float),
+            "AQ_DURABLE_REPLICAS": ("durable_replicas", int),
+            "AQ_DURABLE_TIMEOUT": ("durable_timeout", float),
             "AQ_IDLE_TIMEOUT": ("idle_timeout", float),
             "AQ_SHUTDOWN_GRACE": ("shutdown_grace", float),
             "AQ_MAX_PAYLOAD_BYTES": ("max_payload_bytes", int),

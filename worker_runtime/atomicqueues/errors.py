@@ -26,7 +26,42 @@ class PayloadTooLarge(InvalidInput):
 
 
 class RedisUnavailable(AtomicQueuesError):
-    """Redis could not be reached or answered with a connection error."""
+    """Redis could not be reached, or cannot take the call right now: trying again later may
+    succeed (the worker's loops do)."""
+
+
+class RedisOutOfMemory(RedisUnavailable):
+    """Redis refused a write because its memory is full (maxmemory reached, policy noeviction).
+
+    Nothing of the refused call was written. New work (enqueue) is refused until memory is freed
+    or maxmemory raised; what moves jobs already in Redis along (claim, finish, lease renewal
+    and release, locks) still runs, so running jobs finish. A `RedisUnavailable`: retry later.
+    """
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            f"Redis at {where} is out of memory (maxmemory reached) and refused the write; "
+            "nothing was written: free memory or raise maxmemory, then retry"
+        )
+        self.where = where
+
+
+class NotReplicated(AtomicQueuesError):
+    """A change was made on the primary, but fewer replicas than asked (`AQ_DURABLE_REPLICAS`)
+    confirmed it within `AQ_DURABLE_TIMEOUT`: it holds now, and a failover before the replicas
+    catch up would undo it. `reply` is what the change's script answered."""
+
+    def __init__(
+        self, what: str, acked: int, wanted: int, reply: object = None, hint: str = ""
+    ) -> None:
+        super().__init__(
+            f"{what} was written on the primary, but only {acked} of {wanted} replicas confirmed "
+            f"it in time: it may or may not survive a failover{hint}"
+        )
+        self.what = what
+        self.acked = acked
+        self.wanted = wanted
+        self.reply = reply
 
 
 class JobNotFound(AtomicQueuesError, LookupError):

@@ -14,16 +14,19 @@ else may start it, even when Redis cannot be reached.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+from . import metrics
 from .client import Client
-from .errors import LeaseLost
+from .errors import LeaseLost, NotReplicated
 from .jobs import Job
 from .keys import decode_id, encode_id
 
 Outcome = Literal["completed", "retry", "dead"]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -134,10 +137,41 @@ class Leases:
         retry_delay: float = 0.0,
         claim_next: bool = True,
     ) -> Started | None:
-        """Record the outcome of `run`; with `claim_next`, start the next job in the same call."""
+        """Record the outcome of `run`; with `claim_next`, start the next job in the same call.
+
+        With `Settings.durable_replicas`, the outcome waits for that many replicas. When fewer
+        confirm it in time the outcome still holds on the primary and the next job has started:
+        that is logged and counted (`aq_outcomes_not_replicated_total`), as a failover before
+        the replicas catch up would undo it and the job would run again."""
         lease = run.lease
         sent = time.monotonic()
-        reply = await self.client.script(
+        try:
+            reply = await self._finish(run, outcome, value, retry_delay, claim_next)
+        except NotReplicated as exc:
+            reply = exc.reply
+            metrics.OUTCOMES_NOT_REPLICATED.labels(lease.entity_type).inc()
+            log.warning(
+                "job %s of %s/%r: outcome %s reached %d of %d replicas in time; a failover now "
+                "would undo it and the job would run again",
+                run.job.id,
+                lease.entity_type,
+                lease.entity_id,
+                outcome,
+                exc.acked,
+                exc.wanted,
+            )
+        if reply[0] == "lost":
+            raise LeaseLost(lease.entity_type, lease.entity_id, lease.fencing_token)
+        lease.valid_until = max(lease.valid_until, sent + self.ttl)
+        if reply[1] == "job":
+            return self._started(lease, reply[2:])
+        return None
+
+    async def _finish(
+        self, run: Started, outcome: Outcome, value: str, retry_delay: float, claim_next: bool
+    ) -> Any:
+        lease = run.lease
+        return await self.client.script(
             "finish",
             self.keys.entity_bucket(lease.entity_type, lease.entity_id),
             encode_id(lease.entity_id),
@@ -150,13 +184,8 @@ class Leases:
             "1" if claim_next else "0",
             self.ttl_ms,
             self.keys.events(lease.entity_type),
+            durable=True,
         )
-        if reply[0] == "lost":
-            raise LeaseLost(lease.entity_type, lease.entity_id, lease.fencing_token)
-        lease.valid_until = max(lease.valid_until, sent + self.ttl)
-        if reply[1] == "job":
-            return self._started(lease, reply[2:])
-        return None
 
     async def renew(self, leases: list[Lease]) -> list[Lease]:
         """Extend every lease (one script call per bucket); returns the ones that were lost."""

@@ -27,6 +27,11 @@ JOB_WAIT = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 60, 600),
 )
 IN_FLIGHT = Gauge("aq_jobs_in_flight", "Jobs this worker is running", ("entity_type",))
+OUTCOMES_NOT_REPLICATED = Counter(
+    "aq_outcomes_not_replicated_total",
+    "Job outcomes fewer replicas confirmed in time than AQ_DURABLE_REPLICAS asks",
+    ("entity_type",),
+)
 LEASES_LOST = Counter("aq_leases_lost_total", "Leases lost to expiry or takeover", ("entity_type",))
 
 

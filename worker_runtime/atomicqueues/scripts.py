@@ -5,6 +5,11 @@ this module states its KEYS/ARGV/return contract at its top. `lua/lib.lua` holds
 they share and is prepended to each, and `lua/lock_lib.lua` to the lock scripts. redis-py's
 Script objects call EVALSHA and load the script again when the server answers NOSCRIPT (after a
 restart or SCRIPT FLUSH).
+
+A durable call (`replicas` > 0) sends the script and a WAIT for that many replicas in one
+non-transactional pipeline: one round trip, on one connection, so the WAIT covers exactly the
+script's writes. Fewer confirmations than asked raise `NotReplicated`, which carries the script's
+reply (the change holds on the primary).
 """
 
 from __future__ import annotations
@@ -13,9 +18,22 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from .connection import RedisClient
+from .errors import NotReplicated
+
+TOPOLOGY = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.MovedError,
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+)
+"""Errors of a durable call on Cluster after which the slot map is read again."""
 
 NAMES = (
     "enqueue",
@@ -50,10 +68,45 @@ class Scripts:
     """The project's scripts registered on one Redis client."""
 
     def __init__(self, redis: RedisClient) -> None:
+        self._redis = redis
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(source(name)) for name in NAMES
         }
 
-    async def run(self, name: str, bucket: str, *args: str | int | float) -> Any:
-        """Run script `name` on one bucket (its only KEYS entry, which routes it on Cluster)."""
-        return await self._scripts[name](keys=[bucket], args=list(args))
+    async def run(
+        self, name: str, bucket: str, *args: str | int | float, replicas: int = 0, wait_ms: int = 0
+    ) -> Any:
+        """Run script `name` on one bucket (its only KEYS entry, which routes it on Cluster);
+        with `replicas`, return only once that many replicas have its writes (within
+        `wait_ms`), else raise `NotReplicated`."""
+        if replicas <= 0:
+            return await self._scripts[name](keys=[bucket], args=list(args))
+        script = self._scripts[name]
+        for _ in range(2):  # once more after loading the script (NOSCRIPT: new primary, restart)
+            if isinstance(self._redis, RedisCluster):
+                # The node that owns the bucket, on the connection its script goes through. No
+                # redirection: a script moved to another node would leave this WAIT behind.
+                node = self._redis.get_node_from_key(bucket)
+                cpipe = self._redis.pipeline(transaction=False)
+                cpipe.execute_command("EVALSHA", script.sha, 1, bucket, *args)  # evalsha: refused
+                cpipe.execute_command("WAIT", replicas, wait_ms, target_nodes=node)
+                reply, acked = await cpipe.execute(raise_on_error=False, allow_redirections=False)
+            else:
+                pipe = self._redis.pipeline(transaction=False)
+                pipe.evalsha(script.sha, 1, bucket, *args)
+                pipe.execute_command("WAIT", replicas, wait_ms)
+                reply, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                await self._redis.script_load(script.script)
+                continue
+            for answer in (reply, acked):
+                if isinstance(answer, Exception):
+                    if isinstance(self._redis, RedisCluster) and isinstance(answer, TOPOLOGY):
+                        # What the cluster client does itself when a plain call meets these:
+                        # read the slot map again before the next call.
+                        await self._redis.aclose()
+                    raise answer
+            if int(acked) < replicas:
+                raise NotReplicated(f"script {name}", int(acked), replicas, reply)
+            return reply
+        raise redis.exceptions.NoScriptError(f"script {name} could not be loaded")

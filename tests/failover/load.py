@@ -1,0 +1,239 @@
+"""Load for the failover tests: worker processes, a producer that knows what was acknowledged,
+and what the runs on record say.
+
+Why: a failover can lose what the old primary acknowledged last, so the tests must tell apart
+an enqueue that was acknowledged from one that failed (and was sent again), and see every run
+of every job from outside the deployment under test. `Fleet` starts real `aq worker` processes
+(packed) whose handler records its runs in a separate Redis (handlers.py); `Producer` enqueues
+jobs with ids of its own, sends an enqueue again with the same id until one is acknowledged
+(enqueue with a given id is idempotent), and keeps the acknowledged ids; `Outcome` compares the
+two after the work has drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from atomicqueues import Client, JobNotFound, NotReplicated, RedisUnavailable
+from failover.handlers import RUNS_KEY
+from runtime.workers import REPO_ROOT, WorkerProc, _die_with_parent, base_env
+
+T = "acct"
+HANDLERS = "tests.failover.handlers:registry"
+SETTINGS: dict[str, str | float] = {
+    "heartbeat_ttl": 2.0,
+    "heartbeat_interval": 0.5,
+    "max_attempts": 50,  # every failover may cost a running job an attempt: none may die of it
+}
+
+
+@dataclass
+class Fleet:
+    """Packed `aq worker` processes on `url` (a Sentinel or Cluster URL); killed at close."""
+
+    url: str
+    store_url: str
+    log_dir: Path
+    settings: dict[str, str | float] = field(default_factory=dict)
+    started: list[WorkerProc] = field(default_factory=list)
+
+    def start(self, slots: int) -> WorkerProc:
+        name = f"fw{len(self.started)}-{os.getpid()}"
+        env = base_env(self.url, node_name="node-1", **SETTINGS, **self.settings)
+        env["AQ_TEST_STORE_URL"] = self.store_url
+        args = ["worker", "--handlers", HANDLERS, "--entity-type", T, "--slots", str(slots)]
+        args += ["--name", name, "--shutdown-grace", "5"]
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "atomicqueues.cli", *args],
+                env=env,
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
+        worker = WorkerProc(name, "node-1", None, proc, log_path)
+        self.started.append(worker)
+        return worker
+
+    def dead(self) -> list[WorkerProc]:
+        return [w for w in self.started if not w.alive()]
+
+    def logs(self) -> str:
+        return "\n\n".join(w.describe() for w in self.started)
+
+    def close(self) -> None:
+        for w in self.started:
+            if w.alive():
+                w.proc.kill()
+            w.proc.wait()
+
+
+@dataclass
+class Producer:
+    """Enqueues `record` jobs round-robin over `entities`, each job id sent until acknowledged."""
+
+    client: Client
+    entities: list[str]
+    sleep: float = 0.02
+    """How long each job's handler runs."""
+    pause: float = 0.05
+    """Pause after each round over the entities (so the workers keep up)."""
+    acked: dict[str, str] = field(default_factory=dict)
+    """Acknowledged job id -> its entity (ids are ENTITY-SEQ)."""
+    not_replicated: int = 0
+    """Enqueues the primary took but too few replicas confirmed (sent again)."""
+    unavailable: int = 0
+    """Enqueues that failed with `RedisUnavailable` (sent again)."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        for seq in itertools.count():
+            for entity in self.entities:
+                job_id = f"{entity}-{seq}"
+                while True:
+                    if stop.is_set():
+                        return
+                    try:
+                        payload = {"seq": seq, "sleep": self.sleep}
+                        await self.client.enqueue(T, entity, "record", payload, job_id=job_id)
+                    except NotReplicated:
+                        self.not_replicated += 1
+                    except RedisUnavailable:
+                        self.unavailable += 1
+                    else:
+                        self.acked[job_id] = entity
+                        break
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(self.pause)
+
+
+@dataclass
+class Run:
+    entity: str
+    job: str
+    seq: int
+    token: int
+    pid: int
+    start: float
+    end: float | None = None
+    how: str | None = None
+
+
+def load_runs(store: redis.Redis) -> list[Run]:
+    runs: dict[tuple[str, int, int], Run] = {}
+    for line in store.lrange(RUNS_KEY, 0, -1):  # type: ignore[union-attr]
+        r = json.loads(line)
+        key = (r["job"], r["token"], r["attempt"])
+        if r["ev"] == "start":
+            assert key not in runs, f"two starts of one run: {r}"
+            runs[key] = Run(r["entity"], r["job"], r["seq"], r["token"], r["pid"], r["t"])
+        else:
+            run = runs[key]
+            assert run.end is None, f"two ends of one run: {r}"
+            run.end, run.how = r["t"], r["ev"]
+    return sorted(runs.values(), key=lambda run: run.start)
+
+
+@dataclass
+class Outcome:
+    """What the runs on record and Redis say about the acknowledged enqueues."""
+
+    acked: int
+    lost: list[str]
+    """Acknowledged job ids that never ran and are not in Redis: lost in a failover."""
+    ran_again: list[str]
+    """Job ids that ran to their end, then ran again: their completion was lost (or their
+    outcome was not recorded before the lease passed)."""
+    runs: list[Run]
+
+    @property
+    def longest_pause(self) -> float:
+        """The longest time (s) in which no job started: what a failover stopped the work."""
+        starts = [run.start for run in self.runs]
+        return max((b - a for a, b in itertools.pairwise(starts)), default=0.0)
+
+    def line(self) -> str:
+        return (
+            f"{self.acked} enqueues acknowledged, {len(self.lost)} lost; "
+            f"{len(self.ran_again)} jobs ran again after their handler returned; "
+            f"{len(self.runs)} runs; no job started for {self.longest_pause:.1f}s at most"
+        )
+
+
+async def outcome(client: Client, producer: Producer, store: redis.Redis) -> Outcome:
+    runs = load_runs(store)
+    started = {run.job for run in runs}
+    lost = []
+    for job_id, entity in producer.acked.items():
+        if job_id in started:
+            continue
+        try:
+            await client.job(job_id, entity=(T, entity))
+        except JobNotFound:
+            lost.append(job_id)
+    ended: dict[str, float] = {}
+    ran_again = set()
+    for run in runs:
+        if run.job in ended:
+            ran_again.add(run.job)
+        if run.how == "end":
+            ended[run.job] = run.end or 0.0
+    return Outcome(len(producer.acked), sorted(lost), sorted(ran_again), runs)
+
+
+def check_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    """Per entity, in start order: every run ended or was cancelled, none began before the one
+    before it ended, fencing tokens never went down and jobs first started in their order."""
+    per_entity: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        per_entity[run.entity].append(run)
+    for entity, history in per_entity.items():
+        for a, b in itertools.pairwise(history):
+            assert a.end is not None, f"a run with no end on record: {a}"
+            assert b.start >= a.end, f"overlap on {entity!r}:\n {a}\n {b}"
+            assert b.token >= a.token, f"fencing token went down on {entity!r}: {a} -> {b}"
+        seen: set[str] = set()
+        order = []
+        for run in history:
+            if run.job not in seen:
+                seen.add(run.job)
+                order.append(run.seq)
+        assert order == sorted(order), f"{entity!r}: jobs first started out of order: {order}"
+    return dict(per_entity)
+
+
+async def wait_for(condition: Any, timeout: float, what: str, every: float = 0.1) -> Any:
+    """Await `condition()` (sync or async) until truthy; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+async def drained(client: Client) -> bool:
+    """Nothing waiting, delayed, active or retrying (Redis unreachable counts as not yet)."""
+    try:
+        counts = await client.counts(T)
+    except RedisUnavailable:
+        return False
+    return not any(counts.get(s, 0) for s in ("waiting", "delayed", "active", "retrying"))
