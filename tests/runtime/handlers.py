@@ -4,10 +4,13 @@ Loaded by real `aq worker` subprocesses as `--handlers tests.runtime.handlers:re
 tests put the repository root on PYTHONPATH). Why: to tell overlap and loss apart we need every
 run of every job on record, outside the library under test. The `record` handler writes a JSON
 line at the start and at the end of each run (or when it is cancelled) to a Redis list, through
-its own Redis connection (AQ_REDIS_URL) and through a *fenced store*: a write whose fencing
+its own Redis connection (AQ_TEST_STORE_URL, else AQ_REDIS_URL: a test that cuts the worker off
+from Redis keeps the store reachable, as a downstream store would be) and through a *fenced
+store*: a write whose fencing
 token is lower than the highest one the entity's store has seen is refused and goes to a
 separate list instead. So `LOG_KEY` holds the effects that counted and `REJECTED_KEY` those a
-stale worker tried to make after losing its lease.
+stale worker tried to make after losing its lease. `EFFECTS_KEY` gets every record, refused or
+not, as a downstream effect without fencing (a sent e-mail) would happen.
 
 Payload of `record`: {"seq": k, "sleep": s, "first_sleep": s1 (optional)}; the first run of a
 job id sleeps `first_sleep` (when given), every later run sleeps `sleep`.
@@ -28,14 +31,16 @@ from atomicqueues import JobContext, Registry
 
 LOG_KEY = "test:log"
 REJECTED_KEY = "test:rejected"
+EFFECTS_KEY = "test:effects"
 FENCE_KEY = "test:fence"
 FIRST_RUN_KEY = "test:first:"
 LOCK_LOG_KEY = "test:joblocks"
 
-# KEYS[1] log, KEYS[2] rejected, KEYS[3] fence hash; ARGV entity, token, record.
-# Appends the record to the log when token >= the highest token seen for the entity (and raises
-# that mark), else to the rejected list. Returns 1 (accepted) or 0 (refused).
+# KEYS[1] log, KEYS[2] rejected, KEYS[3] fence hash, KEYS[4] effects; ARGV entity, token, record.
+# Appends the record to the effects, and to the log when token >= the highest token seen for the
+# entity (and raises that mark), else to the rejected list. Returns 1 (accepted) or 0 (refused).
 FENCED_WRITE = """
+redis.call('RPUSH', KEYS[4], ARGV[3])
 local cur = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 local tok = tonumber(ARGV[2])
 if tok >= cur then
@@ -57,7 +62,8 @@ _redis: aioredis.Redis | None = None
 def _store() -> aioredis.Redis:
     global _redis
     if _redis is None:
-        _redis = aioredis.Redis.from_url(os.environ["AQ_REDIS_URL"], decode_responses=True)
+        url = os.environ.get("AQ_TEST_STORE_URL") or os.environ["AQ_REDIS_URL"]
+        _redis = aioredis.Redis.from_url(url, decode_responses=True)
     return _redis
 
 
@@ -75,10 +81,11 @@ async def _fenced_write(ctx: JobContext, ev: str, seq: Any) -> bool:
     }
     accepted = await _store().eval(
         FENCED_WRITE,
-        3,
+        4,
         LOG_KEY,
         REJECTED_KEY,
         FENCE_KEY,
+        EFFECTS_KEY,
         f"{ctx.entity_type}/{ctx.entity_id}",
         str(ctx.fencing_token),
         json.dumps(record),
@@ -110,6 +117,18 @@ async def record(ctx: JobContext, payload: dict[str, Any]) -> None:
         # Lease lost or shutdown grace over: this run's effects end here.
         await _write(ctx, "cancel", seq)
         raise
+    await _write(ctx, "end", seq)
+
+
+@registry.command("block")
+async def block(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """Like `record`, but its first run blocks the event loop (a blocking call in async code)
+    for `first_block` seconds. Payload: {"seq": k, "sleep": s, "first_block": s1}."""
+    seq = payload.get("seq")
+    await _write(ctx, "start", seq)
+    if await _store().set(FIRST_RUN_KEY + ctx.job.id, 1, nx=True):
+        time.sleep(float(payload["first_block"]))
+    await asyncio.sleep(float(payload.get("sleep", 0.0)))
     await _write(ctx, "end", seq)
 
 

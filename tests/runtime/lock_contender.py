@@ -11,7 +11,11 @@ connection, outside the library under test) that the test reads afterwards.
                                      arrives on GO_KEY, then try to extend and to release it and
                                      report how each went
     hold URL TYPE ID TTL             hold the lock with `Locks.hold`, report it, sleep in the
-                                     block; report how the block ended
+                                     block; report how the block ended (and when it was
+                                     cancelled, wall clock)
+
+Reports go to AQ_TEST_STORE_URL when it is set (a test that cuts the process off from Redis
+keeps its reports flowing), else to URL.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ GO_KEY = "test:go"
 
 
 async def report(url: str, key: str, record: dict[str, Any]) -> None:
-    async with aioredis.Redis.from_url(url) as r:
+    async with aioredis.Redis.from_url(os.environ.get("AQ_TEST_STORE_URL") or url) as r:
         await r.rpush(key, json.dumps(record | {"pid": os.getpid()}))
 
 
@@ -100,7 +104,11 @@ async def hold(locks: Locks, url: str, resource_type: str, resource_id: str, ttl
     try:
         async with locks.hold(resource_type, resource_id, f"p{os.getpid()}", "proc", ttl) as lock:
             await report(url, STATE_KEY, {"ev": "acquired", "token": lock.token})
-            await asyncio.sleep(60)
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                outcome["cancelled_at"] = time.time()
+                raise
             outcome["how"] = "slept"
     except LockNotOwned as exc:
         outcome["how"] = f"LockNotOwned {exc.token}"

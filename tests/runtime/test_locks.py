@@ -586,6 +586,7 @@ def test_sigstopped_hold_block_learns_it_lost(redis_url: str, sync_redis: redis.
         proc.send_signal(signal.SIGCONT)
     finish(proc, timeout=10)
     ended = states(sync_redis)[1]
+    assert isinstance(ended.pop("cancelled_at"), float)  # the block was cancelled
     assert ended == {
         "ev": "ended",
         "how": f"LockNotOwned {first['token']}",

@@ -40,6 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 HANDLERS = "tests.runtime.handlers:registry"
 LOG_KEY = "test:log"  # the same names as in handlers.py (not imported: it is the workers' module)
 REJECTED_KEY = "test:rejected"
+EFFECTS_KEY = "test:effects"
 
 TTL = 1.0
 INTERVAL = 0.25
@@ -176,10 +177,13 @@ class Workers:
         shutdown_grace: float = 10.0,
         entity_type: str | None = None,
         wait: bool = True,
+        redis_url: str | None = None,
         **settings: str | float,
     ) -> WorkerProc:
         """Start `aq worker` (entity-bound when `entity_id`, else packed) and, with `wait`,
-        return once it has registered (it heartbeats, claims and listens from then on)."""
+        return once it has registered (it heartbeats, claims and listens from then on).
+        `redis_url` (e.g. through a `Partition`) is where the worker reaches Redis; its handlers
+        write their records straight to the test's Redis either way."""
         name = name or f"w{len(self.started)}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
         args = [
             "worker",
@@ -199,10 +203,13 @@ class Workers:
         else:
             args += ["--slots", str(slots or 1)]
         log_path = self.log_dir / f"{name}.log"
+        env = self.env(node_name=node, test_store_url=self.redis_url, **settings)
+        if redis_url is not None:
+            env["AQ_REDIS_URL"] = redis_url
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "atomicqueues.cli", *args],
-                env=self.env(node_name=node, **settings),
+                env=env,
                 cwd=REPO_ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -414,6 +421,28 @@ def check_history(
         want = set(range(n)) - dead.get(entity, set())
         assert completed == want, f"{entity!r}: completed {sorted(completed)}, want {sorted(want)}"
     return dict(per_entity)
+
+
+def assert_effects_never_overlap(client: redis.Redis, kill_times: Mapping[int, float]) -> int:
+    """Per entity, the runs' effects without fencing (every record a handler wrote, refused by
+    the fenced store or not) never overlap in time: a run's interval is from its start record to
+    its end or cancel record, or to its process's kill. Returns how many runs there were."""
+    spans: dict[tuple[str, str, int, int], list[Any]] = {}
+    for r in records(client, EFFECTS_KEY):
+        span = spans.setdefault((r["entity"], r["job"], r["token"], r["attempt"]), [None, None])
+        span[0 if r["ev"] == "start" else 1] = (r["t"], r["pid"])
+    per_entity: dict[str, list[tuple[float, float, Any]]] = defaultdict(list)
+    for key, (start, end) in spans.items():
+        assert start is not None, f"an end without a start: {key}"
+        if end is None:
+            assert start[1] in kill_times, f"a run that never ended, of a live process: {key}"
+            end = (kill_times[start[1]], start[1])
+        per_entity[key[0]].append((start[0], end[0], key))
+    for entity, intervals in per_entity.items():
+        intervals.sort()
+        for (_, end_a, a), (start_b, _, b) in itertools.pairwise(intervals):
+            assert start_b >= end_a, f"overlapping effects on {entity!r}: {a} until {end_a}, {b}"
+    return len(spans)
 
 
 def reruns(runs: Iterable[Run]) -> list[tuple[Run, Run]]:

@@ -340,7 +340,8 @@ class Worker:
         """
         timeout = max(0.01, min(timeout, MAX_BLOCK_SECONDS))
         if len(bells) > 1 and isinstance(self.client.redis, RedisCluster):
-            self._work_hint.clear()
+            # Cleared before the claim that came up empty (`_packed_loop`), not here: an event
+            # that arrived since then must end this wait at once.
             waiter: asyncio.Future[Any] = asyncio.ensure_future(self._work_hint.wait())
         else:
             waiter = asyncio.ensure_future(self.client.blpop(bells, timeout))
@@ -439,6 +440,7 @@ class Worker:
                 await self._wait_for_slot(free)
                 continue
             await free.acquire()
+            self._work_hint.clear()  # work announced from now on is seen by the next wait
             started, first = await self._claim_any(buckets, first)
             if started is not None:
                 task = self._spawn(self._drain(started), "drain of an entity")
