@@ -251,6 +251,12 @@ CASES = [
     ),
     case("url-password", CEL_REJECTS, spec__redis__url="redis://:hunter2@redis:6379/0"),
     case("tls-url-user-password", CEL_REJECTS, spec__redis__url="rediss://me:hunter2@redis"),
+    case(
+        "sentinel-url-password",
+        CEL_REJECTS,
+        spec__redis__url="redis+sentinel://:hunter2@s1,s2/mymaster/0",
+    ),
+    case("sentinel-url", None, spec__redis__url="redis+sentinel://s1:26379,s2/mymaster/0"),
     case("heartbeat-default-ttl", CEL_REJECTS, spec__timing={HEARTBEAT: 2}),
     case(
         "heartbeat-over-half", CEL_REJECTS, spec__timing={HEARTBEAT: 1, "heartbeatTTLSeconds": 1.5}

@@ -19,7 +19,7 @@ API_GROUP = "atomicqueues.io"
 API_VERSION = "v1alpha1"
 KIND = "EntityWorkerPool"
 HANDLERS_RE = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
-URL_PASSWORD_RE = r"^rediss?://[^/@]*:[^/@]+@"
+URL_PASSWORD_RE = r"^(rediss?|redis\+sentinel)://[^/@]*:[^/@]+@"
 """A Redis URL that carries a password (refused: the password belongs in a Secret)."""
 
 
