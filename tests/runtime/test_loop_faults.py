@@ -146,6 +146,13 @@ async def wait_done(client: Client, total: int, timeout: float = 30.0) -> dict[s
         await asyncio.sleep(0.05)
 
 
+def start_worker(client: Client, runs: list[Run], kind: str) -> tuple[Worker, asyncio.Task[str]]:
+    """A worker of entity "a" (entity-bound) or of any entity with 2 slots (packed), running."""
+    entity_id = None if kind == "packed" else "a"
+    worker = Worker(client, recording_registry(runs), TYPE, entity_id=entity_id, slots=2)
+    return worker, asyncio.create_task(worker.run())
+
+
 SITES = {
     # site: (worker kinds where the loops reach it while these tests run)
     "claim": ("entity-bound",),
@@ -168,14 +175,7 @@ async def test_a_failure_at_each_call_site_loses_nothing_and_stalls_nothing(
 ) -> None:
     runs: list[Run] = []
     entities = ["a", "b", "c"] if kind == "packed" else ["a"]
-    worker = Worker(
-        client,
-        recording_registry(runs),
-        TYPE,
-        entity_id=None if kind == "packed" else "a",
-        slots=2,
-    )
-    runner = asyncio.create_task(worker.run())
+    worker, runner = start_worker(client, runs, kind)
     await asyncio.sleep(0.3)  # the worker is up, idle, blocked waiting for work
     client.arm(site, 2)
     total = await enqueue(client, entities, range(4), sleep=0.25)
@@ -202,14 +202,7 @@ async def test_an_outage_longer_than_the_lease_stops_the_job_before_the_lease_ca
     (ctx.lost) before its lease may expire; once Redis is back the job runs again, once, and
     the worker goes on with the rest."""
     runs: list[Run] = []
-    worker = Worker(
-        client,
-        recording_registry(runs),
-        TYPE,
-        entity_id=None if kind == "packed" else "a",
-        slots=2,
-    )
-    runner = asyncio.create_task(worker.run())
+    worker, runner = start_worker(client, runs, kind)
     observer = Client(client.redis, client.settings)
     await observer.enqueue(TYPE, "a", "record", {"seq": 0, "sleep": 0.05, "first_sleep": 30})
     await observer.enqueue(TYPE, "a", "record", {"seq": 1, "sleep": 0.05})
