@@ -205,13 +205,18 @@ class Partition:
             while not self._stopping:
                 self._update_interest()
                 ready = self._selector.select()
+                # Wake-ups are drained before the commands run, never after: a command sent
+                # after this drain has its own wake-up pending, so the next select returns for
+                # it (draining afterwards swallowed that wake-up and its caller waited forever).
+                if any(key.fileobj is self._wake_r for key, _ in ready):
+                    self._drain_wake()
                 self._run_commands()
                 if self._stopping:
                     break
                 for key, mask in ready:
                     if key.fileobj is self._wake_r:
-                        self._drain_wake()
-                    elif key.fileobj is self._listener:
+                        continue
+                    if key.fileobj is self._listener:
                         self._accept()
                     else:
                         assert isinstance(key.fileobj, socket.socket)

@@ -340,3 +340,22 @@ def test_close_stops_the_thread_and_closes_every_socket(upstream: tuple[str, int
     with pytest.raises(RuntimeError, match="closed"):
         p.cut()
     sock.close()
+
+
+def test_control_calls_back_to_back_never_lose_a_wake_up(upstream: tuple[str, int]) -> None:
+    # A call sent while the thread was still handling the one before used to have its wake-up
+    # drained with the earlier one's: it then waited forever (within a few calls).
+    p = Partition(*upstream)
+    done: list[int] = []
+
+    def spin() -> None:
+        for _ in range(5000):
+            p.cut()
+            p.heal()
+        done.append(1)
+
+    caller = threading.Thread(target=spin, daemon=True)
+    caller.start()
+    caller.join(60)
+    assert done, "a control call never returned"
+    p.close()
