@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -151,6 +152,9 @@ class Workers:
     ttl: float = TTL
     interval: float = INTERVAL
     prefix: str = "aq"
+    store_url: str | None = None
+    """Where the `record` handler's fenced store is (default: `redis_url`). A separate server
+    keeps the records when the queues' Redis is killed, as a downstream store would."""
     started: list[WorkerProc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -183,7 +187,7 @@ class Workers:
         """Start `aq worker` (entity-bound when `entity_id`, else packed) and, with `wait`,
         return once it has registered (it heartbeats, claims and listens from then on).
         `redis_url` (e.g. through a `Partition`) is where the worker reaches Redis; its handlers
-        write their records straight to the test's Redis either way."""
+        write their records straight to the store (`store_url`, else the test's Redis)."""
         name = name or f"w{len(self.started)}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
         args = [
             "worker",
@@ -203,7 +207,7 @@ class Workers:
         else:
             args += ["--slots", str(slots or 1)]
         log_path = self.log_dir / f"{name}.log"
-        env = self.env(node_name=node, test_store_url=self.redis_url, **settings)
+        env = self.env(node_name=node, test_store_url=self.store_url or self.redis_url, **settings)
         if redis_url is not None:
             env["AQ_REDIS_URL"] = redis_url
         with open(log_path, "wb") as log:
@@ -269,24 +273,38 @@ class Workers:
         return self.redis.hgetall(self.entity_key(entity_id, "leases"))  # type: ignore[return-value]
 
     def job(self, entity_id: str, job_id: str) -> dict[str, str]:
-        """The job's record (auto-generated ids only)."""
+        """The job's record (an auto-generated id, or one the caller gave for `entity_id`)."""
         located = self.keys.locate_auto_job(job_id)
-        assert located is not None, job_id
+        if located is None:
+            located = (
+                self.keys.entity_bucket(self.entity_type, entity_id),
+                self.keys.job_slot(self.entity_type, entity_id, job_id),
+            )
         bucket, jslot = located
         return self.redis.hgetall(f"{bucket}j:{jslot}")  # type: ignore[return-value]
 
-    def assert_completed_once(self, per_entity: Mapping[str, list[Run]]) -> None:
-        """Each job's record shows it completed, by its last run (that run's token and attempt):
-        whatever ran before it was not recorded as a completion."""
+    def completion_violations(self, per_entity: Mapping[str, list[Run]]) -> list[Violation]:
+        """Jobs whose record does not show a completion by their last run (that run's token and
+        attempt), dead-lettered jobs aside: an earlier run's completion was recorded, or none."""
+        found = []
         for entity, history in per_entity.items():
             last = {run.job: run for run in history}
             for job_id, run in last.items():
                 record = self.job(entity, job_id)
-                if record.get("state") == "dead":
+                state = record.get("state")
+                if state == "dead":
                     continue
-                assert record.get("state") == "completed", (record, run)
-                assert int(record["token"]) == run.token, (record, run)
-                assert int(record["made"]) == run.attempt, (record, run)
+                if state != "completed":
+                    found.append(Violation("incomplete", entity, f"{record} {run}", (run,)))
+                elif (int(record["token"]), int(record["made"])) != (run.token, run.attempt):
+                    found.append(Violation("rerun", entity, f"{record} {run}", (run,)))
+        return found
+
+    def assert_completed_once(self, per_entity: Mapping[str, list[Run]]) -> None:
+        """Each job's record shows it completed, by its last run (that run's token and attempt):
+        whatever ran before it was not recorded as a completion."""
+        found = self.completion_violations(per_entity)
+        assert not found, describe(found)
 
     def lost_jobs(self) -> set[str]:
         """Ids of jobs whose worker logged that it lost the lease while running them."""
@@ -373,6 +391,91 @@ def load_runs(client: redis.Redis) -> list[Run]:
     return sorted(runs.values(), key=lambda run: run.start)
 
 
+@dataclass(frozen=True)
+class Violation:
+    """One way a history broke a guarantee. The tests assert there is none; bench/soak.py
+    counts them by kind."""
+
+    kind: str
+    """'overlap' (two runs of an entity at once), 'token' (a fencing token went down), 'order'
+    (a later job of an entity started before an earlier one's run), 'rerun' (a job ran again
+    after a run whose completion counted), 'incomplete' (a job's last run did not complete),
+    'unended' (a run without an end, of a process that was not killed), 'unknown' (a run of an
+    entity not expected)."""
+    entity: str
+    message: str
+    runs: tuple[Any, ...] = ()
+    """The runs (or effect spans) concerned, the earlier first."""
+
+
+def describe(found: list[Violation], limit: int = 5) -> str:
+    more = f"\n... and {len(found) - limit} more" if len(found) > limit else ""
+    return "\n".join(v.message for v in found[:limit]) + more
+
+
+def history_violations(
+    runs: Iterable[Run],
+    expected: Mapping[str, int],
+    kill_times: Mapping[int, float],
+    *,
+    dead: Mapping[str, set[int]] | None = None,
+    lost_jobs: frozenset[str] | set[str] = frozenset(),
+) -> tuple[dict[str, list[Run]], list[Violation]]:
+    """The runs per entity, and what in them breaks a guarantee (see `check_history`)."""
+    per_entity: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        per_entity[run.entity].append(run)
+    found = [
+        Violation("unknown", e, f"runs of an unknown entity {e!r}", tuple(per_entity[e]))
+        for e in sorted(set(per_entity) - set(expected))
+    ]
+    dead = dead or {}
+    for entity, n in expected.items():
+        history = per_entity.get(entity, [])
+        ends: list[tuple[float, Run]] = []
+        for run in history:
+            if run.end is None and run.fenced:
+                ends.append((run.start, run))
+            elif run.end is None:
+                killed = kill_times.get(run.pid)
+                if killed is None or killed < run.start:
+                    why = f"run lost by a process that was not killed: {run}"
+                    found.append(Violation("unended", entity, why, (run,)))
+                    continue
+                ends.append((killed, run))
+            elif run.end < run.start:
+                found.append(Violation("unended", entity, f"ends before it starts: {run}", (run,)))
+            else:
+                ends.append((run.end, run))
+        # No overlap: each run starts after every run before it (in start order) has ended.
+        latest: tuple[float, Run] | None = None
+        for end_b, b in ends:
+            if latest is not None and b.start < latest[0]:
+                end_a, a = latest
+                why = f"overlap on {entity!r}:\n {a}\n {b} (began before {end_a})"
+                found.append(Violation("overlap", entity, why, (a, b)))
+            if latest is None or end_b > latest[0]:
+                latest = (end_b, b)
+        for (end_a, a), (_, b) in itertools.pairwise(ends):
+            if b.token < a.token:
+                why = f"fencing token went backwards on {entity!r}: {a} -> {b}"
+                found.append(Violation("token", entity, why, (a, b)))
+            if b.seq < a.seq or (b.seq == a.seq and b.job != a.job):
+                found.append(Violation("order", entity, f"order broken on {entity!r}: {a} -> {b}"))
+            elif b.seq == a.seq and a.how == "end":
+                unacked = kill_times.get(a.pid, 0.0) >= end_a or a.job in lost_jobs
+                if not unacked:
+                    why = f"{entity!r}: ran again after completing: {a} {b}"
+                    found.append(Violation("rerun", entity, why, (a, b)))
+        last = {run.seq: run for run in history}  # the last run of each job
+        completed = {seq for seq, run in last.items() if run.how == "end"}
+        want = set(range(n)) - dead.get(entity, set())
+        for seq in sorted(completed ^ want):
+            why = f"{entity!r}: completed {sorted(completed)}, want {sorted(want)} (seq {seq})"
+            found.append(Violation("incomplete", entity, why, (last[seq],) if seq in last else ()))
+    return dict(per_entity), found
+
+
 def check_history(
     runs: Iterable[Run],
     expected: Mapping[str, int],
@@ -389,59 +492,74 @@ def check_history(
     and the last run of every job seq 0..n-1 completed (except dead-lettered seqs). A run
     without an end must belong to a killed process (its interval ends at the kill) or have been
     fenced out (its accepted effects end with its start record). Returns the runs per entity."""
-    per_entity: dict[str, list[Run]] = defaultdict(list)
-    for run in runs:
-        per_entity[run.entity].append(run)
-    assert set(per_entity) <= set(expected), f"runs of unknown entities: {set(per_entity)}"
-    dead = dead or {}
-    for entity, n in expected.items():
-        history = per_entity.get(entity, [])
-        ends: list[tuple[float, Run]] = []
-        for run in history:
-            if run.end is None and run.fenced:
-                ends.append((run.start, run))
-            elif run.end is None:
-                assert run.pid in kill_times, f"run lost by a process that was not killed: {run}"
-                assert run.start <= kill_times[run.pid], run
-                ends.append((kill_times[run.pid], run))
-            else:
-                assert run.end >= run.start, run
-                ends.append((run.end, run))
-        # No overlap: each run starts after the one before it (in start order) has ended.
-        for (end_a, a), (_, b) in itertools.pairwise(ends):
-            assert b.start >= end_a, f"overlap on {entity!r}:\n {a}\n {b} (began before {end_a})"
-            assert b.token >= a.token, f"fencing token went backwards on {entity!r}: {a} -> {b}"
-            assert b.seq >= a.seq, f"order broken on {entity!r}: {a} -> {b}"
-            if b.seq == a.seq:
-                assert b.job == a.job, (a, b)
-                unacked = kill_times.get(a.pid, 0.0) >= (a.end or 0.0) or a.job in lost_jobs
-                assert a.how != "end" or unacked, f"{entity!r}: ran again after completing: {a} {b}"
-        last = {run.seq: run for run in history}  # the last run of each job
-        completed = {seq for seq, run in last.items() if run.how == "end"}
-        want = set(range(n)) - dead.get(entity, set())
-        assert completed == want, f"{entity!r}: completed {sorted(completed)}, want {sorted(want)}"
-    return dict(per_entity)
+    per_entity, found = history_violations(
+        runs, expected, kill_times, dead=dead, lost_jobs=lost_jobs
+    )
+    assert not found, describe(found)
+    return per_entity
+
+
+@dataclass(frozen=True)
+class EffectSpan:
+    """One run as its unfenced effects show it: from its start record to its end or cancel
+    record (`ended`), or to its process's kill."""
+
+    entity: str
+    job: str
+    token: int
+    attempt: int
+    pid: int
+    start: float
+    end: float
+    ended: bool
+
+
+def effect_spans(client: redis.Redis, kill_times: Mapping[int, float]) -> list[EffectSpan]:
+    """Every run's span in the effects without fencing (every record a handler wrote, refused
+    by the fenced store or not), in start order. A run with neither an end nor a kill of its
+    process ends at infinity; one with an end but no start begins at minus infinity."""
+    spans: dict[tuple[str, str, int, int], list[Any]] = {}
+    for r in records(client, EFFECTS_KEY):
+        span = spans.setdefault((r["entity"], r["job"], r["token"], r["attempt"]), [None, None])
+        span[0 if r["ev"] == "start" else 1] = (r["t"], r["pid"])
+    made = []
+    for (entity, job, token, attempt), (start, end) in spans.items():
+        pid = (start or end)[1]
+        if end is not None:
+            stop, ended = end[0], True
+        else:
+            stop, ended = kill_times.get(pid, math.inf), False
+        begin = -math.inf if start is None else start[0]
+        made.append(EffectSpan(entity, job, token, attempt, pid, begin, stop, ended))
+    return sorted(made, key=lambda span: (span.entity, span.start))
+
+
+def effect_overlaps(spans: Iterable[EffectSpan]) -> list[Violation]:
+    """Per entity, runs whose unfenced effects overlap in time (a run that began before every
+    run before it had ended), and spans that are not whole (no start, or no end nor kill: left
+    out of the overlap check)."""
+    found = []
+    latest: dict[str, EffectSpan] = {}
+    for b in spans:
+        if math.isinf(b.start) or math.isinf(b.end):
+            found.append(Violation("unended", b.entity, f"a run without a start or end: {b}", (b,)))
+            continue
+        a = latest.get(b.entity)
+        if a is not None and b.start < a.end:
+            why = f"overlapping effects on {b.entity!r}: {a} until {a.end}, {b}"
+            found.append(Violation("overlap", b.entity, why, (a, b)))
+        if a is None or b.end > a.end:
+            latest[b.entity] = b
+    return found
 
 
 def assert_effects_never_overlap(client: redis.Redis, kill_times: Mapping[int, float]) -> int:
     """Per entity, the runs' effects without fencing (every record a handler wrote, refused by
     the fenced store or not) never overlap in time: a run's interval is from its start record to
     its end or cancel record, or to its process's kill. Returns how many runs there were."""
-    spans: dict[tuple[str, str, int, int], list[Any]] = {}
-    for r in records(client, EFFECTS_KEY):
-        span = spans.setdefault((r["entity"], r["job"], r["token"], r["attempt"]), [None, None])
-        span[0 if r["ev"] == "start" else 1] = (r["t"], r["pid"])
-    per_entity: dict[str, list[tuple[float, float, Any]]] = defaultdict(list)
-    for key, (start, end) in spans.items():
-        assert start is not None, f"an end without a start: {key}"
-        if end is None:
-            assert start[1] in kill_times, f"a run that never ended, of a live process: {key}"
-            end = (kill_times[start[1]], start[1])
-        per_entity[key[0]].append((start[0], end[0], key))
-    for entity, intervals in per_entity.items():
-        intervals.sort()
-        for (_, end_a, a), (start_b, _, b) in itertools.pairwise(intervals):
-            assert start_b >= end_a, f"overlapping effects on {entity!r}: {a} until {end_a}, {b}"
+    spans = effect_spans(client, kill_times)
+    found = effect_overlaps(spans)
+    assert not found, describe(found)
     return len(spans)
 
 
