@@ -4,7 +4,8 @@ and what the runs on record say.
 Why: a failover can lose what the old primary acknowledged last, so the tests must tell apart
 an enqueue that was acknowledged from one that failed (and was sent again), and see every run
 of every job from outside the deployment under test. `Fleet` starts real `aq worker` processes
-(packed) whose handler records its runs in a separate Redis (handlers.py); `Producer` enqueues
+(packed) whose `record` handler (tests/runtime/handlers.py) writes every run's start and end
+to a separate Redis (AQ_TEST_STORE_URL), out of the failovers' reach; `Producer` enqueues
 jobs with ids of its own, sends an enqueue again with the same id until one is acknowledged
 (enqueue with a given id is idempotent), and keeps the acknowledged ids; `Outcome` compares the
 two after the work has drained.
@@ -27,11 +28,9 @@ from typing import Any
 import redis
 
 from atomicqueues import Client, JobNotFound, NotReplicated, RedisUnavailable
-from failover.handlers import RUNS_KEY
-from runtime.workers import REPO_ROOT, WorkerProc, _die_with_parent, base_env
+from runtime.workers import EFFECTS_KEY, HANDLERS, REPO_ROOT, WorkerProc, _die_with_parent, base_env
 
 T = "acct"
-HANDLERS = "tests.failover.handlers:registry"
 SETTINGS: dict[str, str | float] = {
     "heartbeat_ttl": 2.0,
     "heartbeat_interval": 0.5,
@@ -134,8 +133,10 @@ class Run:
 
 
 def load_runs(store: redis.Redis) -> list[Run]:
+    """Every run on record, fenced or not (a failover may hand a lease on early: see
+    README's "Failover"), in start order."""
     runs: dict[tuple[str, int, int], Run] = {}
-    for line in store.lrange(RUNS_KEY, 0, -1):  # type: ignore[union-attr]
+    for line in store.lrange(EFFECTS_KEY, 0, -1):  # type: ignore[union-attr]
         r = json.loads(line)
         key = (r["job"], r["token"], r["attempt"])
         if r["ev"] == "start":
