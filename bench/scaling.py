@@ -1,7 +1,7 @@
 """Scaling benchmark: how soon the local pool starts a worker for an idle entity's first job.
 
 Why this exists: the design says scaling reacts to an "entity has work" event within
-milliseconds (DESIGN.md, "Kubernetes: what must hold"). This script measures what that means
+milliseconds. This script measures what that means
 end to end on the local backend (`LocalPool`, the backend of `aq up`): the time from enqueueing
 the first job of an entity that has no worker to its handler starting in a fresh worker
 process, and where that time goes.

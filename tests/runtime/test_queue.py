@@ -1,6 +1,6 @@
 """Queue semantics against a real Redis, through `Client` and `Leases` (no worker processes).
 
-Why: these are the promises people build on (DESIGN.md, "Redis: what must hold"): FIFO per
+Why: these are the promises people build on (README.md, "What is guaranteed"): FIFO per
 entity with priorities, at most N jobs of an entity in flight, a retrying job blocks its
 successors, fencing tokens that refuse a former lease holder, expired leases recovered to the
 head of the queue, retries and dead letters, results that wake their waiters at once, and an
