@@ -98,7 +98,30 @@ if sys.platform == "linux":
     _preexec = _die_with_parent
 
 
-class RedisServer:
+class Started:
+    """A context manager over `start()` and `close()`: what failed to start is closed too."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class RedisServer(Started):
     """One redis-server on 127.0.0.1 with its own temp dir; no persistence unless appendonly.
 
     The port is chosen on the first start() and kept by restart(), as is the data dir, so an
@@ -174,19 +197,6 @@ class RedisServer:
         except OSError:
             return "(no log)"
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     def _spawn(self) -> None:
         conf = [
             f"port {self.port}",
@@ -256,7 +266,7 @@ def _cluster(client: redis.Redis, subcommand: str, *args: object) -> Any:
     return client.cluster(subcommand, *args)
 
 
-class RedisCluster:
+class RedisCluster(Started):
     """A Redis Cluster of `size` masters on loopback, slots split evenly, each with `replicas`
     replicas (none by default: a failover test asks for them).
 
@@ -385,19 +395,6 @@ class RedisCluster:
         for node in self.nodes:
             node.close()
 
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
 
 REPLICATION_USER = "repl"  # replicas authenticate as this user, so a test can cut their link
 REPLICATION_PASSWORD = "repl-secret"
@@ -422,7 +419,7 @@ def _poll(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.05)
 
 
-class SentinelGroup:
+class SentinelGroup(Started):
     """A primary, `replicas` replicas and `sentinels` Redis Sentinels on loopback.
 
     The sentinels watch the primary under `name` (quorum: a majority) and call it down after
@@ -571,16 +568,3 @@ class SentinelGroup:
     def close(self) -> None:
         for server in [*self.sentinels, *self.servers]:
             server.close()
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
