@@ -231,6 +231,38 @@ async def wait_for(condition: Any, timeout: float, what: str, every: float = 0.1
         await asyncio.sleep(every)
 
 
+async def settle(
+    label: str,
+    client: Client,
+    producer: Producer,
+    fleet: Fleet,
+    workers: list[WorkerProc],
+    store: redis.Redis,
+    wait: bool,
+    timeout: float,
+) -> Outcome:
+    """Once the producer has stopped: let the work drain, then check what must hold across
+    failovers and print the figures (run with -s): the same workers live on (no restarts), no
+    two runs of an entity overlap, tokens never go down, jobs first start in order, every
+    acknowledged job that survived ran to its end, and with WAIT none was lost."""
+    await wait_for(lambda: drained(client), timeout, "the work to drain")
+    assert not fleet.dead(), f"workers ended:\n{fleet.logs()}"
+    assert [w.pid for w in fleet.started] == [w.pid for w in workers]  # no restarts
+    result = await outcome(client, producer, store)
+    print(
+        f"\n{label}, {'WAIT 1' if wait else 'no WAIT'}: {result.line()}; "
+        f"{producer.not_replicated} enqueues refused by WAIT, "
+        f"{producer.unavailable} failed during the failover"
+    )
+    check_runs(result.runs)
+    assert result.acked >= 40
+    if wait:
+        assert result.lost == [], "an enqueue acknowledged with WAIT was lost"
+    ended_jobs = {run.job for run in result.runs if run.how == "end"}
+    assert set(producer.acked) - set(result.lost) <= ended_jobs
+    return result
+
+
 async def drained(client: Client) -> bool:
     """Nothing waiting, delayed, active or retrying (Redis unreachable counts as not yet)."""
     try:

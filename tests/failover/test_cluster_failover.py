@@ -18,7 +18,7 @@ import redis
 
 from atomicqueues import Client, Settings
 from failover.conftest import make_fleet
-from failover.load import Producer, check_runs, drained, load_runs, outcome, wait_for
+from failover.load import Producer, load_runs, settle, wait_for
 from redis_servers import RedisCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -70,22 +70,7 @@ async def test_workers_go_on_when_a_master_is_killed_and_its_replica_takes_over(
         await wait_for(lambda: ended() >= mark + 30, FAILOVER, "jobs to run after the failover")
         stop.set()
         await producing
-        await wait_for(lambda: drained(client), FAILOVER * 2, "the work to drain")
-        assert not fleet.dead(), f"workers ended:\n{fleet.logs()}"
-        assert [w.pid for w in fleet.started] == [w.pid for w in workers]  # no restarts
-
-        result = await outcome(client, producer, store)
-        print(
-            f"\nCluster, {'WAIT 1' if wait else 'no WAIT'}: {result.line()}; "
-            f"{producer.not_replicated} enqueues refused by WAIT, "
-            f"{producer.unavailable} failed during the failover"
-        )
-        check_runs(result.runs)
-        assert result.acked >= 40
-        if wait:
-            assert result.lost == [], "an enqueue acknowledged with WAIT was lost"
-        ended_jobs = {run.job for run in result.runs if run.how == "end"}
-        assert set(producer.acked) - set(result.lost) <= ended_jobs
+        await settle("Cluster", client, producer, fleet, workers, store, wait, FAILOVER * 2)
     finally:
         stop.set()
         await producing

@@ -23,10 +23,8 @@ from failover.conftest import make_fleet
 from failover.load import (
     Producer,
     T,
-    check_runs,
-    drained,
     load_runs,
-    outcome,
+    settle,
     wait_for,
 )
 from redis_servers import SentinelGroup
@@ -155,23 +153,7 @@ async def test_workers_go_on_across_two_failovers_and_lose_only_what_is_measured
             await wait_for(lambda m=mark: ended() >= m + 20, FAILOVER, "jobs to run after it")
         stop.set()
         await producing
-        await wait_for(lambda: drained(client), FAILOVER * 2, "the work to drain")
-        assert not fleet.dead(), f"workers ended:\n{fleet.logs()}"
-        assert [w.pid for w in fleet.started] == [w.pid for w in workers]  # no restarts
-
-        result = await outcome(client, producer, store)
-        print(
-            f"\n{'WAIT 1' if wait else 'no WAIT'}: {result.line()}; "
-            f"{producer.not_replicated} enqueues refused by WAIT, "
-            f"{producer.unavailable} failed during failover"
-        )
-        check_runs(result.runs)
-        assert result.acked >= 40
-        if wait:
-            assert result.lost == [], "an enqueue acknowledged with WAIT was lost"
-        # Every acknowledged job that survived ran to its end.
-        ended_jobs = {run.job for run in result.runs if run.how == "end"}
-        assert set(producer.acked) - set(result.lost) <= ended_jobs
+        await settle("Sentinel", client, producer, fleet, workers, store, wait, FAILOVER * 2)
     finally:
         stop.set()
         await producing
