@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -28,7 +27,16 @@ from typing import Any
 import redis
 
 from atomicqueues import Client, JobNotFound, NotReplicated, RedisUnavailable
-from runtime.workers import EFFECTS_KEY, HANDLERS, REPO_ROOT, WorkerProc, _die_with_parent, base_env
+from runtime import workers
+from runtime.workers import (
+    EFFECTS_KEY,
+    HANDLERS,
+    REPO_ROOT,
+    Run,
+    WorkerProc,
+    _die_with_parent,
+    base_env,
+)
 
 T = "acct"
 SETTINGS: dict[str, str | float] = {
@@ -120,33 +128,10 @@ class Producer:
             await asyncio.sleep(self.pause)
 
 
-@dataclass
-class Run:
-    entity: str
-    job: str
-    seq: int
-    token: int
-    pid: int
-    start: float
-    end: float | None = None
-    how: str | None = None
-
-
 def load_runs(store: redis.Redis) -> list[Run]:
     """Every run on record, fenced or not (a failover may hand a lease on early: see
     README's "Failover"), in start order."""
-    runs: dict[tuple[str, int, int], Run] = {}
-    for line in store.lrange(EFFECTS_KEY, 0, -1):  # type: ignore[union-attr]
-        r = json.loads(line)
-        key = (r["job"], r["token"], r["attempt"])
-        if r["ev"] == "start":
-            assert key not in runs, f"two starts of one run: {r}"
-            runs[key] = Run(r["entity"], r["job"], r["seq"], r["token"], r["pid"], r["t"])
-        else:
-            run = runs[key]
-            assert run.end is None, f"two ends of one run: {r}"
-            run.end, run.how = r["t"], r["ev"]
-    return sorted(runs.values(), key=lambda run: run.start)
+    return workers.load_runs(store, EFFECTS_KEY)
 
 
 @dataclass

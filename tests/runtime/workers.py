@@ -361,11 +361,12 @@ def records(client: redis.Redis, key: str = LOG_KEY) -> list[dict[str, Any]]:
     return [json.loads(line) for line in client.lrange(key, 0, -1)]  # type: ignore[union-attr]
 
 
-def load_runs(client: redis.Redis) -> list[Run]:
+def load_runs(client: redis.Redis, key: str = LOG_KEY) -> list[Run]:
     """The runs whose start the fenced store accepted, in start order (a run whose every write
-    was refused had no effect at all and is left out)."""
+    was refused had no effect at all and is left out). With `key` EFFECTS_KEY: every run, its
+    writes refused or not (`fenced` still says which ends were refused)."""
     runs: dict[tuple[str, str, int, int], Run] = {}
-    for r in records(client, LOG_KEY):
+    for r in records(client, key):
         k = (r["entity"], r["job"], r["token"], r["attempt"])
         if r["ev"] == "start":
             assert k not in runs, f"two starts of one run: {r}"
