@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from atomicqueues.keys import Keys, encode_id
 from atomicqueues.leases import Leases, Started
 from atomicqueues.memory import eviction_warning
 from redis_servers import RedisCluster, RedisServer
-from runtime.workers import INTERVAL, TTL, Workers, wait_until
+from runtime.workers import TTL, Workers, wait_until
 
 T = "acct"
 
@@ -48,23 +48,25 @@ def server() -> Iterator[RedisServer]:
         yield server
 
 
-def set_memory(url: str, maxmemory: int, policy: str = "noeviction") -> None:
-    with redis.Redis.from_url(url) as r:
+def set_memory(redis_url: str, maxmemory: int, policy: str = "noeviction") -> None:
+    with redis.Redis.from_url(redis_url) as r:
         r.config_set("maxmemory-policy", policy)
         r.config_set("maxmemory", maxmemory)
 
 
-def fill(url: str) -> None:
+def fill(redis_url: str) -> None:
     """Memory full from now on: every write that needs memory is refused."""
-    set_memory(url, 1)
+    set_memory(redis_url, 1)
 
 
-def free(url: str) -> None:
-    set_memory(url, 0)
+def free(redis_url: str) -> None:
+    set_memory(redis_url, 0)
 
 
 @pytest.fixture
-def url(server: RedisServer) -> Iterator[str]:
+def redis_url(server: RedisServer) -> Iterator[str]:
+    """This module's own server, emptied, its memory limit lifted (tests/runtime/conftest.py's
+    `client` and `workers` use it too)."""
     free(server.url)
     with server.client() as r:
         r.flushall()
@@ -72,35 +74,25 @@ def url(server: RedisServer) -> Iterator[str]:
     free(server.url)
 
 
-@pytest.fixture
-async def client(url: str) -> AsyncIterator[Client]:
-    settings = Settings(redis_url=url, heartbeat_ttl=TTL, heartbeat_interval=INTERVAL)
-    c = await Client.connect(settings)
-    try:
-        yield c
-    finally:
-        await c.close()
-
-
-def snapshot(url: str) -> dict[str, Any]:
+def snapshot(redis_url: str) -> dict[str, Any]:
     """Every key with its serialized value and whether it has a TTL."""
-    with redis.Redis.from_url(url) as r:
+    with redis.Redis.from_url(redis_url) as r:
         return {key: (r.dump(key), r.pttl(key) > 0) for key in r.scan_iter(count=1000)}
 
 
-def job_state(url: str, job_id: str) -> str | None:
+def job_state(redis_url: str, job_id: str) -> str | None:
     bucket, jslot = Keys("aq").locate_auto_job(job_id) or ("", "")
-    with redis.Redis.from_url(url, decode_responses=True) as r:
+    with redis.Redis.from_url(redis_url, decode_responses=True) as r:
         state: str | None = r.hget(f"{bucket}j:{jslot}", "state")
         return state
 
 
 # --- enqueue is refused, whole ---------------------------------------------------------------
 async def test_filling_memory_ends_in_one_refused_enqueue_and_nothing_half(
-    client: Client, url: str
+    client: Client, redis_url: str
 ) -> None:
-    with redis.Redis.from_url(url) as r:
-        set_memory(url, int(r.info("memory")["used_memory"]) + 1_000_000)
+    with redis.Redis.from_url(redis_url) as r:
+        set_memory(redis_url, int(r.info("memory")["used_memory"]) + 1_000_000)
     accepted, refused = 0, None
     for n in range(10_000):  # 10 KB each: about 100 fit
         try:
@@ -120,7 +112,7 @@ async def test_filling_memory_ends_in_one_refused_enqueue_and_nothing_half(
     assert counts["waiting"] == accepted
     assert sum((await client.pending_entities(T)).values()) == accepted
     refused_id = f"j{accepted}"
-    with redis.Redis.from_url(url) as r:
+    with redis.Redis.from_url(redis_url) as r:
         slot = Keys("aq").job_slot(T, f"e{accepted % 7}", refused_id)
         assert not r.exists(f"{Keys('aq').entity_bucket(T, f'e{accepted % 7}')}j:{slot}")
 
@@ -135,54 +127,58 @@ async def test_filling_memory_ends_in_one_refused_enqueue_and_nothing_half(
     ],
 )
 async def test_enqueue_when_full_is_refused_and_writes_nothing(
-    client: Client, url: str, case: str
+    client: Client, redis_url: str, case: str
 ) -> None:
     if case != "new-type":
         delay = 0.05 if case == "due-delayed" else None
         await client.enqueue(T, "e1", "work", {"n": 0}, delay=delay)
         await asyncio.sleep(0.1)  # the delayed job falls due; only an enqueue or a sweep moves it
-    before = snapshot(url)
-    fill(url)
+    before = snapshot(redis_url)
+    fill(redis_url)
     with pytest.raises(RedisOutOfMemory):
         await client.enqueue(T, "e1", "work", {"n": 1}, delay=5.0 if case == "delayed" else None)
-    assert snapshot(url) == before
+    assert snapshot(redis_url) == before
 
 
-async def test_enqueue_of_an_existing_job_id_answers_when_full(client: Client, url: str) -> None:
+async def test_enqueue_of_an_existing_job_id_answers_when_full(
+    client: Client, redis_url: str
+) -> None:
     job_id = await client.enqueue(T, "e1", "work", job_id="order-7")
-    before = snapshot(url)
-    fill(url)
+    before = snapshot(redis_url)
+    fill(redis_url)
     assert await client.enqueue(T, "e1", "work", job_id="order-7") == job_id
-    assert snapshot(url) == before
+    assert snapshot(redis_url) == before
 
 
-def test_sync_client_enqueue_when_full(url: str) -> None:
-    fill(url)
-    sync = SyncClient(Settings(redis_url=url))
+def test_sync_client_enqueue_when_full(redis_url: str) -> None:
+    fill(redis_url)
+    sync = SyncClient(Settings(redis_url=redis_url))
     try:
         with pytest.raises(RedisOutOfMemory, match="out of memory"):
             sync.enqueue(T, "e1", "work", {"n": 1})
     finally:
         sync.close()
-    free(url)
-    assert snapshot(url) == {}
+    free(redis_url)
+    assert snapshot(redis_url) == {}
 
 
-def test_aq_enqueue_when_full_prints_one_line(url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    fill(url)
-    code = main(["--redis-url", url, "enqueue", T, "e1", "work", "--payload", '{"n": 1}'])
+def test_aq_enqueue_when_full_prints_one_line(
+    redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fill(redis_url)
+    code = main(["--redis-url", redis_url, "enqueue", T, "e1", "work", "--payload", '{"n": 1}'])
     out, err = capsys.readouterr()
     assert code != 0
     assert out == ""
     assert err.count("\n") == 1, err
     assert err.startswith("aq: Redis at ")
     assert "out of memory" in err
-    free(url)
-    assert snapshot(url) == {}
+    free(redis_url)
+    assert snapshot(redis_url) == {}
 
 
 # --- what is already in Redis moves on ---------------------------------------------------------
-async def test_work_already_in_redis_moves_on_when_full(client: Client, url: str) -> None:
+async def test_work_already_in_redis_moves_on_when_full(client: Client, redis_url: str) -> None:
     """Claim, finish (and start the next job), renew, release, sweep, cancel, dead letters,
     results and resource locks all run over the limit; only new work is refused."""
     ids = [await client.enqueue(T, "e1", "work", {"n": n}) for n in range(4)]
@@ -193,7 +189,7 @@ async def test_work_already_in_redis_moves_on_when_full(client: Client, url: str
     assert isinstance(first, Started)
     bucket = client.keys.entity_bucket(T, "e1")
     expiry_key, member = f"{bucket}leases", f"w1|{encode_id('e1')}"
-    fill(url)
+    fill(redis_url)
     with pytest.raises(RedisOutOfMemory):  # memory really is full for everything below
         await client.enqueue(T, "e3", "work")
 
@@ -207,7 +203,7 @@ async def test_work_already_in_redis_moves_on_when_full(client: Client, url: str
     assert second.job.id == ids[1]
     assert await client.result(ids[0], timeout=1) == "done"
     assert await leases.finish(second, "retry", "boom", retry_delay=60, claim_next=False) is None
-    assert job_state(url, ids[1]) == "retrying"
+    assert job_state(redis_url, ids[1]) == "retrying"
     assert await leases.release(second.lease, "shutdown") == "released"
 
     other = await leases.claim(T, "e2", None)  # a new lease, over the limit too
@@ -220,7 +216,7 @@ async def test_work_already_in_redis_moves_on_when_full(client: Client, url: str
     await locks.extend(lock, 5)
     await locks.release(lock)
 
-    free(url)
+    free(redis_url)
     assert (await client.counts(T))["completed"] == 1
 
 
@@ -229,21 +225,21 @@ async def test_work_already_in_redis_moves_on_when_full(client: Client, url: str
     "packed", [pytest.param(False, id="entity-bound"), pytest.param(True, id="packed")]
 )
 async def test_running_job_finishes_when_full_and_worker_goes_on_after(
-    client: Client, url: str, tmp_path: Path, packed: bool
+    client: Client, redis_url: str, tmp_path: Path, packed: bool
 ) -> None:
-    pool = Workers(url, tmp_path, entity_type=T)
+    pool = Workers(redis_url, tmp_path, entity_type=T)
     try:
         worker = pool.start(slots=2) if packed else pool.start("e1")
         gate = tmp_path / "gate"
         running = await client.enqueue(T, "e1", "wait_for_file", {"path": str(gate)})
         queued = await client.enqueue(T, "e1", "wait_for_file", {"path": str(gate)})
-        wait_until(lambda: job_state(url, running) == "active", 30, "the first job to start")
+        wait_until(lambda: job_state(redis_url, running) == "active", 30, "the first job to start")
         bucket = client.keys.entity_bucket(T, "e1")
         expiry_key, member = f"{bucket}leases", f"{worker.name}|{encode_id('e1')}"
         expiry = await client.redis.zscore(expiry_key, member)
         assert expiry is not None
 
-        fill(url)
+        fill(redis_url)
         with pytest.raises(RedisOutOfMemory):
             await client.enqueue(T, "e1", "wait_for_file", {"path": str(gate)})
 
@@ -254,11 +250,11 @@ async def test_running_job_finishes_when_full_and_worker_goes_on_after(
         # Several lease lifetimes pass on renewals made over the limit; a lost lease would
         # cancel the job and end this wait.
         for _ in range(600):
-            if await renewed_for(4 * TTL) or job_state(url, running) != "active":
+            if await renewed_for(4 * TTL) or job_state(redis_url, running) != "active":
                 break
             await asyncio.sleep(0.05)
         assert await renewed_for(4 * TTL), pool.logs()
-        assert job_state(url, running) == "active"
+        assert job_state(redis_url, running) == "active"
 
         gate.touch()
         for job_id in (running, queued):  # the queued job starts and ends over the limit too
@@ -269,7 +265,7 @@ async def test_running_job_finishes_when_full_and_worker_goes_on_after(
         assert pool.job("e1", running)["made"] == "1"  # one attempt: the lease was never lost
         assert "lost its lease" not in worker.output()
 
-        free(url)
+        free(redis_url)
         later = await client.enqueue(T, "e1", "wait_for_file", {"path": str(gate)})
         assert await client.result(later, timeout=30) == {
             "pid": worker.pid,
@@ -292,8 +288,8 @@ async def test_running_job_finishes_when_full_and_worker_goes_on_after(
         pytest.param("noeviction", False, id="noeviction"),
     ],
 )
-async def test_eviction_warning(client: Client, url: str, policy: str, warned: bool) -> None:
-    set_memory(url, 0, policy)
+async def test_eviction_warning(client: Client, redis_url: str, policy: str, warned: bool) -> None:
+    set_memory(redis_url, 0, policy)
     warning = await eviction_warning(client.redis)
     if not warned:
         assert warning is None
@@ -323,11 +319,11 @@ async def test_eviction_warning_on_cluster_names_the_node(
     assert f"on 127.0.0.1:{node.port} has maxmemory-policy allkeys-lru" in warning
 
 
-async def test_no_warning_when_config_is_not_permitted(server: RedisServer, url: str) -> None:
-    set_memory(url, 0, "allkeys-lru")
+async def test_no_warning_when_config_is_not_permitted(server: RedisServer, redis_url: str) -> None:
+    set_memory(redis_url, 0, "allkeys-lru")
     with server.client() as r:
         r.execute_command("ACL", "SETUSER", "limited", "on", ">pw", "~*", "&*", "+@all", "-config")
-    limited = url.replace("redis://", "redis://limited:pw@")
+    limited = redis_url.replace("redis://", "redis://limited:pw@")
     c = await Client.connect(Settings(redis_url=limited))
     try:
         with pytest.raises(redis.exceptions.NoPermissionError):
@@ -340,10 +336,10 @@ async def test_no_warning_when_config_is_not_permitted(server: RedisServer, url:
 
 
 def test_aq_status_warns_of_eviction_in_one_line(
-    url: str, capsys: pytest.CaptureFixture[str]
+    redis_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    set_memory(url, 100_000_000, "volatile-lru")
-    assert main(["--redis-url", url, "status"]) == 0
+    set_memory(redis_url, 100_000_000, "volatile-lru")
+    assert main(["--redis-url", redis_url, "status"]) == 0
     out, err = capsys.readouterr()
     assert "workers: 0" in out
     lines = err.splitlines()
@@ -352,16 +348,18 @@ def test_aq_status_warns_of_eviction_in_one_line(
     assert "volatile-lru" in lines[0]
     assert "noeviction" in lines[0]
 
-    set_memory(url, 100_000_000, "noeviction")
-    assert main(["--redis-url", url, "status"]) == 0
+    set_memory(redis_url, 100_000_000, "noeviction")
+    assert main(["--redis-url", redis_url, "status"]) == 0
     assert capsys.readouterr().err == ""
 
 
 async def test_worker_warns_of_eviction_at_start(
-    url: str, caplog: pytest.LogCaptureFixture
+    redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    set_memory(url, 0, "allkeys-lfu")
-    settings = Settings(redis_url=url, heartbeat_ttl=0.6, heartbeat_interval=0.2, idle_timeout=0.2)
+    set_memory(redis_url, 0, "allkeys-lfu")
+    settings = Settings(
+        redis_url=redis_url, heartbeat_ttl=0.6, heartbeat_interval=0.2, idle_timeout=0.2
+    )
     c = await Client.connect(settings)
     try:
         with caplog.at_level(logging.WARNING, logger="atomicqueues.worker"):
