@@ -5,7 +5,7 @@ run at a time across every process and machine (N = 1 by default); handlers rece
 token for what they write downstream.
 """
 
-from .client import Client
+from .client import Client, NewJob
 from .config import Settings
 from .context import JobContext
 from .errors import (
@@ -45,6 +45,7 @@ __all__ = [
     "LockNotOwned",
     "LockResult",
     "Locks",
+    "NewJob",
     "NotReplicated",
     "PayloadTooLarge",
     "PermanentError",

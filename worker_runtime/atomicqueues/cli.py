@@ -15,11 +15,13 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import tempfile
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, replace
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
-from .client import Client
+from .client import Client, NewJob
 from .config import Settings
 from .errors import AtomicQueuesError, ConfigError, InvalidInput
 from .jobs import Job
@@ -68,6 +70,42 @@ def _positive(text: str) -> float:
     return value
 
 
+FROM_CHUNK = 10_000
+"""Lines of `aq enqueue --from` sent per `Client.enqueue_many` call (held in memory at once)."""
+
+JOB_KEYS = ("entity_type", "entity_id", "name")
+"""Keys every line of `aq enqueue --from` has."""
+OPTIONAL_JOB_KEYS = (
+    "payload",
+    "job_id",
+    "delay",
+    "priority",
+    "attempts",
+    "keep_completed",
+    "backoff",
+)
+"""Keys a line of `aq enqueue --from` may have (absent or null: the default)."""
+
+ENQUEUE_FROM_HELP = f"""\
+--from FILE.jsonl (or --from - for standard input) enqueues many jobs: one JSON object
+per line (blank lines are skipped), with the keys
+  entity_type, entity_id, name   required (each line names its own entity)
+  payload                        any JSON (default null)
+  job_id                         idempotency key, unique per entity
+  delay, keep_completed          seconds (numbers, not negative)
+  priority, attempts             integers
+  backoff                        an object, e.g. {{"type": "fixed", "delay": 5}}
+for example
+  {{"entity_type": "user", "entity_id": "42", "name": "send", "payload": {{"n": 1}}}}
+
+Every line is checked before anything is sent: a bad line (its number is named) enqueues
+nothing. The jobs are then sent {FROM_CHUNK:,} lines at a time, so a huge file is never held
+in memory whole; if Redis fails part-way, the earlier chunks stay enqueued. Running the same
+file again is then safe for lines with a job_id (enqueue is idempotent per job id); lines
+without one would be enqueued twice. Prints "N job(s) enqueued".
+"""
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="aq", description="AtomicQueues: atomic per-entity job processing.")
     parser.add_argument("--redis-url", help="Redis URL (default: $AQ_REDIS_URL)")
@@ -75,17 +113,36 @@ def build_parser() -> Parser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    p = sub.add_parser("enqueue", help="add a job to an entity's queue; prints the job id")
-    p.add_argument("entity_type")
-    p.add_argument("entity_id")
-    p.add_argument("name", help="handler name")
+    p = sub.add_parser(
+        "enqueue",
+        help="add a job to an entity's queue (or many: --from FILE.jsonl)",
+        usage="%(prog)s TYPE ID NAME [options]\n       %(prog)s --from FILE.jsonl [--json]",
+        description="Add one job (TYPE ID NAME; prints its id) or many (--from FILE.jsonl).",
+        epilog=ENQUEUE_FROM_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("entity_type", nargs="?", metavar="TYPE", help="entity type")
+    p.add_argument("entity_id", nargs="?", metavar="ID", help="entity id")
+    p.add_argument("name", nargs="?", metavar="NAME", help="handler name")
     p.add_argument(
-        "--payload", type=_json_arg, default=None, help="JSON payload, @FILE, or - for stdin"
+        "--payload",
+        type=_json_arg,
+        default=argparse.SUPPRESS,
+        help="JSON payload, @FILE, or - for stdin",
     )
     p.add_argument("--job-id", help="idempotency key, unique per entity")
     p.add_argument("--delay", type=_positive, help="seconds before the job may start")
-    p.add_argument("--priority", type=int, default=0, help="-1000..1000, higher first")
+    p.add_argument("--priority", type=int, help="-1000..1000, higher first (default 0)")
     p.add_argument("--attempts", type=int, help="maximum attempts")
+    p.add_argument(
+        "--from",
+        dest="from_file",
+        metavar="FILE.jsonl",
+        help="enqueue the jobs of a JSON Lines file (- for stdin), one job per line; see below",
+    )
+    p.add_argument(
+        "--json", action="store_true", help='print {"enqueued": N, "job_ids": [...]} instead'
+    )
 
     p = sub.add_parser("worker", help="run a worker")
     p.add_argument(
@@ -179,19 +236,183 @@ async def _with_client(settings: Settings, action: Callable[[Client], Awaitable[
         await client.close()
 
 
+def _enqueue_usage(args: argparse.Namespace) -> str | None:
+    """What is wrong with the arguments of `aq enqueue` (one job or --from), if anything."""
+    if args.from_file is None:
+        if None in (args.entity_type, args.entity_id, args.name):
+            return "enqueue needs TYPE ID NAME (one job) or --from FILE.jsonl (many)"
+        return None
+    if any(v is not None for v in (args.entity_type, args.entity_id, args.name)):
+        return "enqueue --from takes no TYPE ID NAME: each line of the file names its entity"
+    options = {
+        "--payload": "payload" in args,
+        "--job-id": args.job_id is not None,
+        "--delay": args.delay is not None,
+        "--priority": args.priority is not None,
+        "--attempts": args.attempts is not None,
+    }
+    given = [flag for flag, present in options.items() if present]
+    if given:
+        return f"enqueue --from takes no {given[0]}: give it on each line of the file instead"
+    return None
+
+
+def _print_enqueued(args: argparse.Namespace, count: int, job_ids: list[str]) -> None:
+    if args.json:
+        print(json.dumps({"enqueued": count, "job_ids": job_ids}, ensure_ascii=False))
+    elif args.from_file is not None:
+        print(f"{count} job(s) enqueued")
+    else:
+        print(job_ids[0])
+
+
 async def cmd_enqueue(args: argparse.Namespace, client: Client) -> int:
+    if args.from_file is not None:
+        return await cmd_enqueue_from(args, client)
     job_id = await client.enqueue(
         args.entity_type,
         args.entity_id,
         args.name,
-        args.payload,
+        getattr(args, "payload", None),
         job_id=args.job_id,
         delay=args.delay,
-        priority=args.priority,
+        priority=0 if args.priority is None else args.priority,
         attempts=args.attempts,
     )
-    print(job_id)
+    _print_enqueued(args, 1, [job_id])
     return 0
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _job_of(text: str) -> NewJob:
+    """The job one line of `aq enqueue --from` describes (`InvalidInput` when it is not one).
+    What the line's values mean is checked by the client (`Client._prepare`)."""
+    try:
+        fields = json.loads(text, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid JSON ({exc})") from None
+    except RecursionError:
+        raise InvalidInput("invalid JSON (nested too deeply)") from None
+    if not isinstance(fields, dict):
+        raise InvalidInput("not a JSON object (one job per line)")
+    for key in JOB_KEYS:
+        if key not in fields:
+            raise InvalidInput(f"missing key {key!r}")
+    for key in fields:
+        if key not in JOB_KEYS and key not in OPTIONAL_JOB_KEYS:
+            raise InvalidInput(
+                f"unknown key {key!r} (known: {', '.join(JOB_KEYS + OPTIONAL_JOB_KEYS)})"
+            )
+    values = {k: v for k, v in fields.items() if v is not None}
+    for key in ("priority", "attempts"):
+        value = values.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidInput(f"{key} must be an integer")
+    for key in ("delay", "keep_completed"):
+        value = values.get(key)
+        if value is not None and (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value < float("inf")
+        ):
+            raise InvalidInput(f"{key} must be a number of seconds, not negative")
+    if not isinstance(values.get("backoff", {}), dict):
+        raise InvalidInput("backoff must be a JSON object")
+    return NewJob(**values)
+
+
+@contextmanager
+def _open_jobs(path: str) -> Iterator[BinaryIO]:
+    """The file of `aq enqueue --from`, or standard input for `-`, to be read twice: a stream
+    that cannot go back (stdin, a pipe) is copied to a temporary file while it is read."""
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path!r}: {exc.strerror}") from None
+    with f:
+        yield f
+
+
+def _numbered_jobs(stream: Iterable[bytes], source: str) -> Iterator[tuple[int, NewJob]]:
+    """(line number, job) of every line that is not blank; `InvalidInput` names the line."""
+    for n, raw in enumerate(stream, 1):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"line {n} of {source}: not UTF-8 text") from None
+        if n == 1:
+            text = text.removeprefix("\ufeff")  # a byte order mark
+        if not text.strip():
+            continue
+        try:
+            job = _job_of(text)
+        except InvalidInput as exc:
+            raise InvalidInput(f"line {n} of {source}: {exc}") from None
+        yield n, job
+
+
+async def cmd_enqueue_from(args: argparse.Namespace, client: Client) -> int:
+    """`aq enqueue --from`: check every line, then send them `FROM_CHUNK` at a time."""
+    source = "standard input" if args.from_file == "-" else repr(args.from_file)
+    with _open_jobs(args.from_file) as stream, tempfile.TemporaryFile() as spool:
+        seekable = stream.seekable()
+        start = stream.tell() if seekable else 0
+        copy = None if seekable else spool
+        for n, job in _numbered_jobs(_tee(stream, copy), source):
+            try:
+                client._prepare(job)  # the very checks of enqueue_many, nothing sent
+            except InvalidInput as exc:
+                # One line, also for a message of several (pydantic's, of a bad backoff).
+                message = " ".join(str(exc).split())
+                raise InvalidInput(f"line {n} of {source}: {message}") from None
+        if seekable:
+            stream.seek(start)
+            again: BinaryIO = stream
+        else:
+            spool.seek(0)
+            again = spool
+        count = 0
+        job_ids: list[str] = []
+        chunk: list[tuple[int, NewJob]] = []
+        for numbered in _numbered_jobs(again, source):
+            chunk.append(numbered)
+            if len(chunk) == FROM_CHUNK:
+                count += await _send(client, chunk, job_ids if args.json else None)
+                chunk = []
+        if chunk:
+            count += await _send(client, chunk, job_ids if args.json else None)
+    _print_enqueued(args, count, job_ids)
+    return 0
+
+
+def _tee(stream: BinaryIO, copy: BinaryIO | None) -> Iterator[bytes]:
+    """The lines of `stream`, written to `copy` as well when there is one."""
+    for line in stream:
+        if copy is not None:
+            copy.write(line)
+        yield line
+
+
+async def _send(client: Client, chunk: list[tuple[int, NewJob]], job_ids: list[str] | None) -> int:
+    """Enqueue one chunk of `aq enqueue --from`; an error says what is enqueued and what not."""
+    first, last = chunk[0][0], chunk[-1][0]
+    try:
+        got = await client.enqueue_many(job for _, job in chunk)
+    except AtomicQueuesError as exc:
+        before = f"the jobs of the lines before {first} are enqueued, " if first > 1 else ""
+        raise AtomicQueuesError(
+            f"{exc} ({before}the jobs of lines {first}-{last} may be partly enqueued, later "
+            "lines were not: running the same file again is safe for lines with a job_id)"
+        ) from None
+    if job_ids is not None:
+        job_ids.extend(got)
+    return len(got)
 
 
 async def cmd_status(args: argparse.Namespace, client: Client) -> int:
@@ -374,7 +595,10 @@ def _lazy(command: str, rest: list[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     lazy = _split_lazy(argv)
-    args = build_parser().parse_args(lazy[0] + [lazy[1]] if lazy else argv)
+    parser = build_parser()
+    args = parser.parse_args(lazy[0] + [lazy[1]] if lazy else argv)
+    if args.command == "enqueue" and (usage := _enqueue_usage(args)):
+        parser.exit(EXIT_USAGE, f"aq: {usage} (see `aq enqueue --help`)\n")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
-from .client import Client, Entity
+from .client import Client, Entity, NewJob
 from .config import Settings
 from .jobs import Job
 
@@ -52,6 +52,10 @@ class SyncClient:
         self, entity_type: str, entity_id: str, name: str, payload: Any = None, **options: Any
     ) -> str:
         return self._run(self._client.enqueue(entity_type, entity_id, name, payload, **options))
+
+    def enqueue_many(self, jobs: Iterable[NewJob]) -> list[str]:
+        # Listed here, in the caller's thread: a generator must not run on the client's loop.
+        return self._run(self._client.enqueue_many(list(jobs)))
 
     def cancel(self, job_id: str, *, entity: Entity | None = None) -> bool:
         return self._run(self._client.cancel(job_id, entity=entity))
