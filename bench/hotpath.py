@@ -382,30 +382,51 @@ class Bench:
         per = self.sizes.jobs_per_entity
         entities = max(1, self.sizes.trip_jobs // per)
         n = entities * per
+        trips, delta = await self.packed_trips([f"user-{k % entities}" for k in range(n)])
+        self.add("trips.packed", trips.total / n)
+        self.add("server.packed", delta.commands / n)
+        self.details["trips.packed"] = f"{entities} entities × {per} jobs: {trips.breakdown()}"
+        self.details["server.packed"] = delta.per_job(n)
+
+    async def packed_trips(
+        self, entity_ids: Sequence[str], workers: int = 1, prefill_concurrency: int = 1
+    ) -> tuple[RoundTrips, ServerStats]:
+        """One no-op job per item enqueued (in order per entity with `prefill_concurrency` 1),
+        then drained by `workers` in-process packed `Worker`s (`PACKED_SLOTS` slots each, a
+        client of its own each); every round trip of theirs is counted, until the counters show
+        all completed. Returns the count and the server's commands meanwhile."""
+        n = len(entity_ids)
         await self.reset()
-        await self.enqueue_all([f"user-{k % entities}" for k in range(n)])
+        await self.enqueue_all(entity_ids, prefill_concurrency)
         trips = RoundTrips(detail=True)
-        client = self.client(trips, idle_timeout=60.0)
-        worker = Worker(client, noop_registry, ENTITY_TYPE, slots=PACKED_SLOTS, name="bench-packed")
+        clients = [self.client(trips, idle_timeout=60.0) for _ in range(workers)]
+        pack = [
+            Worker(c, noop_registry, ENTITY_TYPE, slots=PACKED_SLOTS, name=f"bench-packed-{i}")
+            for i, c in enumerate(clients)
+        ]
         before = await self.commandstats()
-        task = asyncio.create_task(worker.run())
+        tasks = [asyncio.create_task(w.run()) for w in pack]
 
         def alive() -> None:
-            if task.done():
-                raise BenchError(f"packed worker stopped early: {task.result()!r}")
+            for task in tasks:
+                if task.done():
+                    raise BenchError(f"packed worker stopped early: {task.result()!r}")
 
+        ended: list[object] = []
         try:
             await self.wait_completed(n, alive)
-            total, kinds = trips.total, trips.breakdown()
+            counted = RoundTrips(True, trips.total, trips.commands, Counter(trips.kinds))
             delta = await self.server_delta(before)
         finally:
-            worker.close("benchmark done")
-            await task
-            await client.close()
-        self.add("trips.packed", total / n)
-        self.add("server.packed", delta.commands / n)
-        self.details["trips.packed"] = f"{entities} entities × {per} jobs: {kinds}"
-        self.details["server.packed"] = delta.per_job(n)
+            for worker in pack:
+                worker.close("benchmark done")
+            ended = await asyncio.gather(*tasks, return_exceptions=True)
+            for client in clients:
+                await client.close()
+        for outcome in ended:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return counted, delta
 
     # --- 2. throughput --------------------------------------------------------------------------
     async def baseline(self) -> float:
@@ -596,7 +617,7 @@ async def busy_loop(leases: Leases, entity_id: str, jobs: int) -> None:
     run = claimed if isinstance(claimed, Started) else None
     done = 0
     while run is not None:
-        run = await leases.finish(run, "completed", "null", claim_next=True)
+        run = await leases.finish(run, "completed", "null", claim_next="same")
         done += 1
     if done != jobs:
         raise BenchError(f"busy loop completed {done} of {jobs} jobs")
@@ -692,7 +713,7 @@ def section_rows(sizes: Sizes) -> list[tuple[str, list[Row]]]:
     n, per, jobs = sizes.trip_jobs, sizes.jobs_per_entity, sizes.jobs
     ents = min(sizes.entities, jobs)
     packed = f"{PACKED_PROCESSES} × aq worker --slots {PACKED_SLOTS}"
-    loop = "busy loop Leases.finish(claim_next=True)"
+    loop = "busy loop Leases.finish(claim_next='same')"
     return [
         (
             "1. Redis round trips per operation, counted on the client's connection",

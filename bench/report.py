@@ -5,9 +5,10 @@ Why this exists: people choose a job system on evidence, and we need to know whe
 This command builds the competitors' virtualenvs (cached, outside the repository), starts one
 private redis-server, runs every system `--repeat` times (throughput, Redis cost per job,
 enqueue-to-start latency), the round-trip limits of Redis, the cost of per-entity order, and
-the local scaling benchmark (`bench/scaling.py`), and writes docs/benchmarks.md (markdown
-tables), docs/benchmarks.png (chart) and docs/benchmarks.json (every figure). See
-bench/README.md, "Comparison report".
+the local scaling benchmark (`bench/scaling.py`); AtomicQueues also on a private 3-master Redis
+Cluster, its bulk enqueue, its workers' round trips per job and its memory (`bench/memory.py`).
+It writes docs/benchmarks.md (markdown tables), docs/benchmarks.png (chart) and
+docs/benchmarks.json (every figure). See bench/README.md, "Comparison report".
 
     python bench/report.py [--jobs N] [--repeat R] [--only KEY,...] [--quick]
     python bench/report.py --render-only     # docs/benchmarks.md and .png from the .json
@@ -44,12 +45,18 @@ from rich.progress import (
 )
 
 import hotpath
+import memory
 import podstart
 import scaling
+from atomicqueues.errors import AtomicQueuesError
 from compare import measure, render, venvs
-from compare.systems import CHART_REQUIREMENTS, SYSTEMS, System
+from compare.systems import BULK_CHUNK, CHART_REQUIREMENTS, CLUSTER_MASTERS, SYSTEMS, System
 
 REPO = Path(__file__).resolve().parent.parent
+TESTS = REPO / "tests"
+sys.path.append(str(TESTS))  # last: a module of the tests never hides one of bench/
+from redis_servers import RedisCluster  # noqa: E402  (the test suite's Cluster starter)
+
 DOCS = REPO / "docs"
 RESULTS = DOCS / "benchmarks.json"
 REPORT = DOCS / "benchmarks.md"
@@ -80,7 +87,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         " it; needs the control-plane binaries, see tests/controlplane/README.md)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="1000 jobs, 1 repetition, 10 scaling entities"
+        "--memory-jobs",
+        type=int,
+        default=20_000,
+        help="jobs of the memory readings (default 20000; the worker's RSS is read after that"
+        " many and 10 times that many; 0 skips them)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1000 jobs, 1 repetition, 10 scaling entities, 1000 memory jobs",
     )
     parser.add_argument("--out", type=Path, default=DOCS, help="where the report goes (docs/)")
     parser.add_argument(
@@ -91,8 +107,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.jobs, args.repeat = 1000, 1
         args.scaling_entities = min(args.scaling_entities, 10)
         args.pod_entities = min(args.pod_entities, 10)
+        args.memory_jobs = min(args.memory_jobs, 1000)
     if args.jobs < 10 or args.repeat < 1 or args.scaling_entities < 0 or args.pod_entities < 0:
         parser.error("--jobs must be at least 10, --repeat at least 1")
+    if args.memory_jobs < 0:
+        parser.error("--memory-jobs must not be negative")
     return args
 
 
@@ -120,7 +139,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def memory() -> str:
+def total_memory() -> str:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal"):
@@ -150,7 +169,7 @@ def machine(server: hotpath.RedisServer) -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "memory": memory(),
+        "memory": total_memory(),
         "redis": f"redis-server {info['redis_version']} (private, loopback, no persistence)",
         "python": platform.python_version(),
         "load_start": os.getloadavg()[0],
@@ -158,21 +177,42 @@ def machine(server: hotpath.RedisServer) -> dict[str, Any]:
 
 
 # --- the run -----------------------------------------------------------------------------------
+WORKER_TRIPS_OF = "aq-new"
+"""The run whose workers' round trips per job are counted on their connections."""
+
+
+def wants_cluster(systems: Sequence[System]) -> bool:
+    return any(s.on_cluster for s in systems)
+
+
 class Report:
-    def __init__(self, server: hotpath.RedisServer, args: argparse.Namespace) -> None:
+    def __init__(
+        self,
+        server: hotpath.RedisServer,
+        args: argparse.Namespace,
+        cluster: RedisCluster | None = None,
+    ) -> None:
         self.server = server
+        self.cluster = cluster
         self.args = args
         self.systems = selected(args.only)
         self.sizes = measure.Sizes(args.jobs, args.repeat, args.jobs, args.scaling_entities)
         self.pods: int = args.pod_entities
+        self.memory_jobs: int = args.memory_jobs
         self.figures: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         self.limits: dict[str, list[float]] = defaultdict(list)
+        self.worker_trips: dict[str, Any] = {"rep": [], "per_job": [], "jobs": self.sizes.jobs}
         self.failures: list[str] = []
         self.console = Console(stderr=True)
 
+    @property
+    def count_worker_trips(self) -> bool:
+        return any(s.key == WORKER_TRIPS_OF for s in self.systems)
+
     def steps(self) -> int:
-        reps = self.sizes.repeat * (1 + len(self.systems))
-        return 1 + reps + (1 if self.sizes.scaling_entities else 0) + (1 if self.pods else 0)
+        per_rep = 1 + len(self.systems) + (1 if self.count_worker_trips else 0)
+        once = sum(map(bool, (self.sizes.scaling_entities, self.pods, self.memory_jobs)))
+        return 1 + self.sizes.repeat * per_rep + once
 
     async def pythons(self) -> dict[str, str]:
         """Each system's interpreter: the project's for AtomicQueues, else its virtualenv's."""
@@ -202,6 +242,11 @@ class Report:
         )
         await bench.learn_connection_settings()
         m = measure.Measure(self.server.url, self.sizes, work)
+        meta_memory: dict[str, Any] = {}
+        on_cluster = None
+        if self.cluster is not None:
+            masters = self.cluster.urls[: self.cluster.size]
+            on_cluster = measure.Measure(self.cluster.url, self.sizes, work, nodes=masters)
         with Progress(*columns, console=self.console) as progress:
             overall = progress.add_task("virtualenvs (cached after the first run)", total=None)
             jobs = progress.add_task("", total=None, visible=False)
@@ -223,7 +268,16 @@ class Report:
                         self.limits[key].append(value)
                     progress.advance(overall)
                     for system in self.systems:
-                        await self.one(m, system, pythons, rep, progress, overall, jobs)
+                        target = on_cluster if system.on_cluster else m
+                        if target is None:
+                            raise hotpath.BenchError(f"{system.key}: no Redis Cluster started")
+                        await self.one(target, system, pythons, rep, progress, overall, jobs)
+                    if self.count_worker_trips:
+                        progress.update(
+                            overall, description=f"[{rep + 1}] worker round trips, new entities"
+                        )
+                        await self.trips(bench, rep)
+                        progress.advance(overall)
                 if self.sizes.scaling_entities:
                     progress.update(overall, description="scaling: bench/scaling.py (local)")
                     meta["scaling"] = await self.scaling()
@@ -232,8 +286,14 @@ class Report:
                     progress.update(overall, description="pod start: bench/podstart.py (real API)")
                     meta["podstart"] = await self.pod_starts()
                     progress.advance(overall)
+                if self.memory_jobs:
+                    progress.update(overall, description="memory: bench/memory.py")
+                    meta_memory = await self.memory()
+                    progress.advance(overall)
             finally:
                 await m.close()
+                if on_cluster is not None:
+                    await on_cluster.close()
                 await bench.control.aclose()
         meta["load_end"] = os.getloadavg()[0]
         return {
@@ -243,12 +303,47 @@ class Report:
             "machine": meta,
             "jobs": self.sizes.jobs,
             "repeat": self.sizes.repeat,
-            "versions": m.versions,
+            "versions": {**m.versions, **(on_cluster.versions if on_cluster else {})},
             "systems": [render.system_dict(s) for s in self.systems],
             "figures": {k: dict(v) for k, v in self.figures.items()},
             "limits": dict(self.limits),
+            "bulk_chunk": BULK_CHUNK,
+            "cluster": self.cluster_info(),
+            "worker_trips": self.worker_trips if self.worker_trips["rep"] else {},
+            "memory": meta_memory,
             "failures": self.failures,
         }
+
+    def cluster_info(self) -> dict[str, Any]:
+        if self.cluster is None:
+            return {}
+        return {"masters": self.cluster.size, "nodes": len(self.cluster.nodes)}
+
+    async def trips(self, bench: hotpath.Bench, rep: int) -> None:
+        """Round trips per job of the packed workers when every job is a new entity's, counted
+        on their connections (`measure.worker_trips`); on the standalone server."""
+        try:
+            per_job, kinds = await measure.worker_trips(bench, self.sizes.jobs)
+        except Exception as exc:  # in-process workers: any error of theirs ends up here
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self.failures.append(f"repetition {rep + 1}: worker round trips: {why}")
+            self.console.print(f"[red]worker round trips failed:[/red] {why}")
+            return
+        self.worker_trips["rep"].append(rep)
+        self.worker_trips["per_job"].append(per_job)
+        self.worker_trips["breakdown"] = kinds
+        self.console.print(f"worker round trips rep {rep + 1}: {per_job:.3f} per job")
+
+    async def memory(self) -> dict[str, Any]:
+        """bench/memory.py's measurement, on this server (emptied first)."""
+        n = self.memory_jobs
+        options = memory.Options(n, 1000, (n, 10 * n))
+        try:
+            return await memory.measure(self.server, options)
+        except (hotpath.BenchError, AtomicQueuesError, redis.RedisError) as exc:
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self.failures.append(f"memory: {why}")
+            return {"skipped": f"failed: {why}"}
 
     async def one(
         self,
@@ -267,6 +362,8 @@ class Report:
             progress.update(jobs, completed=done, total=total)
 
         python = pythons.get(system.driver, sys.executable)
+        if system.bulk:
+            await self.bulk(m, system, python, rep)
         began = time.perf_counter()
         try:
             figures = await m.system(system, python, rep, seen)
@@ -290,6 +387,23 @@ class Report:
             )
         progress.update(jobs, visible=False)
         progress.advance(overall)
+
+    async def bulk(self, m: measure.Measure, system: System, python: str, rep: int) -> None:
+        """The bulk enqueue of a system (`Measure.bulk`), before its run; its figures go under
+        `KEY:bulk` with repetitions of their own, so a failure of one leaves the other."""
+        try:
+            figures = await m.bulk(system, python, system.jobs(self.sizes.jobs))
+        except measure.BenchError as exc:
+            first = str(exc).splitlines()[0]
+            self.failures.append(f"repetition {rep + 1}: bulk enqueue of {first}")
+            self.console.print(f"[red]{system.key} bulk enqueue failed:[/red] {first}")
+            return
+        key = render.bulk_key(system.key)
+        for name, value in figures.items():
+            self.figures[key][name].append(value)
+        self.figures[key]["rep"].append(rep)
+        rate = figures["enqueue_bulk_rate"]
+        self.console.print(f"{system.key:>9} rep {rep + 1}: enqueue_many {rate:,.0f} jobs/s")
 
     async def scaling(self) -> dict[str, Any]:
         """bench/scaling.py's measurement, reused: cold and warm starts of the local pool."""
@@ -365,7 +479,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     holder: dict[str, Any] = {}
 
     def measure_all(server: hotpath.RedisServer) -> None:
-        holder["results"] = asyncio.run(Report(server, args).run())
+        if not wants_cluster(selected(args.only)):
+            holder["results"] = asyncio.run(Report(server, args).run())
+            return
+        # Started from this (the main) thread: its nodes die with this process. The same binary
+        # as the standalone server's.
+        cluster = RedisCluster(CLUSTER_MASTERS, binary=server.binary)
+        try:
+            cluster.start()
+        except (OSError, RuntimeError) as exc:
+            cluster.close()
+            raise hotpath.BenchError(f"the Redis Cluster did not start: {exc}") from None
+        try:
+            holder["results"] = asyncio.run(Report(server, args, cluster).run())
+        finally:
+            cluster.close()
 
     try:
         code = hotpath.run_on_private_redis("report.py", measure_all)

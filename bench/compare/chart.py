@@ -47,7 +47,8 @@ def main() -> None:
     with open(source) as f:
         results = json.load(f)
     keys = [s["key"] for s in results["systems"]]
-    compared = [k for k in keys if k not in ("aq-10", "aq-1xN")]
+    cluster = {s["key"]: s.get("cluster_of") for s in results["systems"]}  # runs on Redis Cluster
+    compared = [k for k in keys if k not in ("aq-10", "aq-1xN") and not cluster.get(k)]
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     bars(axes[0][0], results, "rate", "Throughput, no-op jobs (jobs/s, higher is better)", compared)
     bars(

@@ -14,6 +14,7 @@ It reads one JSON request a line on stdin and answers one JSON line on stdout:
 
     {"op": "hello"}                                 -> {"versions": {...}}
     {"op": "enqueue", "count": N, "rate": R|null}   -> {"seconds": S}
+    {"op": "enqueue_bulk", "count": N, "chunk": C}  -> {"seconds": S}   (systems with a bulk API)
     {"op": "start", "processes": P, "concurrency": C, "logs": DIR} -> {"pids": [...]}
     {"op": "check"}                                 -> {"exited": [code|null, ...]}
     {"op": "stop"}                                  -> {"exited": [...]}
@@ -69,6 +70,11 @@ class Driver:
     async def enqueue(self, sent: float) -> None:
         raise NotImplementedError
 
+    async def enqueue_many(self, sent: float, count: int) -> None:
+        """Enqueue `count` no-op jobs with one call of the system's bulk API (the drivers of
+        systems measured in bulk have one: `System.bulk`)."""
+        raise NotImplementedError(f"{self.name}: no bulk enqueue in this benchmark")
+
     async def close(self) -> None:
         """Disconnect the producer."""
 
@@ -110,6 +116,13 @@ class Server:
                 if delay > 0:
                     await asyncio.sleep(delay)
             await self.driver.enqueue(time.time())
+        return {"seconds": time.perf_counter() - began}
+
+    async def enqueue_bulk(self, count: int, chunk: int) -> dict[str, Any]:
+        """Enqueue `count` jobs through the bulk API, `chunk` jobs a call, one call at a time."""
+        began = time.perf_counter()
+        for done in range(0, count, chunk):
+            await self.driver.enqueue_many(time.time(), min(chunk, count - done))
         return {"seconds": time.perf_counter() - began}
 
     def start(self, processes: int, concurrency: int, logs: str, marks: str) -> dict[str, Any]:
@@ -161,6 +174,8 @@ class Server:
             return {"versions": versions(self.driver.packages)}
         if op == "enqueue":
             return await self.enqueue(int(request["count"]), request.get("rate"))
+        if op == "enqueue_bulk":
+            return await self.enqueue_bulk(int(request["count"]), int(request["chunk"]))
         if op == "start":
             return self.start(
                 int(request["processes"]),

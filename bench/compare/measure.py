@@ -5,7 +5,9 @@ repetition: an empty Redis; N no-op jobs enqueued by one producer before any wor
 workers started (same process count and concurrency for all); the drain timed from the first
 handler start to the last (start-up left out); Redis's commands and CPU over enqueue and drain;
 then, with the same idle workers, jobs enqueued at half the drain rate just measured, each
-timed from the enqueue call to its handler's start.
+timed from the enqueue call to its handler's start. A system with a bulk API is also timed
+enqueueing the same number of jobs through it, on an empty server (`Measure.bulk`). On Redis
+Cluster the same, with every master's INFO summed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,8 @@ import redis.asyncio as aioredis
 from compare.driver import BENCH_DIR
 from compare.marks import MarkReader
 from compare.stats import RedisCost, ServerSnapshot, percentile, throughput
-from compare.systems import CONCURRENCY, PROCESSES, System
+from compare.systems import BULK_CHUNK, CONCURRENCY, PROCESSES, System
+from hotpath import PREFILL_CONCURRENCY
 from hotpath import Bench as RuntimeBench
 
 DRAIN_TIMEOUT = 900.0
@@ -128,27 +131,37 @@ class DriverProcess:
 
 
 class Measure:
-    """The measurements of one run of the report, against one private redis-server."""
+    """The measurements of one run of the report, against one private redis-server, or against
+    the masters of a private Redis Cluster (`nodes`; the systems are given `url`, one of them)."""
 
-    def __init__(self, url: str, sizes: Sizes, work_dir: Path) -> None:
+    def __init__(
+        self, url: str, sizes: Sizes, work_dir: Path, nodes: Sequence[str] | None = None
+    ) -> None:
         self.url = url
         self.sizes = sizes
         self.work_dir = work_dir
-        self.control = aioredis.Redis.from_url(url, decode_responses=True)
+        self.controls = [
+            aioredis.Redis.from_url(node, decode_responses=True) for node in (nodes or [url])
+        ]
         self.versions: dict[str, dict[str, str]] = {}
 
     async def close(self) -> None:
-        await self.control.aclose()
+        for control in self.controls:
+            await control.aclose()
 
     async def snapshot(self) -> ServerSnapshot:
-        return ServerSnapshot.from_info(
-            await self.control.info("commandstats"), await self.control.info("cpu")
-        )
+        """INFO commandstats and cpu of the server, or of every master summed."""
+        snapshots = [
+            ServerSnapshot.from_info(await c.info("commandstats"), await c.info("cpu"))
+            for c in self.controls
+        ]
+        return ServerSnapshot.total(snapshots)
 
     async def reset(self) -> None:
         """An empty server: no keys, no scripts, no clients left from the previous system."""
-        await self.control.flushall()
-        await self.control.script_flush()
+        for control in self.controls:
+            await control.flushall()
+            await control.script_flush()
 
     async def wait_marks(
         self,
@@ -222,6 +235,24 @@ class Measure:
         marks.unlink(missing_ok=True)
         return figures
 
+    async def bulk(self, system: System, python: str, n: int) -> Figures:
+        """`n` jobs enqueued by one producer through the system's bulk API, `BULK_CHUNK` jobs a
+        call, on an empty server (its own driver process, so the run after it starts as every
+        run does); no worker runs them: the run after it empties the server first."""
+        await self.reset()
+        async with DriverProcess(python, system, self.url, self.work_dir) as driver:
+            await driver.request("hello")
+            before = await self.snapshot()
+            done = await driver.request(
+                "enqueue_bulk", timeout=DRAIN_TIMEOUT, count=n, chunk=BULK_CHUNK
+            )
+            cost = RedisCost.between(before, await self.snapshot(), n)
+        return {
+            "enqueue_bulk_rate": n / done["seconds"],
+            "enqueue_bulk_commands_per_job": cost.commands_per_job,
+            "enqueue_bulk_cpu_us_per_job": cost.cpu_us_per_job,
+        }
+
     async def latency(
         self, driver: DriverProcess, reader: MarkReader, rate: float, progress: Progress
     ) -> Figures:
@@ -262,6 +293,18 @@ async def client_loops(bench: RuntimeBench) -> Figures:
         "evalsha_rtt": bench.figures["baseline.rtt_p50"][-1],
         "lpush_blmove_ops": lpush_blmove,
     }
+
+
+async def worker_trips(bench: RuntimeBench, jobs: int) -> tuple[float, str]:
+    """Round trips per job that packed workers make when every job is for an entity of its own
+    (the run `aq-new`): `jobs` jobs for `jobs` entities, drained by PROCESSES in-process packed
+    `Worker`s of `hotpath.PACKED_SLOTS` slots each (16, as CONCURRENCY), every request they
+    write counted on their connections
+    (`bench/hotpath.py`'s counter: each command, or each whole pipeline, is one; handshakes and
+    heartbeats included). Returns round trips per job and what they were."""
+    entity_ids = [f"new-{i}" for i in range(jobs)]
+    trips, _ = await bench.packed_trips(entity_ids, PROCESSES, PREFILL_CONCURRENCY)
+    return trips.total / jobs, trips.breakdown()
 
 
 async def redis_benchmark(port: int, ops: int, clients: int) -> Figures:

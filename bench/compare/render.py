@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from compare.stats import Spread, by_rep, percentile, ratios, round_trip_limit
+from compare.stats import Spread, by_rep, meets, percentile, ratios, round_trip_limit
 from compare.systems import CONCURRENCY, PROCESSES, System
 
 FINDINGS = "## Findings"
@@ -25,8 +25,25 @@ MAIN = "aq-1000"
 """The AtomicQueues run the competitors are compared with."""
 UNORDERED = "aq-1xN"
 KEDA_POLLING_SECONDS = 30.0
+ENQUEUE_RIVAL = "dramatiq"
+"""The competitor our one-call-at-a-time enqueue rate is set against in the targets."""
+
+# The lean data path's targets (section 7).
+BULK_TARGET = 20_000.0
+"""`Client.enqueue_many` from one producer: at least this many jobs/s."""
+CLUSTER_TARGET = 1.2
+"""Redis CPU per job on a Cluster ÷ standalone, summed over the masters: at most this."""
+TRIPS_TARGET = 1.5
+"""Round trips per job of the workers, every job for a new entity: at most this."""
+RSS_TARGET = 1.10
+"""A worker's RSS after the last reading ÷ after the first: at most this."""
 
 Figures = Mapping[str, Sequence[float]]
+
+
+def bulk_key(key: str) -> str:
+    """Where the figures of a run's bulk enqueue are kept (repetitions of their own)."""
+    return f"{key}:bulk"
 
 
 def system_dict(system: System) -> dict[str, Any]:
@@ -64,6 +81,25 @@ def fmt_pct(x: float) -> str:
     return f"{x * 100:.0f}%"
 
 
+def fmt_trips(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def fmt_bytes(x: float) -> str:
+    return f"{x:,.0f} B"
+
+
+def fmt_mib(kib: float) -> str:
+    return f"{kib / 1024:,.1f} MiB"
+
+
+def verdict(values: Sequence[float], target: float, *, at_most: bool) -> str:
+    """Whether the median of a figure meets its target: "yes", "**no**", or a dash."""
+    if not values:
+        return "–"
+    return "yes" if meets(statistics.median(values), target, at_most=at_most) else "**no**"
+
+
 def spread(values: Sequence[float] | None, fmt: Callable[[float], str]) -> str:
     """`median (low–high)` over the repetitions, or the value alone, or a dash."""
     if not values:
@@ -89,6 +125,8 @@ class Renderer:
         self.figures: Mapping[str, Figures] = results["figures"]
         self.systems = [System(**s) for s in results["systems"]]
         self.labels = {s.key: s.label for s in self.systems}
+        self.standalone = [s for s in self.systems if not s.on_cluster]
+        """The runs on the standalone server: sections 1 to 5 compare these."""
 
     def fig(self, key: str, name: str) -> list[float]:
         return list(self.figures.get(key, {}).get(name, []))
@@ -105,6 +143,10 @@ class Renderer:
         if a == b:
             return ""
         return spread(ratios(self.reps(a, name), self.reps(b, name)), fmt)
+
+    def ratio(self, a: str, name_a: str, b: str, name_b: str) -> list[float]:
+        """Figure `name_a` of run a ÷ figure `name_b` of run b, per repetition."""
+        return ratios(self.reps(a, name_a), self.reps(b, name_b))
 
     def versions_of(self, key: str) -> str:
         v = self.r.get("versions", {}).get(key, {})
@@ -127,7 +169,13 @@ class Renderer:
             f"other work (load average {m['load_start']:.2f} at start, "
             f"{m.get('load_end', 0):.2f} at end).",
             f"- {m['redis']}; Python {m['python']}. One Redis for every system; emptied "
-            "(FLUSHALL, SCRIPT FLUSH) before each run.",
+            "(FLUSHALL, SCRIPT FLUSH) before each run."
+            + (
+                f' The runs named "Redis Cluster": a private Cluster of {cluster} masters '
+                "from the same binary, emptied likewise (section 7)."
+                if (cluster := self.r.get("cluster", {}).get("masters"))
+                else ""
+            ),
             f"- {self.r['jobs']:,} jobs per run (fewer where the table below says so); every "
             f"figure is the **median of {reps} "
             "repetitions (lowest–highest)**. Ratios are taken within each repetition, then the "
@@ -156,7 +204,7 @@ class Renderer:
 
     def throughput(self) -> str:
         rows = []
-        for s in self.systems:
+        for s in self.standalone:
             if s.key in (UNORDERED, "aq-10"):
                 continue
             rate = self.fig(s.key, "rate")
@@ -215,7 +263,7 @@ class Renderer:
 
     def cost(self) -> str:
         rows = []
-        for s in self.systems:
+        for s in self.standalone:
             if s.key in (UNORDERED, "aq-10"):
                 continue
             cpu = self.fig(s.key, "cpu_us_per_job")
@@ -335,7 +383,7 @@ class Renderer:
 
     def latency(self) -> str:
         rows = []
-        for s in self.systems:
+        for s in self.standalone:
             p50 = self.fig(s.key, "latency_p50")
             if not p50:
                 continue
@@ -432,6 +480,267 @@ class Renderer:
             ),
         ]
 
+    # --- 7. the lean data path ----------------------------------------------------------------
+    def cluster_runs(self) -> list[System]:
+        return [s for s in self.systems if s.on_cluster]
+
+    def memory_figures(self) -> Mapping[str, Any]:
+        return self.r.get("memory") or {}
+
+    def rss_ratio(self) -> list[float]:
+        rss = self.memory_figures().get("rss")
+        if not rss:
+            return []
+        return [rss["last"]["VmRSS"] / rss["first"]["VmRSS"]]
+
+    def targets(self) -> str:
+        missing = "not measured in this run"
+        bulk = self.fig(bulk_key(MAIN), "enqueue_bulk_rate")
+        chunk = self.r.get("bulk_chunk", 1000)
+        rows = [
+            [
+                f"`Client.enqueue_many`, one producer, {chunk:,} jobs a call, 1,000 entities: "
+                "jobs/s",
+                spread(bulk, fmt_rate) if bulk else missing,
+                f"≥ {fmt_rate(BULK_TARGET)}",
+                verdict(bulk, BULK_TARGET, at_most=False),
+            ]
+        ]
+        rival = self.labels.get(ENQUEUE_RIVAL, ENQUEUE_RIVAL)
+        single = self.ratio(MAIN, "enqueue_rate", ENQUEUE_RIVAL, "enqueue_rate")
+        rows.append(
+            [
+                f"`Client.enqueue`, one call at a time, jobs/s: ours ÷ {rival}",
+                spread(single, fmt_times) if single else missing,
+                "(no target: shown)",
+                "–",
+            ]
+        )
+        pairs = [(c.key, c.cluster_of) for c in self.cluster_runs()] or [("", MAIN)]
+        for key, of in pairs:
+            cpu = self.ratio(key, "cpu_us_per_job", of, "cpu_us_per_job")
+            base = self.labels.get(of, of)
+            rows.append(
+                [
+                    f"Redis Cluster ÷ standalone, Redis CPU per job (all masters): {base}",
+                    spread(cpu, fmt_times) if cpu else missing,
+                    f"≤ {fmt_times(CLUSTER_TARGET)}",
+                    verdict(cpu, CLUSTER_TARGET, at_most=True),
+                ]
+            )
+        trips = list(self.r.get("worker_trips", {}).get("per_job", []))
+        rows.append(
+            [
+                "round trips per job of the workers, every job for a new entity",
+                spread(trips, fmt_trips) if trips else missing,
+                f"≤ {TRIPS_TARGET}",
+                verdict(trips, TRIPS_TARGET, at_most=True),
+            ]
+        )
+        rss = self.rss_ratio()
+        if rss:
+            first, last = self.memory_figures()["rss"]["jobs"]
+            what = f"after {last:,} no-op jobs ÷ after {first:,}"
+        else:
+            what = "after 10× the jobs ÷ after the first batch"
+        rows.append(
+            [
+                f"RSS of one `aq worker` {what}",
+                spread(rss, fmt_times) if rss else missing,
+                f"≤ {fmt_times(RSS_TARGET)}",
+                verdict(rss, RSS_TARGET, at_most=True),
+            ]
+        )
+        return "\n\n".join(
+            [
+                "## 7. Lean data path: figures against their targets",
+                "Each figure measured in this run; a ratio is taken within one repetition (ours ÷ "
+                'the baseline of the same repetition), then the median; "met" compares that '
+                "median with the target. The details follow.",
+                table(["figure", "measured", "target", "met"], rows, right=1),
+                self.enqueue(),
+                self.cluster(),
+                self.worker_trips(),
+                self.memory(),
+            ]
+        )
+
+    def enqueue(self) -> str:
+        chunk = self.r.get("bulk_chunk", 1000)
+        rows = []
+
+        def row(label: str, key: str, name: str) -> None:
+            values = self.fig(key, name)
+            if values:
+                base = (key, name) == (MAIN, "enqueue_rate")
+                vs = (
+                    "= 1"
+                    if base
+                    else spread(self.ratio(key, name, MAIN, "enqueue_rate"), fmt_times)
+                )
+                rows.append([label, spread(values, fmt_rate), vs])
+
+        ours = "AtomicQueues, 1,000 entities"
+        row(f"{ours}: `Client.enqueue`, one call at a time", MAIN, "enqueue_rate")
+        bulk = f"`Client.enqueue_many`, {chunk:,} jobs a call"
+        row(f"{ours}: {bulk}", bulk_key(MAIN), "enqueue_bulk_rate")
+        for c in self.cluster_runs():
+            if c.cluster_of == MAIN:
+                row(f"{ours}, Redis Cluster: one call at a time", c.key, "enqueue_rate")
+                row(f"{ours}, Redis Cluster: {bulk}", bulk_key(c.key), "enqueue_bulk_rate")
+        for s in self.standalone:
+            if s.competitor:
+                row(f"{s.label}: one call at a time", s.key, "enqueue_rate")
+        bulk_cpu = self.fig(bulk_key(MAIN), "enqueue_bulk_cpu_us_per_job")
+        commands = self.fig(bulk_key(MAIN), "enqueue_bulk_commands_per_job")
+        cost = (
+            f" Redis spends {spread(bulk_cpu, fmt_num)} µs of CPU per job of the bulk enqueue "
+            f"({spread(commands, fmt_num)} commands per "
+            "job, the script calls and what they run)."
+            if bulk_cpu
+            else ""
+        )
+        return "\n".join(
+            [
+                "### Enqueue: one call at a time and in bulk",
+                "",
+                f"One producer, {self.r['jobs']:,} no-op jobs spread round-robin over 1,000 "
+                "entities, before any worker runs: one call at a time (the enqueue of section 1) "
+                f"and, on an empty server just before, `Client.enqueue_many` with {chunk:,} jobs a "
+                "call (the client groups them by bucket: one script call per bucket and batch, all "
+                "in one pipeline, one round trip per Redis node). The others' enqueue is their "
+                "one-job call, as in section 1; their bulk APIs, where they have one, are not "
+                f"measured.{cost}",
+                "",
+                table(["producer", "jobs/s", "÷ ours one call at a time"], rows, right=1),
+            ]
+        )
+
+    def cluster(self) -> str:
+        runs = self.cluster_runs()
+        lines = ["### Redis Cluster beside standalone", ""]
+        if not runs:
+            return "\n".join([*lines, "Not measured in this run (no Cluster run selected)."])
+        masters = self.r.get("cluster", {}).get("masters", 3)
+        rows = []
+        for c in runs:
+            base = c.cluster_of
+            label = self.labels.get(base, base)
+            for key, where in ((base, "standalone"), (c.key, f"Cluster, {masters} masters")):
+                rows.append(
+                    [
+                        label,
+                        where,
+                        spread(self.fig(key, "rate"), fmt_rate),
+                        spread(self.fig(key, "commands_per_job"), fmt_num),
+                        spread(self.fig(key, "cpu_us_per_job"), fmt_num),
+                        spread(self.fig(key, "worker_cpu_us_per_job"), fmt_num),
+                        self.vs(key, base, "rate", fmt_times),
+                        self.vs(key, base, "cpu_us_per_job", fmt_times),
+                    ]
+                )
+        head = [
+            "run",
+            "Redis",
+            "jobs/s",
+            "commands/job",
+            "Redis CPU µs/job",
+            "worker CPU µs/job",
+            "jobs/s ÷ standalone",
+            "Redis CPU/job ÷ standalone",
+        ]
+        return "\n".join(
+            [
+                *lines,
+                f"The same runs as section 1 on a private Redis Cluster of {masters} masters (no "
+                "replicas) on this machine, started from the same redis-server binary, in the same "
+                "repetition. The producer and the workers are given the redis:// URL of one node; "
+                "the library sees cluster mode and switches to its Cluster client. Commands and "
+                "Redis CPU are `INFO commandstats` and `INFO cpu` of every master, summed. The "
+                f"{masters} servers share the machine's cores with the workers and the producer.",
+                "",
+                table(head, rows, right=2),
+            ]
+        )
+
+    def worker_trips(self) -> str:
+        wt = self.r.get("worker_trips") or {}
+        lines = ["### Round trips of the workers, every job for a new entity", ""]
+        if not wt.get("per_job"):
+            return "\n".join([*lines, "Not measured in this run."])
+        rows = [
+            [
+                f"{wt['jobs']:,} jobs, each of an entity of its own",
+                spread(wt["per_job"], fmt_trips),
+                f"≤ {TRIPS_TARGET}",
+            ]
+        ]
+        return "\n".join(
+            [
+                *lines,
+                f"{PROCESSES} packed `Worker`s of {CONCURRENCY} slots each, in one process (the "
+                "benchmark's), drain jobs that were all enqueued before; every request they write "
+                "is counted on their connections (`bench/hotpath.py`'s counter): one per command, "
+                "one per whole pipeline; `EVALSHA`, `BLPOP`, pipelines, connection handshakes and "
+                "heartbeats alike. The enqueues are not the workers' and are not counted.",
+                "",
+                table(["drain", "round trips per job", "target"], rows, right=1),
+                "",
+                f"What they were (last repetition): {wt.get('breakdown', '–')}.",
+            ]
+        )
+
+    def memory(self) -> str:
+        mem = self.memory_figures()
+        lines = ["### Memory", ""]
+        if not mem or "skipped" in mem:
+            why = mem.get("skipped", "`--memory-jobs 0`") if mem else "`--memory-jobs 0`"
+            return "\n".join([*lines, f"Not measured in this run: {why}."])
+        n, entities = mem["jobs"], mem["entities"]
+        redis_rows = [
+            ["a waiting job (enqueued, not run)", fmt_bytes(mem["waiting_bytes"])],
+            [
+                "a completed job kept by the default retention (a day, at most 1,000 per entity)",
+                fmt_bytes(mem["retained_bytes"]),
+            ],
+            ["a waiting job, `keep_completed=0`", fmt_bytes(mem["waiting_bytes_keep0"])],
+            ["left per job once run, `keep_completed=0`", fmt_bytes(mem["left_bytes_keep0"])],
+        ]
+        rss = mem["rss"]
+        first, last = rss["jobs"]
+        worker_rows = [
+            [f"after {first:,} jobs", fmt_mib(rss["first"]["VmRSS"]), ""],
+            [
+                f"after {last:,} jobs",
+                fmt_mib(rss["last"]["VmRSS"]),
+                f"peak (VmHWM) {fmt_mib(rss['last']['VmHWM'])}",
+            ],
+            [
+                f"after {last:,} ÷ after {first:,}",
+                spread(self.rss_ratio(), fmt_times),
+                f"target ≤ {fmt_times(RSS_TARGET)}",
+            ],
+        ]
+        return "\n".join(
+            [
+                *lines,
+                f"Redis: `used_memory` (INFO memory) of an emptied server, after one producer "
+                f"enqueued {n:,} no-op jobs over {entities:,} entities (`Client.enqueue_many`), "
+                "and after one packed `aq worker` ran them all and stopped; ÷ the jobs. The "
+                "entities' own keys are in the figures. Then the same with `keep_completed=0` on "
+                "every job.",
+                "",
+                table(["Redis bytes per job", ""], redis_rows, right=1),
+                "",
+                f"Worker: VmRSS (`/proc/PID/status`) of one `aq worker --slots {CONCURRENCY}` "
+                f"process, fed {first:,} no-op jobs at a time (each batch run before the next is "
+                "enqueued), read when the first batch and when the last had run (then idle for "
+                "half a second). Measured once per report.",
+                "",
+                table(["worker RSS", "", ""], worker_rows, right=1),
+            ]
+        )
+
     def chart(self) -> str:
         return "![Throughput, Redis CPU per job, latency and the cost of order](benchmarks.png)"
 
@@ -447,6 +756,7 @@ def report(results: Mapping[str, Any], findings: str = "") -> str:
         r.limits(),
         r.latency(),
         r.scaling(),
+        r.targets(),
         findings.rstrip() + "\n" if findings else f"{FINDINGS}\n\n{FINDINGS_PLACEHOLDER}",
     ]
     return "\n\n".join(p.rstrip() for p in parts) + "\n"

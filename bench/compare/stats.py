@@ -98,6 +98,21 @@ class ServerSnapshot:
             seconds = cpu["used_cpu_sys"] + cpu["used_cpu_user"]
         return cls(calls, usec, float(seconds))
 
+    @classmethod
+    def total(cls, snapshots: Sequence[ServerSnapshot]) -> ServerSnapshot:
+        """Several servers read one after another (a Cluster's masters) as one server: calls,
+        microseconds and CPU seconds summed."""
+        if not snapshots:
+            raise ValueError("no snapshots")
+        calls: dict[str, int] = {}
+        usec: dict[str, int] = {}
+        for snap in snapshots:
+            for name, n in snap.calls.items():
+                calls[name] = calls.get(name, 0) + n
+            for name, n in snap.usec.items():
+                usec[name] = usec.get(name, 0) + n
+        return cls(calls, usec, sum(snap.cpu for snap in snapshots))
+
 
 @dataclass(frozen=True)
 class RedisCost:
@@ -147,6 +162,18 @@ class RedisCost:
         """The most frequent commands, per job."""
         ranked = sorted(self.calls.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
         return [(name, count / self.jobs) for name, count in ranked]
+
+
+def bytes_per_job(before: int, after: int, jobs: int) -> float:
+    """Bytes of Redis memory (INFO memory `used_memory`) per job between two readings."""
+    if jobs < 1:
+        raise ValueError("jobs must be at least 1")
+    return (after - before) / jobs
+
+
+def meets(value: float, target: float, *, at_most: bool) -> bool:
+    """Whether a figure meets its target: at most it (a cost), or at least it (a speed)."""
+    return value <= target if at_most else value >= target
 
 
 def round_trip_limit(ops_per_second: float, trips_per_job: float) -> float:

@@ -36,6 +36,16 @@ class System:
     """Also measure enqueue-to-start latency (the atomicity-only runs skip it)."""
     max_jobs: int | None = None
     """Fewer jobs than the run's for a system too slow for them in the time a run has."""
+    bulk: bool = False
+    """Also measure an enqueue of the run's jobs through the system's bulk API, in chunks of
+    `BULK_CHUNK` (`Driver.enqueue_many`), on an empty server before the run itself."""
+    cluster_of: str = ""
+    """The key of the same run on the standalone server, for a run on the report's Redis
+    Cluster (empty: a run on the standalone server)."""
+
+    @property
+    def on_cluster(self) -> bool:
+        return bool(self.cluster_of)
 
     def jobs(self, jobs: int) -> int:
         return min(jobs, self.max_jobs) if self.max_jobs else jobs
@@ -46,6 +56,11 @@ RQ_JOBS = 4000
 would take some 7 minutes per repetition; its per-job figures are steady long before that."""
 
 AQ_PACKED = f"{PROCESSES} × `aq worker --slots {CONCURRENCY}`"
+CLUSTER_MASTERS = 3
+"""Masters of the report's Redis Cluster (no replicas), from the same redis-server binary."""
+BULK_CHUNK = 1000
+"""Jobs per bulk enqueue call (`Client.enqueue_many`)."""
+ON_CLUSTER = f"; on a {CLUSTER_MASTERS}-master Redis Cluster, given one node's redis:// URL"
 
 SYSTEMS: tuple[System, ...] = (
     System(
@@ -56,6 +71,7 @@ SYSTEMS: tuple[System, ...] = (
         runs=AQ_PACKED,
         ordered=True,
         competitor=False,
+        bulk=True,
     ),
     System(
         "aq-1",
@@ -93,6 +109,29 @@ SYSTEMS: tuple[System, ...] = (
         runs=f"{PROCESSES} processes × {CONCURRENCY} entity-bound `Worker`s of the entity",
         competitor=False,
         latency=False,
+    ),
+    System(
+        "aq-1000-cluster",
+        "AtomicQueues, 1,000 entities, Redis Cluster",
+        "aq",
+        options={"entities": 1000},
+        runs=AQ_PACKED + ON_CLUSTER,
+        ordered=True,
+        competitor=False,
+        latency=False,
+        bulk=True,
+        cluster_of="aq-1000",
+    ),
+    System(
+        "aq-new-cluster",
+        "AtomicQueues, every job for a new entity, Redis Cluster",
+        "aq",
+        options={"entities": 10_000_000},
+        runs=AQ_PACKED + ON_CLUSTER,
+        ordered=True,
+        competitor=False,
+        latency=False,
+        cluster_of="aq-new",
     ),
     System(
         "rq",

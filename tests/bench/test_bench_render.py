@@ -98,3 +98,107 @@ def test_findings_are_kept_when_the_report_is_rendered_again() -> None:
     assert "We lose on X because Y." in again
     assert again.count(render.FINDINGS) == 1
     assert render.findings_of("no such section") == ""
+
+
+def lean_results() -> dict[str, Any]:
+    """Two repetitions with the lean data path's figures: bulk enqueue, Cluster runs, worker
+    round trips and memory."""
+    figures: dict[str, Any] = {
+        "aq-1000": {
+            "rep": [0, 1],
+            "rate": [2000.0, 1000.0],
+            "enqueue_rate": [2000.0, 3000.0],
+            "commands_per_job": [50.0, 50.0],
+            "cpu_us_per_job": [200.0, 300.0],
+        },
+        "aq-1000:bulk": {
+            "rep": [1],  # repetition 0's bulk enqueue failed
+            "enqueue_bulk_rate": [24_000.0],
+            "enqueue_bulk_cpu_us_per_job": [30.0],
+            "enqueue_bulk_commands_per_job": [11.0],
+        },
+        "aq-1000-cluster": {
+            "rep": [0, 1],
+            "rate": [1000.0, 900.0],
+            "enqueue_rate": [1500.0, 1500.0],
+            "commands_per_job": [55.0, 55.0],
+            "cpu_us_per_job": [220.0, 420.0],
+        },
+        "aq-new": {"rep": [0], "rate": [500.0], "cpu_us_per_job": [400.0]},
+        "aq-new-cluster": {"rep": [0, 1], "rate": [400.0, 410.0], "cpu_us_per_job": [600.0, 1.0]},
+        "dramatiq": {"rep": [0, 1], "rate": [3000.0, 3000.0], "enqueue_rate": [4000.0, 4000.0]},
+    }
+    data = results(**figures)
+    keys = ["aq-1000", "aq-new", "aq-1000-cluster", "aq-new-cluster", "dramatiq"]
+    data["systems"] = [render.system_dict(s) for s in SYSTEMS if s.key in keys]
+    data["bulk_chunk"] = 1000
+    data["cluster"] = {"masters": 3, "nodes": 3}
+    data["worker_trips"] = {
+        "rep": [0, 1],
+        "per_job": [1.4, 1.6],
+        "jobs": 20000,
+        "breakdown": "EVALSHA finish ×20000",
+    }
+    data["memory"] = {
+        "jobs": 20000,
+        "entities": 1000,
+        "waiting_bytes": 812.4,
+        "retained_bytes": 1150.0,
+        "waiting_bytes_keep0": 800.0,
+        "left_bytes_keep0": 15.0,
+        "rss": {
+            "jobs": [20000, 200000],
+            "first": {"VmRSS": 44_000, "VmHWM": 44_100},
+            "last": {"VmRSS": 45_100, "VmHWM": 45_200},
+            "seconds": 90.0,
+        },
+    }
+    return data
+
+
+def test_lean_data_path_targets_are_measured_figures_and_ratios_within_repetitions() -> None:
+    md = render.report(lean_results())
+    # bulk: only repetition 1 succeeded; 24,000 ≥ 20,000
+    assert "1,000 jobs a call, 1,000 entities: jobs/s | 24,000 | ≥ 20,000 | yes |" in md
+    # one call at a time, ours ÷ Dramatiq's per repetition: 0.5 and 0.75
+    assert "ours ÷ Dramatiq (Redis broker) | 0.62× (0.50×–0.75×) | (no target: shown) | – |" in md
+    # Cluster ÷ standalone Redis CPU per job, per repetition: 1.1 and 1.4 → median 1.25
+    assert (
+        "(all masters): AtomicQueues, 1,000 entities | 1.25× (1.10×–1.40×) | ≤ 1.20× | **no** |"
+        in md
+    )
+    # aq-new ran on standalone in repetition 0 only: one ratio, 600 / 400
+    assert "every job for a new entity | 1.50× | ≤ 1.20× | **no** |" in md
+    assert "every job for a new entity | 1.500 (1.400–1.600) | ≤ 1.5 | yes |" in md
+    # RSS 45,100 KiB ÷ 44,000 KiB
+    assert "after 200,000 no-op jobs ÷ after 20,000 | 1.02× | ≤ 1.10× | yes |" in md
+
+
+def test_lean_data_path_details_enqueue_cluster_and_memory() -> None:
+    md = render.report(lean_results())
+    ours = "AtomicQueues, 1,000 entities"
+    assert f"| {ours}: `Client.enqueue`, one call at a time | 2,500 (2,000–3,000) | = 1 |" in md
+    # bulk ÷ one call at a time of the same repetition (1): 24,000 / 3,000
+    assert f"| {ours}: `Client.enqueue_many`, 1,000 jobs a call | 24,000 | 8.00× |" in md
+    dramatiq = "| Dramatiq (Redis broker): one call at a time | 4,000 (4,000–4,000) |"
+    assert f"{dramatiq} 1.67× (1.33×–2.00×) |" in md
+    assert "Redis spends 30.0 µs of CPU per job of the bulk enqueue (11.0 commands" in md
+    # the Cluster runs beside their standalone runs, and nowhere in sections 1 to 5
+    assert f"| {ours} | Cluster, 3 masters | 950 (900–1,000) | 55.0 (55.0–55.0) |" in md
+    assert "0.70× (0.50×–0.90×) | 1.25× (1.10×–1.40×) |" in md
+    throughput = md[md.index("## 1.") : md.index("## 2.")]
+    assert "Redis Cluster" not in throughput
+    cost = md[md.index("## 3.") : md.index("## 4.")]
+    assert "Redis Cluster" not in cost
+    # memory
+    assert "| a waiting job (enqueued, not run) | 812 B |" in md
+    assert "| left per job once run, `keep_completed=0` | 15 B |" in md
+    assert "| after 200,000 jobs | 44.0 MiB | peak (VmHWM) 44.1 MiB |" in md
+    assert "What they were (last repetition): EVALSHA finish ×20000." in md
+
+
+def test_a_report_without_the_lean_figures_says_they_were_not_measured() -> None:
+    md = render.report(results())  # an older run's figures: none of section 7's
+    targets = md[md.index("## 7.") : md.index(render.FINDINGS)]
+    assert targets.count("not measured in this run") == 5
+    assert "Not measured in this run: `--memory-jobs 0`." in targets

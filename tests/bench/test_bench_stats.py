@@ -9,6 +9,8 @@ from compare.stats import (
     ServerSnapshot,
     Spread,
     by_rep,
+    bytes_per_job,
+    meets,
     percentile,
     ratios,
     round_trip_limit,
@@ -95,3 +97,31 @@ def test_round_trip_limit() -> None:
     assert round_trip_limit(8000.0, 2.0) == 4000.0
     with pytest.raises(ValueError, match="positive"):
         round_trip_limit(8000.0, 0.0)
+
+
+def test_a_clusters_masters_are_summed_into_one_snapshot() -> None:
+    masters = [
+        snapshot({"evalsha": 10, "hget": 5}, cpu=1.0, usec={"evalsha": 100}),
+        snapshot({"evalsha": 20, "cluster|slots": 1}, cpu=0.5, usec={"evalsha": 50}),
+        snapshot({}, cpu=0.25),
+    ]
+    total = ServerSnapshot.total(masters)
+    assert total.calls == {"evalsha": 30, "hget": 5, "cluster|slots": 1}
+    assert total.usec == {"evalsha": 150}
+    assert total.cpu == pytest.approx(1.75)
+    # The cost between two summed readings is the cost of the whole Cluster.
+    later = ServerSnapshot.total([snapshot({"evalsha": 40}, cpu=2.0), *masters[1:]])
+    assert RedisCost.between(total, later, jobs=10).calls == {"evalsha": 30}
+    with pytest.raises(ValueError, match="no snapshots"):
+        ServerSnapshot.total([])
+
+
+def test_bytes_per_job_and_targets() -> None:
+    assert bytes_per_job(1_000_000, 21_000_000, 20_000) == 1000.0
+    assert bytes_per_job(1_000_000, 999_000, 1000) == -1.0  # Redis freed more than it grew
+    with pytest.raises(ValueError, match="jobs"):
+        bytes_per_job(0, 1, 0)
+    assert meets(1.2, 1.2, at_most=True)
+    assert not meets(1.21, 1.2, at_most=True)
+    assert meets(20_000.0, 20_000.0, at_most=False)
+    assert not meets(19_999.0, 20_000.0, at_most=False)

@@ -1,5 +1,7 @@
-"""AtomicQueues: `Client.enqueue` from the producer, jobs spread round-robin over `entities`
-entities (`e0`, `e1`, ...), each of concurrency `concurrency` (1: in order).
+"""AtomicQueues: `Client.enqueue` from the producer (or `Client.enqueue_many` for the bulk
+phase), jobs spread round-robin over `entities` entities (`e0`, `e1`, ...), each of concurrency
+`concurrency` (1: in order). The producer and the workers are given the report's redis:// URL;
+on Redis Cluster (one node's URL) the library switches to its Cluster client by itself.
 
 Two ways to run the workers, both with the benchmark's process count and concurrency:
 - `packed` (the default): `aq worker --slots C` processes, as `bench/hotpath.py` runs them. A
@@ -20,7 +22,7 @@ from dataclasses import replace
 
 from pydantic import BaseModel
 
-from atomicqueues.client import Client
+from atomicqueues.client import Client, NewJob
 from atomicqueues.config import Settings
 from atomicqueues.context import JobContext
 from atomicqueues.registry import Registry
@@ -61,10 +63,23 @@ class AtomicQueues(Driver):
             for i in range(self.entities):
                 await self.client.set_concurrency(ENTITY_TYPE, f"e{i}", concurrency)
 
-    async def enqueue(self, sent: float) -> None:
+    def next_entity(self) -> str:
         entity = f"e{self.sent % self.entities}"
         self.sent += 1
-        await self.client.enqueue(ENTITY_TYPE, entity, "noop", {"sent": sent})
+        return entity
+
+    async def enqueue(self, sent: float) -> None:
+        await self.client.enqueue(ENTITY_TYPE, self.next_entity(), "noop", {"sent": sent})
+
+    async def enqueue_many(self, sent: float, count: int) -> None:
+        jobs = [
+            NewJob(ENTITY_TYPE, self.next_entity(), "noop", {"sent": sent}) for _ in range(count)
+        ]
+        ids = await self.client.enqueue_many(jobs)
+        if len(set(ids)) != count:
+            raise RuntimeError(
+                f"enqueue_many returned {len(set(ids))} distinct ids for {count} jobs"
+            )
 
     async def close(self) -> None:
         await self.client.close()
