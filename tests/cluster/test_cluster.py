@@ -59,7 +59,7 @@ async def test_every_operation_runs_on_the_cluster(cluster_url: str) -> None:
             nxt = await leases.finish(started, "completed", '"ok"')
             assert nxt is not None
             assert nxt.job.id == ids[e][1]
-            await leases.finish(nxt, "dead", "boom", claim_next=False)
+            await leases.finish(nxt, "dead", "boom", claim_next="none")
             assert await leases.renew([nxt.lease]) == []
             assert await leases.release(nxt.lease, "idle") == "busy"
         assert await client.result(ids[ENTITIES[0]][0], timeout=5) == "ok"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisClusterException
 
 from atomicqueues import Client, NewJob, Settings
 from atomicqueues.client import ENQUEUE_BATCH
@@ -21,13 +20,6 @@ T = "user"
 ENTITIES = [f"tenant-{i}" for i in range(200)] + ["a:b{c}", "üñí 😀", "x" * 1000]
 
 
-@pytest.mark.xfail(
-    raises=RedisClusterException,
-    strict=True,
-    reason="Scripts.run_many calls pipe.evalsha, which redis-py's ClusterPipeline refuses "
-    "(PIPELINE_BLOCKED_COMMANDS); Scripts.run sends EVALSHA by execute_command for this reason. "
-    "Remove this mark once run_many does the same.",
-)
 async def test_enqueue_many_over_every_master(cluster_url: str) -> None:
     client = await Client.connect(Settings(redis_url=cluster_url))
     try:

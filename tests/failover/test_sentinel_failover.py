@@ -4,9 +4,10 @@ Why: with Sentinel, a crashed primary is replaced by its replica within seconds;
 producers must follow it without restarts, and what a failover can lose must be known, not
 guessed. Replication is asynchronous: what the old primary acknowledged but had not yet sent to
 the replica is gone after the failover. These tests measure that (printed: run with -s) and
-check what must hold anyway: fencing tokens keep growing (lib.lua's server-clock floor), no two
-runs of an entity overlap, jobs start in order, workers go on; with `durable_replicas` (WAIT) no
-acknowledged enqueue is lost. Every wait is a poll with a generous deadline.
+check what must hold anyway: fencing tokens keep growing (the server-clock floor in
+lua/include/lease.lua), no two runs of an entity overlap, jobs start in order, workers go on;
+with `durable_replicas` (WAIT) no acknowledged enqueue is lost. Every wait is a poll with a
+generous deadline.
 """
 
 from __future__ import annotations

@@ -90,9 +90,9 @@ async def test_sigkill_mid_job_returns_job_to_head_and_it_completes_once(
             f"recovered {after.start - killed_at:.2f}s after the kill (TTL {TTL}s)"
         )
         record = workers.job(e, job_ids[e, 1])
-        assert (record["state"], record["made"]) == ("completed", "2")
-        assert "stalled" in record.get("error", "")
-        assert workers.job(e, job_ids[e, 0])["made"] == "1"
+        assert (record.state, record.attempt) == ("completed", 2)
+        assert "stalled" in (record.error or "")
+        assert workers.job(e, job_ids[e, 0]).attempt == 1
     counts = workers.counts()
     assert counts.get("completed") == len(job_ids), counts
     assert counts.get("dead", 0) == 0, counts
@@ -123,7 +123,7 @@ async def test_sigstop_past_ttl_late_completion_is_refused_and_fenced(
     )[0]
     assert (b_run.attempt, b_run.seq) == (2, 0)
     assert b_run.token > a_run.token
-    assert workers.job("e1", job_id)["state"] == "completed"
+    assert workers.job("e1", job_id).state == "completed"
     # Let A's own sleep run out while it is frozen, so it finishes the moment it wakes.
     while time.time() < a_run.start + first_sleep + 0.3:
         time.sleep(0.05)
@@ -141,9 +141,9 @@ async def test_sigstop_past_ttl_late_completion_is_refused_and_fenced(
 
     # A's completion was refused: the job completed once, by B, under B's token.
     record = workers.job("e1", job_id)
-    assert record["state"] == "completed"
-    assert int(record["token"]) == b_run.token > a_run.token
-    assert record["made"] == "2"
+    assert record.state == "completed"
+    assert record.fencing_token == b_run.token > a_run.token
+    assert record.attempt == 2
     assert workers.counts().get("completed") == 1, workers.counts()
     # No overlap in effects: every accepted write of A precedes B's run.
     runs = load_runs(workers.redis)

@@ -75,10 +75,10 @@ async def test_sigterm_during_a_short_job_finishes_it_and_deregisters(
     assert w.wait(30) == 0, w.describe()
 
     assert [(r.seq, r.how) for r in load_runs(workers.redis)] == [(0, "end")]
-    assert workers.job("e1", first)["state"] == "completed"
+    assert workers.job("e1", first).state == "completed"
     # Closing means taking no new job: the second one waits, no attempt used, for the next worker.
     waiting = workers.job("e1", second)
-    assert (waiting["state"], waiting["made"]) == ("waiting", "0")
+    assert (waiting.state, waiting.attempt) == ("waiting", 0)
     assert_gone(workers, w.name, w.node)
     assert workers.holders("e1") == {}, "lease not released"
     assert lease_index(workers, "e1") == []
@@ -103,7 +103,7 @@ async def test_sigterm_during_a_long_job_gives_it_back_at_once(
     took = time.monotonic() - signalled
     assert took < workers.ttl / 2, f"took {took:.1f}s; the TTL is {workers.ttl}s"
     record = workers.job("e1", first)
-    assert (record["state"], record["made"]) == ("waiting", "0"), record  # attempt given back
+    assert (record.state, record.attempt) == ("waiting", 0), record  # attempt given back
     assert workers.holders("e1") == {}
     assert lease_index(workers, "e1") == []
     assert_gone(workers, a.name, a.node)
@@ -116,7 +116,7 @@ async def test_sigterm_during_a_long_job_gives_it_back_at_once(
     # Head of the queue, same attempt number: the re-run is attempt 1 again.
     expected = [(a.pid, 0, 1), (b.pid, 0, 1), (b.pid, 1, 1)]
     assert [(r.pid, r.seq, r.attempt) for r in runs] == expected
-    assert workers.job("e1", first)["made"] == "1"
+    assert workers.job("e1", first).attempt == 1
 
 
 # --- 5. close signals through Redis --------------------------------------------------------------

@@ -173,7 +173,7 @@ async def test_a_handler_that_blocks_the_event_loop_ends_its_worker_before_the_l
     assert (first.pid, first.end) == (a.pid, None)
     assert (again.pid, again.attempt, again.job) == (b.pid, 2, job_id)
     assert again.start > a.killed_at - 0.2  # B only began once A was gone
-    assert workers.job("e1", follower)["state"] == "completed"
+    assert workers.job("e1", follower).state == "completed"
     workers.stop_all()
     assert b.proc.returncode == 0, b.describe()
 

@@ -6,7 +6,8 @@ successors, fencing tokens that refuse a former lease holder, expired leases rec
 head of the queue, retries and dead letters, results that wake their waiters at once, and an
 index of entities with work that never drifts from the queues. Every test drives the scripts
 directly and then checks Redis itself; `check_index` recomputes the index from the per-entity
-keys (layout in lua/lib.lua) after each step, so a script that forgets to update it fails here.
+keys after each step (tests/runtime/recompute.py), so a script that forgets to update it fails
+here.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from atomicqueues import (
     PayloadTooLarge,
     Settings,
 )
-from atomicqueues.keys import AUTO_JOB_ID_RE, BUCKETS, bucket_of, decode_id, encode_id
+from atomicqueues.keys import AUTO_JOB_ID_RE, BUCKETS, bucket_of, encode_id
 from atomicqueues.leases import Idle, Lease, Leases, Started, sweep
+from runtime import recompute
 
 T = "user"  # entity type of most tests
 SHORT_LEASES = {"heartbeat_ttl": 0.4, "heartbeat_interval": 0.2}
@@ -109,121 +111,7 @@ async def snapshot(client: Client) -> dict[str, Any]:
 async def check_index(
     client: Client, t: str = T, *, completed: int | None = None
 ) -> dict[str, Any]:
-    """Recompute the index of type `t` from the per-entity keys and compare it with Redis.
-
-    Checks, per bucket: pending (jobs waiting), work (waiting or in flight), ready (claimable
-    by a new lease holder), delayed (next due), dead, the lease index; every queued job slot is
-    in exactly one state set and its hash says that state; no job hash in a live state is
-    outside its set (nothing lost); and the per-state counts. Returns the truth it computed.
-    """
-    r = client.redis
-    tag = f"{client.settings.prefix}:{{{t}:"
-    entities: set[tuple[str, str]] = set()  # (bucket base, encoded id)
-    jobs: dict[str, dict[str, str]] = {}  # full job key -> fields
-    async for key in r.scan_iter(match=f"{tag}*", count=1000):
-        bb, _, rest = key.partition("}:")
-        bb += "}:"
-        if rest.startswith("e:"):
-            entities.add((bb, rest.split(":")[1]))
-        elif rest.startswith("j:"):
-            jobs[key] = await r.hgetall(key)
-    for bb in client.keys.buckets(t):
-        for idx in ("work", "ready", "delayed"):
-            entities |= {(bb, e) for e in await r.zrange(bb + idx, 0, -1)}
-        for idx in ("pending", "dead", "conc"):
-            entities |= {(bb, e) for e in await r.hkeys(bb + idx)}
-        for member in await r.zrange(bb + "leases", 0, -1):
-            entities.add((bb, member.split("|", 1)[1]))
-
-    want: dict[str, dict[str, Any]] = {
-        bb: {
-            "pending": {},
-            "work": set(),
-            "ready": set(),
-            "delayed": {},
-            "dead": {},
-            "leases": set(),
-        }
-        for bb in client.keys.buckets(t)
-    }
-    totals = dict.fromkeys(("waiting", "delayed", "retrying", "active", "dead"), 0)
-    placed: dict[str, str] = {}  # job key -> state set it is in
-    truth: dict[str, Any] = {"pending": {}, "work": set(), "ready": set(), "dead": {}}
-
-    def place(bb: str, jslot: str, state: str) -> None:
-        jk = f"{bb}j:{jslot}"
-        assert jk not in placed, f"job {jslot} is both {placed[jk]} and {state}"
-        placed[jk] = state
-        if state == "dead" and jk not in jobs:
-            return  # a dead letter's hash may have expired (keep_failed)
-        assert jobs.get(jk, {}).get("state") == state, f"job {jslot} in {state} set: {jobs.get(jk)}"
-
-    for bb, e in sorted(entities):
-        base = f"{bb}e:{e}:"
-        wait = await r.zrange(base + "wait", 0, -1)
-        delayed = await r.zrange(base + "delayed", 0, -1, withscores=True)
-        retry = await r.zrange(base + "retry", 0, -1, withscores=True)
-        run = await r.hgetall(base + "run")
-        holders = await r.hgetall(base + "leases")
-        dlq = await r.zrange(base + "dlq", 0, -1)
-        conc = int(await r.hget(bb + "conc", e) or 1)
-        for state, slots in (
-            ("waiting", wait),
-            ("delayed", [j for j, _ in delayed]),
-            ("retrying", [j for j, _ in retry]),
-            ("active", run.values()),
-            ("dead", dlq),
-        ):
-            for jslot in slots:
-                place(bb, jslot, state)
-            totals[state] += len(slots)
-        assert set(run) <= set(holders), f"{e}: a job runs without a lease: {run} {holders}"
-        busy = len(run) + len(retry)
-        w = want[bb]
-        if wait:
-            w["pending"][e] = str(len(wait))
-            truth["pending"][e] = len(wait)
-        if wait or busy:
-            w["work"].add(e)
-            truth["work"].add(e)
-        if wait and busy < conc and len(holders) < conc:
-            w["ready"].add(e)
-            truth["ready"].add(e)
-        dues = [s for _, s in delayed] + [s for _, s in retry]
-        if dues:
-            w["delayed"][e] = min(dues)
-        if dlq:
-            w["dead"][e] = str(len(dlq))
-            truth["dead"][e] = len(dlq)
-        w["leases"] |= {f"{owner}|{e}" for owner in holders}
-
-    for bb, w in want.items():
-        got = {
-            "pending": await r.hgetall(bb + "pending"),
-            "work": set(await r.zrange(bb + "work", 0, -1)),
-            "ready": set(await r.zrange(bb + "ready", 0, -1)),
-            "delayed": dict(await r.zrange(bb + "delayed", 0, -1, withscores=True)),
-            "dead": await r.hgetall(bb + "dead"),
-            "leases": set(await r.zrange(bb + "leases", 0, -1)),
-        }
-        assert got == w, f"index of bucket {bb} drifted from its queues"
-
-    for jk, fields in jobs.items():
-        if fields.get("state") in ("waiting", "delayed", "retrying", "active", "dead"):
-            assert jk in placed, f"job {jk} ({fields.get('state')}) is in no queue: lost"
-
-    counts = await client.counts(t)
-    assert {s: counts[s] for s in totals} == totals
-    if completed is not None:
-        assert counts["completed"] == completed
-    # The client's decoded views agree with the raw index.
-    assert await client.pending_entities(t) == {
-        decode_id(e): n for e, n in truth["pending"].items()
-    }
-    assert set(await client.entities_with_work(t)) == {decode_id(e) for e in truth["work"]}
-    assert set(await client.claimable_entities(t)) == {decode_id(e) for e in truth["ready"]}
-    assert await client.dead_entities(t) == {decode_id(e): n for e, n in truth["dead"].items()}
-    return truth
+    return await recompute.check_index(client, t, completed=completed)
 
 
 # --- enqueue ----------------------------------------------------------------------------------
@@ -261,7 +149,7 @@ async def test_custom_job_id_is_idempotent_per_entity(client: Client) -> None:
     run = await started(leases, "u1")
     assert await client.enqueue(T, "u1", "charge", job_id="order-42") == "order-42"
     assert (await client.counts(T))["waiting"] == 0
-    await leases.finish(run, "completed", "null", claim_next=False)
+    await leases.finish(run, "completed", "null", claim_next="none")
     assert await client.enqueue(T, "u1", "charge", job_id="order-42") == "order-42"
     assert (await client.counts(T))["waiting"] == 0
 
@@ -505,7 +393,7 @@ async def test_concurrency_n_runs_n_jobs_of_an_entity_at_once(client: Client) ->
     assert nxt.job.id == ids[3]
     await check_index(client, completed=1)
     for w, r in ((owners[0], runs[0]), (owners[1], nxt), (owners[2], runs[2])):
-        assert await w.finish(r, "completed", "null", claim_next=False) is None
+        assert await w.finish(r, "completed", "null", claim_next="none") is None
         assert await w.release(r.lease, "shutdown") == "released"
     await check_index(client, completed=4)
 
@@ -562,9 +450,11 @@ async def test_fencing_tokens_grow_on_every_grant(client: Client) -> None:
         tokens += [r.lease.fencing_token for r in runs]
         for w, r in zip(owners, runs, strict=True):
             assert r.job.fencing_token == r.lease.fencing_token
-            await w.finish(r, "completed", "null", claim_next=False)
+            await w.finish(r, "completed", "null", claim_next="none")
             assert await w.release(r.lease, "idle") == "released"
-    # The entity went fully idle in between (its bookkeeping dropped): tokens still grow.
+    # The entity went fully idle in between (its bookkeeping dropped, all but its concurrency):
+    # tokens still grow, from the time floor.
+    await client.set_concurrency(T, "u1", 1)
     assert await client.redis.exists(client.keys.entity(T, "u1") + "meta") == 0
     await client.enqueue(T, "u1", "last")
     tokens.append((await started(owners[0], "u1")).lease.fencing_token)
@@ -578,7 +468,7 @@ async def _former_owner_setup(client: Client) -> tuple[Leases, Leases, Started, 
     for i in range(3):
         await client.enqueue(T, "u1", f"j{i}")
     old = await started(a, "u1")
-    await a.finish(old, "completed", "null", claim_next=False)
+    await a.finish(old, "completed", "null", claim_next="none")
     assert await a.release(old.lease, "shutdown") == "released"
     new = await started(b, "u1")
     assert new.lease.fencing_token > old.lease.fencing_token
@@ -776,6 +666,64 @@ async def test_shutdown_release_gives_the_running_job_back_without_using_an_atte
     await check_index(client)
 
 
+# --- packed workers: claim any entity of a bucket, hand over when one runs dry ----------------
+def same_bucket(n: int, t: str = T) -> list[str]:
+    """n entity ids that share one bucket."""
+    by_bucket: dict[int, list[str]] = {}
+    for i in range(10_000):
+        ids = by_bucket.setdefault(bucket_of(t, f"e{i}"), [])
+        ids.append(f"e{i}")
+        if len(ids) == n:
+            return ids
+    raise AssertionError("no bucket with enough entities")
+
+
+async def test_finish_hands_over_to_the_next_claimable_entity_of_the_bucket(
+    client: Client,
+) -> None:
+    a, b, c = same_bucket(3)
+    w = Leases(client, "w")
+    first = await client.enqueue(T, a, "a1")
+    await client.enqueue(T, b, "b1")
+    await client.enqueue(T, c, "c1")
+    other = Leases(client, "other")
+    held = await started(other, c)  # c has a holder: not claimable, not handed over
+    await client.enqueue(T, c, "c2")
+    run = await w.claim_any(T, client.keys.entity_bucket(T, a))
+    assert run is not None
+    assert run.job.id == first
+    nxt = await w.finish(run, "completed", "null", claim_next="any")
+    assert nxt is not None
+    assert (nxt.lease.entity_id, nxt.job.name) == (b, "b1")
+    assert nxt.lease.fencing_token > run.lease.fencing_token
+    # a was let go in the same script: its lease is gone, it is idle.
+    assert await client.redis.exists(client.keys.entity(T, a) + "meta") == 0
+    await check_index(client, completed=1)
+    assert await w.finish(nxt, "completed", "null", claim_next="any") is None  # c is held
+    await check_index(client, completed=2)
+    assert await client.claimable_entities(T) == {}
+    assert await other.finish(held, "completed", "null", claim_next="same") is not None
+    await check_index(client, completed=3)
+
+
+async def test_finish_keeps_the_entity_while_it_has_jobs(client: Client) -> None:
+    a, b = same_bucket(2)
+    w = Leases(client, "w")
+    ids = [await client.enqueue(T, a, f"a{i}") for i in range(3)]
+    await client.enqueue(T, b, "b1")
+    run = await w.claim_any(T, client.keys.entity_bucket(T, a))
+    assert run is not None
+    assert run.lease.entity_id == a
+    seen = []
+    while run is not None and run.lease.entity_id == a:
+        seen.append(run.job.id)
+        run = await w.finish(run, "completed", "null", claim_next="any")
+    assert seen == ids
+    assert run is not None
+    assert run.lease.entity_id == b
+    await check_index(client, completed=3)
+
+
 # --- idle release -----------------------------------------------------------------------------
 async def test_idle_release_is_refused_while_work_is_there(client: Client) -> None:
     a = Leases(client, "a")
@@ -783,12 +731,13 @@ async def test_idle_release_is_refused_while_work_is_there(client: Client) -> No
     run = await started(a, "u1")
     assert await a.release(run.lease, "idle") == "busy"  # its own job still runs
     j2 = await client.enqueue(T, "u1", "second")
-    assert await a.finish(run, "completed", "null", claim_next=False) is None
+    assert await a.finish(run, "completed", "null", claim_next="none") is None
     assert await a.release(run.lease, "idle") == "busy"  # a job waits: lease kept
-    assert await client.redis.hget(client.keys.entity(T, "u1") + "leases", "a") == run.lease.token
+    lease = await client.redis.hget(client.keys.entity(T, "u1") + "meta", "l:a")
+    assert lease.split(" ")[0] == run.lease.token
     nxt = await started(a, "u1", run.lease)
     assert (nxt.job.id, nxt.lease) == (j2, run.lease)
-    await a.finish(nxt, "completed", "null", claim_next=False)
+    await a.finish(nxt, "completed", "null", claim_next="none")
     assert await a.release(run.lease, "idle") == "released"
     assert await client.redis.hlen(client.keys.entity(T, "u1") + "leases") == 0
     await check_index(client, completed=2)
@@ -798,7 +747,7 @@ async def test_idle_release_sees_a_delayed_job_that_fell_due(client: Client) -> 
     a = Leases(client, "a")
     await client.enqueue(T, "u1", "first")
     run = await started(a, "u1")
-    await a.finish(run, "completed", "null", claim_next=False)
+    await a.finish(run, "completed", "null", claim_next="none")
     j2 = await client.enqueue(T, "u1", "later", delay=0.1)
     await asyncio.sleep(0.15)
     assert await a.release(run.lease, "idle") == "busy"
@@ -915,11 +864,11 @@ async def test_dead_letter_list_requeue_and_purge(client: Client) -> None:
     run = await a.finish(run, "dead", "err 1")  # j1 dead, j2 starts
     assert run is not None
     assert run.job.id == ids[2]
-    await a.finish(run, "completed", "null", claim_next=False)
+    await a.finish(run, "completed", "null", claim_next="none")
     await a.release(run.lease, "shutdown")
     b = Leases(client, "b")
     orun = await started(b, "u2")
-    await b.finish(orun, "dead", "other err", claim_next=False)
+    await b.finish(orun, "dead", "other err", claim_next="none")
     await check_index(client, completed=1)
 
     dlq = await client.dlq_list(T, "u1")
@@ -958,7 +907,7 @@ async def test_requeued_dead_job_goes_before_jobs_enqueued_after_it(client: Clie
     run = await started(a, "u1")
     run = await a.finish(run, "completed", "null")
     assert run is not None
-    await a.finish(run, "dead", "boom", claim_next=False)
+    await a.finish(run, "dead", "boom", claim_next="none")
     await a.release(run.lease, "idle")  # nothing waits, runs or is due: the entity is idle
     later = [await client.enqueue(T, "u1", f"k{i}") for i in range(3)]
     assert await client.dlq_requeue(T, "u1") == 1
@@ -971,7 +920,7 @@ async def test_dlq_requeue_of_every_entity(client: Client) -> None:
     for eid in ("u1", "u2"):
         await client.enqueue(T, eid, "x")
         run = await started(a, eid)
-        await a.finish(run, "dead", "boom", claim_next=False)
+        await a.finish(run, "dead", "boom", claim_next="none")
         await a.release(run.lease, "idle")
     assert await client.dlq_requeue(T) == 2
     assert await client.pending_entities(T) == {"u1": 1, "u2": 1}
@@ -1202,7 +1151,7 @@ async def test_keep_completed_count_caps_jobs_kept_per_entity(connect: Connect) 
     other = await client.enqueue(T, "u2", "o")
     run: Started | None = await started(a, "u2")
     assert run is not None
-    await a.finish(run, "completed", "0", claim_next=False)
+    await a.finish(run, "completed", "0", claim_next="none")
     run = await started(a, "u1")
     while run is not None:
         run = await a.finish(run, "completed", "0")
@@ -1292,7 +1241,7 @@ async def test_index_stays_exact_through_every_path(connect: Connect) -> None:
     assert "u%3A2" in truth["ready"]
 
     # release idle lets go of an empty entity
-    assert await c.finish(rc, "completed", "null", claim_next=False) is None
+    assert await c.finish(rc, "completed", "null", claim_next="none") is None
     done += 1
     assert await c.release(rc.lease, "idle") == "released"
     truth = await check()
@@ -1355,7 +1304,7 @@ async def test_entity_has_work_event(client: Client) -> None:
         await client.enqueue(T, "a:b{c}", "y")
         run = await started(a, "a:b{c}")
         await client.enqueue(T, "a:b{c}", "z")
-        await a.finish(run, "completed", "null", claim_next=False)
+        await a.finish(run, "completed", "null", claim_next="none")
         await client.enqueue(T, "u2", "x")  # a marker after the silent steps
         assert (await asyncio.wait_for(events.get(), 1))[1] == "u2"
         assert events.empty()
@@ -1423,7 +1372,7 @@ async def test_strange_entity_ids_never_collide_or_break_hash_tags(client: Clien
         run = await a.finish(run, "completed", "null")
         assert run is not None
         assert run.job.payload == {"eid": eid}
-        await a.finish(run, "dead", "x", claim_next=False)
+        await a.finish(run, "dead", "x", claim_next="none")
         assert await a.release(run.lease, "idle") == "released"
     assert await client.dead_entities(T) == dict.fromkeys(STRANGE_IDS, 1)
     assert {j.entity_id for j in await client.dlq_list(T, limit=1000)} == set(STRANGE_IDS)

@@ -35,6 +35,7 @@ from typing import Any
 
 import redis
 
+from atomicqueues.jobs import Job
 from atomicqueues.keys import Keys
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -269,10 +270,11 @@ class Workers:
         return self.keys.entity(self.entity_type, entity_id) + suffix
 
     def holders(self, entity_id: str) -> dict[str, str]:
-        """Owner -> fencing token of the entity's leases (the index of lease holders)."""
-        return self.redis.hgetall(self.entity_key(entity_id, "leases"))  # type: ignore[return-value]
+        """Owner -> fencing token of the entity's leases (its meta's 'l:' fields)."""
+        meta: dict[str, str] = self.redis.hgetall(self.entity_key(entity_id, "meta"))  # type: ignore[assignment]
+        return {f[2:]: v.split(" ")[0] for f, v in meta.items() if f.startswith("l:")}
 
-    def job(self, entity_id: str, job_id: str) -> dict[str, str]:
+    def job(self, entity_id: str, job_id: str) -> Job:
         """The job's record (an auto-generated id, or one the caller gave for `entity_id`)."""
         located = self.keys.locate_auto_job(job_id)
         if located is None:
@@ -281,7 +283,8 @@ class Workers:
                 self.keys.job_slot(self.entity_type, entity_id, job_id),
             )
         bucket, jslot = located
-        return self.redis.hgetall(f"{bucket}j:{jslot}")  # type: ignore[return-value]
+        fields: dict[str, str] = self.redis.hgetall(f"{bucket}j:{jslot}")  # type: ignore[assignment]
+        return Job.from_fields(self.entity_type, fields)
 
     def completion_violations(self, per_entity: Mapping[str, list[Run]]) -> list[Violation]:
         """Jobs whose record does not show a completion by their last run (that run's token and
@@ -291,12 +294,11 @@ class Workers:
             last = {run.job: run for run in history}
             for job_id, run in last.items():
                 record = self.job(entity, job_id)
-                state = record.get("state")
-                if state == "dead":
+                if record.state == "dead":
                     continue
-                if state != "completed":
+                if record.state != "completed":
                     found.append(Violation("incomplete", entity, f"{record} {run}", (run,)))
-                elif (int(record["token"]), int(record["made"])) != (run.token, run.attempt):
+                elif (record.fencing_token, record.attempt) != (run.token, run.attempt):
                     found.append(Violation("rerun", entity, f"{record} {run}", (run,)))
         return found
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import redis.exceptions
+from pydantic import ValidationError
 
 from .config import Settings
 from .connection import (
@@ -32,7 +34,16 @@ from .errors import (
     RedisOutOfMemory,
     RedisUnavailable,
 )
-from .jobs import MAX_PRIORITY, MIN_PRIORITY, STATES, Backoff, Job, encode_payload
+from .jobs import (
+    DEFAULT_BACKOFF,
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    STATES,
+    Backoff,
+    Job,
+    encode_payload,
+    job_header,
+)
 from .keys import (
     AUTO_JOB_ID_RE,
     Keys,
@@ -45,6 +56,10 @@ from .memory import refused_for_memory
 from .scripts import Scripts
 
 T = TypeVar("T")
+ENQUEUE_BATCH = 500
+ENQUEUE_BATCH_BYTES = 1024 * 1024
+"""Most jobs, and most bytes of their arguments, one enqueue script call of `enqueue_many`
+adds: a script blocks Redis while it runs."""
 MAX_BLOCK_SECONDS = 30.0
 """The longest a blocking call waits before it returns empty (the caller may call again)."""
 Entity = tuple[str, str]
@@ -71,11 +86,61 @@ class EntityIndex:
     """A job could start now if a new lease holder came (no holder is idle on it)."""
 
 
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _seconds(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """One job for `Client.enqueue_many`: the arguments of `Client.enqueue`."""
+
+    entity_type: str
+    entity_id: str
+    name: str
+    payload: Any = None
+    job_id: str | None = None
+    delay: float | None = None
+    priority: int = 0
+    attempts: int | None = None
+    backoff: Backoff | dict[str, Any] | None = None
+    keep_completed: float | None = None
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A checked job: the enqueue script's arguments for it, and where they go."""
+
+    entity_type: str
+    job_id: str
+    bucket: str
+    channel: str
+    args: tuple[str | int, ...]
+
+
 @dataclass(frozen=True)
 class JobLocation:
     bucket: str
     jslot: str
     entity_type: str
+
+
+def _batches(jobs: list[_Prepared]) -> Iterator[list[_Prepared]]:
+    """`jobs` cut into script calls of at most ENQUEUE_BATCH jobs and ENQUEUE_BATCH_BYTES."""
+    batch: list[_Prepared] = []
+    size = 0
+    for job in jobs:
+        job_size = sum(len(str(a)) for a in job.args)
+        if batch and (len(batch) == ENQUEUE_BATCH or size + job_size > ENQUEUE_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(job)
+        size += job_size
+    if batch:
+        yield batch
 
 
 class Client:
@@ -195,62 +260,129 @@ class Client:
         With `job_id`, enqueue is idempotent per entity: while a job with that id exists (until
         its retention passes), a second enqueue adds nothing and returns the same id.
         """
-        check_entity_type(entity_type)
-        check_entity_id(entity_id)
-        if not isinstance(name, str) or not name or len(name) > 200:
-            raise InvalidInput("job name must be a non-empty string of at most 200 characters")
-        if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-            raise InvalidInput(f"priority must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}")
-        if delay is not None and delay < 0:
-            raise InvalidInput("delay must not be negative")
-        max_attempts = self.settings.max_attempts if attempts is None else attempts
-        if max_attempts < 1:
-            raise InvalidInput("attempts must be at least 1")
-        if isinstance(backoff, dict):
-            try:
-                backoff = Backoff.model_validate(backoff)
-            except ValueError as exc:
-                raise InvalidInput(f"invalid backoff: {exc}") from None
-        backoff = backoff or Backoff()
-        body = encode_payload(payload, self.settings.max_payload_bytes)
-        if job_id is None:
-            job_id = self.keys.new_job_id(entity_type, entity_id)
-        elif not job_id or len(job_id) > 512:
-            raise InvalidInput("job id must be a non-empty string of at most 512 characters")
-        elif AUTO_JOB_ID_RE.fullmatch(job_id):
-            # Also with a bucket out of range: job_slot() would not scope such an id to its entity.
-            raise InvalidInput(f"job id {job_id!r} has the reserved form TYPE.BUCKET.HEX32")
-        keep = self.settings.keep_completed if keep_completed is None else keep_completed
-        await self._remember_type(entity_type)
-        try:
-            await self.script(
-                "enqueue",
-                self.keys.entity_bucket(entity_type, entity_id),
-                encode_id(entity_id),
-                self.keys.job_slot(entity_type, entity_id, job_id),
-                job_id,
+        job = self._prepare(
+            NewJob(
+                entity_type,
                 entity_id,
                 name,
-                body,
-                priority,
-                round((delay or 0) * 1000),
-                max_attempts,
-                backoff.model_dump_json(),
-                round(keep * 1000),
-                self.settings.keep_completed_count,
-                round(self.settings.keep_failed * 1000),
-                self.keys.events(entity_type),
-                durable=True,
+                payload,
+                job_id=job_id,
+                delay=delay,
+                priority=priority,
+                attempts=attempts,
+                backoff=backoff,
+                keep_completed=keep_completed,
             )
+        )
+        await self._remember_type(entity_type)
+        try:
+            await self.script("enqueue", job.bucket, job.channel, *job.args, durable=True)
         except NotReplicated as exc:
             raise NotReplicated(
-                f"job {job_id!r} of {entity_type}/{entity_id!r}",
+                f"job {job.job_id!r} of {entity_type}/{entity_id!r}",
                 exc.acked,
                 exc.wanted,
                 exc.reply,
                 hint=" (enqueue it again with the same job_id to be sure: that is idempotent)",
             ) from None
-        return job_id
+        return job.job_id
+
+    async def enqueue_many(self, jobs: Iterable[NewJob]) -> list[str]:
+        """Add many jobs in as few round trips as possible; returns their ids, in order.
+
+        Every job is checked before anything is sent (one bad job: `InvalidInput`, nothing
+        added). Jobs are grouped by bucket, a script call adds up to `ENQUEUE_BATCH` jobs of one
+        bucket, and the calls go in one pipeline (one round trip per Redis node). Each job is
+        idempotent on its `job_id` as with `enqueue`; jobs of one entity keep their order.
+        When Redis's memory is full, a batch refused adds nothing, but batches before it stay:
+        enqueue the same jobs again with their job ids to be sure.
+        """
+        prepared = [self._prepare(job) for job in jobs]
+        for entity_type in {job.entity_type for job in prepared}:
+            await self._remember_type(entity_type)
+        by_bucket: dict[str, list[_Prepared]] = {}
+        for job in prepared:
+            by_bucket.setdefault(job.bucket, []).append(job)
+        calls = [
+            (bucket, group[0].channel, [a for job in batch for a in job.args])
+            for bucket, group in by_bucket.items()
+            for batch in _batches(group)
+        ]
+        try:
+            if self.settings.durable_replicas > 0:
+                for bucket, channel, args in calls:
+                    await self.script("enqueue", bucket, channel, *args, durable=True)
+            else:
+                await self.call(lambda: self.scripts.run_many("enqueue", calls))
+        except RedisOutOfMemory as exc:
+            raise RedisOutOfMemory(
+                exc.where,
+                written="some of the jobs may have been added (those of the batches sent before "
+                "memory ran out): enqueue them again with their job ids to be sure",
+            ) from None
+        return [job.job_id for job in prepared]
+
+    def _prepare(self, job: NewJob) -> _Prepared:
+        """Check one job and turn it into the enqueue script's arguments."""
+        check_entity_type(job.entity_type)
+        check_entity_id(job.entity_id)
+        name, priority, delay = job.name, job.priority, job.delay
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise InvalidInput("job name must be a non-empty string of at most 200 characters")
+        if not _integer(priority) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise InvalidInput(f"priority must be an integer from {MIN_PRIORITY} to {MAX_PRIORITY}")
+        if delay is not None and not _seconds(delay):
+            raise InvalidInput("delay must be a finite number of seconds, not negative")
+        max_attempts = self.settings.max_attempts if job.attempts is None else job.attempts
+        if not _integer(max_attempts) or max_attempts < 1:
+            raise InvalidInput("attempts must be an integer of at least 1")
+        if job.keep_completed is not None and not _seconds(job.keep_completed):
+            raise InvalidInput("keep_completed must be a finite number of seconds, not negative")
+        backoff = job.backoff
+        if isinstance(backoff, dict):
+            try:
+                backoff = Backoff.model_validate(backoff)
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'backoff'}: {e['msg']}" for e in exc.errors()
+                )
+                raise InvalidInput(f"invalid backoff: {problems}") from None
+        body = encode_payload(job.payload, self.settings.max_payload_bytes)
+        job_id = job.job_id
+        if job_id is None:
+            job_id = self.keys.new_job_id(job.entity_type, job.entity_id)
+        elif not isinstance(job_id, str) or not job_id or len(job_id) > 512:
+            raise InvalidInput("job id must be a non-empty string of at most 512 characters")
+        elif AUTO_JOB_ID_RE.fullmatch(job_id):
+            # Also with a bucket out of range: job_slot() would not scope such an id to its entity.
+            raise InvalidInput(f"job id {job_id!r} has the reserved form TYPE.BUCKET.HEX32")
+        keep = self.settings.keep_completed if job.keep_completed is None else job.keep_completed
+        head = job_header(
+            job_id,
+            job.entity_id,
+            name,
+            priority,
+            max_attempts,
+            backoff or DEFAULT_BACKOFF,
+            round(keep * 1000),
+            self.settings.keep_completed_count,
+            round(self.settings.keep_failed * 1000),
+        )
+        args = (
+            encode_id(job.entity_id),
+            self.keys.job_slot(job.entity_type, job.entity_id, job_id),
+            priority,
+            round((delay or 0) * 1000),
+            head,
+            body,
+        )
+        return _Prepared(
+            job.entity_type,
+            job_id,
+            self.keys.entity_bucket(job.entity_type, job.entity_id),
+            self.keys.events(job.entity_type),
+            args,
+        )
 
     async def _remember_type(self, entity_type: str) -> None:
         await self.remember(self.keys.types(), entity_type)
@@ -267,8 +399,9 @@ class Client:
     async def cancel(self, job_id: str, *, entity: Entity | None = None) -> bool:
         """Remove a job that has not started; False when it is running or already ended."""
         where = self._locate(job_id, entity)
-        e = encode_id(entity[1]) if entity else await self._entity_of(where)
-        done, _ = await self.script("cancel", where.bucket, e, where.jslot, "")
+        done, _ = await self.script(
+            "cancel", where.bucket, where.jslot, self.keys.events(where.entity_type)
+        )
         return bool(done)
 
     # --- jobs and results -----------------------------------------------------------------
@@ -290,10 +423,6 @@ class Client:
             )
         bucket, jslot = auto
         return JobLocation(bucket, jslot, job_id.split(".", 1)[0])
-
-    async def _entity_of(self, where: JobLocation) -> str:
-        eid = await self.hget(f"{where.bucket}j:{where.jslot}", "eid")
-        return encode_id(eid) if eid else ""
 
     async def job(self, job_id: str, *, entity: Entity | None = None) -> Job:
         """The job's current record; `JobNotFound` when it does not exist (any more)."""
@@ -409,10 +538,17 @@ class Client:
 
     async def counts(self, entity_type: str) -> dict[str, int]:
         """Jobs per state across the type (`completed` counts every completion so far)."""
+        check_entity_type(entity_type)
+        pipe = self.redis.pipeline(transaction=False)
+        for bucket in self.keys.buckets(entity_type):
+            pipe.hgetall(f"{bucket}counts")
+            pipe.hvals(f"{bucket}pending")
+        replies: list[Any] = await self.call(pipe.execute)
         total: dict[str, int] = dict.fromkeys(STATES, 0)
-        for part in await self._each_bucket(entity_type, "counts"):
-            for state, n in part.items():
+        for counts, pending in zip(replies[::2], replies[1::2], strict=True):
+            for state, n in counts.items():
                 total[str(state)] = total.get(str(state), 0) + int(n)
+            total["waiting"] += sum(int(n) for n in pending)
         return total
 
     async def entity_types(self) -> list[str]:

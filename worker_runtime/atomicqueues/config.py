@@ -63,12 +63,17 @@ class Settings:
     max_attempts: int = 3
     """Attempts a job gets unless its enqueue says otherwise (`AQ_MAX_ATTEMPTS`)."""
 
-    keep_completed: float = 86400.0
+    keep_completed: float = 3600.0
     """Seconds a completed job and its result are kept; 0 removes it at once
-    (`AQ_KEEP_COMPLETED`)."""
+    (`AQ_KEEP_COMPLETED`). While it is kept, its id stays taken (idempotent enqueue) and
+    `result()` finds it. An hour, as arq keeps results (RQ keeps them 500 s, Celery a day,
+    Dramatiq none): long enough for a producer's retries and for whoever waits on a result,
+    and Redis memory grows with what is kept: at 1,000 jobs/s an hour holds 3.6 million
+    jobs, a day 86 million (docs/benchmarks.md measures the bytes per kept job)."""
 
     keep_completed_count: int = 1000
-    """At most this many completed jobs are kept per entity (`AQ_KEEP_COMPLETED_COUNT`)."""
+    """At most this many completed jobs are kept per entity (`AQ_KEEP_COMPLETED_COUNT`; checked
+    on every 16th completion of an entity, so up to 15 more may be kept for a while)."""
 
     keep_failed: float = 0.0
     """Seconds a dead-lettered job is kept; 0 keeps it until purged (`AQ_KEEP_FAILED`)."""

@@ -38,10 +38,10 @@ class RedisOutOfMemory(RedisUnavailable):
     and release, locks) still runs, so running jobs finish. A `RedisUnavailable`: retry later.
     """
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, written: str = "nothing was written") -> None:
         super().__init__(
             f"Redis at {where} is out of memory (maxmemory reached) and refused the write; "
-            "nothing was written: free memory or raise maxmemory, then retry"
+            f"{written}: free memory or raise maxmemory, then retry"
         )
         self.where = where
 

@@ -17,24 +17,9 @@ STATES: tuple[JobState, ...] = ("waiting", "delayed", "active", "retrying", "com
 
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 
-# The order of fields in a job reply from the scripts (JOB_FIELDS in lua/lib.lua), after jslot.
-REPLY_FIELDS = (
-    "id",
-    "eid",
-    "name",
-    "payload",
-    "state",
-    "prio",
-    "made",
-    "max",
-    "backoff",
-    "enq",
-    "start",
-    "token",
-    "error",
-    "result",
-    "fin",
-)
+REPLY_FIELDS = ("d", "s", "m", "t", "st", "er", "r", "f")
+"""The fields of a job in a script's reply, in this order, after its slot (JOB_REPLY in
+lua/include/job.lua; lua/include/keys.lua says what each holds)."""
 
 
 class Backoff(BaseModel):
@@ -64,6 +49,9 @@ class Backoff(BaseModel):
             if self.type == "exponential":
                 base = min(self.max_delay, base)  # jitter never lifts a wait above the cap
         return max(0.0, base)
+
+
+DEFAULT_BACKOFF = Backoff()
 
 
 @dataclass(frozen=True)
@@ -97,39 +85,76 @@ class Job:
     def result(self) -> Any:
         return None if self.result_json in (None, "") else json.loads(self.result_json)
 
+    keep_ms: int = 0
+    """How long the job is kept once completed, in milliseconds (0: not kept)."""
+    keep_count: int = 0
+    """At most this many completed jobs of its entity are kept."""
+
     @classmethod
     def from_fields(cls, entity_type: str, f: Mapping[str, str | None]) -> Job:
-        def num(key: str) -> float | None:
-            v = f.get(key)
-            return float(v) if v not in (None, "") else None
+        """A job from its hash in Redis (or a script's reply, `REPLY_FIELDS`)."""
 
         def ms(key: str) -> float | None:
-            v = num(key)
-            return None if v is None else v / 1000.0
+            v = f.get(key)
+            return float(v) / 1000.0 if v not in (None, "") else None
 
-        backoff_raw = f.get("backoff") or "{}"
+        enqueued, rest = (f.get("d") or "0 []\nnull").split(" ", 1)
+        head, payload = rest.split("\n", 1)
+        job_id, eid, name, prio, max_attempts, backoff, keep_ms, keep_n, _ = json.loads(head)
         return cls(
-            id=f.get("id") or "",
+            id=job_id,
             entity_type=entity_type,
-            entity_id=f.get("eid") or "",
-            name=f.get("name") or "",
-            payload_json=f.get("payload") or "null",
-            state=f.get("state") or "",
-            priority=int(num("prio") or 0),
-            attempt=int(num("made") or 0),
-            max_attempts=int(num("max") or 1),
-            backoff=Backoff.model_validate_json(backoff_raw),
-            enqueued_at=ms("enq") or 0.0,
-            started_at=ms("start"),
-            fencing_token=int(token) if (token := f.get("token")) else None,
-            error=f.get("error") or None,
-            result_json=f.get("result") or None,
-            finished_at=ms("fin"),
+            entity_id=eid,
+            name=name,
+            payload_json=payload,
+            state=f.get("s") or "waiting",
+            priority=prio,
+            attempt=int(f.get("m") or 0),
+            max_attempts=max_attempts,
+            backoff=DEFAULT_BACKOFF if backoff is None else Backoff.model_validate(backoff),
+            enqueued_at=float(enqueued) / 1000.0,
+            started_at=ms("st"),
+            fencing_token=int(token) if (token := f.get("t")) else None,
+            error=f.get("er") or None,
+            result_json=f.get("r") or None,
+            finished_at=ms("f"),
+            keep_ms=keep_ms,
+            keep_count=keep_n,
         )
 
     @classmethod
     def from_reply(cls, entity_type: str, values: list[str | None]) -> Job:
         return cls.from_fields(entity_type, dict(zip(REPLY_FIELDS, values, strict=True)))
+
+
+def job_header(
+    job_id: str,
+    entity_id: str,
+    name: str,
+    priority: int,
+    max_attempts: int,
+    backoff: Backoff,
+    keep_ms: int,
+    keep_count: int,
+    keep_failed_ms: int,
+) -> str:
+    """What a job's hash holds of it from its enqueue on (lua/include/queue.lua reads it): one
+    line of JSON; the default backoff as null, which keeps a job's hash small."""
+    return json.dumps(
+        [
+            job_id,
+            entity_id,
+            name,
+            priority,
+            max_attempts,
+            None if backoff == DEFAULT_BACKOFF else backoff.model_dump(),
+            keep_ms,
+            keep_count,
+            keep_failed_ms,
+        ],
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
 
 
 def encode_payload(payload: Any, limit: int) -> str:

@@ -26,6 +26,8 @@ from .jobs import Job
 from .keys import decode_id, encode_id
 
 Outcome = Literal["completed", "retry", "dead"]
+Next = Literal["same", "any", "none"]
+"""What `Leases.finish` starts next: the entity's next job, any entity's of the bucket, none."""
 log = logging.getLogger(__name__)
 
 
@@ -135,11 +137,15 @@ class Leases:
         value: str,
         *,
         retry_delay: float = 0.0,
-        claim_next: bool = True,
+        claim_next: Next = "same",
     ) -> Started | None:
-        """Record the outcome of `run`; with `claim_next`, start the next job in the same call.
+        """Record the outcome of `run` and, in the same call, start the next job: with
+        `claim_next` "same" the entity's next job under the same lease; with "any" (packed
+        workers), when the entity has none, the head job of the oldest claimable entity of the
+        same bucket under a new lease, the old one released; with "none" nothing.
 
-        With `Settings.durable_replicas`, the outcome waits for that many replicas. When fewer
+        The lease is not extended here (the heartbeat does that). With
+        `Settings.durable_replicas`, the outcome waits for that many replicas. When fewer
         confirm it in time the outcome still holds on the primary and the next job has started:
         that is logged and counted (`aq_outcomes_not_replicated_total`), as a failover before
         the replicas catch up would undo it and the job would run again."""
@@ -162,15 +168,17 @@ class Leases:
             )
         if reply[0] == "lost":
             raise LeaseLost(lease.entity_type, lease.entity_id, lease.fencing_token)
-        lease.valid_until = max(lease.valid_until, sent + self.ttl)
         if reply[1] == "job":
             return self._started(lease, reply[2:])
+        if reply[1] == "other":
+            other = Lease(lease.entity_type, decode_id(reply[2]), reply[3], sent + self.ttl)
+            return self._started(other, reply[4:])
         return None
 
     async def _finish(
-        self, run: Started, outcome: Outcome, value: str, retry_delay: float, claim_next: bool
+        self, run: Started, outcome: Outcome, value: str, retry_delay: float, claim_next: Next
     ) -> Any:
-        lease = run.lease
+        lease, job = run.lease, run.job
         return await self.client.script(
             "finish",
             self.keys.entity_bucket(lease.entity_type, lease.entity_id),
@@ -181,9 +189,11 @@ class Leases:
             outcome,
             value,
             round(retry_delay * 1000),
-            "1" if claim_next else "0",
+            claim_next,
             self.ttl_ms,
             self.keys.events(lease.entity_type),
+            job.keep_ms,
+            job.keep_count,
             durable=True,
         )
 

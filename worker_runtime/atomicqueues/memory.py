@@ -3,10 +3,11 @@
 Redis with a `maxmemory` limit either refuses writes once it is reached (policy `noeviction`)
 or evicts keys to make room. Refusals are safe for us: every change is one script that Redis
 refuses before its first write, so `Client.call` turns them into `RedisOutOfMemory` and nothing
-is half-written (lua/lib.lua says which scripts still run when memory is full). Eviction is not
-safe: an `allkeys-*` policy may drop any key, a `volatile-*` one any key with a TTL, and ours
-carry TTLs (kept jobs, registrations, resource locks); a queued job, a lease or a lock could
-vanish. So a worker and `aq status` check the policy when they start and warn in one line.
+is half-written (lua/include/oom.lua says which scripts still run when memory is full).
+Eviction is not safe: an `allkeys-*` policy may drop any key, a `volatile-*` one any key with
+a TTL, and ours carry TTLs (kept jobs, registrations, resource locks); a queued job, a lease or
+a lock could vanish. So a worker and `aq status` check the policy when they start and warn in
+one line.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """The Lua scripts, loaded once and called by name.
 
-Every multi-key change is one script, so no crash leaves half a change. Each `.lua` file beside
-this module states its KEYS/ARGV/return contract at its top. `lua/lib.lua` holds the functions
-they share and is prepended to each, and `lua/lock_lib.lua` to the lock scripts. redis-py's
-Script objects call EVALSHA and load the script again when the server answers NOSCRIPT (after a
-restart or SCRIPT FLUSH).
+Every multi-key change is one script, so no crash leaves half a change. Each `lua/NAME.lua`
+states its KEYS/ARGV/return contract at its top and names the helpers it uses
+(`-- @include X`: `lua/include/X.lua`, which may include others; `lua/include/keys.lua`
+documents the key layout). redis-py's Script objects call EVALSHA and load the script again
+when the server answers NOSCRIPT (after a restart or SCRIPT FLUSH).
 
 A durable call (`replicas` > 0) sends the script and a WAIT for that many replicas in one
 non-transactional pipeline: one round trip, on one connection, so the WAIT covers exactly the
@@ -55,13 +55,30 @@ NAMES = (
 )
 
 
+INCLUDE = "-- @include "
+
+
 @cache
 def source(name: str) -> str:
-    """The full text of one script: the shared library (and, for the lock scripts, theirs),
-    then the script itself."""
+    """The full text of one script (`lua/NAME.lua`) with its helpers: each `-- @include X`
+    line is replaced by `lua/include/X.lua`, itself resolved the same way, the first time X
+    is included anywhere in the script, and by nothing after that."""
     lua = resources.files(__package__).joinpath("lua")
-    parts = ["lib.lua", "lock_lib.lua"] if name.startswith("lock_") else ["lib.lua"]
-    return "\n".join(lua.joinpath(part).read_text() for part in [*parts, f"{name}.lua"])
+    seen: set[str] = set()
+
+    def resolve(text: str) -> str:
+        out = []
+        for line in text.splitlines():
+            if line.startswith(INCLUDE):
+                helper = line[len(INCLUDE) :].strip()
+                if helper not in seen:
+                    seen.add(helper)
+                    out.append(resolve(lua.joinpath("include", f"{helper}.lua").read_text()))
+            else:
+                out.append(line)
+        return "\n".join(out)
+
+    return resolve(lua.joinpath(f"{name}.lua").read_text())
 
 
 class Scripts:
@@ -72,6 +89,29 @@ class Scripts:
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(source(name)) for name in NAMES
         }
+
+    async def run_many(self, name: str, calls: list[tuple[str, str, list[Any]]]) -> list[Any]:
+        """Run script `name` once per (bucket, first arg, more args) in one pipeline: one round
+        trip per node. Raises the first error a call met, after every call has run."""
+        script = self._scripts[name]
+        replies: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for _ in range(2):  # once more after loading the script (NOSCRIPT: new primary, restart)
+            pipe = self._redis.pipeline(transaction=False)
+            for i in todo:
+                bucket, first, args = calls[i]
+                # As a plain command: the cluster pipeline refuses evalsha() by name.
+                pipe.execute_command("EVALSHA", script.sha, 1, bucket, first, *args)
+            for i, reply in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+            todo = [i for i in todo if isinstance(replies[i], redis.exceptions.NoScriptError)]
+            if not todo:
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        raise reply
+                return replies
+            await self._redis.script_load(script.script)  # only the calls it refused run again
+        raise redis.exceptions.NoScriptError(f"script {name} could not be loaded")
 
     async def run(
         self, name: str, bucket: str, *args: str | int | float, replicas: int = 0, wait_ms: int = 0

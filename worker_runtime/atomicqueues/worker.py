@@ -25,10 +25,10 @@ import asyncio
 import json
 import logging
 import os
-import random
 import time
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import suppress
 from dataclasses import replace
@@ -43,7 +43,8 @@ from .client import MAX_BLOCK_SECONDS, Client
 from .connection import pubsub_client
 from .context import JobContext
 from .errors import LeaseLost, PermanentError, RedisUnavailable, UnknownHandler
-from .leases import Idle, Lease, Leases, Outcome, Started, sweep
+from .keys import decode_id
+from .leases import Idle, Lease, Leases, Next, Outcome, Started, sweep
 from .memory import eviction_warning
 from .presence import Presence, WorkerInfo, close_message_applies
 from .registry import Registry
@@ -55,6 +56,8 @@ T = TypeVar("T")
 MAX_ERROR_CHARS = 4000
 RETRY_PAUSE = 0.2
 """Seconds between tries of a Redis call that failed while a lease is still held."""
+HINTS = 256
+"""Entities named by work events kept for a packed worker that cannot use doorbells (Cluster)."""
 LISTEN_BACKOFF = (0.1, 5.0)
 """First and longest pause before the pub/sub listener subscribes again after an outage."""
 
@@ -100,6 +103,8 @@ class Worker:
         # quarter of the margin before the lease may expire at the latest.
         self.watchdog = Watchdog(every=min(0.05, self.margin / 8), reaction=self.margin / 2)
         self._work_hint = asyncio.Event()
+        self._hints: deque[str] = deque(maxlen=HINTS)
+        self._next: Next = "same" if entity_id is not None else "any"
         self._clock_offset = 0.0
         self.info = WorkerInfo(
             self.name, entity_type, entity_id, self.slots, self.settings.node, os.getpid(), 0.0, []
@@ -298,6 +303,8 @@ class Worker:
                 if message.get("type") != "message":
                     continue
                 if message["channel"] != channels[0]:
+                    if isinstance(self.client.redis, RedisCluster):  # no doorbells there
+                        self._hints.append(decode_id(message["data"]))
                     self._work_hint.set()
                     continue
                 try:
@@ -434,30 +441,40 @@ class Worker:
         free = asyncio.Semaphore(self.slots)
         drains: set[asyncio.Task[None]] = set()
         idle_since = loop.time()
-        first = random.randrange(len(buckets))
+        rang: str | None = None  # the bucket whose doorbell woke the worker
         while not self.closing.is_set():
             if free.locked():
                 await self._wait_for_slot(free)
                 continue
             await free.acquire()
             self._work_hint.clear()  # work announced from now on is seen by the next wait
-            started, first = await self._claim_any(buckets, first)
+            try:
+                started = await self._claim_any(rang)
+            except RedisUnavailable as exc:
+                # The doorbell that rang was used up: look at every bucket once Redis answers.
+                log.warning("worker %s: %s", self.name, exc)
+                free.release()
+                rang = None
+                await asyncio.sleep(1.0)
+                continue
             if started is not None:
                 task = self._spawn(self._drain(started), "drain of an entity")
                 drains.add(task)
                 task.add_done_callback(drains.discard)
                 task.add_done_callback(lambda _: free.release())
-                continue
+                continue  # the same bucket may have more
             free.release()
             if drains:
                 idle_since = loop.time()
             elif loop.time() - idle_since >= self.settings.idle_timeout:
                 self.exit_reason = "idle"
                 break
-            rang = await self._wait_for_work(
-                bells, self.settings.idle_timeout - (loop.time() - idle_since)
-            )
-            first = bells.index(rang) if rang in bells else random.randrange(len(buckets))
+            rang = self._hinted_bucket()
+            if rang is None:
+                bell = await self._wait_for_work(
+                    bells, self.settings.idle_timeout - (loop.time() - idle_since)
+                )
+                rang = buckets[bells.index(bell)] if bell in bells else self._hinted_bucket()
         if drains:
             await asyncio.gather(*drains, return_exceptions=True)
 
@@ -471,48 +488,44 @@ class Worker:
         else:
             acquired.cancel()
 
-    async def _claim_any(self, buckets: list[str], first: int) -> tuple[Started | None, int]:
-        """Claim from the first bucket that has work, starting at bucket `first`.
+    async def _claim_any(self, rang: str | None) -> Started | None:
+        """Claim in the bucket whose doorbell rang (`rang`); without one (at start, after a
+        wait that timed out or a failed claim) in the first of the buckets the index shows
+        work in."""
+        if rang is not None:
+            return await self.leases.claim_any(self.entity_type, rang)
+        for bucket in await self.leases.busy_buckets(self.entity_type):
+            started = await self.leases.claim_any(self.entity_type, bucket)
+            if started is not None:
+                return started
+        return None
 
-        Returns what was claimed and the bucket to start from next time: the one that just gave
-        work (it likely has more). Only buckets the index shows work in are tried.
-        """
-        try:
-            busy = set(await self.leases.busy_buckets(self.entity_type))
-            for i in range(len(buckets)):
-                index = (first + i) % len(buckets)
-                if buckets[index] not in busy:
-                    continue
-                started = await self.leases.claim_any(self.entity_type, buckets[index])
-                if started is not None:
-                    return started, index
-        except RedisUnavailable as exc:
-            log.warning("worker %s: %s", self.name, exc)
-            await asyncio.sleep(1.0)
-        return None, first
+    def _hinted_bucket(self) -> str | None:
+        """The bucket of an entity a work event named, if any (on Redis Cluster, where a
+        packed worker cannot block on the doorbells of every bucket)."""
+        if self._hints:
+            return self.client.keys.entity_bucket(self.entity_type, self._hints.pop())
+        return None
 
-    async def _drain(self, started: Started) -> None:
-        """Run one entity's jobs until it runs dry, then let go of it."""
-        lease = started.lease
-        entity_id = lease.entity_id
-        self.held[entity_id] = lease
-        run: Started | Idle = started
-        while isinstance(run, Started):
-            await self._run_serially(run)
-            if self.closing.is_set() or self.held.get(entity_id) is not lease:
+    async def _drain(self, run: Started) -> None:
+        """Run jobs one after another: the entity's until it runs dry, then, handed over in the
+        same script that finished the last one, those of the next claimable entity of the
+        bucket, until there is none (or the worker closes)."""
+        while True:
+            lease = run.lease
+            self.held[lease.entity_id] = lease
+            nxt = await self._run_job(run)
+            if nxt is not None and nxt.lease is lease:
+                run = nxt
+                continue
+            if self.held.get(lease.entity_id) is lease:
+                if self.closing.is_set():
+                    await self._give_back(lease)  # finished with "none": the lease was kept
+                else:
+                    del self.held[lease.entity_id]  # released by the script that finished
+            if nxt is None:
                 return
-            if await self._release_if_idle(entity_id):
-                return
-            try:
-                run = await self._while_held(
-                    lease, lambda: self.leases.claim(self.entity_type, entity_id, lease)
-                )
-            except LeaseLost:
-                self._lost(lease, "its next claim was refused")
-                return
-        self._hold(entity_id, run)
-        if (held := self.held.get(entity_id)) is not None:
-            await self._give_back(held)
+            run = nxt
 
     # --- running jobs ----------------------------------------------------------------------------
     async def _run_serially(self, run: Started | None) -> None:
@@ -594,7 +607,7 @@ class Worker:
         labels = (run.job.entity_type, run.job.name)
 
         def finish() -> Awaitable[Started | None]:
-            claim_next = not self.closing.is_set()
+            claim_next: Next = "none" if self.closing.is_set() else self._next
             return self.leases.finish(
                 run, outcome, value, retry_delay=retry_delay, claim_next=claim_next
             )

@@ -1,25 +1,31 @@
 -- claim: a worker bound to one entity takes its next job, acquiring a lease when it has none.
 -- KEYS[1] bucket base
 -- ARGV  e, owner, token ('' when the worker holds no lease), lease_ttl_ms, channel
--- Returns {'job', token, jslot, <JOB_FIELDS...>}
+-- Returns {'job', token, jslot, <JOB_REPLY...>}
 --      or {'idle', token or '', next_due_ms or ''}  (nothing may start now)
 --      or {'lost'}                                  (the presented lease is gone)
-local bb, e, owner, token, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+-- @include oom
+-- @include job
+local bb, e, owner, token, ttl, chan = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),
+  ARGV[5]
 when_full_run(bb)
-local now = now_ms()
-promote(bb, e, now)
-local job = nil
+local now, us = clock()
+local E = load(bb, e, {'l:' .. owner})
+promote(E, now)
+local L, job = nil, nil
 if token ~= '' then
-  if not check_lease(bb, e, owner, token, now) then
-    sync(bb, e, ARGV[5], now)
+  L = check_lease(E, owner, token, now, us)
+  if not L then
+    save(E, chan, now)
     return {'lost'}
   end
-  job = start_next(bb, e, owner, token, ttl, now)
+  extend(E, owner, L, now + ttl)
+  job = start_next(E, owner, L, now)
 else
-  token, job = acquire_and_start(bb, e, owner, ttl, now)
+  L, job = acquire(E, owner, ttl, now, us)
 end
-local due = sync(bb, e, ARGV[5], now)
+save(E, chan, now)
 if job then
-  return {'job', token, unpack(job)}
+  return {'job', L.token, unpack(job)}
 end
-return {'idle', token or '', due and int(due) or ''}
+return {'idle', L and L.token or '', E.due and int(E.due) or ''}

@@ -1,24 +1,15 @@
 -- claim_any: a packed worker takes the oldest claimable entity of one bucket and its head job.
 -- KEYS[1] bucket base
 -- ARGV  owner, lease_ttl_ms, channel
--- Returns {'job', e, token, jslot, <JOB_FIELDS...>} or {'none'}.
+-- Returns {'job', e, token, jslot, <JOB_REPLY...>} or {'none'}.
+-- @include oom
+-- @include bucket
 local bb, owner, ttl, chan = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3]
 when_full_run(bb)
-local now = now_ms()
-for _, e in ipairs(redis.call('ZRANGEBYSCORE', bb .. 'delayed', '-inf', now, 'LIMIT', 0, 20)) do
-  promote(bb, e, now)
-  sync(bb, e, chan, now)
-end
-for _, e in ipairs(redis.call('ZRANGE', bb .. 'ready', 0, 9)) do
-  if redis.call('HEXISTS', ekey(bb, e, 'leases'), owner) == 0 then
-    local token, job = acquire_and_start(bb, e, owner, ttl, now)
-    sync(bb, e, chan, now)
-    if job then
-      if redis.call('ZCARD', bb .. 'ready') > 0 then
-        ring(bb .. 'bell')
-      end
-      return {'job', e, token, unpack(job)}
-    end
-  end
+local now, us = clock()
+promote_due(bb, now, chan, 20)
+local got = claim_first(bb, owner, ttl, now, us, chan)
+if got then
+  return {'job', unpack(got)}
 end
 return {'none'}

@@ -1,33 +1,40 @@
--- enqueue: add one job to an entity's queue (idempotent on the job's slot).
+-- enqueue: add jobs to the queues of entities of one bucket (idempotent per job slot).
 -- KEYS[1] bucket base
--- ARGV  e, jslot, id, eid, name, payload, prio, delay_ms, max_attempts, backoff_json,
---       keep_ms, keep_count, keep_failed_ms, channel
--- Returns {1, state} when added, {0, state} when a job with this id already exists.
-local bb = KEYS[1]
-local e, jslot = ARGV[1], ARGV[2]
-local jk = jkey(bb, jslot)
-local existing = redis.call('HGET', jk, 'state')
-if existing then
-  return {0, existing}
+-- ARGV  channel, then 6 per job: e, jslot, prio, delay_ms, header (json, jobs.py), payload
+-- Returns per job: 1 and its state when added, 0 and the state of the job already there.
+-- When Redis is out of memory the first job's write is refused, so nothing is added (oom.lua).
+-- @include queue
+local bb, chan = KEYS[1], ARGV[1]
+local now = clock()
+local entities, order, out = {}, {}, {}
+for i = 2, #ARGV, 6 do
+  local e, jslot, prio, delay = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local jk = jkey(bb, jslot)
+  if redis.call('HSETNX', jk, 'd', int(now) .. ' ' .. ARGV[i + 4] .. '\n' .. ARGV[i + 5]) == 0 then
+    table.insert(out, 0)
+    table.insert(out, redis.call('HGET', jk, 's') or 'waiting')
+  else
+    local E = entities[e]
+    if not E then
+      E = load(bb, e)
+      entities[e] = E
+      table.insert(order, E)
+      promote(E, now)  -- a delayed job that fell due goes ahead of this one
+    end
+    if delay > 0 then
+      redis.call('HSET', jk, 's', 'delayed', 'du', now + delay)
+      redis.call('ZADD', ekey(bb, e, 'delayed'), now + delay, jslot)
+      count(E, 'delayed', 1)
+      if E.due == nil or now + delay < E.due then E.due = now + delay end
+      table.insert(out, 1)
+      table.insert(out, 'delayed')
+    else
+      redis.call('ZADD', ekey(bb, e, 'wait'), next_score(E, prio), jslot)
+      E.w = E.w + 1
+      table.insert(out, 1)
+      table.insert(out, 'waiting')
+    end
+  end
 end
-when_full_refuse(bb)
-local now = now_ms()
-promote(bb, e, now)
-local prio = tonumber(ARGV[7])
-local score = next_score(bb, e, prio)
-local delay = tonumber(ARGV[8])
-local state = 'waiting'
-if delay > 0 then state = 'delayed' end
-redis.call('HSET', jk, 'id', ARGV[3], 'eid', ARGV[4], 'name', ARGV[5], 'payload', ARGV[6],
-  'state', state, 'prio', prio, 'score', score, 'made', 0, 'max', ARGV[9], 'backoff', ARGV[10],
-  'enq', now, 'keep', ARGV[11], 'keepn', ARGV[12], 'keepf', ARGV[13], 'waiters', 0)
-if delay > 0 then
-  redis.call('HSET', jk, 'due', now + delay)
-  redis.call('ZADD', ekey(bb, e, 'delayed'), now + delay, jslot)
-  count(bb, 'delayed', 1)
-else
-  redis.call('ZADD', ekey(bb, e, 'wait'), score, jslot)
-  count(bb, 'waiting', 1)
-end
-sync(bb, e, ARGV[14], now)
-return {1, state}
+for _, E in ipairs(order) do save(E, chan, now) end
+return out

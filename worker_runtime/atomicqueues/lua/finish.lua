@@ -1,61 +1,54 @@
 -- finish: end the job a lease is running (completed, retry later, or dead) and, in the same
--- round trip, start the entity's next job under the same lease.
+-- round trip, start the next job: the entity's, or (mode 'any', packed workers) when the entity
+-- has none, the oldest claimable entity's of the same bucket, under a new lease, the old one
+-- released.
 -- KEYS[1] bucket base
 -- ARGV  e, owner, token, jslot, outcome ('completed'|'retry'|'dead'), value (result json or
---       error text), retry_delay_ms, claim_next ('1'|'0'), lease_ttl_ms, channel
--- Returns {'ok', ''} / {'ok', 'job', jslot, <JOB_FIELDS...>} (next job started), or {'lost'}
--- when the lease is no longer this worker's: then nothing was changed by this call.
+--       error text), retry_delay_ms, next ('none'|'same'|'any'), lease_ttl_ms, channel,
+--       keep_ms, keep_n (the job's retention, from its header)
+-- Returns {'ok', ''} or {'ok', next_due_ms}  (nothing started; the lease is kept unless 'any')
+--      or {'ok', 'job', jslot, <JOB_REPLY...>}  (the entity's next job started, same lease)
+--      or {'ok', 'other', e, token, jslot, <JOB_REPLY...>}  (lease released, another taken)
+--      or {'lost'} when the lease is no longer this worker's: then nothing was changed.
+-- @include oom
+-- @include bucket
 local bb, e, owner, token, jslot = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local outcome, value, chan = ARGV[5], ARGV[6], ARGV[10]
-local ttl = tonumber(ARGV[9])
-when_full_run(bb)
-local now = now_ms()
-if not check_lease(bb, e, owner, token, now) or
-    redis.call('HGET', ekey(bb, e, 'run'), owner) ~= jslot then
-  sync(bb, e, chan, now)
+local outcome, value, nxt, ttl, chan = ARGV[5], ARGV[6], ARGV[8], tonumber(ARGV[9]), ARGV[10]
+local now, us = clock()
+local E = load(bb, e, {'l:' .. owner, 'n:' .. jslot})
+local L = lease_of(E, owner)
+if not L or L.token ~= token or L.exp < now or L.jslot ~= jslot then
+  when_full_run(bb)
+  check_lease(E, owner, token, now, us)  -- recovers the lease if it expired
+  save(E, chan, now)
   return {'lost'}
 end
-redis.call('HDEL', ekey(bb, e, 'run'), owner)
-count(bb, 'active', -1)
-local jk = jkey(bb, jslot)
-if outcome == 'completed' then
-  redis.call('HSET', jk, 'state', 'completed', 'result', value, 'fin', now, 'owner', '')
-  count(bb, 'completed', 1)
-  notify_waiters(bb, jslot)
-  local keep = tonumber(redis.call('HGET', jk, 'keep')) or 0
-  local keepn = tonumber(redis.call('HGET', jk, 'keepn')) or 0
-  local done = ekey(bb, e, 'done')
-  if keep == 0 or keepn == 0 then
-    redis.call('DEL', jk)
-  else
-    redis.call('PEXPIRE', jk, keep)
-    local us = now_us()  -- the cap below drops the oldest, also within one millisecond
-    redis.call('ZADD', done, us, jslot)
-    redis.call('ZREMRANGEBYSCORE', done, '-inf', int(tonumber(us) - keep * 1000))
-    local extra = redis.call('ZCARD', done) - keepn
-    if extra > 0 then
-      local popped = redis.call('ZPOPMIN', done, extra)
-      for i = 1, #popped, 2 do redis.call('DEL', jkey(bb, popped[i])) end
-    end
-    redis.call('PEXPIRE', done, keep)
-  end
-elseif outcome == 'retry' then
-  local due = now + tonumber(ARGV[7])
-  redis.call('HSET', jk, 'state', 'retrying', 'error', value, 'due', due, 'owner', '')
-  redis.call('ZADD', ekey(bb, e, 'retry'), due, jslot)
-  count(bb, 'retrying', 1)
+local head = nil
+if nxt ~= 'none' and outcome ~= 'retry' and E.w > 0 and E.a - 1 + E.r < E.c and
+    not (E.due and E.due <= now) then
+  -- The next job is the head of the queue: popped first, a write that frees memory (oom.lua).
+  head = redis.call('ZPOPMIN', ekey(bb, e, 'wait'))
 else
-  add_dead(bb, e, jslot, value, now)
+  when_full_run(bb)
 end
+end_job(E, owner, L, outcome, value, now + tonumber(ARGV[7]), tonumber(ARGV[11]),
+  tonumber(ARGV[12]), now, us)
 local job = nil
-if ARGV[8] == '1' then
-  promote(bb, e, now)
-  job = start_next(bb, e, owner, token, ttl, now)
-else
-  redis.call('ZADD', bb .. 'leases', now + ttl, owner .. '|' .. e)
+if head then
+  job = start_next(E, owner, L, now, head)
+elseif nxt ~= 'none' then
+  promote(E, now)
+  job = start_next(E, owner, L, now)
 end
-local due = sync(bb, e, chan, now)
-if job then
-  return {'ok', 'job', unpack(job)}
+if job or nxt ~= 'any' then
+  save(E, chan, now)
+  if job then return {'ok', 'job', unpack(job)} end
+  return {'ok', E.due and int(E.due) or ''}
 end
-return {'ok', due and int(due) or ''}
+drop_lease(E, owner, false, now, us)
+save(E, chan, now)
+local other = claim_first(bb, owner, ttl, now, us, chan)
+if other then
+  return {'ok', 'other', unpack(other)}
+end
+return {'ok', ''}

@@ -6,22 +6,21 @@
 --   mode 'shutdown': always; a running job goes back to the head of the queue at once and the
 --                attempt it used is given back.
 -- Returns 'released', 'busy' (idle mode, work is there: lease kept) or 'lost'.
+-- @include oom
+-- @include lease
 local bb, e, owner, token, mode, chan = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 when_full_run(bb)
-local now = now_ms()
-promote(bb, e, now)
-if not check_lease(bb, e, owner, token, now) then
-  sync(bb, e, chan, now)
-  return 'lost'
+local now, us = clock()
+local E = load(bb, e, {'l:' .. owner})
+promote(E, now)
+local L = check_lease(E, owner, token, now, us)
+local result = 'released'
+if not L then
+  result = 'lost'
+elseif mode == 'idle' and (L.jslot or startable(E)) then
+  result = 'busy'
+else
+  drop_lease(E, owner, false, now, us)
 end
-if mode == 'idle' then
-  local waiting = redis.call('ZCARD', ekey(bb, e, 'wait'))
-  local running = redis.call('HEXISTS', ekey(bb, e, 'run'), owner)
-  if running == 1 or (waiting > 0 and inflight(bb, e) < concurrency(bb, e)) then
-    sync(bb, e, chan, now)  -- promote() above may have moved jobs into the wait queue
-    return 'busy'
-  end
-end
-drop_lease(bb, e, owner, false, now)
-sync(bb, e, chan, now)
-return 'released'
+save(E, chan, now)
+return result

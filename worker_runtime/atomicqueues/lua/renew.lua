@@ -2,18 +2,21 @@
 -- KEYS[1] bucket base
 -- ARGV  owner, lease_ttl_ms, channel, then (e, token) pairs
 -- Returns one 1 (renewed) or 0 (lost: expired or taken over, nothing renewed) per pair.
+-- @include oom
+-- @include lease
 local bb, owner, ttl, chan = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3]
 when_full_run(bb)
-local now = now_ms()
+local now, us = clock()
 local out = {}
 for i = 4, #ARGV, 2 do
-  local e, token = ARGV[i], ARGV[i + 1]
-  if check_lease(bb, e, owner, token, now) then
-    redis.call('ZADD', bb .. 'leases', now + ttl, owner .. '|' .. e)
+  local E = load(bb, ARGV[i], {'l:' .. owner})
+  local L = check_lease(E, owner, ARGV[i + 1], now, us)
+  if L then
+    extend(E, owner, L, now + ttl)
     table.insert(out, 1)
   else
-    sync(bb, e, chan, now)
     table.insert(out, 0)
   end
+  save(E, chan, now)
 end
 return out

@@ -2,11 +2,14 @@
 -- KEYS[1] bucket base
 -- ARGV  e, n, channel
 -- Returns n.
+-- @include entity
 local bb, e, n = KEYS[1], ARGV[1], tonumber(ARGV[2])
 if n == 1 then
   redis.call('HDEL', bb .. 'conc', e)
 else
   redis.call('HSET', bb .. 'conc', e, n)
 end
-sync(bb, e, ARGV[3], now_ms())
+local E = load(bb, e)
+E.c = n
+save(E, ARGV[3], now_ms())
 return n

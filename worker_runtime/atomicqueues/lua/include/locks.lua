@@ -1,10 +1,12 @@
--- lock_lib.lua: functions of the lock scripts (lock_*.lua); prepended to them after lib.lua.
+-- locks: what the lock scripts (lock_*.lua) share.
+-- @include oom
+-- @include time
 --
 -- Resource locks (locks.py). lb = lock base "PREFIX:lock:{TYPE}:", r = percent-encoded id:
 --   lb..'l:'..r  HASH owner otype token at exp (holder fields only while held; token always)
 --   lb..'held'   ZSET r -> expiry ms (the type's held locks, for listing)
 --   lb..'used'   ZSET r -> when last acquired or released, ms (least recently used first)
---   lb..'oom'    never written (lib.lua's when_full_run)
+--   lb..'oom'    never written (oom.lua)
 -- A lock is held while now < exp, checked here with TIME: an expired lock is free even before
 -- it is cleaned up. Key TTLs only clean up; they are longer than any lock they could cut.
 local LOCK_KEEP_MS = 86400000  -- a free lock's last token and last use are kept this long
@@ -51,7 +53,7 @@ end
 local function lock_grant(lb, r, owner, otype, ttl, now)
   local k = lock_key(lb, r)
   local last = tonumber(redis.call('HGET', k, 'token')) or 0
-  local token = int(math.max(last + 1, tonumber(now_us())))
+  local token = int(math.max(last + 1, tonumber(select(2, clock()))))
   local exp = now + ttl
   redis.call('HSET', k, 'owner', owner, 'otype', otype, 'token', token, 'at', now, 'exp', exp)
   redis.call('PEXPIRE', k, ttl + LOCK_KEEP_MS)

@@ -1,0 +1,124 @@
+-- entity: an entity's summary (its meta hash), read once at the start of a script and saved
+-- once at its end; saving changes the bucket's index only where the entity's state crossed a
+-- line (became busy or idle, claimable or not, ...), so the index is changed in the same
+-- atomic step as the queues and never drifts, at the cost of a few commands on a transition
+-- and none otherwise.
+-- @include keys
+-- @include time
+
+-- The summary's fields and their values when absent: waiting, active, retrying, lease holders,
+-- dead, concurrency, next due, FIFO sequence, last fencing token.
+local SUMMARY = {'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token'}
+local DEFAULT = {w = 0, a = 0, r = 0, h = 0, x = 0, c = 1, seq = 0, token = 0}
+
+-- Read entity e of bucket bb, with the extra meta fields `extra` ('l:'..owner, 'n:'..jslot).
+local function load(bb, e, extra)
+  local names = SUMMARY
+  if extra then
+    names = {unpack(SUMMARY)}
+    for _, f in ipairs(extra) do names[#names + 1] = f end
+  end
+  local vals = redis.call('HMGET', ekey(bb, e, 'meta'), unpack(names))
+  local E = {bb = bb, e = e, names = names, old = {}, counts = {}, existed = false, has = {}}
+  for i, f in ipairs(names) do
+    local v = vals[i] or nil
+    if v then E.existed = true end
+    if i <= #SUMMARY and f ~= 'due' then
+      v = tonumber(v) or DEFAULT[f]
+    elseif f == 'due' then
+      v = tonumber(v)
+    end
+    E[f] = v
+    E.old[f] = v
+    E.has[f] = true
+  end
+  return E
+end
+
+-- Change a per-state count of the bucket by delta (written once, when the entity is saved).
+local function count(E, state, delta)
+  E.counts[state] = (E.counts[state] or 0) + delta
+end
+
+local function inflight(s) return s.a + s.r end
+local function busy(s) return s.w > 0 or s.a + s.r > 0 end
+-- A job could start if a new lease holder came (the scaler's and packed workers' view).
+local function claimable(s) return s.w > 0 and s.a + s.r < s.c and s.h < s.c end
+-- A job could start for some worker (an entity-bound worker waits on the entity's bell).
+local function startable(s) return s.w > 0 and s.a + s.r < s.c end
+
+-- Write what changed of E's meta, and bring the bucket's index along.
+local function save(E, chan, now)
+  local bb, e, o = E.bb, E.e, E.old
+  local meta = ekey(bb, e, 'meta')
+  local idle = not busy(E) and E.h == 0 and E.x == 0 and E.due == nil and E.c == 1
+  if idle then
+    for _, f in ipairs(E.names) do
+      if string.sub(f, 1, 2) == 'n:' and E[f] then idle = false end
+    end
+  end
+  if idle then
+    -- Nothing left (a concurrency other than 1 is kept): drop the bookkeeping. Tokens stay monotonic through the time floor in
+    -- grant(); the FIFO sequence may restart because nothing is left to order against.
+    if E.existed then redis.call('DEL', meta, ekey(bb, e, 'bell')) end
+  else
+    local set, del = {}, {}
+    for _, f in ipairs(E.names) do
+      local v, was = E[f], o[f]
+      if v == DEFAULT[f] then v = nil end
+      if was == DEFAULT[f] then was = nil end
+      if v ~= was then
+        if v == nil then
+          table.insert(del, f)
+        else
+          table.insert(set, f)
+          table.insert(set, type(v) == 'number' and int(v) or v)
+        end
+      end
+    end
+    if #set > 0 then redis.call('HSET', meta, unpack(set)) end
+    if #del > 0 then redis.call('HDEL', meta, unpack(del)) end
+  end
+  if E.w ~= o.w then
+    if E.w > 0 then
+      redis.call('HSET', bb .. 'pending', e, E.w)
+    else
+      redis.call('HDEL', bb .. 'pending', e)
+    end
+  end
+  if busy(E) ~= busy(o) then
+    if busy(E) then
+      redis.call('ZADD', bb .. 'work', now, e)
+    else
+      redis.call('ZREM', bb .. 'work', e)
+    end
+  end
+  local can, could = claimable(E), claimable(o)
+  if can and not could then
+    redis.call('ZADD', bb .. 'ready', now, e)
+    ring(bb .. 'bell')
+    if chan ~= '' then redis.call('PUBLISH', chan, e) end
+  elseif could and not can then
+    redis.call('ZREM', bb .. 'ready', e)
+  end
+  if startable(E) and (not startable(o) or E.h < o.h) then
+    ring(ekey(bb, e, 'bell'))
+  end
+  if E.due ~= o.due then
+    if E.due then
+      redis.call('ZADD', bb .. 'delayed', E.due, e)
+    else
+      redis.call('ZREM', bb .. 'delayed', e)
+    end
+  end
+  if E.x ~= o.x then
+    if E.x > 0 then
+      redis.call('HSET', bb .. 'dead', e, E.x)
+    else
+      redis.call('HDEL', bb .. 'dead', e)
+    end
+  end
+  for state, delta in pairs(E.counts) do
+    if delta ~= 0 then redis.call('HINCRBY', bb .. 'counts', state, delta) end
+  end
+end

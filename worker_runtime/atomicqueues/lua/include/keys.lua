@@ -1,0 +1,50 @@
+-- keys: the key layout of the job scripts, documented here and nowhere else (keys.py builds
+-- the bucket base and the names Python reads; tests/runtime/test_queue.py's check_index
+-- recomputes the index from the entity keys).
+--
+-- bb = bucket base "PREFIX:{TYPE:BUCKET}:", e = percent-encoded entity id.
+--
+-- One entity:
+--   ekey(bb, e, 'wait')     ZSET jslot -> score (priority band, then FIFO sequence)
+--   ekey(bb, e, 'delayed')  ZSET jslot -> due ms (not yet due; holds no slot)
+--   ekey(bb, e, 'retry')    ZSET jslot -> due ms (waiting for a retry; holds a slot)
+--   ekey(bb, e, 'done')     ZSET jslot -> finished us (completed jobs kept for retention)
+--   ekey(bb, e, 'dlq')      ZSET jslot -> finished us (dead letters)
+--   ekey(bb, e, 'bell')     LIST  rung when a job of the entity may start (entity-bound workers)
+--   ekey(bb, e, 'meta')     HASH  the entity's summary, read and written once per script
+--                           (entity.lua): w waiting, a active, r retrying, h lease holders,
+--                           x dead, c concurrency (absent: 1), due next due ms of a delayed job
+--                           or retry, seq FIFO sequence, token last fencing token granted,
+--                           'l:'..owner a lease (lease.lua), 'n:'..jslot result() waiters.
+--                           Deleted when the entity has nothing left (idle).
+-- One job:
+--   jkey(bb, jslot)         HASH  d "<enqueued ms> <header json>\n<payload json>" (written once,
+--                           at enqueue; the header is what the client sends, jobs.py), s state
+--                           (absent: waiting), m attempts made, t token and st start ms of the
+--                           last attempt, sc wait score (while out of the queue), du due ms,
+--                           er error, r result, f finished ms.
+--   bb..'jw:'..jslot        LIST  one element per result() waiter once the job has ended
+-- The bucket's index (what spans entities; changed only on an entity's transitions):
+--   bb..'pending'  HASH e -> jobs waiting         bb..'work'    ZSET e -> ms since it has work
+--   bb..'ready'    ZSET e -> ms (claimable by a new lease holder)
+--   bb..'leases'   ZSET owner..'|'..e -> lease expiry ms (for the sweep)
+--   bb..'delayed'  ZSET e -> next due ms         bb..'dead'    HASH e -> dead jobs
+--   bb..'conc'     HASH e -> concurrency (absent: 1)
+--   bb..'counts'   HASH delayed active retrying dead -> jobs; completed -> every completion
+--                  (waiting is the sum of pending)
+--   bb..'bell'     LIST rung when an entity of the bucket becomes claimable (packed workers)
+--   bb..'oom'      never written (oom.lua)
+local function ekey(bb, e, suffix)
+  return bb .. 'e:' .. e .. ':' .. suffix
+end
+
+local function jkey(bb, jslot)
+  return bb .. 'j:' .. jslot
+end
+
+-- Ring a doorbell: a list of (at most) one element that wakes one blocked BLPOP.
+local function ring(list)
+  if redis.call('RPUSH', list, '1') > 1 then
+    redis.call('LTRIM', list, 0, 0)
+  end
+end
