@@ -521,7 +521,8 @@ def analyse(
     lost_ids = []
     for entity, n in producers.acked.items():
         for seq in range(n):
-            state = workers.job(entity, job_name(entity, seq)).get("state", "missing")
+            job = workers.job(entity, job_name(entity, seq))
+            state = job.state if job is not None else "missing"
             states[state] += 1
             if state == "dead":
                 dead.setdefault(entity, set()).add(seq)

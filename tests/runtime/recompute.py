@@ -20,8 +20,8 @@ LIVE = ("waiting", "delayed", "retrying", "active", "dead")
 
 def _lease(value: str) -> tuple[str, int, str | None]:
     """(token, expiry ms, running job slot or None) of a lease field's value."""
-    parts = value.split(" ", 4)
-    return parts[0], int(parts[1]), parts[4] if len(parts) == 5 else None
+    parts = value.split(" ", 3)  # token, expiry, then the job's score and slot while it runs
+    return parts[0], int(parts[1]), parts[3] if len(parts) == 4 else None
 
 
 def _place(

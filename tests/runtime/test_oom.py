@@ -33,6 +33,7 @@ from atomicqueues import (
     Worker,
 )
 from atomicqueues.cli import main
+from atomicqueues.jobs import Job
 from atomicqueues.keys import Keys, encode_id
 from atomicqueues.leases import Leases, Started
 from atomicqueues.memory import eviction_warning
@@ -83,8 +84,8 @@ def snapshot(redis_url: str) -> dict[str, Any]:
 def job_state(redis_url: str, job_id: str) -> str | None:
     bucket, jslot = Keys("aq").locate_auto_job(job_id) or ("", "")
     with redis.Redis.from_url(redis_url, decode_responses=True) as r:
-        state: str | None = r.hget(f"{bucket}j:{jslot}", "state")
-        return state
+        fields: dict[str, str] = r.hgetall(f"{bucket}j:{jslot}")  # type: ignore[assignment]
+        return Job.from_fields("acct", fields).state if fields else None
 
 
 # --- enqueue is refused, whole ---------------------------------------------------------------

@@ -312,9 +312,9 @@ class QueueMachine(RuleBasedStateMachine):
 
         for e in ENTITIES:
             wait, delayed, retry, dlq, meta = (next(got) for _ in range(5))
-            lease_of = {f[2:]: v.split(" ") for f, v in meta.items() if f.startswith("l:")}
+            lease_of = {f[2:]: v.split(" ", 3) for f, v in meta.items() if f.startswith("l:")}
             leases = {o: v[0] for o, v in lease_of.items()}
-            run = {o: v[4] for o, v in lease_of.items() if len(v) == 5}
+            run = {o: v[3] for o, v in lease_of.items() if len(v) == 4}
             assert wait == [j.id for j in self.of(e, "waiting")], f"wait queue of {e!r}"
             assert set(delayed) == {j.id for j in self.of(e, "delayed")}
             assert set(retry) == {j.id for j in self.of(e, "retrying")}

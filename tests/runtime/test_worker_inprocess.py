@@ -153,8 +153,12 @@ async def test_lost_lease_cancels_the_handler(client: Client) -> None:
     worker = Worker(client, registry, "user", entity_id="erin")
     runner = asyncio.create_task(worker.run())
     await asyncio.wait_for(started.wait(), 10)
-    # Another party takes the entity over: drop the worker's lease as an expiry would.
+    # The lease expires as if the worker's renewals had stopped reaching Redis: its expiry (in
+    # the entity's meta and in the bucket's lease index) is set in the past.
     lease = worker.held["erin"]
+    meta, field = client.keys.entity("user", "erin") + "meta", f"l:{worker.name}"
+    token, _, running = (await client.redis.hget(meta, field)).split(" ", 2)
+    await client.redis.hset(meta, field, f"{token} 0 {running}")
     await client.redis.zadd(
         client.keys.entity_bucket("user", "erin") + "leases", {f"{worker.name}|erin": 0}
     )

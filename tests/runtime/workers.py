@@ -274,7 +274,7 @@ class Workers:
         meta: dict[str, str] = self.redis.hgetall(self.entity_key(entity_id, "meta"))  # type: ignore[assignment]
         return {f[2:]: v.split(" ")[0] for f, v in meta.items() if f.startswith("l:")}
 
-    def job(self, entity_id: str, job_id: str) -> Job:
+    def job(self, entity_id: str, job_id: str) -> Job | None:
         """The job's record (an auto-generated id, or one the caller gave for `entity_id`)."""
         located = self.keys.locate_auto_job(job_id)
         if located is None:
@@ -284,7 +284,7 @@ class Workers:
             )
         bucket, jslot = located
         fields: dict[str, str] = self.redis.hgetall(f"{bucket}j:{jslot}")  # type: ignore[assignment]
-        return Job.from_fields(self.entity_type, fields)
+        return Job.from_fields(self.entity_type, fields) if fields else None
 
     def completion_violations(self, per_entity: Mapping[str, list[Run]]) -> list[Violation]:
         """Jobs whose record does not show a completion by their last run (that run's token and
@@ -294,9 +294,9 @@ class Workers:
             last = {run.job: run for run in history}
             for job_id, run in last.items():
                 record = self.job(entity, job_id)
-                if record.state == "dead":
+                if record is not None and record.state == "dead":
                     continue
-                if record.state != "completed":
+                if record is None or record.state != "completed":
                     found.append(Violation("incomplete", entity, f"{record} {run}", (run,)))
                 elif (record.fencing_token, record.attempt) != (run.token, run.attempt):
                     found.append(Violation("rerun", entity, f"{record} {run}", (run,)))

@@ -277,6 +277,12 @@ class Client:
         await self._remember_type(entity_type)
         try:
             await self.script("enqueue", job.bucket, job.channel, *job.args, durable=True)
+        except RedisOutOfMemory:
+            # The script's first write (the job) was refused, also for a job already there:
+            # a producer that enqueues it again gets its answer, not a refusal.
+            if await self.call(lambda: self.redis.hexists(f"{job.bucket}j:{job.args[1]}", "d")):
+                return job.job_id
+            raise
         except NotReplicated as exc:
             raise NotReplicated(
                 f"job {job.job_id!r} of {entity_type}/{entity_id!r}",

@@ -105,6 +105,12 @@ class Worker:
         self._work_hint = asyncio.Event()
         self._hints: deque[str] = deque(maxlen=HINTS)
         self._next: Next = "same" if entity_id is not None else "any"
+        self._finishing: set[int] = set()
+        self._scan = True
+        """A packed worker looks at every bucket before it waits for a doorbell again."""
+        self._last_work = 0.0
+        """When a packed worker last had work (event loop time): it exits `idle_timeout` after."""
+        """Leases (ids) whose job's outcome is being recorded."""
         self._clock_offset = 0.0
         self.info = WorkerInfo(
             self.name, entity_type, entity_id, self.slots, self.settings.node, os.getpid(), 0.0, []
@@ -234,7 +240,8 @@ class Worker:
             try:
                 leases = list(self.held.values())  # first: nothing may delay the renewal
                 for lease in await self.leases.renew(leases):
-                    self._lost(lease, "its renewal was refused")
+                    if id(lease) not in self._finishing:
+                        self._lost(lease, "its renewal was refused")
                 info = replace(self.info, entities=list(self.held))
                 await self.presence.beat(info, self.settings.heartbeat_ttl)
                 reason = await self.presence.close_requested(info)
@@ -434,49 +441,77 @@ class Worker:
 
     # --- a packed worker -------------------------------------------------------------------------
     async def _packed_loop(self) -> None:
+        """Wait for a doorbell with a slot in hand, and hand the slot to a task that claims in
+        the bucket that rang and drains what it got, so that the next wait begins at once.
+        Every bucket is looked at (the index read) only at start, after a wait that timed out,
+        and after a failed claim."""
         loop = asyncio.get_running_loop()
-        keys = self.client.keys
-        buckets = keys.buckets(self.entity_type)
+        buckets = self.client.keys.buckets(self.entity_type)
         bells = [b + "bell" for b in buckets]
         free = asyncio.Semaphore(self.slots)
         drains: set[asyncio.Task[None]] = set()
-        idle_since = loop.time()
-        rang: str | None = None  # the bucket whose doorbell woke the worker
+
+        def drain(work: Coroutine[Any, Any, None]) -> None:
+            task = self._spawn(work, "drain of an entity")
+            drains.add(task)
+            task.add_done_callback(drains.discard)
+            task.add_done_callback(lambda _: free.release())
+
+        self._last_work = loop.time()
         while not self.closing.is_set():
             if free.locked():
                 await self._wait_for_slot(free)
                 continue
             await free.acquire()
             self._work_hint.clear()  # work announced from now on is seen by the next wait
-            try:
-                started = await self._claim_any(rang)
-            except RedisUnavailable as exc:
-                # The doorbell that rang was used up: look at every bucket once Redis answers.
-                log.warning("worker %s: %s", self.name, exc)
+            if self._scan:
+                self._scan = False
+                try:
+                    started = await self._claim_any(None)
+                except RedisUnavailable as exc:
+                    log.warning("worker %s: %s", self.name, exc)
+                    free.release()
+                    self._scan = True
+                    await asyncio.sleep(1.0)
+                    continue
+                if started is not None:
+                    drain(self._drain(started))
+                    continue
                 free.release()
-                rang = None
-                await asyncio.sleep(1.0)
                 continue
-            if started is not None:
-                task = self._spawn(self._drain(started), "drain of an entity")
-                drains.add(task)
-                task.add_done_callback(drains.discard)
-                task.add_done_callback(lambda _: free.release())
-                continue  # the same bucket may have more
-            free.release()
             if drains:
-                idle_since = loop.time()
-            elif loop.time() - idle_since >= self.settings.idle_timeout:
+                self._last_work = loop.time()
+            elif loop.time() - self._last_work >= self.settings.idle_timeout:
+                free.release()
                 self.exit_reason = "idle"
                 break
-            rang = self._hinted_bucket()
-            if rang is None:
-                bell = await self._wait_for_work(
-                    bells, self.settings.idle_timeout - (loop.time() - idle_since)
-                )
-                rang = buckets[bells.index(bell)] if bell in bells else self._hinted_bucket()
+            bucket = self._hinted_bucket()
+            if bucket is None:
+                idle_for = loop.time() - self._last_work
+                bell = await self._wait_for_work(bells, self.settings.idle_timeout - idle_for)
+                if bell in bells:
+                    bucket = buckets[bells.index(bell)]
+                elif (bucket := self._hinted_bucket()) is None:
+                    self._scan = not self.closing.is_set()  # timed out: every bucket, once
+                    free.release()
+                    continue
+            drain(self._claim_and_drain(bucket))
         if drains:
             await asyncio.gather(*drains, return_exceptions=True)
+
+    async def _claim_and_drain(self, bucket: str) -> None:
+        """Claim in `bucket` and run what was claimed to its end."""
+        try:
+            started = await self._claim_any(bucket)
+        except RedisUnavailable as exc:
+            # The doorbell that rang is used up: look at every bucket once Redis answers.
+            log.warning("worker %s: %s", self.name, exc)
+            self._scan = True
+            await asyncio.sleep(1.0)
+            return
+        if started is not None:
+            await self._drain(started)
+            self._last_work = asyncio.get_running_loop().time()
 
     async def _wait_for_slot(self, free: asyncio.Semaphore) -> None:
         acquired = asyncio.ensure_future(free.acquire())
@@ -488,12 +523,11 @@ class Worker:
         else:
             acquired.cancel()
 
-    async def _claim_any(self, rang: str | None) -> Started | None:
-        """Claim in the bucket whose doorbell rang (`rang`); without one (at start, after a
-        wait that timed out or a failed claim) in the first of the buckets the index shows
-        work in."""
-        if rang is not None:
-            return await self.leases.claim_any(self.entity_type, rang)
+    async def _claim_any(self, bucket: str | None) -> Started | None:
+        """Claim in `bucket`; without one, in the first of the buckets the index shows work
+        in."""
+        if bucket is not None:
+            return await self.leases.claim_any(self.entity_type, bucket)
         for bucket in await self.leases.busy_buckets(self.entity_type):
             started = await self.leases.claim_any(self.entity_type, bucket)
             if started is not None:
@@ -612,12 +646,17 @@ class Worker:
                 run, outcome, value, retry_delay=retry_delay, claim_next=claim_next
             )
 
+        # A packed worker's finish may release the lease (the entity ran dry): a renewal that
+        # Redis runs after it is refused, and that is no loss.
+        self._finishing.add(id(run.lease))
         try:
             nxt = await self._while_held(run.lease, finish)
         except LeaseLost:
             self._lost(run.lease, "its outcome was refused")
             log.warning("%s: outcome %s not recorded, lease lost; it runs again", where, outcome)
             return None
+        finally:
+            self._finishing.discard(id(run.lease))
         {
             "completed": metrics.JOBS_COMPLETED,
             "retry": metrics.JOBS_RETRIED,

@@ -16,22 +16,22 @@ local function load(bb, e, extra)
   local names = SUMMARY
   if extra then
     names = {unpack(SUMMARY)}
-    for _, f in ipairs(extra) do names[#names + 1] = f end
+    for i = 1, #extra do names[#SUMMARY + i] = extra[i] end
   end
   local vals = redis.call('HMGET', ekey(bb, e, 'meta'), unpack(names))
-  local E = {bb = bb, e = e, names = names, old = {}, counts = {}, existed = false, has = {}}
-  for i, f in ipairs(names) do
-    local v = vals[i] or nil
-    if v then E.existed = true end
-    if i <= #SUMMARY and f ~= 'due' then
-      v = tonumber(v) or DEFAULT[f]
-    elseif f == 'due' then
-      v = tonumber(v)
+  local E = {bb = bb, e = e, names = names, counts = {}, existed = false, has = {}}
+  local old = {}
+  for i = 1, #names do
+    local f, v = names[i], vals[i]
+    if v then
+      E.existed = true
+      if i <= #SUMMARY then v = tonumber(v) end
+    else
+      v = DEFAULT[f]  -- nil for due and the extra fields
     end
-    E[f] = v
-    E.old[f] = v
-    E.has[f] = true
+    E[f], old[f], E.has[f] = v, v, true
   end
+  E.old = old
   return E
 end
 
@@ -40,7 +40,6 @@ local function count(E, state, delta)
   E.counts[state] = (E.counts[state] or 0) + delta
 end
 
-local function inflight(s) return s.a + s.r end
 local function busy(s) return s.w > 0 or s.a + s.r > 0 end
 -- A job could start if a new lease holder came (the scaler's and packed workers' view).
 local function claimable(s) return s.w > 0 and s.a + s.r < s.c and s.h < s.c end
@@ -54,25 +53,24 @@ local function save(E, chan, now)
   local idle = not busy(E) and E.h == 0 and E.x == 0 and E.due == nil and E.c == 1
   if idle then
     for _, f in ipairs(E.names) do
-      if string.sub(f, 1, 2) == 'n:' and E[f] then idle = false end
+      if E[f] and string.sub(f, 1, 2) == 'n:' then idle = false end  -- a result() waiter
     end
   end
   if idle then
-    -- Nothing left (a concurrency other than 1 is kept): drop the bookkeeping. Tokens stay monotonic through the time floor in
-    -- grant(); the FIFO sequence may restart because nothing is left to order against.
+    -- Nothing left (a concurrency other than 1 is kept): drop the bookkeeping. Tokens stay
+    -- monotonic through the time floor in grant(); the FIFO sequence may restart because
+    -- nothing is left to order against.
     if E.existed then redis.call('DEL', meta, ekey(bb, e, 'bell')) end
   else
     local set, del = {}, {}
     for _, f in ipairs(E.names) do
-      local v, was = E[f], o[f]
-      if v == DEFAULT[f] then v = nil end
-      if was == DEFAULT[f] then was = nil end
-      if v ~= was then
-        if v == nil then
-          table.insert(del, f)
+      local v = E[f]
+      if v ~= o[f] then
+        if v == nil or v == DEFAULT[f] then
+          del[#del + 1] = f
         else
-          table.insert(set, f)
-          table.insert(set, type(v) == 'number' and int(v) or v)
+          set[#set + 1] = f
+          set[#set + 1] = type(v) == 'number' and int(v) or v
         end
       end
     end

@@ -22,7 +22,7 @@ local function start_next(E, owner, L, now, head)
   f[2], f[3], f[4], f[5] = 'active', made, L.token, now
   E.w, E.a = E.w - 1, E.a + 1
   count(E, 'active', 1)
-  L.score, L.start, L.jslot = head[2], int(now), jslot
+  L.score, L.jslot = head[2], jslot
   set_lease(E, owner, L)
   table.insert(f, 1, jslot)
   return f
@@ -75,6 +75,6 @@ local function end_job(E, owner, L, outcome, value, due, keep_ms, keep_n, now, u
     redis.call('HSET', jk, 'sc', L.score)
     add_dead(E, jslot, value, now, us)
   end
-  L.jslot, L.score, L.start = nil, nil, nil
+  L.jslot, L.score = nil, nil
   set_lease(E, owner, L)
 end

@@ -1,7 +1,7 @@
 -- lease: an owner's lease on an entity, kept in the entity's meta as
 --   'l:'..owner -> "token expiry_ms" while it runs nothing, and
---                  "token expiry_ms score start_ms jslot" while it runs job jslot (score: the
---                  job's place in the wait queue, for when it goes back; start: its start)
+--                  "token expiry_ms score jslot" while it runs job jslot (score: the job's
+--                  place in the wait queue, for when it goes back)
 -- and in the bucket's lease index (owner..'|'..e -> expiry) that the sweep reads.
 -- @include queue
 
@@ -12,22 +12,21 @@ local function lease_field(E, owner)
   return f
 end
 
--- The lease of owner as a table {token, exp, score, start, jslot}, or nil.
+-- The lease of owner as a table {token, exp, score, jslot}, or nil.
 local function lease_of(E, owner)
   local v = E[lease_field(E, owner)]
   if not v then return nil end
   local token, exp, rest = string.match(v, '^(%d+) (%d+) ?(.*)$')
   local L = {token = token, exp = tonumber(exp)}
   if rest ~= '' then
-    local score, start, jslot = string.match(rest, '^(%d+) (%d+) (.*)$')
-    L.score, L.start, L.jslot = score, start, jslot
+    L.score, L.jslot = string.match(rest, '^(%d+) (.*)$')
   end
   return L
 end
 
 local function set_lease(E, owner, L)
   local v = L.token .. ' ' .. int(L.exp)
-  if L.jslot then v = v .. ' ' .. L.score .. ' ' .. L.start .. ' ' .. L.jslot end
+  if L.jslot then v = v .. ' ' .. L.score .. ' ' .. L.jslot end
   E[lease_field(E, owner)] = v
 end
 
