@@ -275,12 +275,12 @@ class Worker:
                 log.warning("recovered %d expired lease(s) of %s", recovered, self.entity_type)
 
     async def _listen(self) -> None:
-        """Close signals and (packed) work events by pub/sub, subscribing again after every
-        outage with a growing pause. Only the fast path: the heartbeat also checks the signal
-        keys, and waits for work end by their timeout."""
+        """Close signals (and on Redis Cluster a packed worker's work events) by pub/sub,
+        subscribing again after every outage with a growing pause. Only the fast path: the
+        heartbeat also checks the signal keys, and waits for work end by their timeout."""
         channels = [self.client.keys.close_channel()]
-        if self.entity_id is None:
-            channels.append(self.client.keys.events(self.entity_type))
+        if self.entity_id is None and isinstance(self.client.redis, RedisCluster):
+            channels.append(self.client.keys.events(self.entity_type))  # no doorbells there
         first, longest = LISTEN_BACKOFF
         pause = first
         while True:
@@ -310,8 +310,7 @@ class Worker:
                 if message.get("type") != "message":
                     continue
                 if message["channel"] != channels[0]:
-                    if isinstance(self.client.redis, RedisCluster):  # no doorbells there
-                        self._hints.append(decode_id(message["data"]))
+                    self._hints.append(decode_id(message["data"]))
                     self._work_hint.set()
                     continue
                 try:
@@ -443,8 +442,9 @@ class Worker:
     async def _packed_loop(self) -> None:
         """Wait for a doorbell with a slot in hand, and hand the slot to a task that claims in
         the bucket that rang and drains what it got, so that the next wait begins at once.
-        Every bucket is looked at (the index read) only at start, after a wait that timed out,
-        and after a failed claim."""
+        Every bucket is looked at (the index read), again and again until that finds nothing,
+        only at start, after a wait that timed out, and after a failed claim: a doorbell lost
+        (a worker killed after it popped one, a failover) delays work by one wait at most."""
         loop = asyncio.get_running_loop()
         buckets = self.client.keys.buckets(self.entity_type)
         bells = [b + "bell" for b in buckets]
@@ -476,6 +476,7 @@ class Worker:
                     continue
                 if started is not None:
                     drain(self._drain(started))
+                    self._scan = True  # until a look at every bucket finds nothing
                     continue
                 free.release()
                 continue
