@@ -8,7 +8,7 @@ persistence), with the library's defaults:
 1. Redis bytes per job, from INFO memory `used_memory`: before and after one producer enqueues
    `--jobs` no-op jobs over `--entities` entities (`Client.enqueue_many`, chunks of 1,000): bytes
    per waiting job; after one packed `aq worker` has run them all, the default retention keeping
-   every completed job (a day, at most 1,000 per entity): bytes per retained completed job; the
+   every completed job (an hour, at most 1,000 per entity): bytes per retained completed job; the
    same again with `keep_completed=0` on every job: what is left per job without retention.
 2. Worker memory: VmRSS of that one `aq worker --slots 16` process (`/proc/PID/status`) after the
    first `--rss-jobs` A no-op jobs and after B (fed A at a time, each batch run before the next

@@ -117,6 +117,7 @@ class _Prepared:
     entity_type: str
     job_id: str
     bucket: str
+    jslot: str
     channel: str
     args: tuple[str | int, ...]
 
@@ -280,7 +281,7 @@ class Client:
         except RedisOutOfMemory:
             # The script's first write (the job) was refused, also for a job already there:
             # a producer that enqueues it again gets its answer, not a refusal.
-            if await self.call(lambda: self.redis.hexists(f"{job.bucket}j:{job.args[1]}", "d")):
+            if await self.call(lambda: self.redis.hexists(f"{job.bucket}j:{job.jslot}", "d")):
                 return job.job_id
             raise
         except NotReplicated as exc:
@@ -374,9 +375,10 @@ class Client:
             self.settings.keep_completed_count,
             round(self.settings.keep_failed * 1000),
         )
+        jslot = self.keys.job_slot(job.entity_type, job.entity_id, job_id)
         args = (
             encode_id(job.entity_id),
-            self.keys.job_slot(job.entity_type, job.entity_id, job_id),
+            jslot,
             priority,
             round((delay or 0) * 1000),
             head,
@@ -386,6 +388,7 @@ class Client:
             job.entity_type,
             job_id,
             self.keys.entity_bucket(job.entity_type, job.entity_id),
+            jslot,
             self.keys.events(job.entity_type),
             args,
         )

@@ -56,6 +56,8 @@ T = TypeVar("T")
 MAX_ERROR_CHARS = 4000
 RETRY_PAUSE = 0.2
 """Seconds between tries of a Redis call that failed while a lease is still held."""
+QUICK_LOOK = 0.05
+"""Seconds a packed worker waits for a doorbell after a look at every bucket found work."""
 HINTS = 256
 """Entities named by work events kept for a packed worker that cannot use doorbells (Cluster)."""
 LISTEN_BACKOFF = (0.1, 5.0)
@@ -442,9 +444,10 @@ class Worker:
     async def _packed_loop(self) -> None:
         """Wait for a doorbell with a slot in hand, and hand the slot to a task that claims in
         the bucket that rang and drains what it got, so that the next wait begins at once.
-        Every bucket is looked at (the index read), again and again until that finds nothing,
-        only at start, after a wait that timed out, and after a failed claim: a doorbell lost
-        (a worker killed after it popped one, a failover) delays work by one wait at most."""
+        Every bucket is looked at (the index read) only at start, after a wait that timed out,
+        and after a failed claim; after a look that found work, the next wait is short
+        (`QUICK_LOOK`), so that work without a doorbell (one popped by a worker killed before
+        it claimed, or lost in a failover) is all found at once, not one entity per wait."""
         loop = asyncio.get_running_loop()
         buckets = self.client.keys.buckets(self.entity_type)
         bells = [b + "bell" for b in buckets]
@@ -458,6 +461,7 @@ class Worker:
             task.add_done_callback(lambda _: free.release())
 
         self._last_work = loop.time()
+        quick = False
         while not self.closing.is_set():
             if free.locked():
                 await self._wait_for_slot(free)
@@ -476,7 +480,7 @@ class Worker:
                     continue
                 if started is not None:
                     drain(self._drain(started))
-                    self._scan = True  # until a look at every bucket finds nothing
+                    quick = True  # more may be there without a doorbell: look again soon
                     continue
                 free.release()
                 continue
@@ -489,7 +493,9 @@ class Worker:
             bucket = self._hinted_bucket()
             if bucket is None:
                 idle_for = loop.time() - self._last_work
-                bell = await self._wait_for_work(bells, self.settings.idle_timeout - idle_for)
+                wait = QUICK_LOOK if quick else self.settings.idle_timeout - idle_for
+                quick = False
+                bell = await self._wait_for_work(bells, wait)
                 if bell in bells:
                     bucket = buckets[bells.index(bell)]
                 elif (bucket := self._hinted_bucket()) is None:
