@@ -382,7 +382,9 @@ class QueueMachine(RuleBasedStateMachine):
         await recompute.check_index(c, T, buckets=buckets)
 
 
-def test_queue_behaves_like_its_model(redis_url: str) -> None:
+def run_model(redis_url: str, examples: int, steps: int) -> None:
+    """Run the state machine against the Redis (or Redis Cluster) at `redis_url`."""
+
     class Machine(QueueMachine):
         pass
 
@@ -390,9 +392,13 @@ def test_queue_behaves_like_its_model(redis_url: str) -> None:
     run_state_machine_as_test(
         Machine,
         settings=settings(
-            max_examples=100,
-            stateful_step_count=40,
+            max_examples=examples,
+            stateful_step_count=steps,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+def test_queue_behaves_like_its_model(redis_url: str) -> None:
+    run_model(redis_url, examples=100, steps=40)

@@ -112,6 +112,8 @@ class Worker:
         """A packed worker looks at every bucket before it waits for a doorbell again."""
         self._last_work = 0.0
         """When a packed worker last had work (event loop time): it exits `idle_timeout` after."""
+        self._busy: list[str] = []
+        """Buckets the index showed work in at a packed worker's last look at every bucket."""
         """Leases (ids) whose job's outcome is being recorded."""
         self._clock_offset = 0.0
         self.info = WorkerInfo(
@@ -446,8 +448,9 @@ class Worker:
         the bucket that rang and drains what it got, so that the next wait begins at once.
         Every bucket is looked at (the index read) only at start, after a wait that timed out,
         and after a failed claim; after a look that found work, the next wait is short
-        (`QUICK_LOOK`), so that work without a doorbell (one popped by a worker killed before
-        it claimed, or lost in a failover) is all found at once, not one entity per wait."""
+        (`QUICK_LOOK`; none on Cluster, which has no doorbells), so that work without a
+        doorbell (one popped by a worker killed before it claimed, or lost in a failover) is
+        all found at once, not one entity per wait."""
         loop = asyncio.get_running_loop()
         buckets = self.client.keys.buckets(self.entity_type)
         bells = [b + "bell" for b in buckets]
@@ -462,6 +465,7 @@ class Worker:
 
         self._last_work = loop.time()
         quick = False
+        cluster = isinstance(self.client.redis, RedisCluster)
         while not self.closing.is_set():
             if free.locked():
                 await self._wait_for_slot(free)
@@ -480,7 +484,10 @@ class Worker:
                     continue
                 if started is not None:
                     drain(self._drain(started))
-                    quick = True  # more may be there without a doorbell: look again soon
+                    # More may be there without a doorbell: look again, at once where there
+                    # are no doorbells (Cluster), else after a short wait for one.
+                    self._scan = cluster
+                    quick = not cluster
                     continue
                 free.release()
                 continue
@@ -531,15 +538,23 @@ class Worker:
             acquired.cancel()
 
     async def _claim_any(self, bucket: str | None) -> Started | None:
-        """Claim in `bucket`; without one, in the first of the buckets the index shows work
-        in."""
+        """Claim in `bucket`; without one, in the buckets the index showed work in at the last
+        look (`_busy`), the first first, until one gives work; the index is read again once
+        they are all used up."""
         if bucket is not None:
             return await self.leases.claim_any(self.entity_type, bucket)
-        for bucket in await self.leases.busy_buckets(self.entity_type):
-            started = await self.leases.claim_any(self.entity_type, bucket)
+        looked = False
+        while True:
+            if not self._busy:
+                if looked:
+                    return None
+                self._busy = await self.leases.busy_buckets(self.entity_type)
+                looked = True
+                continue
+            started = await self.leases.claim_any(self.entity_type, self._busy[0])
             if started is not None:
-                return started
-        return None
+                return started  # the bucket stays first: it may have more
+            self._busy.pop(0)
 
     def _hinted_bucket(self) -> str | None:
         """The bucket of an entity a work event named, if any (on Redis Cluster, where a
