@@ -24,7 +24,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from partition import Partition
-from redis_servers import free_port
+from redis_servers import RedisServer, free_port
 
 SILENCE = 0.3  # how long "nothing arrives" is watched for
 # redis-py's default retries timeouts and connection errors on new connections, with backoff:
@@ -65,6 +65,22 @@ def assert_silent(sock: socket.socket) -> None:
     with pytest.raises(TimeoutError):
         sock.recv(1)
     sock.settimeout(5)
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[RedisServer]:
+    """A redis-server of this module's own: the tests count the clients connected to it, which
+    the connections other tests left to the session's server (closing late) would upset."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_url(own_server: RedisServer) -> str:
+    """Its URL, emptied for each test."""
+    with redis.Redis.from_url(own_server.url) as client:
+        client.flushall()
+    return own_server.url
 
 
 @pytest.fixture

@@ -700,7 +700,7 @@ class Renderer:
         redis_rows = [
             ["a waiting job (enqueued, not run)", fmt_bytes(mem["waiting_bytes"])],
             [
-                "a completed job kept by the default retention (a day, at most 1,000 per entity)",
+                "a completed job kept by the default retention (`keep_completed`)",
                 fmt_bytes(mem["retained_bytes"]),
             ],
             ["a waiting job, `keep_completed=0`", fmt_bytes(mem["waiting_bytes_keep0"])],

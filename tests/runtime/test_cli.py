@@ -40,7 +40,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str)
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("aq: ")
     for word in words:
-        assert word in lines[0]
+        assert word in lines[0], lines[0]
 
 
 def closed_port() -> int:

@@ -26,6 +26,7 @@ import redis
 from atomicqueues import Client, InvalidInput, NewJob, PayloadTooLarge, Settings, SyncClient
 from atomicqueues.client import ENQUEUE_BATCH
 from atomicqueues.keys import AUTO_JOB_ID_RE, bucket_of
+from runtime.test_cli import assert_one_line_error
 
 T = "user"
 
@@ -221,16 +222,6 @@ def aq(*args: str, url: str, stdin: str | None = None) -> subprocess.CompletedPr
         stdin=None if stdin is not None else subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("aq: ")
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def jsonl(*jobs: dict[str, Any]) -> str:

@@ -6,7 +6,7 @@ refuses it when the lease has expired or passed to another worker (`LeaseLost`),
 cut-off worker can change nothing after the fact.
 
 The worker also knows how long its lease lasts without asking Redis: a lease cannot expire
-before the send time of the last call that renewed it (claim, finish, renew) plus the TTL, as
+before the send time of the last call that renewed it (a claim or a renewal) plus the TTL, as
 Redis sets the expiry when the script runs, never before the call was sent. `Lease.valid_until`
 keeps that moment on this process's monotonic clock, so the worker can stop a job before anyone
 else may start it, even when Redis cannot be reached.

@@ -46,6 +46,24 @@ local function claimable(s) return s.w > 0 and s.a + s.r < s.c and s.h < s.c end
 -- A job could start for some worker (an entity-bound worker waits on the entity's bell).
 local function startable(s) return s.w > 0 and s.a + s.r < s.c end
 
+-- An entity's entry in an index hash: n, or none when n is 0.
+local function hash_entry(key, e, n)
+  if n > 0 then
+    redis.call('HSET', key, e, n)
+  else
+    redis.call('HDEL', key, e)
+  end
+end
+
+-- An entity's entry in an index sorted set: score, or none when score is false or nil.
+local function zset_entry(key, e, score)
+  if score then
+    redis.call('ZADD', key, score, e)
+  else
+    redis.call('ZREM', key, e)
+  end
+end
+
 -- Write what changed of E's meta, and bring the bucket's index along.
 local function save(E, chan, now)
   local bb, e, o = E.bb, E.e, E.old
@@ -77,45 +95,21 @@ local function save(E, chan, now)
     if #set > 0 then redis.call('HSET', meta, unpack(set)) end
     if #del > 0 then redis.call('HDEL', meta, unpack(del)) end
   end
-  if E.w ~= o.w then
-    if E.w > 0 then
-      redis.call('HSET', bb .. 'pending', e, E.w)
-    else
-      redis.call('HDEL', bb .. 'pending', e)
-    end
-  end
-  if busy(E) ~= busy(o) then
-    if busy(E) then
-      redis.call('ZADD', bb .. 'work', now, e)
-    else
-      redis.call('ZREM', bb .. 'work', e)
-    end
-  end
+  if E.w ~= o.w then hash_entry(bb .. 'pending', e, E.w) end
+  if busy(E) ~= busy(o) then zset_entry(bb .. 'work', e, busy(E) and now) end
   local can, could = claimable(E), claimable(o)
-  if can and not could then
-    redis.call('ZADD', bb .. 'ready', now, e)
-    ring(bb .. 'bell')
-    if chan ~= '' then redis.call('PUBLISH', chan, e) end
-  elseif could and not can then
-    redis.call('ZREM', bb .. 'ready', e)
+  if can ~= could then
+    zset_entry(bb .. 'ready', e, can and now)
+    if can then
+      ring(bb .. 'bell')
+      if chan ~= '' then redis.call('PUBLISH', chan, e) end
+    end
   end
   if startable(E) and (not startable(o) or E.h < o.h) then
     ring(ekey(bb, e, 'bell'))
   end
-  if E.due ~= o.due then
-    if E.due then
-      redis.call('ZADD', bb .. 'delayed', E.due, e)
-    else
-      redis.call('ZREM', bb .. 'delayed', e)
-    end
-  end
-  if E.x ~= o.x then
-    if E.x > 0 then
-      redis.call('HSET', bb .. 'dead', e, E.x)
-    else
-      redis.call('HDEL', bb .. 'dead', e)
-    end
-  end
+  if E.due ~= o.due then zset_entry(bb .. 'delayed', e, E.due) end
+  if E.x ~= o.x then hash_entry(bb .. 'dead', e, E.x) end
   for state, delta in pairs(E.counts) do
     if delta ~= 0 then redis.call('HINCRBY', bb .. 'counts', state, delta) end
   end
