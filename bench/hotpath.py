@@ -46,6 +46,7 @@ from atomicqueues.pools.embedded import EmbeddedRedis
 from atomicqueues.registry import Registry
 from atomicqueues.scripts import NAMES, source
 from atomicqueues.worker import Worker
+from compare.render import fmt_trips
 from compare.stats import percentile
 from noop_handlers import registry as noop_registry
 
@@ -674,10 +675,6 @@ async def stop_process(proc: asyncio.subprocess.Process) -> None:
 # --- the table ---------------------------------------------------------------------------------
 def fmt_count(x: float) -> str:
     return f"{x:,.0f}"
-
-
-def fmt_trips(x: float) -> str:
-    return f"{x:.3f}"
 
 
 def fmt_per_s(x: float) -> str:
