@@ -230,6 +230,18 @@ class QueueMachine(RuleBasedStateMachine):
         self.took_any(owner, e, self.run(self.leases[owner].claim_any(T, self.bucket(e))))
 
     @precondition(lambda self: self.running)
+    @rule(pick=st.integers(0, 8))
+    def hand_over(self, pick: int) -> None:
+        """What a packed worker meets when its entity runs dry while another entity of the
+        bucket has a job: a job for that other entity, then the last job of this one finished
+        with "any" (a handover, unless the other is held or this one has more)."""
+        _, e = sorted(self.running)[pick % len(self.running)]
+        mate = next((x for x in ENTITIES if x != e and self.bucket(x) == self.bucket(e)), None)
+        if mate is not None:
+            self.enqueue(mate, 0, None)
+        self.finish(pick, "completed", "any")
+
+    @precondition(lambda self: self.running)
     @rule(pick=st.integers(0, 8), outcome=st.sampled_from(["completed", "retry", "dead"]))
     def finish_and_let_go(self, pick: int, outcome: str) -> None:
         """What a packed worker does after a job: record it, then let go unless work is due."""
