@@ -462,6 +462,25 @@ async def test_fencing_tokens_grow_on_every_grant(client: Client) -> None:
     await check_index(client, completed=9)
 
 
+async def test_a_finish_sent_again_after_its_reply_was_lost_answers_as_the_first(
+    client: Client,
+) -> None:
+    w = Leases(client, "w")
+    for name in ("a", "b"):
+        await client.enqueue(T, "u1", name)
+    run = await started(w, "u1")
+    nxt = await w.finish(run, "completed", "null")
+    assert nxt is not None
+    before = await snapshot(client)
+    again = await w.finish(run, "completed", "null")  # what a worker does when a reply is lost
+    assert again is not None
+    assert (again.lease, again.jslot, again.job.attempt) == (nxt.lease, nxt.jslot, 1)
+    assert await snapshot(client) == before
+    assert await w.finish(nxt, "completed", "null") is None
+    assert await w.finish(nxt, "completed", "null") is None  # again: nothing to start
+    await check_index(client, completed=2)
+
+
 async def _former_owner_setup(client: Client) -> tuple[Leases, Leases, Started, Started]:
     """a ran job 1 and let go; b now holds the lease and runs job 2."""
     a, b = Leases(client, "a"), Leases(client, "b")

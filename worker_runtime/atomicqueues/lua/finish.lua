@@ -10,6 +10,8 @@
 --      or {'ok', 'job', jslot, <JOB_REPLY...>}  (the entity's next job started, same lease)
 --      or {'ok', 'other', e, token, jslot, <JOB_REPLY...>}  (lease released, another taken)
 --      or {'lost'} when the lease is no longer this worker's: then nothing was changed.
+-- The same call made again after its first reply was lost answers what the first one did
+-- (unless that one handed the lease over: then 'lost'), and changes nothing.
 -- @include oom
 -- @include bucket
 local bb, e, owner, token, jslot = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -17,6 +19,16 @@ local outcome, value, nxt, ttl, chan = ARGV[5], ARGV[6], ARGV[8], tonumber(ARGV[
 local now, us = clock()
 local E = load(bb, e, {'l:' .. owner, 'n:' .. jslot})
 local L = lease_of(E, owner)
+if L and L.token == token and L.exp >= now and L.jslot ~= jslot and
+    redis.call('HGET', jkey(bb, jslot), 't') == token then
+  -- The same call again (a worker sends it again when its reply was lost): the job ended in
+  -- the first one, under this lease. Answer as that call did; change nothing.
+  if L.jslot then
+    local f = redis.call('HMGET', jkey(bb, L.jslot), unpack(JOB_REPLY))
+    return {'ok', 'job', L.jslot, unpack(f)}
+  end
+  return {'ok', E.due and int(E.due) or ''}
+end
 if not L or L.token ~= token or L.exp < now or L.jslot ~= jslot then
   when_full_run(bb)
   check_lease(E, owner, token, now, us)  -- recovers the lease if it expired
