@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -31,11 +29,10 @@ from runtime import workers
 from runtime.workers import (
     EFFECTS_KEY,
     HANDLERS,
-    REPO_ROOT,
     Run,
     WorkerProc,
-    _die_with_parent,
     base_env,
+    start_aq,
 )
 
 T = "acct"
@@ -63,16 +60,7 @@ class Fleet:
         args = ["worker", "--handlers", HANDLERS, "--entity-type", T, "--slots", str(slots)]
         args += ["--name", name, "--shutdown-grace", "5"]
         log_path = self.log_dir / f"{name}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "atomicqueues.cli", *args],
-                env=env,
-                cwd=REPO_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
+        proc = start_aq(args, env, log_path)
         worker = WorkerProc(name, "node-1", None, proc, log_path)
         self.started.append(worker)
         return worker

@@ -97,6 +97,20 @@ def run_aq(
     )
 
 
+def start_aq(args: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start the `aq` command line as a child that dies with the test, its output in log_path."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "atomicqueues.cli", *args],
+            env=dict(env),
+            cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+
+
 @dataclass
 class WorkerProc:
     """One `aq worker` subprocess."""
@@ -211,16 +225,7 @@ class Workers:
         env = self.env(node_name=node, test_store_url=self.store_url or self.redis_url, **settings)
         if redis_url is not None:
             env["AQ_REDIS_URL"] = redis_url
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "atomicqueues.cli", *args],
-                env=env,
-                cwd=REPO_ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
+        proc = start_aq(args, env, log_path)
         worker = WorkerProc(name, node, entity_id, proc, log_path)
         self.started.append(worker)
         if wait:
