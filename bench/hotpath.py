@@ -46,7 +46,7 @@ from atomicqueues.pools.embedded import EmbeddedRedis
 from atomicqueues.registry import Registry
 from atomicqueues.scripts import NAMES, source
 from atomicqueues.worker import Worker
-from compare.render import fmt_trips
+from compare.render import fmt_pct, fmt_trips
 from compare.stats import percentile
 from noop_handlers import registry as noop_registry
 
@@ -687,10 +687,6 @@ def fmt_ms(x: float) -> str:
 
 def fmt_us(x: float) -> str:
     return f"{x * 1e6:.1f} µs"
-
-
-def fmt_pct(x: float) -> str:
-    return f"{x * 100:.0f}%"
 
 
 def fmt_times(x: float) -> str:
