@@ -175,7 +175,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(
         pick=st.integers(0, 8),
         outcome=st.sampled_from(["completed", "retry", "dead"]),
-        claim_next=st.sampled_from(["same", "any", "none"]),
+        claim_next=st.sampled_from(["same", "any", "release", "none"]),
     )
     def finish(self, pick: int, outcome: str, claim_next: str) -> None:
         owner, e = key = sorted(self.running)[pick % len(self.running)]
@@ -197,14 +197,18 @@ class QueueMachine(RuleBasedStateMachine):
         if claim_next != "none":
             self.promote(e)
             expected = self.start_head(owner, e)
-        if expected is not None or claim_next != "any":
+        if expected is not None or claim_next in ("same", "none"):
             self.took(owner, e, expected, got)
             if got is not None:
                 assert got.lease == run.lease
             return
-        # Packed: the lease is let go, and the oldest claimable entity of the bucket taken.
+        # The entity ran dry: the lease is let go and, with "any", the oldest claimable entity
+        # of the bucket taken.
         del self.held[key]
-        self.took_any(owner, e, got)
+        if claim_next == "any":
+            self.took_any(owner, e, got)
+        else:
+            assert got is None, f"{owner} took {got} with 'release'"
 
     def took_any(self, owner: str, e: str, got: Started | None) -> None:
         """What claim_any in the bucket of `e` (or a handover there) must have done."""

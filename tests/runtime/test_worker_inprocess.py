@@ -177,6 +177,62 @@ async def test_lost_lease_cancels_the_handler(client: Client) -> None:
     assert again.lease.fencing_token > lease.fencing_token
 
 
+async def test_a_busy_bucket_does_not_keep_a_packed_worker_from_the_others(client: Client) -> None:
+    """A packed worker's slot takes entities of one bucket one after another (each handed over
+    by the script that finished the last job) only for `HANDOVER_FOR`, then listens to the
+    doorbells again, which it hears in turn: with one slot, 150 entities waiting in one bucket
+    do not keep a job of another bucket waiting until they are all through."""
+    buckets = client.keys.buckets("user")
+
+    def bucket(entity_id: str) -> int:
+        return buckets.index(client.keys.entity_bucket("user", entity_id))
+
+    names = [f"c{i}" for i in range(20_000)]
+    crowd = [e for e in names if bucket(e) == 0][:150]
+    lone = next(e for e in names if bucket(e) == len(buckets) - 1)
+    for e in crowd:
+        await client.enqueue("user", e, "step")
+    await client.enqueue("user", lone, "step")
+    started: list[str] = []
+    registry = Registry()
+
+    @registry.command("step")
+    async def step(ctx: JobContext, payload: None) -> None:
+        started.append(ctx.job.entity_id)
+        await asyncio.sleep(0.005)
+
+    worker = Worker(client, registry, "user", slots=1)
+    assert await asyncio.wait_for(worker.run(), 60) == "idle"
+    assert sorted(started) == sorted([*crowd, lone])
+    # Before, the slot went through the whole crowd first (index 150).
+    assert started.index(lone) < 75, started.index(lone)
+
+
+async def test_a_packed_worker_is_idle_from_the_end_of_a_drain_not_its_start(
+    client: Client,
+) -> None:
+    """A drain that lasts longer than the idle timeout (here one entity's jobs back to back)
+    does not make the worker leave as idle when it ends: the job of another bucket runs too."""
+    buckets = client.keys.buckets("user")
+    names = [f"d{i}" for i in range(1000)]
+    first = next(e for e in names if client.keys.entity_bucket("user", e) == buckets[0])
+    other = next(e for e in names if client.keys.entity_bucket("user", e) == buckets[-1])
+    for _ in range(8):
+        await client.enqueue("user", first, "step")
+    await client.enqueue("user", other, "step")
+    started: list[str] = []
+    registry = Registry()
+
+    @registry.command("step")
+    async def step(ctx: JobContext, payload: None) -> None:
+        started.append(ctx.job.entity_id)
+        await asyncio.sleep(0.1)  # 8 of them: longer than the idle timeout (0.5 s)
+
+    worker = Worker(client, registry, "user", slots=1)
+    assert await asyncio.wait_for(worker.run(), 60) == "idle"
+    assert started == [first] * 8 + [other]
+
+
 def test_sync_client_from_plain_threads(redis_url: str) -> None:
     with SyncClient(Settings(redis_url=redis_url)) as sync:
         ids: list[str] = []

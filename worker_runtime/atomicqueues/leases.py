@@ -26,8 +26,8 @@ from .jobs import Job
 from .keys import decode_id, encode_id
 
 Outcome = Literal["completed", "retry", "dead"]
-Next = Literal["same", "any", "none"]
-"""What `Leases.finish` starts next: the entity's next job, any entity's of the bucket, none."""
+Next = Literal["same", "any", "release", "none"]
+"""What `Leases.finish` starts next (see there)."""
 log = logging.getLogger(__name__)
 
 
@@ -140,9 +140,11 @@ class Leases:
         claim_next: Next = "same",
     ) -> Started | None:
         """Record the outcome of `run` and, in the same call, start the next job: with
-        `claim_next` "same" the entity's next job under the same lease; with "any" (packed
-        workers), when the entity has none, the head job of the oldest claimable entity of the
-        same bucket under a new lease, the old one released; with "none" nothing.
+        `claim_next` "same" the entity's next job under the same lease (kept when there is
+        none); with "any" (packed workers), when the entity has none, the head job of the oldest
+        claimable entity of the same bucket under a new lease, the old one released; with
+        "release" the entity's next job, else the lease released and nothing taken; with "none"
+        nothing (the lease kept).
 
         The lease is not extended here (the heartbeat does that). With
         `Settings.durable_replicas`, the outcome waits for that many replicas. When fewer

@@ -58,6 +58,10 @@ RETRY_PAUSE = 0.2
 """Seconds between tries of a Redis call that failed while a lease is still held."""
 QUICK_LOOK = 0.05
 """Seconds a packed worker waits for a doorbell after a look at every bucket found work."""
+HANDOVER_FOR = 0.1
+"""Seconds a packed worker's slot goes on taking entities of one bucket (handed over by the
+script that finished the last job) before it waits for a doorbell again: a bucket whose work
+never runs dry must not keep slots from the others."""
 HINTS = 256
 """Entities named by work events kept for a packed worker that cannot use doorbells (Cluster)."""
 LISTEN_BACKOFF = (0.1, 5.0)
@@ -106,7 +110,6 @@ class Worker:
         self.watchdog = Watchdog(every=min(0.05, self.margin / 8), reaction=self.margin / 2)
         self._work_hint = asyncio.Event()
         self._hints: deque[str] = deque(maxlen=HINTS)
-        self._next: Next = "same" if entity_id is not None else "any"
         self._finishing: set[int] = set()
         self._scan = True
         """A packed worker looks at every bucket before it waits for a doorbell again."""
@@ -504,7 +507,13 @@ class Worker:
                 quick = False
                 bell = await self._wait_for_work(bells, wait)
                 if bell in bells:
-                    bucket = buckets[bells.index(bell)]
+                    rang = bells.index(bell)
+                    bucket = buckets[rang]
+                    # BLPOP pops the first bell it is given that has rung: the buckets after
+                    # this one go first next time, or the first few would be served alone
+                    # whenever their bells ring faster than the worker claims.
+                    bells = bells[rang + 1 :] + bells[: rang + 1]
+                    buckets = buckets[rang + 1 :] + buckets[: rang + 1]
                 elif (bucket := self._hinted_bucket()) is None:
                     self._scan = not self.closing.is_set()  # timed out: every bucket, once
                     free.release()
@@ -525,7 +534,6 @@ class Worker:
             return
         if started is not None:
             await self._drain(started)
-            self._last_work = asyncio.get_running_loop().time()
 
     async def _wait_for_slot(self, free: asyncio.Semaphore) -> None:
         acquired = asyncio.ensure_future(free.acquire())
@@ -566,30 +574,38 @@ class Worker:
     async def _drain(self, run: Started) -> None:
         """Run jobs one after another: the entity's until it runs dry, then, handed over in the
         same script that finished the last one, those of the next claimable entity of the
-        bucket, until there is none (or the worker closes)."""
-        while True:
-            lease = run.lease
-            self.held[lease.entity_id] = lease
-            nxt = await self._run_job(run)
-            if nxt is not None and nxt.lease is lease:
+        bucket, until there is none, the worker closes, or `HANDOVER_FOR` has passed (then the
+        last entity's lease is released when it runs dry, and the slot waits for a doorbell)."""
+        loop = asyncio.get_running_loop()
+        hand_over_until = loop.time() + HANDOVER_FOR
+        try:
+            while True:
+                lease = run.lease
+                self.held[lease.entity_id] = lease
+                then: Next = "any" if loop.time() < hand_over_until else "release"
+                nxt = await self._run_job(run, then)
+                if nxt is not None and nxt.lease is lease:
+                    run = nxt
+                    continue
+                if self.held.get(lease.entity_id) is lease:
+                    if self.closing.is_set():
+                        await self._give_back(lease)  # finished with "none": the lease was kept
+                    else:
+                        del self.held[lease.entity_id]  # released by the script that finished
+                if nxt is None:
+                    return
                 run = nxt
-                continue
-            if self.held.get(lease.entity_id) is lease:
-                if self.closing.is_set():
-                    await self._give_back(lease)  # finished with "none": the lease was kept
-                else:
-                    del self.held[lease.entity_id]  # released by the script that finished
-            if nxt is None:
-                return
-            run = nxt
+        finally:
+            self._last_work = loop.time()  # idle from the end of a drain, however long it was
 
     # --- running jobs ----------------------------------------------------------------------------
     async def _run_serially(self, run: Started | None) -> None:
         while run is not None:
-            run = await self._run_job(run)
+            run = await self._run_job(run, "same")
 
-    async def _run_job(self, run: Started) -> Started | None:
-        """Run one job's handler and record its outcome; returns the next job, if started."""
+    async def _run_job(self, run: Started, claim_next: Next) -> Started | None:
+        """Run one job's handler and record its outcome; returns the next job, if started
+        (`Leases.finish`'s `claim_next`; none once the worker is closing)."""
         job, lease = run.job, run.lease
         labels = (job.entity_type, job.name)
         where = f"job {job.id} of {job.entity_type}/{job.entity_id!r} attempt {job.attempt}"
@@ -648,7 +664,7 @@ class Worker:
                 await ctx.locks.release_all()  # before the outcome: the next job may want them
                 metrics.IN_FLIGHT.labels(self.entity_type).dec()
                 metrics.JOB_DURATION.labels(*labels).observe(time.perf_counter() - began)
-        return await self._finish(run, outcome, value, retry_delay, where)
+        return await self._finish(run, outcome, value, retry_delay, claim_next, where)
 
     async def _interrupted_job(self, run: Started, ctx: JobContext, where: str) -> None:
         if ctx.lost.is_set():
@@ -658,15 +674,19 @@ class Worker:
         await self._give_back(run.lease)
 
     async def _finish(
-        self, run: Started, outcome: Outcome, value: str, retry_delay: float, where: str
+        self,
+        run: Started,
+        outcome: Outcome,
+        value: str,
+        retry_delay: float,
+        claim_next: Next,
+        where: str,
     ) -> Started | None:
         labels = (run.job.entity_type, run.job.name)
 
         def finish() -> Awaitable[Started | None]:
-            claim_next: Next = "none" if self.closing.is_set() else self._next
-            return self.leases.finish(
-                run, outcome, value, retry_delay=retry_delay, claim_next=claim_next
-            )
+            then: Next = "none" if self.closing.is_set() else claim_next
+            return self.leases.finish(run, outcome, value, retry_delay=retry_delay, claim_next=then)
 
         # A packed worker's finish may release the lease (the entity ran dry): a renewal that
         # Redis runs after it is refused, and that is no loss.

@@ -1,12 +1,13 @@
 -- finish: end the job a lease is running (completed, retry later, or dead) and, in the same
 -- round trip, start the next job: the entity's, or (mode 'any', packed workers) when the entity
 -- has none, the oldest claimable entity's of the same bucket, under a new lease, the old one
--- released.
+-- released; mode 'release' releases the lease when the entity has none and takes nothing.
 -- KEYS[1] bucket base
 -- ARGV  e, owner, token, jslot, outcome ('completed'|'retry'|'dead'), value (result json or
---       error text), retry_delay_ms, next ('none'|'same'|'any'), lease_ttl_ms, channel,
+--       error text), retry_delay_ms, next ('none'|'same'|'any'|'release'), lease_ttl_ms, channel,
 --       keep_ms, keep_n (the job's retention, from its header)
--- Returns {'ok', ''} or {'ok', next_due_ms}  (nothing started; the lease is kept unless 'any')
+-- Returns {'ok', ''} or {'ok', next_due_ms}  (nothing started; the lease is kept in modes
+--       'none' and 'same')
 --      or {'ok', 'job', jslot, <JOB_REPLY...>}  (the entity's next job started, same lease)
 --      or {'ok', 'other', e, token, jslot, <JOB_REPLY...>}  (lease released, another taken)
 --      or {'lost'} when the lease is no longer this worker's: then nothing was changed.
@@ -52,14 +53,14 @@ elseif nxt ~= 'none' then
   promote(E, now)
   job = start_next(E, owner, L, now)
 end
-if job or nxt ~= 'any' then
+if job or nxt == 'none' or nxt == 'same' then
   save(E, chan, now)
   if job then return {'ok', 'job', unpack(job)} end
   return {'ok', E.due and int(E.due) or ''}
 end
 drop_lease(E, owner, false, now, us)
 save(E, chan, now)
-local other = claim_first(bb, owner, ttl, now, us, chan)
+local other = nxt == 'any' and claim_first(bb, owner, ttl, now, us, chan)
 if other then
   return {'ok', 'other', unpack(other)}
 end
