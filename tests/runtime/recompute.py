@@ -93,6 +93,8 @@ async def check_index(
             retry = await r.zrange(base + "retry", 0, -1, withscores=True)
             dlq = await r.zrange(base + "dlq", 0, -1)
             meta = await r.hgetall(base + "meta")
+            if await r.exists(base + "done"):
+                assert await r.pttl(base + "done") > 0, f"the done list of {e!r} never expires"
             conc = int(await r.hget(bb + "conc", e) or 1)
             leases = {f[2:]: _lease(v) for f, v in meta.items() if f.startswith("l:")}
             running = [jslot for _, _, jslot in leases.values() if jslot]
@@ -156,6 +158,8 @@ async def check_index(
         for jk, fields in jobs.items():
             if fields.get("s", "waiting") in LIVE:
                 assert jk in placed, f"job {jk} ({fields.get('s', 'waiting')}) is in no queue: lost"
+            elif fields.get("s") == "completed":
+                assert await r.pttl(jk) > 0, f"completed job {jk} is kept for ever"
 
     if len(buckets) == len(client.keys.buckets(t)):
         counts = await client.counts(t)

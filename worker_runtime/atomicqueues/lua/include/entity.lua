@@ -6,45 +6,44 @@
 -- @include keys
 -- @include time
 
--- The summary's fields and their values when absent: waiting, active, retrying, lease holders,
--- dead, concurrency, next due, FIFO sequence, last fencing token.
-local SUMMARY = {'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token'}
-local DEFAULT = {w = 0, a = 0, r = 0, h = 0, x = 0, c = 1, seq = 0, token = 0}
+-- The summary's fields, in the order load() reads them: waiting, active, retrying, lease
+-- holders, dead, concurrency, next due, FIFO sequence, last fencing token, expiry of the done
+-- list (as last set). Absent means 0, except c (1) and due (none).
+local SUMMARY = {'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx'}
 
--- Read entity e of bucket bb, with the extra meta fields `extra` ('l:'..owner, 'n:'..jslot).
+-- Read entity e of bucket bb, with the extra meta fields named in the list `extra` ('l:'..owner,
+-- 'n:'..jslot): E[name] is then the field's value, or false when it is absent. E.raw keeps what
+-- was read, for save() to tell what changed.
 local function load(bb, e, extra)
-  local names = SUMMARY
-  if extra then
-    names = {unpack(SUMMARY)}
-    for i = 1, #extra do names[#SUMMARY + i] = extra[i] end
-  end
-  local vals = redis.call('HMGET', ekey(bb, e, 'meta'), unpack(names))
-  local E = {bb = bb, e = e, names = names, counts = {}, existed = false, has = {}}
-  local old = {}
-  for i = 1, #names do
-    local f, v = names[i], vals[i]
-    if v then
-      E.existed = true
-      if i <= #SUMMARY then v = tonumber(v) end
-    else
-      v = DEFAULT[f]  -- nil for due and the extra fields
-    end
-    E[f], old[f], E.has[f] = v, v, true
-  end
-  E.old = old
+  local meta = ekey(bb, e, 'meta')
+  extra = extra or {}
+  local v = redis.call('HMGET', meta, 'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx',
+    unpack(extra))
+  local E = {bb = bb, e = e, meta = meta, raw = v, extra = extra, counts = false,
+    w = tonumber(v[1]) or 0, a = tonumber(v[2]) or 0, r = tonumber(v[3]) or 0,
+    h = tonumber(v[4]) or 0, x = tonumber(v[5]) or 0, c = tonumber(v[6]) or 1,
+    due = tonumber(v[7]), seq = tonumber(v[8]) or 0, token = tonumber(v[9]) or 0,
+    dx = tonumber(v[10]) or 0}
+  for i = 1, #extra do E[extra[i]] = v[#SUMMARY + i] end
   return E
 end
 
 -- Change a per-state count of the bucket by delta (written once, when the entity is saved).
 local function count(E, state, delta)
-  E.counts[state] = (E.counts[state] or 0) + delta
+  local counts = E.counts
+  if not counts then
+    counts = {}
+    E.counts = counts
+  end
+  counts[state] = (counts[state] or 0) + delta
 end
 
-local function busy(s) return s.w > 0 or s.a + s.r > 0 end
+-- The lines an entity crosses, from its waiting, active, retrying, holders and concurrency.
+local function busy(w, a, r) return w > 0 or a + r > 0 end
 -- A job could start if a new lease holder came (the scaler's and packed workers' view).
-local function claimable(s) return s.w > 0 and s.a + s.r < s.c and s.h < s.c end
+local function claimable(w, a, r, h, c) return w > 0 and a + r < c and h < c end
 -- A job could start for some worker (an entity-bound worker waits on the entity's bell).
-local function startable(s) return s.w > 0 and s.a + s.r < s.c end
+local function startable(w, a, r, c) return w > 0 and a + r < c end
 
 -- An entity's entry in an index hash: n, or none when n is 0.
 local function hash_entry(key, e, n)
@@ -64,53 +63,75 @@ local function zset_entry(key, e, score)
   end
 end
 
--- Write what changed of E's meta, and bring the bucket's index along.
-local function save(E, chan, now)
-  local bb, e, o = E.bb, E.e, E.old
-  local meta = ekey(bb, e, 'meta')
-  local idle = not busy(E) and E.h == 0 and E.x == 0 and E.due == nil and E.c == 1
+-- Write what changed of E's meta: one HSET and one HDEL at most, or one DEL when the entity has
+-- nothing left (a concurrency other than 1 and a result() waiter are kept). Tokens stay
+-- monotonic without the meta through the time floor in grant(); the FIFO sequence may restart
+-- because nothing is left to order against.
+local function save_meta(E, idle)
+  local raw, extra = E.raw, E.extra
   if idle then
-    for _, f in ipairs(E.names) do
-      if E[f] and string.sub(f, 1, 2) == 'n:' then idle = false end  -- a result() waiter
+    for i = 1, #extra do
+      if E[extra[i]] and string.sub(extra[i], 1, 2) == 'n:' then idle = false end
     end
   end
   if idle then
-    -- Nothing left (a concurrency other than 1 is kept): drop the bookkeeping. Tokens stay
-    -- monotonic through the time floor in grant(); the FIFO sequence may restart because
-    -- nothing is left to order against.
-    if E.existed then redis.call('DEL', meta, ekey(bb, e, 'bell')) end
-  else
-    local set, del = {}, {}
-    for _, f in ipairs(E.names) do
-      local v = E[f]
-      if v ~= o[f] then
-        if v == nil or v == DEFAULT[f] then
-          del[#del + 1] = f
-        else
-          set[#set + 1] = f
-          set[#set + 1] = type(v) == 'number' and int(v) or v
-        end
+    for i = 1, #raw do
+      if raw[i] then
+        redis.call('DEL', E.meta, ekey(E.bb, E.e, 'bell'))
+        return
       end
     end
-    if #set > 0 then redis.call('HSET', meta, unpack(set)) end
-    if #del > 0 then redis.call('HDEL', meta, unpack(del)) end
+    return
   end
-  if E.w ~= o.w then hash_entry(bb .. 'pending', e, E.w) end
-  if busy(E) ~= busy(o) then zset_entry(bb .. 'work', e, busy(E) and now) end
-  local can, could = claimable(E), claimable(o)
-  if can ~= could then
+  local set, del = {}, {}
+  for i = 1, #raw do
+    local f, old = SUMMARY[i] or extra[i - #SUMMARY], raw[i]
+    local v = E[f]
+    if i <= #SUMMARY then
+      if v == 0 or (f == 'c' and v == 1) then v = false end  -- written as absent
+      if old then old = tonumber(old) end
+    end
+    if v == nil then v = false end
+    if v ~= old then
+      if v then
+        set[#set + 1] = f
+        set[#set + 1] = type(v) == 'number' and int(v) or v
+      elseif old then
+        del[#del + 1] = f
+      end
+    end
+  end
+  if #set > 0 then redis.call('HSET', E.meta, unpack(set)) end
+  if #del > 0 then redis.call('HDEL', E.meta, unpack(del)) end
+end
+
+-- Write what changed of E, and bring the bucket's index along.
+local function save(E, chan, now)
+  local bb, e, raw = E.bb, E.e, E.raw
+  local w, a, r, h, x, c, due = E.w, E.a, E.r, E.h, E.x, E.c, E.due
+  local w0, a0, r0, h0 = tonumber(raw[1]) or 0, tonumber(raw[2]) or 0, tonumber(raw[3]) or 0,
+    tonumber(raw[4]) or 0
+  local x0, c0, due0 = tonumber(raw[5]) or 0, tonumber(raw[6]) or 1, tonumber(raw[7])
+  save_meta(E, w + a + r + h + x == 0 and due == nil and c == 1)
+  if w ~= w0 then hash_entry(bb .. 'pending', e, w) end
+  local is_busy = busy(w, a, r)
+  if is_busy ~= busy(w0, a0, r0) then zset_entry(bb .. 'work', e, is_busy and now) end
+  local can = claimable(w, a, r, h, c)
+  if can ~= claimable(w0, a0, r0, h0, c0) then
     zset_entry(bb .. 'ready', e, can and now)
     if can then
       ring(bb .. 'bell')
       if chan ~= '' then redis.call('PUBLISH', chan, e) end
     end
   end
-  if startable(E) and (not startable(o) or E.h < o.h) then
+  if startable(w, a, r, c) and (h < h0 or not startable(w0, a0, r0, c0)) then
     ring(ekey(bb, e, 'bell'))
   end
-  if E.due ~= o.due then zset_entry(bb .. 'delayed', e, E.due) end
-  if E.x ~= o.x then hash_entry(bb .. 'dead', e, E.x) end
-  for state, delta in pairs(E.counts) do
-    if delta ~= 0 then redis.call('HINCRBY', bb .. 'counts', state, delta) end
+  if due ~= due0 then zset_entry(bb .. 'delayed', e, due) end
+  if x ~= x0 then hash_entry(bb .. 'dead', e, x) end
+  if E.counts then
+    for state, delta in pairs(E.counts) do
+      if delta ~= 0 then redis.call('HINCRBY', bb .. 'counts', state, delta) end
+    end
   end
 end

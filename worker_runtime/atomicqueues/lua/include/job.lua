@@ -31,7 +31,7 @@ end
 -- Grant owner a new lease on the entity if a job can start and a lease slot is free, and
 -- start that job. Returns the lease and the job's reply, or nil.
 local function acquire(E, owner, ttl, now, us)
-  if not claimable(E) then return nil end
+  if not claimable(E.w, E.a, E.r, E.h, E.c) then return nil end
   local L = grant(E, owner, ttl, now, us)
   return L, start_next(E, owner, L, now)
 end
@@ -53,9 +53,14 @@ local function end_job(E, owner, L, outcome, value, due, keep_ms, keep_n, now, u
       redis.call('PEXPIRE', jk, keep_ms)
       local done = ekey(E.bb, E.e, 'done')
       redis.call('ZADD', done, us, jslot)
-      redis.call('PEXPIRE', done, keep_ms)
-      -- Trimmed on every 16th job of the entity (by FIFO sequence) and when the cap is small:
-      -- a done list holds at most 16 more than keep_n, and its jobs expire on their own.
+      -- The done list's expiry is pushed back when less than half of this job's retention is
+      -- left of it (a done list that expires before its jobs only stops the count cap for
+      -- them). It is trimmed on every 16th job of the entity (by FIFO sequence) and when the
+      -- cap is small: it holds at most 16 more than keep_n, and its jobs expire on their own.
+      if E.dx < now + keep_ms / 2 then
+        redis.call('PEXPIRE', done, keep_ms)
+        E.dx = now + keep_ms
+      end
       if tonumber(L.score) % 16 == 0 or keep_n < 16 then
         redis.call('ZREMRANGEBYSCORE', done, '-inf', int(tonumber(us) - keep_ms * 1000))
         local extra = redis.call('ZCARD', done) - keep_n

@@ -15,6 +15,7 @@
 --                           (entity.lua): w waiting, a active, r retrying, h lease holders,
 --                           x dead, c concurrency (absent: 1), due next due ms of a delayed job
 --                           or retry, seq FIFO sequence, token last fencing token granted,
+--                           dx when the done list expires (as last set: job.lua),
 --                           'l:'..owner a lease (lease.lua), 'n:'..jslot result() waiters.
 --                           Deleted when the entity has nothing left (idle).
 -- One job:

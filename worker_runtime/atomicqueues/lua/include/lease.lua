@@ -8,7 +8,7 @@
 -- The meta field of owner's lease; the script must have loaded it (load's `extra`).
 local function lease_field(E, owner)
   local f = 'l:' .. owner
-  if not E.has[f] then error('lease of ' .. owner .. ' not loaded') end
+  if E[f] == nil then error('lease of ' .. owner .. ' not loaded') end
   return f
 end
 
@@ -16,12 +16,9 @@ end
 local function lease_of(E, owner)
   local v = E[lease_field(E, owner)]
   if not v then return nil end
-  local token, exp, rest = string.match(v, '^(%d+) (%d+) ?(.*)$')
-  local L = {token = token, exp = tonumber(exp)}
-  if rest ~= '' then
-    L.score, L.jslot = string.match(rest, '^(%d+) (.*)$')
-  end
-  return L
+  local token, exp, score, jslot = string.match(v, '^(%d+) (%d+) ?(%d*) ?(.*)$')
+  if score == '' then score, jslot = nil, nil end
+  return {token = token, exp = tonumber(exp), score = score, jslot = jslot}
 end
 
 local function set_lease(E, owner, L)
@@ -42,7 +39,7 @@ end
 local function drop_lease(E, owner, stalled, now, us)
   local L = lease_of(E, owner)
   if not L then return false end
-  E[lease_field(E, owner)] = nil
+  E[lease_field(E, owner)] = false
   E.h = E.h - 1
   redis.call('ZREM', E.bb .. 'leases', owner .. '|' .. E.e)
   if not L.jslot then return false end

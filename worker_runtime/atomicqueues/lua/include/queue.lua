@@ -72,9 +72,9 @@ end
 local function notify_waiters(E, jslot)
   local f = 'n:' .. jslot
   local n
-  if E.has[f] then
+  if E[f] ~= nil then  -- loaded (false: absent)
     n = tonumber(E[f]) or 0
-    E[f] = nil
+    E[f] = false
   else
     n = tonumber(redis.call('HGET', ekey(E.bb, E.e, 'meta'), f)) or 0
     if n > 0 then redis.call('HDEL', ekey(E.bb, E.e, 'meta'), f) end
