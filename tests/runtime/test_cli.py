@@ -231,3 +231,53 @@ def test_worker_serves_prometheus_metrics(redis_url: str) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+AQ_SCRIPT = str(Path(sys.executable).with_name("aq"))
+"""The installed `aq` script (not `python -m`, which puts the working directory on the path)."""
+
+HANDLERS_NEXT_TO_IT = """\
+from atomicqueues import JobContext, Registry
+
+registry = Registry()
+
+
+@registry.query("hello")
+async def hello(ctx: JobContext, payload: None) -> str:
+    return f"hello {ctx.entity_id}"
+"""
+
+
+def test_worker_imports_handlers_from_the_working_directory(redis_url: str, tmp_path: Path) -> None:
+    (tmp_path / "handlers.py").write_text(HANDLERS_NEXT_TO_IT)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AQ_HANDLERS")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [AQ_SCRIPT, "--redis-url", redis_url, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    job_id = run("enqueue", "user", "bob", "hello").stdout.strip()
+    worker = run(
+        "worker", "--handlers", "handlers:registry", "--entity-type", "user", "--entity-id", "bob",
+        "--idle-timeout", "0.3",
+    )  # fmt: skip
+    assert worker.returncode == 0, worker.stderr
+    assert f"job {job_id} of user/'bob' attempt 1 completed" in worker.stderr
+    report = json.loads(run("status", "--json").stdout)
+    assert report["types"]["user"]["counts"]["completed"] == 1
+
+
+def test_handlers_that_fail_to_import_are_one_line(redis_url: str, tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("from atomicqueues import Registry\nregistry = mail_api\n")
+    worker = subprocess.run(
+        [AQ_SCRIPT, "--redis-url", redis_url, "worker", "--handlers", "broken:registry",
+         "--entity-type", "user"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert_one_line_error(worker, "cannot import 'broken'", "NameError", "mail_api")
