@@ -11,3 +11,9 @@ registry = Registry()
 @registry.query("echo")
 async def echo(ctx: JobContext, payload: Any) -> Any:
     return payload
+
+
+@registry.query("locked")
+async def locked(ctx: JobContext, payload: Any) -> int:
+    lock = await ctx.lock("modem", "m1")  # released by the worker when the job ends
+    return lock.token

@@ -22,8 +22,11 @@ from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, NoReturn
 
+import redis.exceptions
+
 from .client import Client, NewJob
 from .config import Settings
+from .connection import permission_denied
 from .errors import AtomicQueuesError, ConfigError, InvalidInput
 from .extras import missing_extra
 from .jobs import Job
@@ -733,6 +736,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_with_client(settings, lambda c: handler(args, c)))
     except AtomicQueuesError as exc:
         print(f"aq: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except redis.exceptions.ResponseError as exc:
+        if (line := permission_denied(exc)) is None:
+            raise
+        print(f"aq: {line}", file=sys.stderr)
         return EXIT_ERROR
     except ModuleNotFoundError as exc:
         # An optional dependency a lazily imported layer needs; anything else is a bug.

@@ -60,6 +60,22 @@ def broken_transport(exc: BaseException) -> bool:
     return any(name.endswith("redis/asyncio/connection.py") for name in frames)
 
 
+def permission_denied(exc: BaseException) -> str | None:
+    """One line for a refusal by Redis's ACL (the user may not run a command or touch a key or
+    channel), whether a command was refused (NOPERM) or a command inside a script; None for
+    any other error."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, redis.exceptions.NoPermissionError) or (
+        isinstance(exc, redis.exceptions.ResponseError)
+        and any(mark in text for mark in ("NOPERM", "no permissions", "can't run this command"))
+    ):
+        return (
+            f"the Redis user may not run a command AtomicQueues needs ({text}): grant the "
+            "commands, keys and channels of the README's least-privilege ACL"
+        )
+    return None
+
+
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
 
