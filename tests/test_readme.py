@@ -128,3 +128,19 @@ def test_the_quick_start_runs_as_shown(
         time.sleep(0.1)
     # alice: send, send, balance; bob: balance, balance; 3 welcomes; bob's line of jobs.jsonl
     assert counts == {**counts, "completed": 9, "dead": 0, "waiting": 0, "retrying": 0}
+
+
+def test_the_docs_links_and_named_files_exist() -> None:
+    """docs/design.md and the README link to files, and name tests and modules by path: every
+    one of them is in the repository."""
+    for doc in (README, ROOT / "docs" / "design.md", ROOT / "CONTRIBUTING.md"):
+        if not doc.exists():
+            continue
+        text = doc.read_text()
+        for target in re.findall(r"\]\(([^)#:]+)\)", text):
+            assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
+        for named in re.findall(
+            r"`((?:tests|docs|worker_runtime|operator|examples|bench)/[\w/.-]+)`", text
+        ):
+            assert (ROOT / named).exists(), f"{doc.name} names missing {named}"
+    assert "](docs/design.md)" in README.read_text()
