@@ -1,13 +1,13 @@
 """`aq crd` and `aq operator`, reached lazily from `atomicqueues.cli` as `main([command, ...])`.
 
 Errors a person can cause are `AtomicQueuesError`s: `atomicqueues.cli` prints them as one line.
-kopf is imported only by `aq operator`, so `aq crd` works without the operator extra.
+kopf is imported only by `aq operator`, so `aq crd` works without the operator extra; a
+missing extra is named in one line by `atomicqueues.cli` (`atomicqueues.extras`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import socket
@@ -22,8 +22,6 @@ from .crd import CHART_CRD_FILE, CRD_FILE, CRD_NAME, crd_yaml, write_crd
 
 
 def cmd_crd(write: bool) -> int:
-    if importlib.util.find_spec("yaml") is None:
-        raise AtomicQueuesError("`aq crd` needs pyyaml: pip install 'atomicqueues[local]'")
     if write:
         written = write_crd()
         for path in written:
@@ -36,8 +34,6 @@ def cmd_crd(write: bool) -> int:
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
-    if importlib.util.find_spec("kopf") is None:
-        raise AtomicQueuesError("`aq operator` needs kopf: pip install 'atomicqueues[operator]'")
     import asyncio
     from dataclasses import replace
 

@@ -135,10 +135,15 @@ def test_dockerignore_keeps_the_copied_files(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["operator", "worker"])
 def test_the_package_build_has_what_it_needs(name: str) -> None:
-    """`pip wheel .` of the project reads pyproject.toml, its readme and its package dirs."""
+    """`pip wheel .` of the project reads pyproject.toml, its readme, its license files and its
+    package dirs."""
     image = IMAGES[name]
     copied = {source.strip("/") for source in copied_sources(image)}
-    needed = {"pyproject.toml", PYPROJECT["project"]["readme"]}
+    needed = {
+        "pyproject.toml",
+        PYPROJECT["project"]["readme"],
+        *PYPROJECT["project"]["license-files"],
+    }
     setuptools = PYPROJECT["tool"]["setuptools"]
     needed |= {path.split("/")[0] for path in setuptools["package-dir"].values()}
     needed |= set(setuptools["packages"]["find"]["where"])

@@ -177,6 +177,34 @@ def test_invalid_manifest_is_one_line_naming_the_field(
         assert word in lines[0]
 
 
+def test_aq_up_refuses_handlers_that_cannot_be_imported(redis_url: str, tmp_path: Path) -> None:
+    """Checked once at start, with one line, instead of workers restarted in a backoff loop."""
+    (tmp_path / "handlers.py").write_text("import no_such_module_xyz\n")
+    for handlers, words in [
+        ("handlers:registry", ["cannot import 'handlers'", "no_such_module_xyz"]),
+        ("atomicqueues:Client", ["not a Registry"]),
+    ]:
+        path = tmp_path / "pool.yaml"
+        path.write_text(
+            yaml.safe_dump({**MANIFEST, "spec": {**MANIFEST["spec"], "handlers": handlers}})
+        )
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "atomicqueues.cli", "up", str(path)],
+            cwd=tmp_path,
+            env=aq_env(redis_url),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode != 0
+        assert time.monotonic() - started < 10  # refused, not run until stopped
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        for word in words:
+            assert word in lines[0], lines[0]
+
+
 def test_unreadable_manifest(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("spec: [unclosed")
     for path in (tmp_path / "missing.yaml", tmp_path / "broken.yaml"):

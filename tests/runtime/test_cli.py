@@ -231,3 +231,161 @@ def test_worker_serves_prometheus_metrics(redis_url: str) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+AQ_SCRIPT = str(Path(sys.executable).with_name("aq"))
+"""The installed `aq` script (not `python -m`, which puts the working directory on the path)."""
+
+HANDLERS_NEXT_TO_IT = """\
+from atomicqueues import JobContext, Registry
+
+registry = Registry()
+
+
+@registry.query("hello")
+async def hello(ctx: JobContext, payload: None) -> str:
+    return f"hello {ctx.entity_id}"
+"""
+
+
+def test_worker_imports_handlers_from_the_working_directory(redis_url: str, tmp_path: Path) -> None:
+    (tmp_path / "handlers.py").write_text(HANDLERS_NEXT_TO_IT)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "AQ_HANDLERS")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [AQ_SCRIPT, "--redis-url", redis_url, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    job_id = run("enqueue", "user", "bob", "hello").stdout.strip()
+    worker = run(
+        "worker", "--handlers", "handlers:registry", "--entity-type", "user", "--entity-id", "bob",
+        "--idle-timeout", "0.3",
+    )  # fmt: skip
+    assert worker.returncode == 0, worker.stderr
+    assert f"job {job_id} of user/'bob' attempt 1 completed" in worker.stderr
+    report = json.loads(run("status", "--json").stdout)
+    assert report["types"]["user"]["counts"]["completed"] == 1
+
+
+def test_handlers_that_fail_to_import_are_one_line(redis_url: str, tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text("from atomicqueues import Registry\nregistry = mail_api\n")
+    worker = subprocess.run(
+        [AQ_SCRIPT, "--redis-url", redis_url, "worker", "--handlers", "broken:registry",
+         "--entity-type", "user"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert_one_line_error(worker, "cannot import 'broken'", "NameError", "mail_api")
+
+
+def test_version_and_help_describe_every_command(redis_url: str) -> None:
+    from importlib.metadata import version
+
+    shown = aq("--version", url=redis_url)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == f"aq {version('atomicqueues')}"
+    helped = aq("--help", url=redis_url)
+    assert helped.returncode == 0
+    assert "(see `aq" not in helped.stdout
+    for command, words in [
+        ("up", "EntityWorkerPool manifest"),
+        ("demo", "killed worker"),
+        ("operator", "Kubernetes operator"),
+        ("crd", "CustomResourceDefinition"),
+        ("job", "attempts"),
+        ("result", "result"),
+    ]:
+        line = next(ln for ln in helped.stdout.splitlines() if ln.strip().startswith(command))
+        assert words in " ".join(helped.stdout.split()), (command, line)
+
+
+@pytest.mark.parametrize(
+    ("hidden", "args", "words"),
+    [
+        pytest.param("yaml", ["up", "pool.yaml"], ["`aq up` needs pyyaml", "[local]"], id="up"),
+        pytest.param("yaml", ["crd"], ["`aq crd` needs pyyaml", "[local]"], id="crd"),
+        pytest.param("kopf", ["operator"], ["needs kopf", "[operator]"], id="operator"),
+        pytest.param("aiohttp", ["operator"], ["needs aiohttp", "[operator]"], id="aiohttp"),
+    ],
+)
+def test_a_missing_extra_is_one_line_naming_it(
+    tmp_path: Path, hidden: str, args: list[str], words: list[str]
+) -> None:
+    """The module is made unimportable in the child (as if its distribution were absent)."""
+    (tmp_path / "pool.yaml").write_text("kind: EntityWorkerPool\n")
+    program = (
+        f"import sys; sys.modules[{hidden!r}] = None; from atomicqueues.cli import main; "
+        f"sys.exit(main({args!r}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("AQ_")},
+    )
+    assert_one_line_error(result, *words)
+
+
+def test_close_an_unknown_worker_is_an_error(redis_url: str) -> None:
+    assert_one_line_error(aq("close", "--worker", "nosuch", url=redis_url), "no such worker")
+    entity = aq("close", "--entity", "user", "bob", url=redis_url)
+    assert entity.returncode == 0, entity.stderr
+    assert "0 live worker(s)" in entity.stdout
+
+
+def test_job_show_and_result(redis_url: str) -> None:
+    worker_args = ("worker", "--handlers", "cli_handlers:registry", "--entity-type", "user")
+    query = aq("enqueue", "user", "bob", "echo", "--payload", '{"n": 7}', url=redis_url)
+    job_id = query.stdout.strip()
+    shown = aq("job", "show", job_id, url=redis_url)
+    assert shown.returncode == 0, shown.stderr
+    assert "state     waiting" in shown.stdout
+    assert "attempts  0 of 3" in shown.stdout
+    assert_one_line_error(aq("result", job_id, url=redis_url), "has not ended yet", "waiting")
+    dead = aq("enqueue", "user", "bob", "nosuch", "--job-id", "mine", url=redis_url)
+    assert dead.stdout.strip() == "mine"
+    worker = aq(*worker_args, "--entity-id", "bob", "--idle-timeout", "0.3", url=redis_url)
+    assert worker.returncode == 0, worker.stderr
+    assert aq("result", job_id, url=redis_url).stdout.strip() == '{"n": 7}'
+    assert aq("result", job_id, "--wait", "5", url=redis_url).stdout.strip() == '{"n": 7}'
+    shown = aq("job", "show", job_id, url=redis_url).stdout
+    assert "state     completed" in shown
+    assert "attempts  1 of 3" in shown
+    assert 'result    {"n":7}' in shown
+    as_json = json.loads(aq("job", "show", job_id, "--json", url=redis_url).stdout)
+    assert as_json["state"] == "completed"
+    assert as_json["result_json"] == '{"n":7}'
+    failed = aq("job", "show", "mine", "--entity", "user", "bob", url=redis_url).stdout
+    assert "state     dead" in failed
+    assert "error     " in failed
+    assert "no handler registered under 'nosuch'" in failed
+    assert_one_line_error(
+        aq("result", "mine", "--entity", "user", "bob", url=redis_url), "failed", "nosuch"
+    )
+    assert_one_line_error(aq("job", "show", "user.7." + "0" * 32, url=redis_url), "no job")
+    assert_one_line_error(aq("job", "show", "mine", url=redis_url), "pass the entity")
+
+
+def test_dlq_list_without_a_type_lists_every_type(redis_url: str) -> None:
+    for entity_type in ("user", "device"):
+        aq("enqueue", entity_type, "x", "nosuch", url=redis_url)
+        worker = aq(
+            "worker", "--handlers", "cli_handlers:registry", "--entity-type", entity_type,
+            "--entity-id", "x", "--idle-timeout", "0.3", url=redis_url,
+        )  # fmt: skip
+        assert worker.returncode == 0, worker.stderr
+    listed = aq("dlq", "list", url=redis_url)
+    assert listed.returncode == 0, listed.stderr
+    assert "device/'x'" in listed.stdout
+    assert "user/'x'" in listed.stdout
+    assert listed.stdout.strip().endswith("2 dead job(s)")
+    only_one = aq("dlq", "list", "--limit", "1", "--json", url=redis_url)
+    assert len(json.loads(only_one.stdout)) == 1
+    assert_one_line_error(aq("dlq", "purge", url=redis_url), "required")

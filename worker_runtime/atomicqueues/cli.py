@@ -19,18 +19,28 @@ import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, replace
+from datetime import UTC, datetime
 from typing import Any, BinaryIO, NoReturn
+
+import redis.exceptions
 
 from .client import Client, NewJob
 from .config import Settings
+from .connection import permission_denied
 from .errors import AtomicQueuesError, ConfigError, InvalidInput
+from .extras import missing_extra
 from .jobs import Job
 from .locks import Lock, Locks
 from .memory import eviction_warning
 from .presence import Presence
 
-LAZY_COMMANDS = ("operator", "crd", "up", "demo")
-"""Commands of the layers above the runtime, imported only when asked for."""
+LAZY_COMMANDS = {
+    "up": "run the workers of an EntityWorkerPool manifest on this machine until Ctrl-C",
+    "demo": "see it work: a private Redis, a local pool, 432 jobs, a killed worker, a check",
+    "operator": "run the Kubernetes operator for EntityWorkerPools (the operator extra)",
+    "crd": "print (or --write) the EntityWorkerPool CustomResourceDefinition",
+}
+"""Commands of the layers above the runtime, imported only when asked for, and what they do."""
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -106,8 +116,16 @@ without one would be enqueued twice. Prints "N job(s) enqueued".
 """
 
 
+ENTITY_HELP = "the job's entity: needed for a job id chosen by the producer (--job-id)"
+
+
 def build_parser() -> Parser:
-    parser = Parser(prog="aq", description="AtomicQueues: atomic per-entity job processing.")
+    parser = Parser(
+        prog="aq",
+        description="AtomicQueues: atomic per-entity job processing on Redis.",
+        epilog="`aq COMMAND --help` describes each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--redis-url", help="Redis URL (default: $AQ_REDIS_URL)")
     parser.add_argument("--prefix", help="key prefix (default: $AQ_PREFIX or 'aq')")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -163,15 +181,33 @@ def build_parser() -> Parser:
     p.add_argument("--entity-type", help="only this type")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    p = sub.add_parser("job", help="one job: its state, attempts, result or error")
+    job = p.add_subparsers(dest="action", required=True, parser_class=Parser)
+    a = job.add_parser("show", help="state, attempts, times, payload, result or error of a job")
+    a.add_argument("job_id", metavar="JOB_ID", help="the id `aq enqueue` printed")
+    a.add_argument("--entity", nargs=2, metavar=("TYPE", "ID"), help=ENTITY_HELP)
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser("result", help="print a job's result as JSON (what its query returned)")
+    p.add_argument("job_id", metavar="JOB_ID", help="the id `aq enqueue` printed")
+    p.add_argument("--entity", nargs=2, metavar=("TYPE", "ID"), help=ENTITY_HELP)
+    p.add_argument(
+        "--wait",
+        type=_positive,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for the job to end (default: do not wait)",
+    )
+
     p = sub.add_parser("dlq", help="dead-letter lists")
     dlq = p.add_subparsers(dest="action", required=True, parser_class=Parser)
     for action, text in (
-        ("list", "show dead jobs"),
+        ("list", "show dead jobs (of every entity type unless one is given)"),
         ("requeue", "put dead jobs back"),
         ("purge", "delete dead jobs"),
     ):
         a = dlq.add_parser(action, help=text)
-        a.add_argument("entity_type")
+        a.add_argument("entity_type", nargs="?" if action == "list" else None)
         a.add_argument("entity_id", nargs="?", help="one entity (default: all of the type)")
         if action != "list":
             a.add_argument("--job-id", action="append", dest="job_ids", help="only these jobs")
@@ -200,9 +236,18 @@ def build_parser() -> Parser:
     target.add_argument("--entity", nargs=2, metavar=("TYPE", "ID"), help="an entity's workers")
     target.add_argument("--node", help="every worker of a node")
 
-    for name in LAZY_COMMANDS:
-        sub.add_parser(name, help=f"(see `aq {name} --help`)", add_help=False)
+    for name, text in LAZY_COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("atomicqueues")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def _split_lazy(argv: list[str]) -> tuple[list[str], str, list[str]] | None:
@@ -496,6 +541,65 @@ async def cmd_locks(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def _job_json(job: Job) -> dict[str, Any]:
+    return asdict(job) | {"backoff": job.backoff.model_dump()}
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.fromtimestamp(seconds, UTC).isoformat(sep=" ", timespec="milliseconds")
+
+
+def _job_report(job: Job) -> list[tuple[str, str]]:
+    """What `aq job show` prints of a job, line by line."""
+    lines = [
+        ("job", job.id),
+        ("entity", f"{job.entity_type}/{job.entity_id!r}"),
+        ("name", job.name),
+        ("state", job.state),
+        ("attempts", f"{job.attempt} of {job.max_attempts}"),
+        ("priority", str(job.priority)),
+        ("enqueued", _when(job.enqueued_at)),
+        ("started", _when(job.started_at)),
+        ("finished", _when(job.finished_at)),
+        ("payload", job.payload_json),
+    ]
+    if job.state == "completed":
+        lines.append(("result", job.result_json or "null"))
+    if job.error:
+        lines.append(("error", job.error))
+    return lines
+
+
+def _entity(args: argparse.Namespace) -> tuple[str, str] | None:
+    return (args.entity[0], args.entity[1]) if args.entity else None
+
+
+async def cmd_job(args: argparse.Namespace, client: Client) -> int:
+    job = await client.job(args.job_id, entity=_entity(args))
+    if args.json:
+        print(json.dumps(_job_json(job), indent=2, ensure_ascii=False))
+    else:
+        for label, value in _job_report(job):
+            print(f"{label:<9} {value}")
+    return 0
+
+
+async def cmd_result(args: argparse.Namespace, client: Client) -> int:
+    entity = _entity(args)
+    try:
+        value = await client.result(args.job_id, timeout=args.wait, entity=entity)
+    except TimeoutError:
+        job = await client.job(args.job_id, entity=entity)
+        waited = f"after {args.wait:g}s" if args.wait else "yet (--wait SECONDS waits for it)"
+        raise AtomicQueuesError(
+            f"job {args.job_id!r} has not ended {waited}: it is {job.state}"
+        ) from None
+    print(json.dumps(value, ensure_ascii=False))
+    return 0
+
+
 def _job_line(job: Job) -> str:
     where = f"{job.entity_type}/{job.entity_id!r}"
     return f"{job.id}  {where}  {job.name}  attempts {job.attempt}  {job.error}"
@@ -503,20 +607,21 @@ def _job_line(job: Job) -> str:
 
 async def cmd_dlq(args: argparse.Namespace, client: Client) -> int:
     if args.action == "list":
-        jobs = await client.dlq_list(args.entity_type, args.entity_id, limit=args.limit)
+        types = [args.entity_type] if args.entity_type else await client.entity_types()
+        jobs: list[Job] = []
+        for entity_type in types:
+            limit = args.limit - len(jobs)
+            if limit > 0:
+                jobs += await client.dlq_list(entity_type, args.entity_id, limit=limit)
         if args.json:
-            print(
-                json.dumps(
-                    [asdict(j) | {"backoff": j.backoff.model_dump()} for j in jobs],
-                    indent=2,
-                    ensure_ascii=False,
-                )
-            )
+            print(json.dumps([_job_json(j) for j in jobs], indent=2, ensure_ascii=False))
         else:
             for job in jobs:
                 print(_job_line(job))
             print(f"{len(jobs)} dead job(s)")
         return 0
+    if args.entity_type is None:
+        raise InvalidInput(f"dlq {args.action} needs the entity type")
     if args.job_ids and args.entity_id is None:
         raise InvalidInput("--job-id needs the entity id too")
     fn = client.dlq_requeue if args.action == "requeue" else client.dlq_purge
@@ -528,12 +633,20 @@ async def cmd_dlq(args: argparse.Namespace, client: Client) -> int:
 async def cmd_close(args: argparse.Namespace, client: Client) -> int:
     presence = Presence(client)
     if args.worker:
+        if not await presence.worker_exists(args.worker):
+            raise InvalidInput(f"no such worker {args.worker!r} (`aq status` lists the workers)")
         await presence.close_worker(args.worker)
-    elif args.entity:
+        print(f"close signal sent to worker {args.worker}")
+        return 0
+    if args.entity:
+        live = await presence.entity_workers(*args.entity)
         await presence.close_entity(*args.entity)
+        where = f"{args.entity[0]}/{args.entity[1]!r}"
     else:
+        live = await presence.node_workers(args.node)
         await presence.close_node(args.node)
-    print("close signal sent")
+        where = f"node {args.node}"
+    print(f"close signal sent to {where} ({len(live)} live worker(s))")
     return 0
 
 
@@ -584,10 +697,7 @@ def _lazy(command: str, rest: list[str]) -> int:
         "up": "atomicqueues.pools.cli",
         "demo": "atomicqueues.pools.cli",
     }[command]
-    try:
-        entry = importlib.import_module(module)
-    except ImportError:
-        raise AtomicQueuesError(f"`aq {command}` is not available in this installation") from None
+    entry = importlib.import_module(module)
     result: int = entry.main([command, *rest])
     return result
 
@@ -619,11 +729,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             "status": cmd_status,
             "dlq": cmd_dlq,
             "close": cmd_close,
+            "job": cmd_job,
+            "result": cmd_result,
             "locks": cmd_locks,
         }[args.command]
         return asyncio.run(_with_client(settings, lambda c: handler(args, c)))
     except AtomicQueuesError as exc:
         print(f"aq: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except redis.exceptions.ResponseError as exc:
+        if (line := permission_denied(exc)) is None:
+            raise
+        print(f"aq: {line}", file=sys.stderr)
+        return EXIT_ERROR
+    except ModuleNotFoundError as exc:
+        # An optional dependency a lazily imported layer needs; anything else is a bug.
+        if (line := missing_extra(exc, f"`aq {args.command}`")) is None:
+            raise
+        print(f"aq: {line}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

@@ -31,6 +31,7 @@ from .errors import (
     JobFailed,
     JobNotFound,
     NotReplicated,
+    PoolExhausted,
     RedisOutOfMemory,
     RedisUnavailable,
 )
@@ -177,6 +178,8 @@ class Client:
         refusal for full memory into `RedisOutOfMemory`."""
         try:
             return await make()
+        except redis.exceptions.MaxConnectionsError:  # a ConnectionError that is not one
+            raise PoolExhausted(describe(self.settings.redis_url), None, None) from None
         except CONNECTION_ERRORS as exc:
             raise RedisUnavailable(
                 f"cannot reach Redis at {describe(self.settings.redis_url)}: {exc}"

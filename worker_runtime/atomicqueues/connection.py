@@ -32,7 +32,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 
-from .errors import RedisUnavailable
+from .errors import PoolExhausted, RedisUnavailable
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
 
@@ -58,6 +58,22 @@ def broken_transport(exc: BaseException) -> bool:
         frames.append(tb.tb_frame.f_code.co_filename.replace("\\", "/"))
         tb = tb.tb_next
     return any(name.endswith("redis/asyncio/connection.py") for name in frames)
+
+
+def permission_denied(exc: BaseException) -> str | None:
+    """One line for a refusal by Redis's ACL (the user may not run a command or touch a key or
+    channel), whether a command was refused (NOPERM) or a command inside a script; None for
+    any other error."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, redis.exceptions.NoPermissionError) or (
+        isinstance(exc, redis.exceptions.ResponseError)
+        and any(mark in text for mark in ("NOPERM", "no permissions", "can't run this command"))
+    ):
+        return (
+            f"the Redis user may not run a command AtomicQueues needs ({text}): grant the "
+            "commands, keys and channels of the README's least-privilege ACL"
+        )
+    return None
 
 
 SENTINEL_SCHEME = "redis+sentinel"
@@ -118,6 +134,33 @@ def describe(url: str) -> str:
     host = parts.hostname or "?"
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+MAX_CONNECTIONS = 100
+"""Connections one client keeps to one server at most (redis-py's default). On a standalone
+server a call beyond them waits for a free one, up to the call timeout; on Cluster (per node)
+and through Sentinel it fails at once (`PoolExhausted`)."""
+
+
+class _WaitingPool(aioredis.BlockingConnectionPool):
+    """redis-py's blocking pool: more calls at once than `MAX_CONNECTIONS` wait their turn
+    instead of failing; a call that waited past the timeout fails naming that cause."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except redis.exceptions.ConnectionError as exc:
+            if not isinstance(exc.__cause__, TimeoutError):
+                raise
+            where = _where(self.connection_kwargs)
+            raise PoolExhausted(where, self.max_connections, self.timeout) from None
+
+
+def _where(kwargs: dict[str, Any]) -> str:
+    """Where a connection pool's connections go, for messages (never a password)."""
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    return f"redis://{kwargs.get('host', '?')}:{kwargs.get('port', 6379)}/{kwargs.get('db', 0)}"
 
 
 def _options(timeout: float) -> dict[str, Any]:
@@ -190,9 +233,16 @@ async def connect(url: str, timeout: float) -> RedisClient:
         return await _connect_sentinel(url, sentinel_url, timeout)
     broken_once = Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
     try:
-        plain = aioredis.Redis.from_url(url, retry=broken_once, **_options(timeout))
+        pool = _WaitingPool.from_url(
+            url,
+            max_connections=MAX_CONNECTIONS,
+            timeout=timeout,
+            retry=broken_once,
+            **_options(timeout),
+        )
     except ValueError as exc:
         raise RedisUnavailable(f"invalid Redis URL {describe(url)!r}: {exc}") from None
+    plain = aioredis.Redis.from_pool(pool)  # closing the client closes its pool
     try:
         info = await plain.info("cluster")
     except CONNECTION_ERRORS as exc:
@@ -204,7 +254,7 @@ async def connect(url: str, timeout: float) -> RedisClient:
     if not info.get("cluster_enabled"):
         return plain
     await plain.aclose()
-    cluster = RedisCluster.from_url(url, **_options(timeout))
+    cluster = RedisCluster.from_url(url, max_connections=MAX_CONNECTIONS, **_options(timeout))
     try:
         await cluster.initialize()
     except (*CONNECTION_ERRORS, redis.exceptions.RedisClusterException) as exc:

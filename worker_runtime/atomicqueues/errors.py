@@ -30,6 +30,23 @@ class RedisUnavailable(AtomicQueuesError):
     succeed (the worker's loops do)."""
 
 
+class PoolExhausted(RedisUnavailable):
+    """Every connection of a client's pool stayed busy while a call waited for one: more calls
+    at once than the pool holds (the server itself may be fine). Retry, or make fewer calls at
+    once on one client."""
+
+    def __init__(self, where: str, size: int | None, waited: float | None) -> None:
+        connections = f"all {size} connections" if size else "every connection"
+        during = f" for {waited:g}s" if waited else ""
+        super().__init__(
+            f"{connections} of this client to Redis at {where} stayed busy{during}: more calls "
+            "at once than its connection pool holds (the server was not the problem); make "
+            "fewer calls at once on one client, or retry"
+        )
+        self.where = where
+        self.size = size
+
+
 class RedisOutOfMemory(RedisUnavailable):
     """Redis refused a write because its memory is full (maxmemory reached, policy noeviction).
 

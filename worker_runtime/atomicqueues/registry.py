@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, get_type_hints
@@ -127,17 +129,32 @@ class Registry:
         return len(self._handlers)
 
 
+def importable_from_here() -> None:
+    """Put the working directory on the import path, as `python -m` and `python script.py` do,
+    so `--handlers handlers:registry` finds handlers.py next to where `aq` runs (the `aq`
+    script's own path is the folder it is installed in)."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
+
+
 def load_registry(spec: str) -> Registry:
-    """Import `module:attribute` named by a person (never by job data) and check it."""
+    """Import `module:attribute` named by a person (never by job data) and check it. The module
+    is looked for in the working directory too (`importable_from_here`); any error its import
+    raises becomes one line."""
     import importlib
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise InvalidInput(f"--handlers {spec!r}: expected MODULE:ATTRIBUTE")
+    importable_from_here()
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise InvalidInput(f"--handlers {spec!r}: cannot import {module_name!r}: {exc}") from None
+    except Exception as exc:  # the user's module may fail in any way while it is imported
+        detail = str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
+        raise InvalidInput(
+            f"--handlers {spec!r}: cannot import {module_name!r}: {detail}"
+        ) from None
     registry = getattr(module, attr, None)
     if not isinstance(registry, Registry):
         raise InvalidInput(f"--handlers {spec!r}: {attr!r} in {module_name!r} is not a Registry")

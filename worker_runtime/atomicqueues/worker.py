@@ -704,6 +704,8 @@ class Worker:
             "retry": metrics.JOBS_RETRIED,
             "dead": metrics.JOBS_DEAD,
         }[outcome].labels(*labels).inc()
+        if outcome == "completed":
+            log.info("%s completed", where)
         return nxt
 
 

@@ -15,6 +15,7 @@ from dataclasses import replace
 from ..cli import Parser
 from ..client import Client
 from ..config import Settings
+from ..registry import load_registry
 from .embedded import EmbeddedRedis
 from .local import LocalPool
 from .spec import Pool, load_pool
@@ -59,6 +60,9 @@ def stop_on_signals(stop: asyncio.Event) -> None:
 
 async def up(path: str) -> int:
     pool = load_pool(path)
+    # The workers import the handlers from the same working directory: one that cannot be
+    # imported is refused here, once, rather than in every worker started for work.
+    load_registry(pool.spec.handlers)
     stop = asyncio.Event()
     stop_on_signals(stop)
     url = redis_url_for(pool)

@@ -265,6 +265,51 @@ class _PlainView:
         pass
 
 
+@dataclass(frozen=True)
+class Figures:
+    """What the live view shows at one moment."""
+
+    done: int
+    total: int
+    active: int
+    workers: int
+    rate: float
+    counts: dict[str, int]
+
+
+LIVE_COLUMNS = ("entities with work", "workers", "waiting", "running", "retrying", "dead")
+
+
+def live_table(figures: Figures, width: int) -> Any:
+    """The live view for a terminal `width` columns wide: a progress line (the bar takes what
+    the figures leave) over a table of six columns that fits 80 columns; narrower, its headers
+    wrap rather than being cut."""
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    f, counts = figures, figures.counts
+    line = f"{f.done}/{f.total} jobs done  {f.rate:.0f} jobs/s"
+    progress = Table.grid(padding=(0, 2))
+    progress.add_column(no_wrap=True)
+    progress.add_column()
+    bar_width = max(5, min(40, width - len(line) - 2))
+    progress.add_row(line, ProgressBar(total=f.total, completed=f.done, width=bar_width))
+    table = Table()
+    for column in LIVE_COLUMNS:
+        table.add_column(column, justify="right", overflow="fold")
+    table.add_row(
+        str(f.active),
+        str(f.workers),
+        str(counts["waiting"]),
+        str(counts["active"]),
+        str(counts["retrying"]),
+        str(counts["dead"]),
+    )
+    return Group(Text("AtomicQueues demo", style="bold"), progress, table)
+
+
 class _RichView:
     def __init__(self) -> None:
         from rich.console import Console
@@ -280,34 +325,8 @@ class _RichView:
     def progress(
         self, done: int, total: int, active: int, workers: int, rate: float, counts: dict[str, int]
     ) -> None:
-        from rich.progress_bar import ProgressBar
-        from rich.table import Table
-
-        table = Table(title="AtomicQueues demo", expand=False)
-        for column in (
-            "jobs done",
-            "progress",
-            "entities with work",
-            "workers",
-            "jobs/s",
-            "waiting",
-            "running",
-            "retrying",
-            "dead",
-        ):
-            table.add_column(column, justify="right")
-        table.add_row(
-            f"{done}/{total}",
-            ProgressBar(total=total, completed=done, width=24),
-            str(active),
-            str(workers),
-            f"{rate:.0f}",
-            str(counts["waiting"]),
-            str(counts["active"]),
-            str(counts["retrying"]),
-            str(counts["dead"]),
-        )
-        self.live.update(table)
+        figures = Figures(done, total, active, workers, rate, counts)
+        self.live.update(live_table(figures, self.console.width))
 
     def done(self) -> None:
         with contextlib.suppress(Exception):

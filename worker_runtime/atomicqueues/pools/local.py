@@ -174,8 +174,6 @@ class LocalPool:
         settings = self.client.settings
         return {
             **os.environ,
-            # Handlers are imported by module name, from where `aq up` was started.
-            "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.getenv("PYTHONPATH")])),
             "AQ_REDIS_URL": settings.redis_url,
             "AQ_PREFIX": settings.prefix,
             "AQ_HEARTBEAT_TTL": str(t.heartbeat_ttl_seconds),

@@ -1,0 +1,58 @@
+"""Many calls at once on one client: the connection pool is bounded, calls beyond it wait for
+a connection, and a call that waits too long says so (not "cannot reach Redis").
+
+Why: a producer that awaits hundreds of enqueues at once (asyncio.gather) used to fail with
+"cannot reach Redis ... Too many connections" past redis-py's 100 connections, naming a cause
+that was not the server's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+
+from atomicqueues import Client, PoolExhausted, Settings
+from atomicqueues.connection import MAX_CONNECTIONS
+from redis_servers import RedisServer
+
+
+@pytest.fixture(scope="module")
+def own_server() -> Iterator[RedisServer]:
+    """A server of its own: its client count is this module's alone."""
+    with RedisServer() as server:
+        yield server
+
+
+def connected(server: RedisServer) -> int:
+    return len(server.client().client_list())
+
+
+async def test_thousands_of_calls_at_once_on_one_client(own_server: RedisServer) -> None:
+    before = connected(own_server)
+    async with await Client.connect(Settings(redis_url=own_server.url)) as client:
+        calls = 20 * MAX_CONNECTIONS
+        ids = await asyncio.gather(
+            *(client.enqueue("user", f"u{n}", "send", {"n": n}) for n in range(calls))
+        )
+        assert len(set(ids)) == calls
+        assert sum((await client.counts("user")).values()) == calls
+        assert connected(own_server) - before <= MAX_CONNECTIONS  # bounded, not one per call
+
+
+async def test_a_call_that_waits_too_long_for_a_connection_names_the_pool(
+    own_server: RedisServer,
+) -> None:
+    settings = Settings(redis_url=own_server.url, redis_timeout=0.5)
+    async with await Client.connect(settings) as client:
+        # Every connection of the pool taken (as calls in flight hold them).
+        pool = client.redis.connection_pool  # type: ignore[union-attr]
+        taken = [await pool.get_connection() for _ in range(MAX_CONNECTIONS)]
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(PoolExhausted, match=rf"all {MAX_CONNECTIONS} connections .* busy"):
+            await client.enqueue("user", "bob", "send")
+        assert asyncio.get_running_loop().time() - started >= 0.5  # it waited its turn first
+        for connection in taken:
+            await pool.release(connection)
+        assert await client.enqueue("user", "bob", "send")  # a free connection: it goes through
