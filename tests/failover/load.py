@@ -68,6 +68,11 @@ class Fleet:
     def dead(self) -> list[WorkerProc]:
         return [w for w in self.started if not w.alive()]
 
+    def all_running(self) -> bool:
+        """Every worker has started (registered, serving): a worker still starting when Redis
+        fails over exits at once, as `aq worker` does when Redis cannot be reached."""
+        return all(" started for " in w.log_path.read_text(errors="replace") for w in self.started)
+
     def logs(self) -> str:
         return "\n\n".join(w.describe() for w in self.started)
 

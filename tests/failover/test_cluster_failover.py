@@ -61,6 +61,7 @@ async def test_workers_go_on_when_a_master_is_killed_and_its_replica_takes_over(
             return sum(1 for run in load_runs(store) if run.how == "end")
 
         await wait_for(lambda: ended() >= 20, FAILOVER, "jobs to run before the failover")
+        await wait_for(fleet.all_running, FAILOVER, "every worker to start")
         # Not the URL's node: a client (re)connecting starts from it.
         old = cluster.kill_master(1)
         await asyncio.to_thread(cluster.wait_takeover, old)

@@ -146,6 +146,7 @@ async def test_workers_go_on_across_two_failovers_and_lose_only_what_is_measured
             return sum(1 for run in load_runs(store) if run.how == "end")
 
         await wait_for(lambda: ended() >= 20, FAILOVER, "jobs to run before the failover")
+        await wait_for(fleet.all_running, FAILOVER, "every worker to start")
         for _ in range(2):
             old = group.kill_primary()
             await asyncio.to_thread(group.wait_failover, old)

@@ -146,7 +146,11 @@ class Worker:
             "" if self.slots == 1 else "s",
             self.settings.node,
         )
-        if warning := await self.client.call(lambda: eviction_warning(self.client.redis)):
+        try:
+            warning = await self.client.call(lambda: eviction_warning(self.client.redis))
+        except RedisUnavailable as exc:  # advice only: a node failing over must not stop us
+            warning = f"could not read Redis's eviction policy: {exc}"
+        if warning:
             log.warning("worker %s: %s", self.name, warning)
         self.watchdog.start()
         helpers = [
