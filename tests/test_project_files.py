@@ -4,9 +4,10 @@ requires-python."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
-import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -56,11 +57,10 @@ def test_pre_commit_runs_the_checks_of_scripts_test() -> None:
 
 
 def test_pre_commit_accepts_the_config() -> None:
-    pre_commit = shutil.which("pre-commit")
-    if pre_commit is None:
+    if importlib.util.find_spec("pre_commit") is None:
         pytest.fail("pre-commit not found: install the test extra (pip install -e '.[test]')")
     done = subprocess.run(
-        [pre_commit, "validate-config", ".pre-commit-config.yaml"],
+        [sys.executable, "-m", "pre_commit", "validate-config", ".pre-commit-config.yaml"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from atomicqueues import Client, PoolExhausted, Settings
-from atomicqueues.connection import MAX_CONNECTIONS
+from atomicqueues.connection import MAX_CONNECTIONS, POOL_WAIT
 from redis_servers import RedisServer
 
 
@@ -44,7 +44,7 @@ async def test_thousands_of_calls_at_once_on_one_client(own_server: RedisServer)
 async def test_a_call_that_waits_too_long_for_a_connection_names_the_pool(
     own_server: RedisServer,
 ) -> None:
-    settings = Settings(redis_url=own_server.url, redis_timeout=0.5)
+    settings = Settings(redis_url=own_server.url, redis_timeout=0.05)  # a wait of 0.5 s
     async with await Client.connect(settings) as client:
         # Every connection of the pool taken (as calls in flight hold them).
         pool = client.redis.connection_pool  # type: ignore[union-attr]
@@ -52,7 +52,8 @@ async def test_a_call_that_waits_too_long_for_a_connection_names_the_pool(
         started = asyncio.get_running_loop().time()
         with pytest.raises(PoolExhausted, match=rf"all {MAX_CONNECTIONS} connections .* busy"):
             await client.enqueue("user", "bob", "send")
-        assert asyncio.get_running_loop().time() - started >= 0.5  # it waited its turn first
+        waited = asyncio.get_running_loop().time() - started
+        assert waited >= POOL_WAIT * 0.05  # it waited for its turn first
         for connection in taken:
             await pool.release(connection)
         assert await client.enqueue("user", "bob", "send")  # a free connection: it goes through

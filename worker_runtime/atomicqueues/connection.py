@@ -139,13 +139,18 @@ def describe(url: str) -> str:
 
 MAX_CONNECTIONS = 100
 """Connections one client keeps to one server at most (redis-py's default). On a standalone
-server a call beyond them waits for a free one, up to the call timeout; on Cluster (per node)
-and through Sentinel it fails at once (`PoolExhausted`)."""
+server a call beyond them waits for a free one (`POOL_WAIT` call timeouts at most); on Cluster
+(per node) and through Sentinel it fails at once (`PoolExhausted`)."""
+POOL_WAIT = 10
+"""How many call timeouts a call may wait for a free connection. Waiting is queueing in this
+process, not a silent server (calls on a silent server time out and free their connections),
+so a burst of thousands of calls at once goes through even on a busy machine."""
 
 
 class _WaitingPool(aioredis.BlockingConnectionPool):
     """redis-py's blocking pool: more calls at once than `MAX_CONNECTIONS` wait their turn
-    instead of failing; a call that waited past the timeout fails naming that cause."""
+    instead of failing; a call that waited past `POOL_WAIT` call timeouts fails naming that
+    cause."""
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -269,7 +274,7 @@ async def connect(url: str, timeout: float) -> RedisClient:
         pool = _WaitingPool.from_url(
             url,
             max_connections=MAX_CONNECTIONS,
-            timeout=timeout,
+            timeout=POOL_WAIT * timeout,
             retry=broken_once,
             **_options(timeout),
         )
