@@ -58,10 +58,11 @@ RETRY_PAUSE = 0.2
 """Seconds between tries of a Redis call that failed while a lease is still held."""
 QUICK_LOOK = 0.05
 """Seconds a packed worker waits for a doorbell after a look at every bucket found work."""
-HANDOVER_FOR = 0.1
-"""Seconds a packed worker's slot goes on taking entities of one bucket (handed over by the
-script that finished the last job) before it waits for a doorbell again: a bucket whose work
-never runs dry must not keep slots from the others."""
+HANDOVERS = (32, 0.5)
+"""How many entities of one bucket, and for how many seconds, a packed worker's slot goes on
+taking one after another (each handed over by the script that finished the last job) before it
+waits for a doorbell again, whichever comes first: a bucket whose work never runs dry must not
+keep slots from the others, and a wait costs two round trips."""
 HINTS = 256
 """Entities named by work events kept for a packed worker that cannot use doorbells (Cluster)."""
 LISTEN_BACKOFF = (0.1, 5.0)
@@ -578,19 +579,21 @@ class Worker:
     async def _drain(self, run: Started) -> None:
         """Run jobs one after another: the entity's until it runs dry, then, handed over in the
         same script that finished the last one, those of the next claimable entity of the
-        bucket, until there is none, the worker closes, or `HANDOVER_FOR` has passed (then the
+        bucket, until there is none, the worker closes, or `HANDOVERS` are used up (then the
         last entity's lease is released when it runs dry, and the slot waits for a doorbell)."""
         loop = asyncio.get_running_loop()
-        hand_over_until = loop.time() + HANDOVER_FOR
+        most, seconds = HANDOVERS
+        hand_over_until = loop.time() + seconds
         try:
             while True:
                 lease = run.lease
                 self.held[lease.entity_id] = lease
-                then: Next = "any" if loop.time() < hand_over_until else "release"
+                then: Next = "any" if most > 0 and loop.time() < hand_over_until else "release"
                 nxt = await self._run_job(run, then)
                 if nxt is not None and nxt.lease is lease:
                     run = nxt
                     continue
+                most -= 1
                 if self.held.get(lease.entity_id) is lease:
                     if self.closing.is_set():
                         await self._give_back(lease)  # finished with "none": the lease was kept
