@@ -30,12 +30,13 @@ from typing import Any
 import pytest
 import redis
 import yaml
-from kubelet import Kubelet, field_value
+from kubelet import Kubelet
 
 from atomicqueues import Settings, SyncClient
 from controlplane import REPO_ROOT, ControlPlane, Diagnostics, Helm, Reaper, die_with_parent
+from pod_container import field_value
 from redis_servers import free_port
-from runtime.workers import check_history, load_runs, records, wait_until
+from runtime.workers import check_history, ended, load_runs, records, wait_until
 
 pytestmark = pytest.mark.controlplane
 
@@ -277,12 +278,6 @@ def pods(cp: ControlPlane, namespace: str) -> list[dict[str, Any]]:
     return found
 
 
-def ended(client: SyncClient, total: int, entity_type: str = TYPE) -> bool:
-    counts = client.counts(entity_type)
-    busy = sum(counts.get(s, 0) for s in ("waiting", "delayed", "active", "retrying"))
-    return counts.get("completed", 0) == total and busy == 0
-
-
 def test_jobs_run_in_order_per_entity_and_pods_go_when_idle(
     control_plane: ControlPlane,
     operator: Operator,
@@ -297,7 +292,7 @@ def test_jobs_run_in_order_per_entity_and_pods_go_when_idle(
         for entity in entities:
             client.enqueue(TYPE, entity, "record", {"seq": seq, "sleep": 0.05})
 
-    wait_until(lambda: ended(client, 12), 60, "12 jobs to complete", every=0.1)
+    wait_until(lambda: ended(client, 12, TYPE), 60, "12 jobs to complete", every=0.1)
     runs = load_runs(client_redis(redis_url))
     check_history(runs, dict.fromkeys(entities, 4), kubelet.kill_times)
     # every run was a pod's worker (`--name $(POD_NAME)`), and the pod was its entity's
@@ -387,7 +382,7 @@ def test_a_killed_workers_job_comes_back_and_finishes(
     first = wait_until(lambda: records(store), 30, "the first job to start")[0]
     killed = kubelet.kill(first["worker"])
 
-    wait_until(lambda: ended(client, 3), 60, "the 3 jobs to complete")
+    wait_until(lambda: ended(client, 3, TYPE), 60, "the 3 jobs to complete")
     runs = load_runs(store)
     history = check_history(runs, {victim: 3}, kubelet.kill_times)[victim]
     assert [(r.seq, r.attempt) for r in history] == [(0, 1), (0, 2), (1, 1), (2, 1)]
@@ -423,7 +418,7 @@ def test_a_standby_operator_takes_over_when_the_leader_is_killed(
         wait_until(lambda: second.metric("aq_operator_leader") == 0, 30, "operator-b to stand by")
         apply_pool(control_plane, namespace, redis_url)
         client.enqueue(TYPE, "before", "record", {"seq": 0, "sleep": 0.05})
-        wait_until(lambda: ended(client, 1), 30, "the first job to complete (operator-a)")
+        wait_until(lambda: ended(client, 1, TYPE), 30, "the first job to complete (operator-a)")
         assert not second.leading()  # it never acted beside the leader
 
         first.kill()
@@ -432,7 +427,9 @@ def test_a_standby_operator_takes_over_when_the_leader_is_killed(
             client.enqueue(TYPE, "after", "record", {"seq": seq, "sleep": 0.05})
         wait_until(second.leading, 30, "operator-b to take the Lease", every=0.1)
         took_over = time.monotonic() - killed
-        wait_until(lambda: ended(client, 4), 60, "the jobs enqueued after the kill to complete")
+        wait_until(
+            lambda: ended(client, 4, TYPE), 60, "the jobs enqueued after the kill to complete"
+        )
         runs = load_runs(client_redis(redis_url))
         check_history(runs, {"before": 1, "after": 3}, kubelet.kill_times)
         wait_until(lambda: not pods(control_plane, namespace), 30, "operator-b to remove the pods")
@@ -464,7 +461,7 @@ def test_switching_placement_closes_busy_workers_gracefully(
     patch = {"spec": {"placement": {"mode": "packed", "slots": 4}}}
     control_plane.kubectl("-n", namespace, "patch", "ewp", POOL, "--type", "merge",
                           "-p", json.dumps(patch))  # fmt: skip
-    wait_until(lambda: ended(client, 2 * jobs), 60, "every job to complete")
+    wait_until(lambda: ended(client, 2 * jobs, TYPE), 60, "every job to complete")
     runs = load_runs(client_redis(redis_url))
     check_history(runs, dict.fromkeys(entities, jobs), kubelet.kill_times)
     assert len(runs) == 2 * jobs, "a job ran twice"
@@ -513,7 +510,7 @@ def test_a_pool_that_cannot_work_is_degraded_and_the_others_still_run(
     for seq in range(3):
         client.enqueue(TYPE, "served", "record", {"seq": seq, "sleep": 0.05})
     client.enqueue("other", "waits", "record", {"seq": 0, "sleep": 0.05})
-    wait_until(lambda: ended(client, 3), 30, "the good pool's jobs to complete")
+    wait_until(lambda: ended(client, 3, TYPE), 30, "the good pool's jobs to complete")
     broken_pods = control_plane.get("-n", namespace, "pods", "-l", f"{POOL_LABEL}=broken")
     assert broken_pods["items"] == []
 
@@ -597,7 +594,7 @@ def test_a_crash_looping_worker_backs_off_instead_of_a_pod_storm(
     fixed = {"spec": {"handlers": "tests.runtime.handlers:registry"}}
     control_plane.kubectl("-n", namespace, "patch", "ewp", POOL, "--type", "merge",
                           "-p", json.dumps(fixed))  # fmt: skip
-    wait_until(lambda: ended(client, 1), 30, "the job to run once the handlers import")
+    wait_until(lambda: ended(client, 1, TYPE), 30, "the job to run once the handlers import")
     wait_until(
         lambda: conditions(control_plane, namespace, POOL).get("Degraded", ("",))[0] == "False",
         30,
