@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 EXPANSION = re.compile(r"\$(\$|\(([^)]*)\))")
@@ -152,21 +153,37 @@ def _volume_args(pod: Mapping[str, Any], container: Mapping[str, Any]) -> list[s
         if volume is None or set(volume) != {"name", "emptyDir"}:
             raise PodConfigError(f"volume {mount['name']}: only emptyDir is supported here")
         # An emptyDir is writable by any user (0777), like a tmpfs the engine mounts.
-        args += ["--tmpfs", f"{mount['mountPath']}:rw,mode=1777"]
+        options = "rw,mode=1777"
+        limit = str((volume["emptyDir"] or {}).get("sizeLimit", ""))
+        if limit:
+            size = re.fullmatch(r"(\d+)([KMG])i", limit)
+            if size is None:
+                raise PodConfigError(f"volume {mount['name']}: sizeLimit {limit} not supported")
+            options += f",size={size.group(1)}{size.group(2).lower()}"
+        args += ["--tmpfs", f"{mount['mountPath']}:{options}"]
     return args
 
 
-def run_args(pod: Mapping[str, Any], env: Mapping[str, str], *, podman: bool) -> list[str]:
+def run_args(
+    pod: Mapping[str, Any],
+    env: Mapping[str, str],
+    *,
+    podman: bool,
+    service_account: Path | None = None,
+) -> list[str]:
     """The arguments of `docker run` / `podman run` (after `run`) that start the pod's one
     container as its kubelet would: name, security context, volumes, env, grace, then the
     image and the command (its first word as the entrypoint, as Kubernetes' `command` replaces
-    the image's ENTRYPOINT and CMD)."""
+    the image's ENTRYPOINT and CMD). A pod that mounts its service-account token gets the
+    folder `service_account` (token, ca.crt, namespace) there, read-only."""
     spec = pod["spec"]
     (container,) = spec["containers"]
-    if spec.get("automountServiceAccountToken", True):
-        raise PodConfigError("a service-account token mount is not supported here")
     name = pod["metadata"]["name"]
     args = ["--name", name, "--network", "host"]
+    if spec.get("automountServiceAccountToken", True):
+        if service_account is None:
+            raise PodConfigError("the pod mounts a service-account token: none given")
+        args += ["--volume", f"{service_account}:{SERVICE_ACCOUNT_DIR}:ro"]
     args += ["--stop-timeout", str(spec.get("terminationGracePeriodSeconds", 30))]
     args += _security_args(security_context(pod), podman)
     args += _volume_args(pod, container)

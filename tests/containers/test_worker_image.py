@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 import redis
-from engine import Engine
 
 from aq_operator.pods import pod_body, termination_grace
 from atomicqueues import Settings, SyncClient
 from atomicqueues.pools.reconciler import StartPacked, StartWorker
 from atomicqueues.pools.spec import PoolSpec
+from container_engine import Engine
 from pod_container import SERVICE_ACCOUNT_DIR, resolve_env, security_context
 from redis_servers import free_port
 from runtime.workers import Run, check_history, ended, load_runs, records, wait_until

@@ -277,16 +277,31 @@ class ControlPlane:
             every=0.1,
         )
 
-    def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
-        """A kubeconfig that acts as ServiceAccount `namespace/name` (a token from the
-        TokenRequest API, valid for an hour)."""
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A token of ServiceAccount `namespace/name` from the TokenRequest API (an hour)."""
         token = self.kubectl(
             "-n", namespace, "create", "token", name, "--duration", "1h"
         ).stdout.strip()
         claims = token.split(".")[1]
         subject = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["sub"]
         assert subject == f"system:serviceaccount:{namespace}:{name}", subject
+        return token
+
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
+        """A kubeconfig that acts as ServiceAccount `namespace/name`."""
+        token = self.service_account_token(namespace, name)
         return self.write_kubeconfig(path, token, f"{namespace}-{name}")
+
+    def service_account_dir(self, namespace: str, name: str, path: Path) -> Path:
+        """What a pod of ServiceAccount `namespace/name` finds in its token mount: token,
+        ca.crt, namespace (readable by any user, as a container's non-root user must)."""
+        path.mkdir(parents=True)
+        (path / "token").write_text(self.service_account_token(namespace, name))
+        (path / "ca.crt").write_bytes(self.ca.read_bytes())
+        (path / "namespace").write_text(namespace)
+        for item in [path, *path.iterdir()]:
+            item.chmod(0o755 if item.is_dir() else 0o644)
+        return path
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,8 +34,9 @@ import yaml
 from kubelet import Kubelet
 
 from atomicqueues import Settings, SyncClient
+from container_engine import Engine, Images
 from controlplane import REPO_ROOT, ControlPlane, Diagnostics, Helm, Reaper, die_with_parent
-from pod_container import field_value
+from pod_container import command_line, resolve_env
 from redis_servers import free_port
 from runtime.workers import check_history, ended, load_runs, records, wait_until
 
@@ -127,33 +129,62 @@ class Chart:
         helm("install", RELEASE, str(CHART), "-n", namespace,
              *(arg for value in sets for arg in ("--set", value)))  # fmt: skip
         objects = chart_objects(helm, namespace)
-        account = objects["ServiceAccount"]["metadata"]["name"]
+        self.cp = cp
+        self.account = objects["ServiceAccount"]["metadata"]["name"]
         self.kubeconfig = cp.service_account_kubeconfig(
-            namespace, account, tmp_path / "operator.kubeconfig"
+            namespace, self.account, tmp_path / "operator.kubeconfig"
         )
         # the token is the ServiceAccount's: what the chart does not grant is refused
         can = cp.kubectl("auth", "can-i", "list", "secrets", "-n", namespace,
                          kubeconfig=self.kubeconfig, check=False)  # fmt: skip
         assert can.stdout.strip() == "no", can
-        [self.container] = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+        self.pod_spec = objects["Deployment"]["spec"]["template"]["spec"]
+        [self.container] = self.pod_spec["containers"]
+
+    def _pod(self, name: str, port: int) -> dict[str, Any]:
+        """The Deployment's pod, called `name`, with `--listen` on a free loopback port."""
+        args = list(self.container["args"])
+        args[args.index("--listen") + 1] = f"127.0.0.1:{port}"
+        container = {**self.container, "args": args}
+        spec = {**self.pod_spec, "containers": [container], "nodeName": "node-1"}
+        return {"metadata": {"name": name, "namespace": self.namespace}, "spec": spec}
 
     def start_operator(self, name: str) -> Operator:
-        """`aq operator` with the Deployment's args (--listen on a free loopback port) and env
-        (fieldRefs resolved for a pod called `name`)."""
-        argv = [*self.container["command"], *self.container["args"]]
-        assert argv[0] == "aq", argv
+        """`aq operator` as a local process, with the Deployment's command, args and env
+        (fieldRefs resolved), and a kubeconfig of the chart's ServiceAccount."""
         port = free_port()
-        argv[argv.index("--listen") + 1] = f"127.0.0.1:{port}"
-        pod = {"metadata": {"name": name, "namespace": self.namespace}, "spec": {}}
+        pod = self._pod(name, port)
+        (container,) = pod["spec"]["containers"]
+        argv = command_line(container, {})
+        assert argv[0] == "aq", argv
         env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_")}
-        for entry in self.container.get("env") or []:
-            ref = (entry.get("valueFrom") or {}).get("fieldRef")
-            env[entry["name"]] = field_value(pod, ref["fieldPath"]) if ref else entry["value"]
+        env |= resolve_env(pod, container, {})
         env["KUBECONFIG"] = str(self.kubeconfig)
+        return self._start(name, [str(Path(sys.executable).parent / "aq"), *argv[1:]], env, port)
+
+    def start_operator_image(self, name: str, engine: Engine, image: str) -> Operator:
+        """The operator image run as the Deployment's pod: its security context, command,
+        args and env, the ServiceAccount's token mounted where a pod has it, and the API
+        server's address in KUBERNETES_SERVICE_HOST/PORT, as the kubelet gives every pod."""
+        assert self.container["image"].endswith(image.removeprefix("localhost/")), image
+        port = free_port()
+        pod = self._pod(name, port)
+        (container,) = pod["spec"]["containers"]
+        container["image"] = image
+        host, api_port = self.cp.server.removeprefix("https://").rsplit(":", 1)
+        env = resolve_env(pod, container, {})
+        env |= {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": api_port}
+        token = self.cp.service_account_dir(
+            self.namespace, self.account, self.tmp_path / f"{name}-serviceaccount"
+        )
+        argv = engine.foreground(pod, env, service_account=token)
+        return self._start(name, argv, dict(os.environ), port)
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str], port: int) -> Operator:
         log = self.tmp_path / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [str(Path(sys.executable).parent / "aq"), *argv[1:]],
+                argv,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -600,3 +631,40 @@ def test_a_crash_looping_worker_backs_off_instead_of_a_pod_storm(
         30,
         "the pool to recover",
     )
+
+
+@pytest.mark.containers
+def test_the_operator_image_runs_the_pools_with_the_charts_service_account(
+    control_plane: ControlPlane,
+    crd: str,
+    helm: Helm,
+    kubelet: Kubelet,
+    namespace: str,
+    redis_url: str,
+    client: SyncClient,
+    tmp_path: Path,
+    diagnostics: Diagnostics,
+    reaper: Reaper,
+    engine: Engine,
+    images: Images,
+) -> None:
+    """The operator image (built by scripts/build-images.sh) run as the chart's Deployment
+    runs it: its security context, args and env, and the chart's ServiceAccount token mounted
+    where a pod finds it, so it logs in as in a cluster. It takes its Lease and runs the
+    pool's jobs (its worker pods are run by the kubelet stand-in); RBAC refuses it nothing."""
+    with installed(control_plane, helm, namespace, tmp_path, diagnostics, reaper) as chart:
+        operator = chart.start_operator_image("operator-image", engine, images.operator)
+        wait_until(operator.leading, 60, "the operator image to hold its Lease", every=0.2)
+        apply_pool(control_plane, namespace, redis_url)
+        entities = ["a", "b{c}"]
+        for seq in range(3):
+            for entity in entities:
+                client.enqueue(TYPE, entity, "record", {"seq": seq, "sleep": 0.05})
+        wait_until(lambda: ended(client, 6, TYPE), 60, "6 jobs to complete", every=0.1)
+        check_history(
+            load_runs(client_redis(redis_url)), dict.fromkeys(entities, 3), kubelet.kill_times
+        )
+        # the Deployment's securityContext holds in the container: PID 1, aq, runs as 65532
+        status = engine("exec", operator.name, "cat", "/proc/1/status").stdout
+        assert re.search(r"^Uid:\s+65532\s", status, re.M), status
+        assert re.search(r"^CapEff:\s+0+$", status, re.M), status

@@ -1,5 +1,6 @@
-"""The container engine of the container tier: the project's images, built by
-scripts/build-images.sh, and containers started from pod bodies as a kubelet would start them.
+"""The container engine of the test tiers that run the project's images (tests/containers, and
+the operator image in tests/controlplane): the images, built by scripts/build-images.sh, and
+containers started from pod bodies as a kubelet would start them.
 
 Why: the tests must run the images the project ships, from its own Dockerfiles, with what the
 operator's pods ask for (tests/pod_container.py turns a pod into `run` arguments). The build
@@ -20,7 +21,7 @@ from typing import Any
 
 from pod_container import run_args
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_SCRIPT = REPO_ROOT / "scripts" / "build-images.sh"
 NO_ENGINE = 3
 """build-images.sh's exit code when no container engine can be had here."""
@@ -97,6 +98,12 @@ class Engine:
         self.containers[container.name] = container
         self("run", "--detach", *run_args(pod, env, podman=self.podman))
         return container
+
+    def foreground(self, pod: Mapping[str, Any], env: Mapping[str, str], **kw: Any) -> list[str]:
+        """The command that runs the pod's container in the foreground: the engine passes
+        signals on to it and exits with its exit code, so it can be run as a local process."""
+        kw.setdefault("podman", self.podman)
+        return [self.command, "run", "--rm", "--sig-proxy=true", *run_args(pod, env, **kw)]
 
     def state(self, name: str) -> dict[str, Any]:
         done = self("inspect", "--format", "{{json .State}}", name)
