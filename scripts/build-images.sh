@@ -159,7 +159,7 @@ make_standin() {
         rm -rf "$root"
         log "stand-in rootfs made in $(($(date +%s) - t0)) s: $tarball ($(du -h "$tarball" | cut -f1))"
     fi
-    "$ENGINE" import --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    "$ENGINE" import --quiet --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' "$tarball" "$STANDIN" >/dev/null \
         || die "$ENGINE import of $tarball failed"
     log "stand-in base imported as $STANDIN"
