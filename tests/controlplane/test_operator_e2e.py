@@ -633,6 +633,35 @@ def test_a_crash_looping_worker_backs_off_instead_of_a_pod_storm(
     )
 
 
+def test_the_operator_logs_in_through_an_exec_plugin(
+    control_plane: ControlPlane,
+    crd: str,
+    helm: Helm,
+    kubelet: Kubelet,
+    namespace: str,
+    redis_url: str,
+    client: SyncClient,
+    tmp_path: Path,
+    diagnostics: Diagnostics,
+    reaper: Reaper,
+) -> None:
+    """A kubeconfig whose user gets its token from a command (an ExecCredential, as EKS and
+    GKE kubeconfigs do): the operator logs in with it, as kubectl would, and serves the pool."""
+    with installed(control_plane, helm, namespace, tmp_path, diagnostics, reaper) as chart:
+        chart.kubeconfig = control_plane.service_account_kubeconfig(
+            namespace, chart.account, tmp_path / "exec.kubeconfig", exec_plugin=True
+        )
+        assert "token" not in chart.kubeconfig.read_text()
+        operator = chart.start_operator("operator-exec")
+        wait_until(operator.leading, 30, "the operator to hold its Lease", every=0.1)
+        apply_pool(control_plane, namespace, redis_url)
+        for seq in range(2):
+            client.enqueue(TYPE, "e1", "record", {"seq": seq, "sleep": 0.05})
+        wait_until(lambda: ended(client, 2, TYPE), 30, "the jobs to complete")
+        calls = (tmp_path / "exec.kubeconfig.calls").read_text().splitlines()
+        assert calls, "the exec plugin was never run"
+
+
 @pytest.mark.containers
 def test_the_operator_image_runs_the_pools_with_the_charts_service_account(
     control_plane: ControlPlane,
