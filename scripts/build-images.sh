@@ -77,8 +77,8 @@ Install them yourself (Debian/Ubuntu: apt-get install $*), or run with a Docker 
 podman_wrapper() {
     local dir=$CACHE/podman run
     # The run root holds locks and state that must not outlive a reboot: a tmpfs where there is one.
-    run=${XDG_RUNTIME_DIR:-/run}/atomicqueues-podman
-    mkdir -p "$run" 2>/dev/null || run=${TMPDIR:-/tmp}/atomicqueues-podman-$(id -u)
+    run=${XDG_RUNTIME_DIR:-/run}/atomicqueues-podman-$(id -u)
+    { mkdir -p "$run" && [ -w "$run" ]; } 2>/dev/null || run=${TMPDIR:-/tmp}/atomicqueues-podman-$(id -u)
     mkdir -p "$dir" "$run"
     cat >"$dir/storage.conf" <<CONF
 [storage]
@@ -117,6 +117,9 @@ else
     for p in podman buildah runc; do command -v "$p" >/dev/null 2>&1 || missing+=("$p"); done
     [ ${#missing[@]} = 0 ] || apt_install "${PODMAN_PACKAGES[@]}"
     ENGINE=$(podman_wrapper)
+    if ! info=$("$ENGINE" info 2>&1 >/dev/null); then
+        die "podman cannot run here: $(tail -n 1 <<<"$info")" 3
+    fi
 fi
 log "engine: $ENGINE ($("$ENGINE" --version 2>/dev/null | head -n 1))"
 image_exists() { "$ENGINE" image inspect "$1" >/dev/null 2>&1; }
