@@ -115,7 +115,9 @@ elif [ "$ENGINE_CHOICE" = docker ]; then
 else
     missing=()
     for p in podman buildah runc; do command -v "$p" >/dev/null 2>&1 || missing+=("$p"); done
-    [ ${#missing[@]} = 0 ] || apt_install "${PODMAN_PACKAGES[@]}"
+    # debootstrap too, while apt-get is at it, for the stand-in base a machine without a Docker
+    # engine is likely to need (one apt-get update instead of two).
+    [ ${#missing[@]} = 0 ] || apt_install "${PODMAN_PACKAGES[@]}" "${STANDIN_PACKAGES_DEB[@]}"
     ENGINE=$(podman_wrapper)
     if ! info=$("$ENGINE" info 2>&1 >/dev/null); then
         die "podman cannot run here: $(tail -n 1 <<<"$info")" 3
