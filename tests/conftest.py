@@ -89,8 +89,8 @@ def cluster_url(redis_cluster: RedisCluster) -> str:
 @pytest.fixture(scope="session")
 def images() -> Images:
     """The project's images, built (or found up to date) by scripts/build-images.sh once per
-    session: about 1 s when up to date; from a clean cache where no registry is reachable about
-    4 minutes (podman installed, a stand-in base made). Where no container engine can be had,
+    session: about 1 s when up to date; from a clean cache where no registry is reachable 2-4
+    minutes (podman installed, a stand-in base made). Where no container engine can be had,
     the tests that need one are skipped with a loud reason; with CI set, they fail instead."""
     try:
         return build_images()
