@@ -27,7 +27,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { printf '[build-images] %s\n' "$*" >&2; }
 die() { printf '[build-images] error: %s\n' "$1" >&2; exit "${2:-1}"; }
 
-PYTHON_IMAGE=docker.io/library/python:3.12-slim
+PYTHON_IMAGE=python:3.12-slim  # the Dockerfile's default (podman resolves it by its short-name aliases)
 SUITE=bookworm
 STANDIN_PACKAGES=python3,python3-pip,python3-venv,python-is-python3,ca-certificates
 PODMAN_PACKAGES=(podman buildah runc)
