@@ -74,13 +74,10 @@ created=1
 kind create cluster --name "$CLUSTER" --config kind-config.yaml --wait 120s
 KUBECTL=(kubectl --context "kind-$CLUSTER")
 
-step "Building the images ($TAG)"
-info "$OPERATOR_IMAGE (operator/Dockerfile)"
-docker build --quiet -f operator/Dockerfile -t "$OPERATOR_IMAGE" . >/dev/null
-info "$WORKER_IMAGE (worker_runtime/Dockerfile: the base image of handler images)"
-docker build --quiet -f worker_runtime/Dockerfile -t "$WORKER_IMAGE" . >/dev/null
-info "$EXAMPLE_IMAGE (examples/kubernetes/Dockerfile, FROM the base image)"
-docker build --quiet --build-arg "BASE_IMAGE=$WORKER_IMAGE" -t "$EXAMPLE_IMAGE" examples/kubernetes >/dev/null
+step "Building the images ($TAG): scripts/build-images.sh --engine docker"
+info "$OPERATOR_IMAGE and $WORKER_IMAGE (worker_runtime/Dockerfile, targets operator and worker)"
+info "$EXAMPLE_IMAGE (examples/kubernetes/Dockerfile, FROM the worker base image)"
+AQ_IMAGE_TAG=$TAG scripts/build-images.sh --engine docker >/dev/null
 
 step "Loading the images into the cluster's nodes"
 kind load docker-image --name "$CLUSTER" "$OPERATOR_IMAGE" "$EXAMPLE_IMAGE"

@@ -42,7 +42,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
     from .config import Config
     from .endpoints import parse_listen
     from .leader import LeaderElection, LeadershipLost, LeaseTiming
-    from .runner import Operator, default_login
+    from .login import default_login
+    from .runner import Operator
 
     if args.listen:
         parse_listen(args.listen)  # a bad address is one line before anything starts
@@ -56,7 +57,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
         raise AtomicQueuesError(str(exc)) from None
     if found is None:
         raise AtomicQueuesError(
-            "no Kubernetes credentials: run in a pod with a service account, or set KUBECONFIG"
+            "no Kubernetes credentials: the `kubernetes` package is missing"
+            " (pip install 'atomicqueues[operator]')"
         )
     operator = Operator(config)
     operator.connection = found

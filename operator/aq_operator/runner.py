@@ -38,6 +38,7 @@ from .crd import PLURAL
 from .endpoints import Endpoints, Health
 from .kube import Kube
 from .leader import LeaderElection
+from .login import default_login
 from .pool import KubePool
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,6 @@ STOP_TIMEOUT = 30.0
 """How long a pool's current pass may take to end when the pool stops being served."""
 RESTART_DELAY = 5.0
 LoginFn = Callable[..., kopf.ConnectionInfo | None]
-
-
-def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In a cluster, the pod's service account; elsewhere, the kubeconfig."""
-    try:
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-    except (OSError, ValueError, KeyError) as exc:  # an unreadable or broken kubeconfig
-        raise kopf.LoginError(f"cannot read Kubernetes credentials: {exc}") from None
 
 
 class Served(NamedTuple):

@@ -1,7 +1,8 @@
 """The Dockerfiles: linted by hadolint, and their build contexts hold what they copy.
 
-Why: no Docker engine runs the tests, so the images are not built here; what can go wrong
-without building is checked instead: a COPY of a file that is not there (or that .dockerignore
+Why: these checks need no container engine, so they run everywhere (the container tier,
+tests/containers, builds and runs the images where an engine can be had); what can go wrong
+without building is checked here: a COPY of a file that is not there (or that .dockerignore
 drops), an install step that misses a file the package build needs, a root user, and the worker
 image's entrypoint (run here with a stand-in `aq`).
 """
@@ -28,11 +29,13 @@ from chart_render import CHART, REPO
 class Image:
     dockerfile: Path
     context: Path
+    target: str | None = None
+    """The stage built (`--target`); None: the last one."""
 
 
 IMAGES = {
-    "operator": Image(REPO / "operator" / "Dockerfile", REPO),
-    "worker": Image(REPO / "worker_runtime" / "Dockerfile", REPO),
+    "operator": Image(REPO / "worker_runtime" / "Dockerfile", REPO, "operator"),
+    "worker": Image(REPO / "worker_runtime" / "Dockerfile", REPO, "worker"),
     "example": Image(REPO / "examples" / "kubernetes" / "Dockerfile", REPO / "examples/kubernetes"),
 }
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -65,10 +68,29 @@ def copied_sources(image: Image) -> list[str]:
     return sources
 
 
+def stages(dockerfile: Path) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(name, instructions from its FROM on) of every stage; unnamed ones are named ''."""
+    found: list[tuple[str, list[tuple[str, str]]]] = []
+    for word, rest in instructions(dockerfile):
+        if word == "FROM":
+            parts = rest.split()
+            found.append((parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else "", []))
+        if found:
+            found[-1][1].append((word, rest))
+    return found
+
+
 def final_stage(image: Image) -> list[tuple[str, str]]:
-    found = instructions(image.dockerfile)
-    last_from = max(i for i, (word, _) in enumerate(found) if word == "FROM")
-    return found[last_from:]
+    found = stages(image.dockerfile)
+    if image.target is None:
+        return found[-1][1]
+    (stage,) = [body for name, body in found if name == image.target]
+    return stage
+
+
+def test_the_worker_is_the_default_target() -> None:
+    """`docker build -f worker_runtime/Dockerfile .` without --target gives the worker base."""
+    assert stages(IMAGES["worker"].dockerfile)[-1][0] == "worker"
 
 
 # --- hadolint -----------------------------------------------------------------------------
@@ -168,9 +190,14 @@ def test_runs_as_a_numeric_non_root_user(name: str) -> None:
 
 def test_base_images_are_pinned_to_a_version() -> None:
     for image in IMAGES.values():
+        named = [name for name, _ in stages(image.dockerfile)]
         for word, rest in instructions(image.dockerfile):
-            if word == "FROM":
+            if word == "FROM" and rest.split()[0] not in named:  # not an earlier stage
                 assert ":" in rest or rest.startswith("${"), rest
+                assert ":latest" not in rest, rest
+        for word, rest in instructions(image.dockerfile):
+            if word == "ARG" and "IMAGE=" in rest:  # the default of a base given as an argument
+                assert ":" in rest.split("=", 1)[1], rest
                 assert ":latest" not in rest, rest
 
 

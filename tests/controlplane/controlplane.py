@@ -19,6 +19,7 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -199,8 +200,34 @@ class ControlPlane:
             raise RuntimeError(f"{exc}\n{process.tail()}") from None
 
     # --- clients ---------------------------------------------------------------------------
-    def write_kubeconfig(self, path: Path, token: str, user: str) -> Path:
-        """A kubeconfig for this API server with a bearer token (JSON is valid YAML)."""
+    def write_kubeconfig(
+        self, path: Path, token: str, user: str, *, exec_plugin: bool = False
+    ) -> Path:
+        """A kubeconfig for this API server with a bearer token (JSON is valid YAML). With
+        `exec_plugin`, its user gets the token from a command instead, as EKS and GKE users do:
+        a script beside it (`PATH.exec.py`) prints an ExecCredential and notes each call in
+        `PATH.calls`."""
+        credentials: dict[str, Any] = {"token": token}
+        if exec_plugin:
+            script = path.with_name(path.name + ".exec.py")
+            credential = {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "kind": "ExecCredential",
+                "status": {"token": token},
+            }
+            calls = path.with_name(path.name + ".calls")
+            script.write_text(
+                "import json, time\n"
+                f"with open({str(calls)!r}, 'a') as calls:\n"
+                "    calls.write(f'{time.time()}\\n')\n"
+                f"print(json.dumps({credential!r}))\n"
+            )
+            credentials = {"exec": {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "command": sys.executable,
+                "args": [str(script)],
+                "interactiveMode": "Never",
+            }}  # fmt: skip
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -210,7 +237,7 @@ class ControlPlane:
                     "cluster": {"server": self.server, "certificate-authority": str(self.ca)},
                 }
             ],
-            "users": [{"name": user, "user": {"token": token}}],
+            "users": [{"name": user, "user": credentials}],
             "contexts": [{"name": "aq", "context": {"cluster": "aq", "user": user}}],
             "current-context": "aq",
         }
@@ -277,16 +304,33 @@ class ControlPlane:
             every=0.1,
         )
 
-    def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
-        """A kubeconfig that acts as ServiceAccount `namespace/name` (a token from the
-        TokenRequest API, valid for an hour)."""
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A token of ServiceAccount `namespace/name` from the TokenRequest API (an hour)."""
         token = self.kubectl(
             "-n", namespace, "create", "token", name, "--duration", "1h"
         ).stdout.strip()
         claims = token.split(".")[1]
         subject = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))["sub"]
         assert subject == f"system:serviceaccount:{namespace}:{name}", subject
-        return self.write_kubeconfig(path, token, f"{namespace}-{name}")
+        return token
+
+    def service_account_kubeconfig(
+        self, namespace: str, name: str, path: Path, *, exec_plugin: bool = False
+    ) -> Path:
+        """A kubeconfig that acts as ServiceAccount `namespace/name` (see write_kubeconfig)."""
+        token = self.service_account_token(namespace, name)
+        return self.write_kubeconfig(path, token, f"{namespace}-{name}", exec_plugin=exec_plugin)
+
+    def service_account_dir(self, namespace: str, name: str, path: Path) -> Path:
+        """What a pod of ServiceAccount `namespace/name` finds in its token mount: token,
+        ca.crt, namespace (readable by any user, as a container's non-root user must)."""
+        path.mkdir(parents=True)
+        (path / "token").write_text(self.service_account_token(namespace, name))
+        (path / "ca.crt").write_bytes(self.ca.read_bytes())
+        (path / "namespace").write_text(namespace)
+        for item in [path, *path.iterdir()]:
+            item.chmod(0o755 if item.is_dir() else 0o644)
+        return path
 
     def ssl_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=str(self.ca))

@@ -7,10 +7,10 @@ does, as far as the operator can see:
 
 - binds the new pod to a node name (the `binding` subresource), so that deleting it is graceful
   and waits for us, as it does for a scheduled pod;
-- resolves the container's env (`value`, `secretKeyRef` read from the API, `fieldRef` such as
-  `metadata.name` or `spec.nodeName`), expands `$(VAR)` in command and args as the kubelet does,
-  and starts the command as a local process (`aq` from this Python environment; the repository
-  on PYTHONPATH, so a test's handler module imports);
+- resolves the container's env as tests/pod_container.py does (`value`, `secretKeyRef` read
+  from the API, `fieldRef` such as `metadata.name` or `spec.nodeName`), expands `$(VAR)` in
+  command and args as the kubelet does, and starts the command as a local process (`aq` from
+  this Python environment; the repository on PYTHONPATH, so a test's handler module imports);
 - reports the pod's status: Running with a Ready condition and a running container, then
   Succeeded or Failed with the exit code (137 after SIGKILL) when the process ends; an env it
   cannot resolve leaves the pod Pending with `CreateContainerConfigError`, as a kubelet would;
@@ -27,7 +27,6 @@ import asyncio
 import base64
 import json
 import os
-import re
 import signal
 import sys
 import threading
@@ -41,46 +40,10 @@ from typing import Any
 import aiohttp
 
 from controlplane import REPO_ROOT, ControlPlane
+from pod_container import PodConfigError, command_line, resolve_env, secret_refs
 
 POOL_LABEL = "atomicqueues.io/pool"  # every worker pod carries it (aq_operator.pods.LABEL_POOL)
 ENTITY_ANNOTATION = "atomicqueues.io/entity-id"
-EXPANSION = re.compile(r"\$(\$|\(([^)]*)\))")
-
-
-class PodConfigError(Exception):
-    """The container's env cannot be resolved (a Secret or key is missing...)."""
-
-
-def expand(text: str, env: Mapping[str, str]) -> str:
-    """Kubernetes' `$(VAR)` expansion: a defined VAR is replaced, an undefined one stays as it
-    is, `$$` is a literal `$`; the result is never expanded again."""
-
-    def one(match: re.Match[str]) -> str:
-        if match.group(1) == "$":
-            return "$"
-        return env.get(match.group(2), match.group(0))
-
-    return EXPANSION.sub(one, text)
-
-
-def field_value(pod: Mapping[str, Any], path: str) -> str:
-    """A downward-API `fieldRef` of the pod."""
-    meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
-    simple = {
-        "metadata.name": meta.get("name"),
-        "metadata.namespace": meta.get("namespace"),
-        "metadata.uid": meta.get("uid"),
-        "spec.nodeName": spec.get("nodeName"),
-        "spec.serviceAccountName": spec.get("serviceAccountName"),
-        "status.hostIP": status.get("hostIP"),
-        "status.podIP": status.get("podIP"),
-    }
-    if path in simple:
-        return str(simple[path] or "")
-    keyed = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
-    if keyed:
-        return str((meta.get(keyed.group(1)) or {}).get(keyed.group(2), ""))
-    raise PodConfigError(f"fieldRef {path} is not supported by the test kubelet")
 
 
 def _now() -> str:
@@ -303,9 +266,7 @@ class Kubelet:
             await run.deleting.wait()
             await self._call("DELETE", f"{self._pods()}/{name}", {"gracePeriodSeconds": 0})
             return
-        run.argv = [
-            expand(a, run.env) for a in container.get("command", []) + container.get("args", [])
-        ]
+        run.argv = command_line(container, run.env)
         if run.deleting.is_set():  # deleted before it started
             await self._call("DELETE", f"{self._pods()}/{name}", {"gracePeriodSeconds": 0})
             return
@@ -346,26 +307,12 @@ class Kubelet:
         self._note(f"{name}: removed")
 
     async def _env(self, pod: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, str]:
-        if container.get("envFrom"):
-            raise PodConfigError("envFrom is not supported by the test kubelet")
-        env: dict[str, str] = {}
-        for entry in container.get("env") or []:
-            source = entry.get("valueFrom")
-            if source is None:
-                env[entry["name"]] = expand(str(entry.get("value", "")), env)
-            elif "secretKeyRef" in source:
-                ref = source["secretKeyRef"]
-                path = f"/api/v1/namespaces/{self.namespace}/secrets/{ref['name']}"
-                secret = await self._call("GET", path)
-                data = (secret or {}).get("data") or {}
-                if ref["key"] not in data:
-                    raise PodConfigError(f'secret "{ref["name"]}" has no key "{ref["key"]}"')
-                env[entry["name"]] = base64.b64decode(data[ref["key"]]).decode()
-            elif "fieldRef" in source:
-                env[entry["name"]] = field_value(pod, source["fieldRef"]["fieldPath"])
-            else:
-                raise PodConfigError(f"env {entry['name']}: {sorted(source)} not supported")
-        return env
+        secrets: dict[tuple[str, str], str | None] = {}
+        for name, key in secret_refs(container):
+            path = f"/api/v1/namespaces/{self.namespace}/secrets/{name}"
+            data = ((await self._call("GET", path)) or {}).get("data") or {}
+            secrets[name, key] = base64.b64decode(data[key]).decode() if key in data else None
+        return resolve_env(pod, container, secrets)
 
     def _process_env(self, pod: str, env: Mapping[str, str]) -> dict[str, str]:
         """Ours without AQ_* settings, `aq` of this Python first on PATH, the repository on

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubelet import expand, field_value
 
 from aq_operator.pods import pod_body
 from atomicqueues.pools.reconciler import StartWorker
 from atomicqueues.pools.spec import PoolSpec
+from pod_container import expand, field_value
 
 
 @pytest.mark.parametrize(

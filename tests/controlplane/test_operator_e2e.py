@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,12 +31,14 @@ from typing import Any
 import pytest
 import redis
 import yaml
-from kubelet import Kubelet, field_value
+from kubelet import Kubelet
 
 from atomicqueues import Settings, SyncClient
+from container_engine import Engine, Images
 from controlplane import REPO_ROOT, ControlPlane, Diagnostics, Helm, Reaper, die_with_parent
+from pod_container import command_line, resolve_env
 from redis_servers import free_port
-from runtime.workers import check_history, load_runs, records, wait_until
+from runtime.workers import check_history, ended, load_runs, records, wait_until
 
 pytestmark = pytest.mark.controlplane
 
@@ -126,33 +129,62 @@ class Chart:
         helm("install", RELEASE, str(CHART), "-n", namespace,
              *(arg for value in sets for arg in ("--set", value)))  # fmt: skip
         objects = chart_objects(helm, namespace)
-        account = objects["ServiceAccount"]["metadata"]["name"]
+        self.cp = cp
+        self.account = objects["ServiceAccount"]["metadata"]["name"]
         self.kubeconfig = cp.service_account_kubeconfig(
-            namespace, account, tmp_path / "operator.kubeconfig"
+            namespace, self.account, tmp_path / "operator.kubeconfig"
         )
         # the token is the ServiceAccount's: what the chart does not grant is refused
         can = cp.kubectl("auth", "can-i", "list", "secrets", "-n", namespace,
                          kubeconfig=self.kubeconfig, check=False)  # fmt: skip
         assert can.stdout.strip() == "no", can
-        [self.container] = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+        self.pod_spec = objects["Deployment"]["spec"]["template"]["spec"]
+        [self.container] = self.pod_spec["containers"]
+
+    def _pod(self, name: str, port: int) -> dict[str, Any]:
+        """The Deployment's pod, called `name`, with `--listen` on a free loopback port."""
+        args = list(self.container["args"])
+        args[args.index("--listen") + 1] = f"127.0.0.1:{port}"
+        container = {**self.container, "args": args}
+        spec = {**self.pod_spec, "containers": [container], "nodeName": "node-1"}
+        return {"metadata": {"name": name, "namespace": self.namespace}, "spec": spec}
 
     def start_operator(self, name: str) -> Operator:
-        """`aq operator` with the Deployment's args (--listen on a free loopback port) and env
-        (fieldRefs resolved for a pod called `name`)."""
-        argv = [*self.container["command"], *self.container["args"]]
-        assert argv[0] == "aq", argv
+        """`aq operator` as a local process, with the Deployment's command, args and env
+        (fieldRefs resolved), and a kubeconfig of the chart's ServiceAccount."""
         port = free_port()
-        argv[argv.index("--listen") + 1] = f"127.0.0.1:{port}"
-        pod = {"metadata": {"name": name, "namespace": self.namespace}, "spec": {}}
+        pod = self._pod(name, port)
+        (container,) = pod["spec"]["containers"]
+        argv = command_line(container, {})
+        assert argv[0] == "aq", argv
         env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_")}
-        for entry in self.container.get("env") or []:
-            ref = (entry.get("valueFrom") or {}).get("fieldRef")
-            env[entry["name"]] = field_value(pod, ref["fieldPath"]) if ref else entry["value"]
+        env |= resolve_env(pod, container, {})
         env["KUBECONFIG"] = str(self.kubeconfig)
+        return self._start(name, [str(Path(sys.executable).parent / "aq"), *argv[1:]], env, port)
+
+    def start_operator_image(self, name: str, engine: Engine, image: str) -> Operator:
+        """The operator image run as the Deployment's pod: its security context, command,
+        args and env, the ServiceAccount's token mounted where a pod has it, and the API
+        server's address in KUBERNETES_SERVICE_HOST/PORT, as the kubelet gives every pod."""
+        assert self.container["image"].endswith(image.removeprefix("localhost/")), image
+        port = free_port()
+        pod = self._pod(name, port)
+        (container,) = pod["spec"]["containers"]
+        container["image"] = image
+        host, api_port = self.cp.server.removeprefix("https://").rsplit(":", 1)
+        env = resolve_env(pod, container, {})
+        env |= {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": api_port}
+        token = self.cp.service_account_dir(
+            self.namespace, self.account, self.tmp_path / f"{name}-serviceaccount"
+        )
+        argv = engine.foreground(pod, env, service_account=token)
+        return self._start(name, argv, dict(os.environ), port)
+
+    def _start(self, name: str, argv: list[str], env: dict[str, str], port: int) -> Operator:
         log = self.tmp_path / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [str(Path(sys.executable).parent / "aq"), *argv[1:]],
+                argv,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -277,12 +309,6 @@ def pods(cp: ControlPlane, namespace: str) -> list[dict[str, Any]]:
     return found
 
 
-def ended(client: SyncClient, total: int, entity_type: str = TYPE) -> bool:
-    counts = client.counts(entity_type)
-    busy = sum(counts.get(s, 0) for s in ("waiting", "delayed", "active", "retrying"))
-    return counts.get("completed", 0) == total and busy == 0
-
-
 def test_jobs_run_in_order_per_entity_and_pods_go_when_idle(
     control_plane: ControlPlane,
     operator: Operator,
@@ -297,7 +323,7 @@ def test_jobs_run_in_order_per_entity_and_pods_go_when_idle(
         for entity in entities:
             client.enqueue(TYPE, entity, "record", {"seq": seq, "sleep": 0.05})
 
-    wait_until(lambda: ended(client, 12), 60, "12 jobs to complete", every=0.1)
+    wait_until(lambda: ended(client, 12, TYPE), 60, "12 jobs to complete", every=0.1)
     runs = load_runs(client_redis(redis_url))
     check_history(runs, dict.fromkeys(entities, 4), kubelet.kill_times)
     # every run was a pod's worker (`--name $(POD_NAME)`), and the pod was its entity's
@@ -387,7 +413,7 @@ def test_a_killed_workers_job_comes_back_and_finishes(
     first = wait_until(lambda: records(store), 30, "the first job to start")[0]
     killed = kubelet.kill(first["worker"])
 
-    wait_until(lambda: ended(client, 3), 60, "the 3 jobs to complete")
+    wait_until(lambda: ended(client, 3, TYPE), 60, "the 3 jobs to complete")
     runs = load_runs(store)
     history = check_history(runs, {victim: 3}, kubelet.kill_times)[victim]
     assert [(r.seq, r.attempt) for r in history] == [(0, 1), (0, 2), (1, 1), (2, 1)]
@@ -423,7 +449,7 @@ def test_a_standby_operator_takes_over_when_the_leader_is_killed(
         wait_until(lambda: second.metric("aq_operator_leader") == 0, 30, "operator-b to stand by")
         apply_pool(control_plane, namespace, redis_url)
         client.enqueue(TYPE, "before", "record", {"seq": 0, "sleep": 0.05})
-        wait_until(lambda: ended(client, 1), 30, "the first job to complete (operator-a)")
+        wait_until(lambda: ended(client, 1, TYPE), 30, "the first job to complete (operator-a)")
         assert not second.leading()  # it never acted beside the leader
 
         first.kill()
@@ -432,7 +458,9 @@ def test_a_standby_operator_takes_over_when_the_leader_is_killed(
             client.enqueue(TYPE, "after", "record", {"seq": seq, "sleep": 0.05})
         wait_until(second.leading, 30, "operator-b to take the Lease", every=0.1)
         took_over = time.monotonic() - killed
-        wait_until(lambda: ended(client, 4), 60, "the jobs enqueued after the kill to complete")
+        wait_until(
+            lambda: ended(client, 4, TYPE), 60, "the jobs enqueued after the kill to complete"
+        )
         runs = load_runs(client_redis(redis_url))
         check_history(runs, {"before": 1, "after": 3}, kubelet.kill_times)
         wait_until(lambda: not pods(control_plane, namespace), 30, "operator-b to remove the pods")
@@ -464,7 +492,7 @@ def test_switching_placement_closes_busy_workers_gracefully(
     patch = {"spec": {"placement": {"mode": "packed", "slots": 4}}}
     control_plane.kubectl("-n", namespace, "patch", "ewp", POOL, "--type", "merge",
                           "-p", json.dumps(patch))  # fmt: skip
-    wait_until(lambda: ended(client, 2 * jobs), 60, "every job to complete")
+    wait_until(lambda: ended(client, 2 * jobs, TYPE), 60, "every job to complete")
     runs = load_runs(client_redis(redis_url))
     check_history(runs, dict.fromkeys(entities, jobs), kubelet.kill_times)
     assert len(runs) == 2 * jobs, "a job ran twice"
@@ -513,7 +541,7 @@ def test_a_pool_that_cannot_work_is_degraded_and_the_others_still_run(
     for seq in range(3):
         client.enqueue(TYPE, "served", "record", {"seq": seq, "sleep": 0.05})
     client.enqueue("other", "waits", "record", {"seq": 0, "sleep": 0.05})
-    wait_until(lambda: ended(client, 3), 30, "the good pool's jobs to complete")
+    wait_until(lambda: ended(client, 3, TYPE), 30, "the good pool's jobs to complete")
     broken_pods = control_plane.get("-n", namespace, "pods", "-l", f"{POOL_LABEL}=broken")
     assert broken_pods["items"] == []
 
@@ -597,9 +625,75 @@ def test_a_crash_looping_worker_backs_off_instead_of_a_pod_storm(
     fixed = {"spec": {"handlers": "tests.runtime.handlers:registry"}}
     control_plane.kubectl("-n", namespace, "patch", "ewp", POOL, "--type", "merge",
                           "-p", json.dumps(fixed))  # fmt: skip
-    wait_until(lambda: ended(client, 1), 30, "the job to run once the handlers import")
+    wait_until(lambda: ended(client, 1, TYPE), 30, "the job to run once the handlers import")
     wait_until(
         lambda: conditions(control_plane, namespace, POOL).get("Degraded", ("",))[0] == "False",
         30,
         "the pool to recover",
     )
+
+
+def test_the_operator_logs_in_through_an_exec_plugin(
+    control_plane: ControlPlane,
+    crd: str,
+    helm: Helm,
+    kubelet: Kubelet,
+    namespace: str,
+    redis_url: str,
+    client: SyncClient,
+    tmp_path: Path,
+    diagnostics: Diagnostics,
+    reaper: Reaper,
+) -> None:
+    """A kubeconfig whose user gets its token from a command (an ExecCredential, as EKS and
+    GKE kubeconfigs do): the operator logs in with it, as kubectl would, and serves the pool."""
+    with installed(control_plane, helm, namespace, tmp_path, diagnostics, reaper) as chart:
+        chart.kubeconfig = control_plane.service_account_kubeconfig(
+            namespace, chart.account, tmp_path / "exec.kubeconfig", exec_plugin=True
+        )
+        assert "token" not in chart.kubeconfig.read_text()
+        operator = chart.start_operator("operator-exec")
+        wait_until(operator.leading, 30, "the operator to hold its Lease", every=0.1)
+        apply_pool(control_plane, namespace, redis_url)
+        for seq in range(2):
+            client.enqueue(TYPE, "e1", "record", {"seq": seq, "sleep": 0.05})
+        wait_until(lambda: ended(client, 2, TYPE), 30, "the jobs to complete")
+        calls = (tmp_path / "exec.kubeconfig.calls").read_text().splitlines()
+        assert calls, "the exec plugin was never run"
+
+
+@pytest.mark.containers
+def test_the_operator_image_runs_the_pools_with_the_charts_service_account(
+    control_plane: ControlPlane,
+    crd: str,
+    helm: Helm,
+    kubelet: Kubelet,
+    namespace: str,
+    redis_url: str,
+    client: SyncClient,
+    tmp_path: Path,
+    diagnostics: Diagnostics,
+    reaper: Reaper,
+    engine: Engine,
+    images: Images,
+) -> None:
+    """The operator image (built by scripts/build-images.sh) run as the chart's Deployment
+    runs it: its security context, args and env, and the chart's ServiceAccount token mounted
+    where a pod finds it, so it logs in as in a cluster. It takes its Lease and runs the
+    pool's jobs (its worker pods are run by the kubelet stand-in); RBAC refuses it nothing."""
+    with installed(control_plane, helm, namespace, tmp_path, diagnostics, reaper) as chart:
+        operator = chart.start_operator_image("operator-image", engine, images.operator)
+        wait_until(operator.leading, 60, "the operator image to hold its Lease", every=0.2)
+        apply_pool(control_plane, namespace, redis_url)
+        entities = ["a", "b{c}"]
+        for seq in range(3):
+            for entity in entities:
+                client.enqueue(TYPE, entity, "record", {"seq": seq, "sleep": 0.05})
+        wait_until(lambda: ended(client, 6, TYPE), 60, "6 jobs to complete", every=0.1)
+        check_history(
+            load_runs(client_redis(redis_url)), dict.fromkeys(entities, 3), kubelet.kill_times
+        )
+        # the Deployment's securityContext holds in the container: PID 1, aq, runs as 65532
+        status = engine("exec", operator.name, "cat", "/proc/1/status").stdout
+        assert re.search(r"^Uid:\s+65532\s", status, re.M), status
+        assert re.search(r"^CapEff:\s+0+$", status, re.M), status

@@ -35,6 +35,7 @@ from typing import Any
 
 import redis
 
+from atomicqueues import SyncClient
 from atomicqueues.jobs import Job
 from atomicqueues.keys import Keys
 
@@ -54,6 +55,13 @@ def _die_with_parent() -> None:
     # PR_SET_PDEATHSIG: a worker must not outlive a killed pytest (start from the main thread).
     if _libc is not None:
         _libc.prctl(1, signal.SIGKILL)
+
+
+def ended(client: SyncClient, total: int, entity_type: str) -> bool:
+    """Whether `total` jobs of the type completed and none waits, runs or retries."""
+    counts = client.counts(entity_type)
+    busy = sum(counts.get(s, 0) for s in ("waiting", "delayed", "active", "retrying"))
+    return counts.get("completed", 0) == total and busy == 0
 
 
 def wait_until(
