@@ -7,8 +7,9 @@ event loop, which makes handler behaviour easy to observe.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from prometheus_client import REGISTRY
@@ -177,32 +178,42 @@ async def test_lost_lease_cancels_the_handler(client: Client) -> None:
     assert again.lease.fencing_token > lease.fencing_token
 
 
-async def test_a_busy_bucket_does_not_keep_a_packed_worker_from_the_others(client: Client) -> None:
-    """A packed worker's slot takes entities of one bucket one after another (each handed over
-    by the script that finished the last job) only `HANDOVERS` times, then listens to the
-    doorbells again, which it hears in turn: with one slot, 200 entities waiting in one bucket
-    do not keep a job of another bucket waiting until they are all through."""
-    buckets = client.keys.buckets("user")
+def entities_in(client: Client, bucket: int, prefix: str) -> Iterator[str]:
+    """Entity ids of type "user" (`prefix` and a number) that fall in bucket number `bucket`."""
+    base = client.keys.buckets("user")[bucket]
+    return (
+        e
+        for e in (f"{prefix}{i}" for i in range(100_000))
+        if client.keys.entity_bucket("user", e) == base
+    )
 
-    def bucket(entity_id: str) -> int:
-        return buckets.index(client.keys.entity_bucket("user", entity_id))
 
-    names = [f"c{i}" for i in range(20_000)]
-    crowd = [e for e in names if bucket(e) == 0][:200]
-    lone = next(e for e in names if bucket(e) == len(buckets) - 1)
-    for e in crowd:
-        await client.enqueue("user", e, "step")
-    await client.enqueue("user", lone, "step")
+async def run_steps(client: Client, pause: float) -> list[str]:
+    """Run the waiting "step" jobs with one packed slot until it is idle; the entity of each job,
+    in the order they started (each step sleeps `pause`)."""
     started: list[str] = []
     registry = Registry()
 
     @registry.command("step")
     async def step(ctx: JobContext, payload: None) -> None:
         started.append(ctx.job.entity_id)
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(pause)
 
     worker = Worker(client, registry, "user", slots=1)
     assert await asyncio.wait_for(worker.run(), 60) == "idle"
+    return started
+
+
+async def test_a_busy_bucket_does_not_keep_a_packed_worker_from_the_others(client: Client) -> None:
+    """A packed worker's slot takes entities of one bucket one after another (each handed over
+    by the script that finished the last job) only `HANDOVERS` times, then listens to the
+    doorbells again, which it hears in turn: with one slot, 200 entities waiting in one bucket
+    do not keep a job of another bucket waiting until they are all through."""
+    crowd = list(itertools.islice(entities_in(client, 0, "c"), 200))
+    lone = next(entities_in(client, -1, "c"))
+    for e in [*crowd, lone]:
+        await client.enqueue("user", e, "step")
+    started = await run_steps(client, 0.005)
     assert sorted(started) == sorted([*crowd, lone])
     # Before, the slot went through the whole crowd first (index 200).
     assert started.index(lone) < 100, started.index(lone)
@@ -213,24 +224,11 @@ async def test_a_packed_worker_is_idle_from_the_end_of_a_drain_not_its_start(
 ) -> None:
     """A drain that lasts longer than the idle timeout (here one entity's jobs back to back)
     does not make the worker leave as idle when it ends: the job of another bucket runs too."""
-    buckets = client.keys.buckets("user")
-    names = [f"d{i}" for i in range(1000)]
-    first = next(e for e in names if client.keys.entity_bucket("user", e) == buckets[0])
-    other = next(e for e in names if client.keys.entity_bucket("user", e) == buckets[-1])
-    for _ in range(8):
-        await client.enqueue("user", first, "step")
-    await client.enqueue("user", other, "step")
-    started: list[str] = []
-    registry = Registry()
-
-    @registry.command("step")
-    async def step(ctx: JobContext, payload: None) -> None:
-        started.append(ctx.job.entity_id)
-        await asyncio.sleep(0.1)  # 8 of them: longer than the idle timeout (0.5 s)
-
-    worker = Worker(client, registry, "user", slots=1)
-    assert await asyncio.wait_for(worker.run(), 60) == "idle"
-    assert started == [first] * 8 + [other]
+    first, other = next(entities_in(client, 0, "d")), next(entities_in(client, -1, "d"))
+    for e in [first] * 8 + [other]:
+        await client.enqueue("user", e, "step")
+    # 8 steps of 0.1 s: longer than the idle timeout (0.5 s)
+    assert await run_steps(client, 0.1) == [first] * 8 + [other]
 
 
 def test_sync_client_from_plain_threads(redis_url: str) -> None:
