@@ -195,7 +195,9 @@ def test_sigterm_closes_the_worker_within_its_grace_and_gives_its_job_back(
 def test_a_killed_containers_job_comes_back_in_another(
     pods: Pods, containers: Engine, client: SyncClient, store: redis.Redis
 ) -> None:
-    spec = pool_spec()
+    # An idle timeout longer than the lease: the replacement, started within a second of the
+    # kill, waits for the killed worker's lease to expire instead of leaving as idle first.
+    spec = pool_spec(timing={**TIMING, "idleTimeoutSeconds": 60})
     client.enqueue(TYPE, "victim", "record", {"seq": 0, "sleep": 0.05, "first_sleep": 60})
     for seq in (1, 2):
         client.enqueue(TYPE, "victim", "record", {"seq": seq, "sleep": 0.05})
