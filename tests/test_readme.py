@@ -112,6 +112,10 @@ def test_the_quick_start_runs_as_shown(
     assert "got m" in locks
     assert "using m1 under fencing token" in locks
 
+    cancelled = python("control.py", env).strip()
+    cancelled_line = r"job 'user\.\d+\.[0-9a-f]+' was cancelled: cancelled on request"
+    assert re.fullmatch(cancelled_line, cancelled), cancelled
+
     jsonl = shell_block("echo ")
     assert run_block(shell, jsonl, tmp_path, env, tmp_path / "jsonl.log").strip() == (
         "1 job(s) enqueued"

@@ -1,4 +1,6 @@
 # handlers.py
+import asyncio
+
 from pydantic import BaseModel
 
 from atomicqueues import JobContext, Registry
@@ -29,3 +31,8 @@ async def send(ctx: JobContext, payload: Send) -> None:
 @registry.query("balance")
 async def balance(ctx: JobContext, payload: None) -> int:
     return 42  # a query's return value becomes the job's result
+
+
+@registry.command("export", timeout=600)  # cancelled after 10 minutes (default: 5)
+async def export(ctx: JobContext, payload: None) -> None:
+    await asyncio.sleep(3600)  # a long job: `aq cancel JOB_ID` stops it

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis as sync_redis
 import redis.asyncio as aioredis
 
 from atomicqueues import JobContext, Registry
@@ -35,6 +36,7 @@ EFFECTS_KEY = "test:effects"
 FENCE_KEY = "test:fence"
 FIRST_RUN_KEY = "test:first:"
 LOCK_LOG_KEY = "test:joblocks"
+STUBBORN_KEY = "test:stubborn"
 
 # KEYS[1] log, KEYS[2] rejected, KEYS[3] fence hash, KEYS[4] effects; ARGV entity, token, record.
 # Appends the record to the effects, and to the log when token >= the highest token seen for the
@@ -118,6 +120,25 @@ async def record(ctx: JobContext, payload: dict[str, Any]) -> None:
         await _write(ctx, "cancel", seq)
         raise
     await _write(ctx, "end", seq)
+
+
+registry.command("record_limited", timeout=0.5)(record)
+"""`record` with a time limit of half a second set where it is registered."""
+
+
+@registry.command("stubborn")
+def stubborn(ctx: JobContext, payload: dict[str, Any]) -> None:
+    """A sync handler: it runs in a thread, which cannot be cancelled. Its first run sleeps
+    `first_sleep` seconds whatever happens; later runs return at once. Every run pushes
+    {"job", "attempt", "pid", "t"} to STUBBORN_KEY when it starts.
+    Payload: {"first_sleep": s}."""
+    store = sync_redis.Redis.from_url(
+        os.environ.get("AQ_TEST_STORE_URL") or os.environ["AQ_REDIS_URL"]
+    )
+    run = {"job": ctx.job.id, "attempt": ctx.attempt, "pid": os.getpid(), "t": time.time()}
+    store.rpush(STUBBORN_KEY, json.dumps(run))
+    if store.set(FIRST_RUN_KEY + ctx.job.id, 1, nx=True):
+        time.sleep(float(payload["first_sleep"]))
 
 
 @registry.command("block")

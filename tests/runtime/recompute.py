@@ -158,8 +158,8 @@ async def check_index(
         for jk, fields in jobs.items():
             if fields.get("s", "waiting") in LIVE:
                 assert jk in placed, f"job {jk} ({fields.get('s', 'waiting')}) is in no queue: lost"
-            elif fields.get("s") == "completed":
-                assert await r.pttl(jk) > 0, f"completed job {jk} is kept for ever"
+            elif fields.get("s") in ("completed", "cancelled"):
+                assert await r.pttl(jk) > 0, f"{fields['s']} job {jk} is kept for ever"
 
     if len(buckets) == len(client.keys.buckets(t)):
         counts = await client.counts(t)

@@ -25,6 +25,7 @@ from atomicqueues import (
     Backoff,
     Client,
     InvalidInput,
+    JobCancelled,
     JobFailed,
     JobNotFound,
     LeaseLost,
@@ -243,6 +244,8 @@ async def test_non_json_payload_is_rejected(client: Client, payload: Any) -> Non
         pytest.param({"delay": -1}, "delay", id="negative-delay"),
         pytest.param({"attempts": 0}, "attempts", id="zero-attempts"),
         pytest.param({"backoff": {"type": "linear"}}, "backoff", id="bad-backoff"),
+        pytest.param({"timeout": 0}, "timeout", id="zero-timeout"),
+        pytest.param({"timeout": float("nan")}, "timeout", id="nan-timeout"),
     ],
 )
 async def test_invalid_enqueue_options_are_rejected(
@@ -412,6 +415,7 @@ async def test_concurrency_n_runs_n_jobs_of_an_entity_at_once(client: Client) ->
         "active": 1,
         "retrying": 0,
         "completed": 4,
+        "cancelled": 0,
         "dead": 0,
     }
 
@@ -626,6 +630,7 @@ async def test_expired_lease_is_recovered_when_its_former_holder_calls(connect: 
         "active": 0,
         "retrying": 0,
         "completed": 0,
+        "cancelled": 0,
         "dead": 0,
     }
     assert await sweep(client, T) == (0, 0)
@@ -970,13 +975,12 @@ async def test_cancel_waiting_and_delayed_jobs(client: Client) -> None:
         "active": 1,
         "retrying": 0,
         "completed": 0,
+        "cancelled": 0,
         "dead": 0,
     }
     assert await client.redis.zcard(client.keys.bucket(T, bucket_of(T, "u1")) + "delayed") == 0
 
-    # Refused for a running job, a cancelled one, and one that never existed.
-    assert await client.cancel(active) is False
-    assert (await client.job(active)).state == "active"
+    # Refused for a cancelled job and one that never existed.
     assert await client.cancel(waiting) is False
     assert await client.cancel(f"{T}.0.{HEX}") is False
     assert await client.cancel("nope", entity=(T, "u1")) is False
@@ -986,7 +990,56 @@ async def test_cancel_waiting_and_delayed_jobs(client: Client) -> None:
     await check_index(client, completed=1)
 
 
-async def test_cancel_is_refused_for_retrying_and_ended_jobs(client: Client) -> None:
+async def test_cancel_of_a_running_job_ends_it_cancelled_never_retried(client: Client) -> None:
+    a = Leases(client, "a")
+    asked: list[Lease] = []
+    running = await client.enqueue(T, "u1", "running")
+    after = await client.enqueue(T, "u1", "after")
+    run = await started(a, "u1")
+    assert await a.renew([run.lease], asked.append) == []
+    assert asked == []
+
+    assert await client.cancel(running, why="the user left") is True
+    assert (await client.job(running)).state == "active"  # until its worker stops it
+    assert await a.renew([run.lease], asked.append) == []
+    assert asked == [run.lease]
+    # Its attempt failed as it was stopped: it still ends cancelled, never retried, and the
+    # entity's next job starts in the same call.
+    nxt = await a.finish(run, "retry", "CancelledError", retry_delay=0)
+    assert nxt is not None
+    assert nxt.job.id == after
+    job = await client.job(running)
+    assert (job.state, job.error) == ("cancelled", "the user left")
+    with pytest.raises(JobCancelled, match="the user left"):
+        await client.result(running, timeout=1)
+    assert await client.cancel(running) is False
+    await a.finish(nxt, "completed", "null", claim_next="none")
+    counts = await client.counts(T)
+    assert (counts["cancelled"], counts["completed"], counts["retrying"]) == (1, 1, 0)
+    await check_index(client, completed=1)
+
+
+async def test_a_job_whose_cancel_was_asked_ends_cancelled_when_its_lease_ends(
+    connect: Connect,
+) -> None:
+    client = await connect(**SHORT_LEASES)
+    a, b = Leases(client, "a"), Leases(client, "b")
+    for eid in ("u1", "u2"):
+        await client.enqueue(T, eid, "x")
+    given_back, expired = await started(a, "u1"), await started(a, "u2")
+    assert await client.cancel(given_back.job.id)
+    assert await client.cancel(expired.job.id)
+    assert await a.release(given_back.lease, "shutdown") == "released"
+    await asyncio.sleep(EXPIRED)
+    await sweep(client, T)
+    for run in (given_back, expired):
+        assert (await client.job(run.job.id)).state == "cancelled"
+    assert await client.pending_entities(T) == {}
+    assert isinstance(await b.claim(T, "u1", None), Idle)
+    await check_index(client)
+
+
+async def test_cancel_of_a_retrying_job_removes_it(client: Client) -> None:
     a = Leases(client, "a")
     j1 = await client.enqueue(T, "u1", "retrying")
     j2 = await client.enqueue(T, "u2", "completed")
@@ -994,9 +1047,11 @@ async def test_cancel_is_refused_for_retrying_and_ended_jobs(client: Client) -> 
     await a.finish(run, "retry", "x", retry_delay=60)
     run2 = await started(a, "u2")
     await a.finish(run2, "completed", "null")
-    assert await client.cancel(j1) is False
     assert await client.cancel(j2) is False
-    assert (await client.job(j1)).state == "retrying"
+    assert await client.cancel(j1) is True
+    with pytest.raises(JobNotFound):
+        await client.job(j1)
+    assert (await client.counts(T))["retrying"] == 0
     await check_index(client, completed=1)
 
 

@@ -31,6 +31,7 @@ from hypothesis.stateful import (
 )
 
 from atomicqueues import Client, Settings
+from atomicqueues.jobs import STATES
 from atomicqueues.keys import decode_id, encode_id
 from atomicqueues.leases import Idle, Lease, Leases, Started
 from runtime import recompute
@@ -48,8 +49,9 @@ class MJob:
     eid: str
     prio: int
     seq: int  # enqueue order in the model (the script's sequence is per entity)
-    state: str  # waiting delayed active retrying completed dead gone
+    state: str  # waiting delayed active retrying completed cancelled dead gone
     attempt: int = 0
+    cancel_asked: bool = False  # cancelled while it ran: it ends cancelled unless completed
 
     @property
     def order(self) -> tuple[int, int]:
@@ -74,6 +76,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.running: dict[tuple[str, str], Started] = {}
         self.last_token: dict[str, int] = {}
         self.completed = 0
+        self.cancelled = 0
 
     def run(self, coro: Coroutine[Any, Any, R]) -> R:
         return self.loop.run_until_complete(coro)
@@ -193,6 +196,9 @@ class QueueMachine(RuleBasedStateMachine):
         job = self.jobs[run.job.id]
         job.state = {"completed": "completed", "retry": "retrying", "dead": "dead"}[outcome]
         self.completed += outcome == "completed"
+        if job.cancel_asked and outcome != "completed":
+            job.state = "cancelled"
+            self.cancelled += 1
         expected = None
         if claim_next != "none":
             self.promote(e)
@@ -258,8 +264,10 @@ class QueueMachine(RuleBasedStateMachine):
     def cancel(self, pick: int) -> None:
         job = list(self.jobs.values())[pick % len(self.jobs)]
         ok = self.run(self.client.cancel(job.id))
-        assert ok == (job.state in ("waiting", "delayed")), (job, ok)
-        if ok:
+        assert ok == (job.state in ("waiting", "delayed", "retrying", "active")), (job, ok)
+        if job.state == "active":
+            job.cancel_asked = True  # it runs on until its worker stops it
+        elif ok:
             job.state = "gone"
 
     @rule(e=st.sampled_from(ENTITIES), n=st.integers(1, 3))
@@ -282,8 +290,12 @@ class QueueMachine(RuleBasedStateMachine):
         run = self.running.pop(key, None)
         if run is not None:  # shutdown: the job goes back to its place, attempt given back
             job = self.jobs[run.job.id]
-            job.state = "waiting"
-            job.attempt -= 1
+            if job.cancel_asked:  # unless its cancellation was asked for: then it ends so
+                job.state = "cancelled"
+                self.cancelled += 1
+            else:
+                job.state = "waiting"
+                job.attempt -= 1
 
     @rule()
     def sweep(self) -> None:
@@ -360,7 +372,7 @@ class QueueMachine(RuleBasedStateMachine):
             p.zrange(bb + "delayed", 0, -1)
             p.zrange(bb + "leases", 0, -1)
         raw = iter(await p.execute())
-        counts = dict.fromkeys(("waiting", "delayed", "active", "retrying", "completed", "dead"), 0)
+        counts = dict.fromkeys(STATES, 0)
         pending: dict[str, int] = {}
         work: set[str] = set()
         ready: set[str] = set()
@@ -382,7 +394,7 @@ class QueueMachine(RuleBasedStateMachine):
         for j in job_list:
             if j.state in want:
                 want[j.state] += 1
-        assert counts == {**want, "completed": self.completed}
+        assert counts == {**want, "completed": self.completed, "cancelled": self.cancelled}
         want_pending = {e: len(self.of(e, "waiting")) for e in ENTITIES if self.of(e, "waiting")}
         assert pending == want_pending
         assert work == {e for e in ENTITIES if self.of(e, "waiting") or self.inflight(e)}

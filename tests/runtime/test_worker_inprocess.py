@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from atomicqueues import (
     Backoff,
     Client,
+    InvalidInput,
     JobContext,
     JobFailed,
     PermanentError,
@@ -262,11 +263,18 @@ def test_sync_client_from_plain_threads(redis_url: str) -> None:
             {"AQ_HEARTBEAT_TTL": "1", "AQ_HEARTBEAT_INTERVAL": "1"}, "half", id="interval"
         ),
         pytest.param({"AQ_MAX_ATTEMPTS": "0"}, "attempts", id="attempts"),
+        pytest.param({"AQ_JOB_TIMEOUT": "-1"}, "job timeout", id="negative-job-timeout"),
     ],
 )
 def test_bad_settings_are_named(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("inf"), "5"])
+def test_a_handler_time_limit_must_be_positive_seconds(timeout: object) -> None:
+    with pytest.raises(InvalidInput, match="timeout"):
+        Registry().command("x", timeout=timeout)  # type: ignore[arg-type]
 
 
 def test_settings_from_env() -> None:

@@ -337,11 +337,11 @@ class Workers:
         return dict(total)
 
     def wait_all_done(self, total: int, timeout: float) -> dict[str, int]:
-        """Wait until `total` jobs of the type have ended (completed or dead)."""
+        """Wait until `total` jobs of the type have ended (completed, cancelled or dead)."""
 
         def done() -> dict[str, int] | None:
             c = self.counts()
-            ended = c.get("completed", 0) + c.get("dead", 0)
+            ended = c.get("completed", 0) + c.get("cancelled", 0) + c.get("dead", 0)
             busy = sum(c.get(s, 0) for s in ("waiting", "delayed", "active", "retrying"))
             return c if ended >= total and busy == 0 else None
 

@@ -27,7 +27,7 @@ import redis.exceptions
 from .client import Client, NewJob
 from .config import Settings
 from .connection import permission_denied
-from .errors import AtomicQueuesError, ConfigError, InvalidInput
+from .errors import AtomicQueuesError, ConfigError, InvalidInput, JobNotFound
 from .extras import missing_extra
 from .jobs import Job
 from .locks import Lock, Locks
@@ -92,6 +92,7 @@ OPTIONAL_JOB_KEYS = (
     "priority",
     "attempts",
     "keep_completed",
+    "timeout",
     "backoff",
 )
 """Keys a line of `aq enqueue --from` may have (absent or null: the default)."""
@@ -103,6 +104,7 @@ per line (blank lines are skipped), with the keys
   payload                        any JSON (default null)
   job_id                         idempotency key, unique per entity
   delay, keep_completed          seconds (numbers, not negative)
+  timeout                        the job's time limit, seconds (default: the handler's)
   priority, attempts             integers
   backoff                        an object, e.g. {{"type": "fixed", "delay": 5}}
 for example
@@ -153,6 +155,12 @@ def build_parser() -> Parser:
     p.add_argument("--priority", type=int, help="-1000..1000, higher first (default 0)")
     p.add_argument("--attempts", type=int, help="maximum attempts")
     p.add_argument(
+        "--timeout",
+        type=_positive,
+        metavar="S",
+        help="the job's time limit in seconds (default: its handler's, else $AQ_JOB_TIMEOUT)",
+    )
+    p.add_argument(
         "--from",
         dest="from_file",
         metavar="FILE.jsonl",
@@ -187,6 +195,12 @@ def build_parser() -> Parser:
     a.add_argument("job_id", metavar="JOB_ID", help="the id `aq enqueue` printed")
     a.add_argument("--entity", nargs=2, metavar=("TYPE", "ID"), help=ENTITY_HELP)
     a.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = sub.add_parser(
+        "cancel", help="cancel a job: remove it if it has not started, else stop its handler"
+    )
+    p.add_argument("job_id", metavar="JOB_ID", help="the id `aq enqueue` printed")
+    p.add_argument("--entity", nargs=2, metavar=("TYPE", "ID"), help=ENTITY_HELP)
 
     p = sub.add_parser("result", help="print a job's result as JSON (what its query returned)")
     p.add_argument("job_id", metavar="JOB_ID", help="the id `aq enqueue` printed")
@@ -295,6 +309,7 @@ def _enqueue_usage(args: argparse.Namespace) -> str | None:
         "--delay": args.delay is not None,
         "--priority": args.priority is not None,
         "--attempts": args.attempts is not None,
+        "--timeout": args.timeout is not None,
     }
     given = [flag for flag, present in options.items() if present]
     if given:
@@ -323,6 +338,7 @@ async def cmd_enqueue(args: argparse.Namespace, client: Client) -> int:
         delay=args.delay,
         priority=0 if args.priority is None else args.priority,
         attempts=args.attempts,
+        timeout=args.timeout,
     )
     _print_enqueued(args, 1, [job_id])
     return 0
@@ -356,7 +372,7 @@ def _job_of(text: str) -> NewJob:
         value = values.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise InvalidInput(f"{key} must be an integer")
-    for key in ("delay", "keep_completed"):
+    for key in ("delay", "keep_completed", "timeout"):
         value = values.get(key)
         if value is not None and (
             isinstance(value, bool)
@@ -567,6 +583,8 @@ def _job_report(job: Job) -> list[tuple[str, str]]:
     ]
     if job.state == "completed":
         lines.append(("result", job.result_json or "null"))
+    if job.timeout:
+        lines.append(("timeout", f"{job.timeout:g}s"))
     if job.error:
         lines.append(("error", job.error))
     return lines
@@ -584,6 +602,25 @@ async def cmd_job(args: argparse.Namespace, client: Client) -> int:
         for label, value in _job_report(job):
             print(f"{label:<9} {value}")
     return 0
+
+
+async def cmd_cancel(args: argparse.Namespace, client: Client) -> int:
+    entity = _entity(args)
+    cancelled = await client.cancel(args.job_id, entity=entity)
+    state = await _state_or_gone(client, args.job_id, entity)
+    if not cancelled:
+        if state == "gone":
+            raise JobNotFound(args.job_id)
+        raise AtomicQueuesError(f"job {args.job_id!r} has ended already: it is {state}")
+    print("cancelling: its worker is stopping its handler" if state == "active" else "cancelled")
+    return 0
+
+
+async def _state_or_gone(client: Client, job_id: str, entity: tuple[str, str] | None) -> str:
+    try:
+        return (await client.job(job_id, entity=entity)).state
+    except JobNotFound:
+        return "gone"
 
 
 async def cmd_result(args: argparse.Namespace, client: Client) -> int:
@@ -730,6 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "dlq": cmd_dlq,
             "close": cmd_close,
             "job": cmd_job,
+            "cancel": cmd_cancel,
             "result": cmd_result,
             "locks": cmd_locks,
         }[args.command]

@@ -28,6 +28,7 @@ from .connection import (
 )
 from .errors import (
     InvalidInput,
+    JobCancelled,
     JobFailed,
     JobNotFound,
     NotReplicated,
@@ -109,6 +110,7 @@ class NewJob:
     attempts: int | None = None
     backoff: Backoff | dict[str, Any] | None = None
     keep_completed: float | None = None
+    timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -258,11 +260,14 @@ class Client:
         attempts: int | None = None,
         backoff: Backoff | dict[str, Any] | None = None,
         keep_completed: float | None = None,
+        timeout: float | None = None,
     ) -> str:
         """Add a job to the entity's queue and return its id (one round trip).
 
         With `job_id`, enqueue is idempotent per entity: while a job with that id exists (until
         its retention passes), a second enqueue adds nothing and returns the same id.
+        `timeout` is the job's time limit in seconds: past it the worker stops the handler and
+        the attempt fails (default: the handler's limit, else the worker's `AQ_JOB_TIMEOUT`).
         """
         job = self._prepare(
             NewJob(
@@ -276,6 +281,7 @@ class Client:
                 attempts=attempts,
                 backoff=backoff,
                 keep_completed=keep_completed,
+                timeout=timeout,
             )
         )
         await self._remember_type(entity_type)
@@ -348,6 +354,8 @@ class Client:
             raise InvalidInput("attempts must be an integer of at least 1")
         if job.keep_completed is not None and not _seconds(job.keep_completed):
             raise InvalidInput("keep_completed must be a finite number of seconds, not negative")
+        if job.timeout is not None and (not _seconds(job.timeout) or job.timeout == 0):
+            raise InvalidInput("timeout must be a finite, positive number of seconds")
         backoff = job.backoff
         if isinstance(backoff, dict):
             try:
@@ -377,6 +385,7 @@ class Client:
             round(keep * 1000),
             self.settings.keep_completed_count,
             round(self.settings.keep_failed * 1000),
+            job.timeout,
         )
         jslot = self.keys.job_slot(job.entity_type, job.entity_id, job_id)
         args = (
@@ -408,12 +417,22 @@ class Client:
                 await self.call(lambda: self.redis.sadd(key, member))
                 self._remembered.add((key, member))
 
-    async def cancel(self, job_id: str, *, entity: Entity | None = None) -> bool:
-        """Remove a job that has not started; False when it is running or already ended."""
+    async def cancel(
+        self, job_id: str, *, entity: Entity | None = None, why: str = "cancelled on request"
+    ) -> bool:
+        """Cancel a job. One that has not started (waiting, delayed, waiting for a retry)
+        leaves its queue at once. A running one is asked to stop: the worker running it cancels
+        its handler and the job ends `cancelled`, never retried, and its entity goes on with
+        its next job (`result()` raises `JobCancelled`). False when the job has ended already
+        or does not exist."""
         where = self._locate(job_id, entity)
-        done, _ = await self.script(
-            "cancel", where.bucket, where.jslot, self.keys.events(where.entity_type)
+        done, state = await self.script(
+            "cancel", where.bucket, where.jslot, self.keys.events(where.entity_type), why
         )
+        if state == "cancelling":  # the worker's next heartbeat hears of it too
+            message = json.dumps({"cancel": job_id, "entity_type": where.entity_type})
+            with suppress(RedisUnavailable):
+                await self.call(lambda: self.redis.publish(self.keys.close_channel(), message))
         return bool(done)
 
     # --- jobs and results -----------------------------------------------------------------
@@ -449,8 +468,9 @@ class Client:
     ) -> Any:
         """Wait until the job has ended and return its result (what a query returned).
 
-        Raises `JobFailed` when it was dead-lettered, `JobNotFound` when there is no such job,
-        and `TimeoutError` when `timeout` seconds pass first. Blocks on Redis, no polling.
+        Raises `JobFailed` when it was dead-lettered (`JobCancelled` when it was cancelled),
+        `JobNotFound` when there is no such job, and `TimeoutError` when `timeout` seconds pass
+        first. Blocks on Redis, no polling.
         """
         where = self._locate(job_id, entity)
         loop = asyncio.get_running_loop()
@@ -463,6 +483,8 @@ class Client:
                 return json.loads(result) if result else None
             if state == "dead":
                 raise JobFailed(job_id, error)
+            if state == "cancelled":
+                raise JobCancelled(job_id, error)
             wait = 5.0 if deadline is None else deadline - loop.time()
             if wait <= 0:
                 raise TimeoutError(f"job {job_id!r} has not ended after {timeout}s")

@@ -6,6 +6,7 @@ command-line option sets overrides it with `dataclasses.replace`.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -57,6 +58,12 @@ class Settings:
     """Seconds a closing worker lets its running job finish before giving it back
     (`AQ_SHUTDOWN_GRACE`)."""
 
+    job_timeout: float = 300.0
+    """Seconds a job's handler may run unless the job or its handler says otherwise; past it
+    the handler is cancelled and the attempt fails (`AQ_JOB_TIMEOUT`; 0: no limit). Five
+    minutes, as RQ (180 s) and arq (300 s) limit a job by default: a handler that never
+    returns must not hold its entity for ever."""
+
     max_payload_bytes: int = 1024 * 1024
     """Largest accepted JSON payload, in bytes (`AQ_MAX_PAYLOAD_BYTES`)."""
 
@@ -98,6 +105,8 @@ class Settings:
             )
         if self.redis_timeout is not None and self.redis_timeout <= 0:
             raise ConfigError("the Redis timeout must be positive")
+        if not 0 <= self.job_timeout < math.inf:
+            raise ConfigError("the job timeout must be a number of seconds (0: no limit)")
         if self.max_attempts < 1:
             raise ConfigError("max attempts must be at least 1")
         if self.durable_replicas < 0:
@@ -142,6 +151,7 @@ class Settings:
             "AQ_DURABLE_TIMEOUT": ("durable_timeout", float),
             "AQ_IDLE_TIMEOUT": ("idle_timeout", float),
             "AQ_SHUTDOWN_GRACE": ("shutdown_grace", float),
+            "AQ_JOB_TIMEOUT": ("job_timeout", float),
             "AQ_MAX_PAYLOAD_BYTES": ("max_payload_bytes", int),
             "AQ_MAX_ATTEMPTS": ("max_attempts", int),
             "AQ_KEEP_COMPLETED": ("keep_completed", float),

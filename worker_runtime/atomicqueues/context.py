@@ -131,6 +131,13 @@ class JobContext:
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     """Set when the lease was lost mid-job: the job has been given back to the queue, and the
     handler is cancelled right after this is set."""
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set when the job is to stop early (`stop_reason` says why); an async handler is
+    cancelled right after. A sync handler runs in a thread, which cannot be cancelled: it
+    should check `stopping.is_set()` now and then and return."""
+    stop_reason: str | None = None
+    """"timeout" (past its time limit: the attempt fails) or "cancelled" (`Client.cancel`:
+    the job ends cancelled)."""
     locks: JobLocks = field(init=False)
     """The job's resource locks; `lock` and `lock_any` below are shortcuts."""
 
@@ -166,6 +173,12 @@ class JobContext:
         return await self.locks.lock_any(
             resource_type, candidate_ids, ttl=ttl, spread=spread, wait=wait
         )
+
+    def stop(self, reason: str) -> None:
+        """Ask the handler to stop (the worker calls this; the first reason counts)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.stopping.set()
 
     @property
     def entity_type(self) -> str:

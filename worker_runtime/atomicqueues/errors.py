@@ -98,6 +98,23 @@ class JobFailed(AtomicQueuesError):
         self.error = error
 
 
+class JobCancelled(JobFailed):
+    """A job whose result was awaited was cancelled while it ran (`Client.cancel`)."""
+
+    def __init__(self, job_id: str, why: str) -> None:
+        AtomicQueuesError.__init__(self, f"job {job_id!r} was cancelled: {why}")
+        self.job_id = job_id
+        self.error = why
+
+
+class JobTimedOut(AtomicQueuesError):
+    """A handler ran past its job's time limit and was stopped (the attempt failed)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the handler ran past the job's time limit of {seconds:g}s")
+        self.seconds = seconds
+
+
 class LeaseLost(AtomicQueuesError):
     """The worker's lease on an entity expired or was taken over; its change was refused.
 

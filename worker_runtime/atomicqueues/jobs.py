@@ -12,8 +12,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import InvalidInput, PayloadTooLarge
 
-JobState = Literal["waiting", "delayed", "active", "retrying", "completed", "dead"]
-STATES: tuple[JobState, ...] = ("waiting", "delayed", "active", "retrying", "completed", "dead")
+JobState = Literal["waiting", "delayed", "active", "retrying", "completed", "cancelled", "dead"]
+STATES: tuple[JobState, ...] = (
+    "waiting",
+    "delayed",
+    "active",
+    "retrying",
+    "completed",
+    "cancelled",
+    "dead",
+)
 
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 
@@ -89,6 +97,8 @@ class Job:
     """How long the job is kept once completed, in milliseconds (0: not kept)."""
     keep_count: int = 0
     """At most this many completed jobs of its entity are kept."""
+    timeout: float | None = None
+    """The time limit its enqueue gave it, in seconds (None: the handler's or the worker's)."""
 
     @classmethod
     def from_fields(cls, entity_type: str, f: Mapping[str, str | None]) -> Job:
@@ -100,7 +110,7 @@ class Job:
 
         enqueued, rest = (f.get("d") or "0 []\nnull").split(" ", 1)
         head, payload = rest.split("\n", 1)
-        job_id, eid, name, prio, max_attempts, backoff, keep_ms, keep_n, _ = json.loads(head)
+        job_id, eid, name, prio, max_attempts, backoff, keep_ms, keep_n, *more = json.loads(head)
         return cls(
             id=job_id,
             entity_type=entity_type,
@@ -120,6 +130,7 @@ class Job:
             finished_at=ms("f"),
             keep_ms=keep_ms,
             keep_count=keep_n,
+            timeout=more[1] if len(more) > 1 else None,
         )
 
     @classmethod
@@ -137,6 +148,7 @@ def job_header(
     keep_ms: int,
     keep_count: int,
     keep_failed_ms: int,
+    timeout: float | None,
 ) -> str:
     """What a job's hash holds of it from its enqueue on (lua/include/queue.lua reads it): one
     line of JSON; the default backoff as null, which keeps a job's hash small."""
@@ -151,6 +163,7 @@ def job_header(
             keep_ms,
             keep_count,
             keep_failed_ms,
+            timeout,
         ],
         separators=(",", ":"),
         ensure_ascii=False,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,7 +26,7 @@ from .errors import LeaseLost, NotReplicated
 from .jobs import Job
 from .keys import decode_id, encode_id
 
-Outcome = Literal["completed", "retry", "dead"]
+Outcome = Literal["completed", "cancelled", "retry", "dead"]
 Next = Literal["same", "any", "release", "none"]
 """What `Leases.finish` starts next (see there)."""
 log = logging.getLogger(__name__)
@@ -199,8 +200,11 @@ class Leases:
             durable=True,
         )
 
-    async def renew(self, leases: list[Lease]) -> list[Lease]:
-        """Extend every lease (one script call per bucket); returns the ones that were lost."""
+    async def renew(
+        self, leases: list[Lease], to_cancel: Callable[[Lease], None] | None = None
+    ) -> list[Lease]:
+        """Extend every lease (one script call per bucket); returns the ones that were lost.
+        `to_cancel` is called with each lease whose running job is to be cancelled."""
         by_bucket: dict[tuple[str, str], list[Lease]] = {}
         for lease in leases:
             bucket = self.keys.entity_bucket(lease.entity_type, lease.entity_id)
@@ -213,10 +217,12 @@ class Leases:
                 "renew", bucket, self.owner, self.ttl_ms, self.keys.events(entity_type), *pairs
             )
             for lease, ok in zip(group, renewed, strict=True):
-                if ok:
-                    lease.valid_until = max(lease.valid_until, sent + self.ttl)
-                else:
+                if not ok:
                     lost.append(lease)
+                    continue
+                lease.valid_until = max(lease.valid_until, sent + self.ttl)
+                if ok == 2 and to_cancel is not None:
+                    to_cancel(lease)
         return lost
 
     async def release(self, lease: Lease, mode: Literal["idle", "shutdown"]) -> str:

@@ -14,6 +14,10 @@ JOBS_COMPLETED = Counter("aq_jobs_completed_total", "Jobs completed", _LABELS)
 JOBS_FAILED = Counter("aq_jobs_failed_total", "Job attempts that raised", _LABELS)
 JOBS_RETRIED = Counter("aq_jobs_retried_total", "Jobs scheduled for another attempt", _LABELS)
 JOBS_DEAD = Counter("aq_jobs_dead_total", "Jobs moved to the dead-letter list", _LABELS)
+JOBS_CANCELLED = Counter("aq_jobs_cancelled_total", "Running jobs cancelled on request", _LABELS)
+JOBS_TIMED_OUT = Counter(
+    "aq_jobs_timed_out_total", "Job attempts stopped at their time limit", _LABELS
+)
 JOB_DURATION = Histogram(
     "aq_job_duration_seconds",
     "Time a handler ran",

@@ -25,6 +25,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from math import inf
 from typing import TYPE_CHECKING, Any, get_type_hints
 
 from pydantic import BaseModel, ValidationError
@@ -45,6 +46,9 @@ class Handler:
     """Validates the payload; None passes the decoded JSON as it is."""
     is_query: bool
     """A query's return value becomes the job's result; a command's is dropped."""
+    timeout: float | None = None
+    """Its jobs' time limit in seconds, unless a job's enqueue gives one (None: the worker's
+    `Settings.job_timeout`)."""
 
     def parse(self, payload_json: str) -> Any:
         """The payload the handler receives, or `PermanentError` when it does not fit."""
@@ -90,28 +94,41 @@ class Registry:
         self._handlers: dict[str, Handler] = {}
 
     def _register(
-        self, name: str | None, model: type[BaseModel] | None, is_query: bool
+        self, name: str | None, model: type[BaseModel] | None, is_query: bool, timeout: float | None
     ) -> Callable[[HandlerFn], HandlerFn]:
+        if timeout is not None and not (isinstance(timeout, int | float) and 0 < timeout < inf):
+            raise InvalidInput(f"handler timeout must be a positive number of seconds: {timeout!r}")
+
         def decorate(fn: HandlerFn) -> HandlerFn:
             key = name or fn.__name__
             if key in self._handlers:
                 raise InvalidInput(f"handler {key!r} is registered twice")
-            self._handlers[key] = Handler(key, fn, model or _payload_model(fn), is_query)
+            model_ = model or _payload_model(fn)
+            self._handlers[key] = Handler(key, fn, model_, is_query, timeout)
             return fn
 
         return decorate
 
     def command(
-        self, name: str | None = None, *, model: type[BaseModel] | None = None
+        self,
+        name: str | None = None,
+        *,
+        model: type[BaseModel] | None = None,
+        timeout: float | None = None,
     ) -> Callable[[HandlerFn], HandlerFn]:
-        """Register a handler whose return value is dropped."""
-        return self._register(name, model, is_query=False)
+        """Register a handler whose return value is dropped; `timeout`: its jobs' time limit
+        in seconds (default: the worker's `AQ_JOB_TIMEOUT`)."""
+        return self._register(name, model, False, timeout)
 
     def query(
-        self, name: str | None = None, *, model: type[BaseModel] | None = None
+        self,
+        name: str | None = None,
+        *,
+        model: type[BaseModel] | None = None,
+        timeout: float | None = None,
     ) -> Callable[[HandlerFn], HandlerFn]:
         """Register a handler whose return value (JSON) becomes the job's result."""
-        return self._register(name, model, is_query=True)
+        return self._register(name, model, True, timeout)
 
     def get(self, name: str) -> Handler:
         try:

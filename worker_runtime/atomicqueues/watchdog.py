@@ -71,18 +71,16 @@ class Watchdog:
                     if now - seen >= self.reaction:
                         self.end(
                             f"{what} is still running {now - deadline():.3f}s past the moment "
-                            "its lease may end"
+                            "its lease may end; the handler did not give control back, so the "
+                            "worker exits now and the job runs again under a new lease"
                         )
                         self._overdue[key] = now  # once per reaction time, if `end` returns
 
 
-def end_process(overrun: str) -> None:
-    """End the process at once: the handler did not give control back."""
+def end_process(why: str) -> None:
+    """End the process at once (exit code `EXIT_LEASE_OVERRUN`), saying why."""
     # Straight to the file descriptor, without logging's locks: the thread that holds them may
     # be the one that is stuck.
-    message = (
-        f"aq worker: {overrun}; the handler did not give control back, so the worker exits "
-        f"now (exit code {EXIT_LEASE_OVERRUN}) and the job runs again under a new lease\n"
-    )
+    message = f"aq worker: {why} (exit code {EXIT_LEASE_OVERRUN})\n"
     os.write(2, message.encode("utf-8", "replace"))
     os._exit(EXIT_LEASE_OVERRUN)

@@ -42,7 +42,8 @@ from .aio import cancel_and_wait
 from .client import MAX_BLOCK_SECONDS, Client
 from .connection import pubsub_client
 from .context import JobContext
-from .errors import LeaseLost, PermanentError, RedisUnavailable, UnknownHandler
+from .errors import JobTimedOut, LeaseLost, PermanentError, RedisUnavailable, UnknownHandler
+from .jobs import Job
 from .keys import decode_id
 from .leases import Idle, Lease, Leases, Next, Outcome, Started, sweep
 from .memory import eviction_warning
@@ -67,6 +68,10 @@ HINTS = 256
 """Entities named by work events kept for a packed worker that cannot use doorbells (Cluster)."""
 LISTEN_BACKOFF = (0.1, 5.0)
 """First and longest pause before the pub/sub listener subscribes again after an outage."""
+
+
+class _Stuck(Exception):
+    """A handler that was cancelled did not end in time."""
 
 
 def default_name(node: str) -> str:
@@ -112,6 +117,9 @@ class Worker:
         self._work_hint = asyncio.Event()
         self._hints: deque[str] = deque(maxlen=HINTS)
         self._finishing: set[int] = set()
+        self._stuck: dict[str, Lease] = {}
+        """Leases of jobs whose handler did not stop when cancelled: their outcome is recorded
+        and they are renewed, never released, until the process ends (`_finish_stuck`)."""
         self._scan = True
         """A packed worker looks at every bucket before it waits for a doorbell again."""
         self._last_work = 0.0
@@ -175,6 +183,11 @@ class Worker:
             self.watchdog.stop()
         reason = self.close_reason or self.exit_reason or "done"
         log.info("worker %s stopped: %s", self.name, reason)
+        if self._stuck:
+            self.watchdog.end(
+                f"worker {self.name}: a handler did not stop when cancelled ({reason}); the "
+                f"process ends, and the lease on {sorted(self._stuck)} expires after it"
+            )
         return reason
 
     def _spawn(self, coro: Coroutine[Any, Any, None], what: str) -> asyncio.Task[None]:
@@ -250,8 +263,9 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             try:
-                leases = list(self.held.values())  # first: nothing may delay the renewal
-                for lease in await self.leases.renew(leases):
+                # First: nothing may delay the renewal.
+                leases = [*self.held.values(), *self._stuck.values()]
+                for lease in await self.leases.renew(leases, self._cancel_running):
                     if id(lease) not in self._finishing:
                         self._lost(lease, "its renewal was refused")
                 info = replace(self.info, entities=list(self.held))
@@ -329,13 +343,29 @@ class Worker:
                     body = json.loads(message["data"])
                 except ValueError:
                     continue
-                if isinstance(body, dict) and close_message_applies(body, self.info):
+                if not isinstance(body, dict):
+                    continue
+                if "cancel" in body:
+                    self._cancel_job(str(body["cancel"]))
+                elif close_message_applies(body, self.info):
                     self.close("close signal")
         finally:
             with suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             with suppress(Exception):
                 await redis.aclose()
+
+    def _cancel_job(self, job_id: str) -> None:
+        """Stop the handler of `job_id` if this worker runs it: it ends cancelled."""
+        for ctx, task in list(self.running.values()):
+            if ctx.job.id == job_id and not task.done():
+                ctx.stop("cancelled")
+
+    def _cancel_running(self, lease: Lease) -> None:
+        """The job `lease` runs is to be cancelled (its renewal said so)."""
+        running = self.running.get(lease.entity_id)
+        if running is not None:
+            self._cancel_job(running[0].job.id)
 
     def _lost(self, lease: Lease, why: str) -> None:
         if self.held.get(lease.entity_id) is not lease:
@@ -621,6 +651,7 @@ class Worker:
             metrics.JOB_WAIT.labels(*labels).observe(max(0.0, job.started_at - job.enqueued_at))
         outcome: Outcome
         retry_delay = 0.0
+        stuck = False
         began = time.perf_counter()
         try:
             handler = self.registry.get(job.name)
@@ -636,42 +667,113 @@ class Worker:
                 client=self.client,
                 log=logging.LoggerAdapter(log, {"job_id": job.id, "entity": job.entity_id}),
             )
+            limit = job.timeout or handler.timeout or self.settings.job_timeout or None
             task = asyncio.create_task(ctx.locks.run(handler(ctx, payload)))
             self.running[lease.entity_id] = (ctx, task)
             self.watchdog.watch(task, lambda: lease.valid_until - self.margin, where)
             task.add_done_callback(self.watchdog.unwatch)
             metrics.IN_FLIGHT.labels(self.entity_type).inc()
             try:
-                result = await task
+                result = await self._until_done_or_stopped(ctx, task, limit)
                 value = _result_json(result) if handler.is_query else "null"
                 outcome = "completed"
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if current is not None and current.cancelling():
-                    task.cancel()
                     raise
-                await self._interrupted_job(run, ctx, where)
-                return None
+                if ctx.lost.is_set() or ctx.stop_reason is None:
+                    await self._interrupted_job(run, ctx, where)
+                    return None
+                outcome, value, retry_delay = self._stopped(job, ctx, limit, where)
+            except _Stuck:
+                stuck = True
+                outcome, value, retry_delay = self._stopped(job, ctx, limit, where)
             except PermanentError as exc:
                 log.error("%s failed permanently: %s", where, exc)
                 outcome, value = "dead", f"PermanentError: {exc}"
             except Exception as exc:
-                value = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
-                tb = traceback.format_exc()
-                metrics.JOBS_FAILED.labels(*labels).inc()
-                if job.attempt >= job.max_attempts:
-                    log.error("%s failed, no attempts left (dead-lettered): %s", where, tb)
-                    outcome = "dead"
+                if ctx.stop_reason is not None:  # it turned its cancellation into an error
+                    outcome, value, retry_delay = self._stopped(job, ctx, limit, where)
                 else:
-                    retry_delay = job.backoff.seconds(job.attempt)
-                    log.warning("%s failed, retry in %.2fs: %s", where, retry_delay, tb)
-                    outcome = "retry"
+                    value = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+                    metrics.JOBS_FAILED.labels(*labels).inc()
+                    outcome, retry_delay = self._failed(job, where, traceback.format_exc())
             finally:
-                self.running.pop(lease.entity_id, None)
-                await ctx.locks.release_all()  # before the outcome: the next job may want them
+                if not stuck:
+                    self.running.pop(lease.entity_id, None)
+                    await ctx.locks.release_all()  # before the outcome: the next job may want them
                 metrics.IN_FLIGHT.labels(self.entity_type).dec()
                 metrics.JOB_DURATION.labels(*labels).observe(time.perf_counter() - began)
+        if stuck:
+            await self._finish_stuck(run, outcome, value, retry_delay, where)
+            return None
         return await self._finish(run, outcome, value, retry_delay, claim_next, where)
+
+    async def _until_done_or_stopped(
+        self, ctx: JobContext, task: asyncio.Task[Any], limit: float | None
+    ) -> Any:
+        """The handler's return value. Past its time limit (`limit` seconds), or when its job
+        is cancelled (`_cancel_running`), the handler is cancelled (`ctx.stop`); `_Stuck` when
+        it has not ended a heartbeat TTL after that."""
+        asked = asyncio.ensure_future(ctx.stopping.wait())
+        try:
+            await asyncio.wait({task, asked}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                ctx.stop("timeout")
+                task.cancel()
+                await asyncio.wait({task}, timeout=self.settings.heartbeat_ttl)
+        except asyncio.CancelledError:
+            task.cancel()  # the worker itself is being cancelled
+            raise
+        finally:
+            asked.cancel()
+        if not task.done():
+            raise _Stuck
+        return task.result()
+
+    def _failed(self, job: Job, where: str, error: str) -> tuple[Outcome, float]:
+        """A failed attempt's outcome: another attempt after its backoff, or the dead letters."""
+        if job.attempt >= job.max_attempts:
+            log.error("%s failed, no attempts left (dead-lettered): %s", where, error)
+            return "dead", 0.0
+        retry_delay = job.backoff.seconds(job.attempt)
+        log.warning("%s failed, retry in %.2fs: %s", where, retry_delay, error)
+        return "retry", retry_delay
+
+    def _stopped(
+        self, job: Job, ctx: JobContext, limit: float | None, where: str
+    ) -> tuple[Outcome, str, float]:
+        """The outcome of a job whose handler was stopped (`ctx.stop_reason`)."""
+        labels = (job.entity_type, job.name)
+        if ctx.stop_reason == "cancelled":
+            log.warning("%s cancelled on request", where)
+            return "cancelled", "cancelled on request", 0.0
+        metrics.JOBS_TIMED_OUT.labels(*labels).inc()
+        metrics.JOBS_FAILED.labels(*labels).inc()
+        error = f"JobTimedOut: {JobTimedOut(limit or 0)}"
+        outcome, retry_delay = self._failed(job, where, error)
+        return outcome, error, retry_delay
+
+    async def _finish_stuck(
+        self, run: Started, outcome: Outcome, value: str, retry_delay: float, where: str
+    ) -> None:
+        """Record the outcome of a job whose handler was stopped and did not end, keeping the
+        lease: the handler may still be running (a thread cannot be stopped), so the entity
+        must stay held until this process has ended. The worker closes and then ends the
+        process (`run`); the lease expires a heartbeat TTL later."""
+        lease = run.lease
+        log.error(
+            "%s: the handler did not stop within %ss of being cancelled; recorded as %s, the "
+            "worker closes and its process ends, and the entity is free once the lease expires",
+            where,
+            self.settings.heartbeat_ttl,
+            outcome,
+        )
+        await self._finish(run, outcome, value, retry_delay, "none", where)
+        if self.held.get(lease.entity_id) is lease:
+            del self.held[lease.entity_id]
+            self._stuck[lease.entity_id] = lease
+        self.close(f"the handler of {where} did not stop when cancelled")
 
     async def _interrupted_job(self, run: Started, ctx: JobContext, where: str) -> None:
         if ctx.lost.is_set():
@@ -708,6 +810,7 @@ class Worker:
             self._finishing.discard(id(run.lease))
         {
             "completed": metrics.JOBS_COMPLETED,
+            "cancelled": metrics.JOBS_CANCELLED,
             "retry": metrics.JOBS_RETRIED,
             "dead": metrics.JOBS_DEAD,
         }[outcome].labels(*labels).inc()

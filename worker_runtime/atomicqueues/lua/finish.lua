@@ -1,11 +1,13 @@
--- finish: end the job a lease is running (completed, retry later, or dead) and, in the same
--- round trip, start the next job: the entity's, or (mode 'any', packed workers) when the entity
--- has none, the oldest claimable entity's of the same bucket, under a new lease, the old one
--- released; mode 'release' releases the lease when the entity has none and takes nothing.
+-- finish: end the job a lease is running (completed, cancelled, retry later, or dead) and, in
+-- the same round trip, start the next job: the entity's, or (mode 'any', packed workers) when
+-- the entity has none, the oldest claimable entity's of the same bucket, under a new lease, the
+-- old one released; mode 'release' releases the lease when the entity has none and takes
+-- nothing.
 -- KEYS[1] bucket base
--- ARGV  e, owner, token, jslot, outcome ('completed'|'retry'|'dead'), value (result json or
---       error text), retry_delay_ms, next ('none'|'same'|'any'|'release'), lease_ttl_ms, channel,
---       keep_ms, keep_n (the job's retention, from its header)
+-- ARGV  e, owner, token, jslot, outcome ('completed'|'cancelled'|'retry'|'dead'), value (result
+--       json, or why it was cancelled, or error text), retry_delay_ms, next
+--       ('none'|'same'|'any'|'release'), lease_ttl_ms, channel, keep_ms, keep_n (the job's
+--       retention, from its header)
 -- Returns {'ok', ''} or {'ok', next_due_ms}  (nothing started; the lease is kept in modes
 --       'none' and 'same')
 --      or {'ok', 'job', jslot, <JOB_REPLY...>}  (the entity's next job started, same lease)

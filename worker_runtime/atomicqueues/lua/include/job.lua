@@ -36,40 +36,22 @@ local function acquire(E, owner, ttl, now, us)
   return L, start_next(E, owner, L, now)
 end
 
--- End the job lease L runs: 'completed' (value: the result), 'retry' (value: the error; due
--- at `due`) or 'dead' (value: the error). keep_ms and keep_n: the job's retention.
+-- End the job lease L runs: 'completed' (value: the result), 'cancelled' (value: why), 'retry'
+-- (value: the error; due at `due`) or 'dead' (value: the error). keep_ms and keep_n: the
+-- job's retention.
 local function end_job(E, owner, L, outcome, value, due, keep_ms, keep_n, now, us)
   local jslot = L.jslot
   local jk = jkey(E.bb, jslot)
   E.a = E.a - 1
   count(E, 'active', -1)
-  if outcome == 'completed' then
-    count(E, 'completed', 1)
-    notify_waiters(E, jslot)
-    if keep_ms == 0 or keep_n == 0 then
-      redis.call('DEL', jk)
-    else
-      redis.call('HSET', jk, 's', 'completed', 'r', value, 'f', now)
-      redis.call('PEXPIRE', jk, keep_ms)
-      local done = ekey(E.bb, E.e, 'done')
-      redis.call('ZADD', done, us, jslot)
-      -- The done list's expiry is pushed back when less than half of this job's retention is
-      -- left of it (a done list that expires before its jobs only stops the count cap for
-      -- them). It is trimmed on every 16th job of the entity (by FIFO sequence) and when the
-      -- cap is small: it holds at most 16 more than keep_n, and its jobs expire on their own.
-      if E.dx < now + keep_ms / 2 then
-        redis.call('PEXPIRE', done, keep_ms)
-        E.dx = now + keep_ms
-      end
-      if tonumber(L.score) % 16 == 0 or keep_n < 16 then
-        redis.call('ZREMRANGEBYSCORE', done, '-inf', int(tonumber(us) - keep_ms * 1000))
-        local extra = redis.call('ZCARD', done) - keep_n
-        if extra > 0 then
-          local popped = redis.call('ZPOPMIN', done, extra)
-          for i = 1, #popped, 2 do redis.call('DEL', jkey(E.bb, popped[i])) end
-        end
-      end
-    end
+  if outcome ~= 'completed' then
+    -- A job whose cancellation was asked for while it ran ends so, with the reason given,
+    -- also when its attempt failed at the same moment: it is never retried.
+    local why = redis.call('HGET', jk, 'x')
+    if why then outcome, value = 'cancelled', why end
+  end
+  if outcome == 'completed' or outcome == 'cancelled' then
+    add_done(E, jslot, outcome, value, L.score, keep_ms, keep_n, now, us)
   elseif outcome == 'retry' then
     redis.call('HSET', jk, 's', 'retrying', 'er', value, 'du', due, 'sc', L.score)
     redis.call('ZADD', ekey(E.bb, E.e, 'retry'), due, jslot)

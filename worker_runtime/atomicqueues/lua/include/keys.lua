@@ -8,7 +8,8 @@
 --   ekey(bb, e, 'wait')     ZSET jslot -> score (priority band, then FIFO sequence)
 --   ekey(bb, e, 'delayed')  ZSET jslot -> due ms (not yet due; holds no slot)
 --   ekey(bb, e, 'retry')    ZSET jslot -> due ms (waiting for a retry; holds a slot)
---   ekey(bb, e, 'done')     ZSET jslot -> finished us (completed jobs kept for retention)
+--   ekey(bb, e, 'done')     ZSET jslot -> finished us (completed and cancelled jobs kept for
+--                           retention)
 --   ekey(bb, e, 'dlq')      ZSET jslot -> finished us (dead letters)
 --   ekey(bb, e, 'bell')     LIST  rung when a job of the entity may start (entity-bound workers)
 --   ekey(bb, e, 'meta')     HASH  the entity's summary, read and written once per script
@@ -23,7 +24,8 @@
 --                           at enqueue; the header is what the client sends, jobs.py), s state
 --                           (absent: waiting), m attempts made, t token and st start ms of the
 --                           last attempt, sc wait score (while out of the queue), du due ms,
---                           er error, r result, f finished ms.
+--                           er error (or why it was cancelled), r result, f finished ms,
+--                           x why its cancellation was asked for while it ran (cancel.lua).
 --   bb..'jw:'..jslot        LIST  one element per result() waiter once the job has ended
 -- The bucket's index (what spans entities; changed only on an entity's transitions):
 --   bb..'pending'  HASH e -> jobs waiting         bb..'work'    ZSET e -> ms since it has work
@@ -31,7 +33,8 @@
 --   bb..'leases'   ZSET owner..'|'..e -> lease expiry ms (for the sweep)
 --   bb..'delayed'  ZSET e -> next due ms         bb..'dead'    HASH e -> dead jobs
 --   bb..'conc'     HASH e -> concurrency (absent: 1)
---   bb..'counts'   HASH delayed active retrying dead -> jobs; completed -> every completion
+--   bb..'counts'   HASH delayed active retrying dead -> jobs; completed, cancelled -> every
+--                  completion, every cancellation of a running job
 --                  (waiting is the sum of pending)
 --   bb..'bell'     LIST rung when an entity of the bucket becomes claimable (packed workers)
 --   bb..'oom'      never written (oom.lua)

@@ -33,9 +33,10 @@ local function extend(E, owner, L, exp)
   redis.call('ZADD', E.bb .. 'leases', exp, owner .. '|' .. E.e)
 end
 
--- Give up owner's lease. Its running job, if any, goes back to the head of the queue; a
--- stalled job (stalled = true) keeps the attempt it used and is dead-lettered once it has used
--- them all. Returns true when a job was running.
+-- Give up owner's lease. Its running job, if any, goes back to the head of the queue, or ends
+-- 'cancelled' when a cancellation was asked for (cancel.lua); a stalled job (stalled = true)
+-- keeps the attempt it used and is dead-lettered once it has used them all. Returns true when
+-- a job was running.
 local function drop_lease(E, owner, stalled, now, us)
   local L = lease_of(E, owner)
   if not L then return false end
@@ -46,6 +47,12 @@ local function drop_lease(E, owner, stalled, now, us)
   E.a = E.a - 1
   count(E, 'active', -1)
   local jk = jkey(E.bb, L.jslot)
+  local x = redis.call('HMGET', jk, 'x', 'd')
+  if x[1] then  -- its cancellation was asked for: it ends here instead of going back
+    local h = header_of(x[2])
+    add_done(E, L.jslot, 'cancelled', x[1], L.score, h[7], h[8], now, us)
+    return true
+  end
   redis.call('HSET', jk, 'sc', L.score)
   if stalled then
     local made = tonumber(redis.call('HGET', jk, 'm')) or 1

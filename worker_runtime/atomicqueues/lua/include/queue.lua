@@ -27,7 +27,7 @@ local function refresh_due(E)
 end
 
 -- A job's header (jobs.py: [id, eid, name, prio, max, backoff, keep_ms, keep_n,
--- keep_failed_ms]) from its d field ("<enqueued ms> <header>\n<payload>").
+-- keep_failed_ms, timeout]) from its d field ("<enqueued ms> <header>\n<payload>").
 local function header_of(d)
   local sp, nl = string.find(d, ' ', 1, true), string.find(d, '\n', 1, true)
   return cjson.decode(string.sub(d, sp + 1, nl - 1))
@@ -95,4 +95,37 @@ local function add_dead(E, jslot, err, now, us)
   local keepf = tonumber(header(jk)[9]) or 0
   if keepf > 0 then redis.call('PEXPIRE', jk, keepf) end
   notify_waiters(E, jslot)
+end
+
+-- A job that ended without failing: 'completed' (value: its result) or 'cancelled' (value:
+-- why). It is kept keep_ms in the entity's done list, which holds at most about keep_n of
+-- them; score is the job's wait score (its FIFO sequence paces the trimming).
+local function add_done(E, jslot, state, value, score, keep_ms, keep_n, now, us)
+  local jk = jkey(E.bb, jslot)
+  count(E, state, 1)
+  notify_waiters(E, jslot)
+  if keep_ms == 0 or keep_n == 0 then
+    redis.call('DEL', jk)
+    return
+  end
+  redis.call('HSET', jk, 's', state, state == 'completed' and 'r' or 'er', value, 'f', now)
+  redis.call('PEXPIRE', jk, keep_ms)
+  local done = ekey(E.bb, E.e, 'done')
+  redis.call('ZADD', done, us, jslot)
+  -- The done list's expiry is pushed back when less than half of this job's retention is
+  -- left of it (a done list that expires before its jobs only stops the count cap for
+  -- them). It is trimmed on every 16th job of the entity (by FIFO sequence) and when the
+  -- cap is small: it holds at most 16 more than keep_n, and its jobs expire on their own.
+  if E.dx < now + keep_ms / 2 then
+    redis.call('PEXPIRE', done, keep_ms)
+    E.dx = now + keep_ms
+  end
+  if tonumber(score) % 16 == 0 or keep_n < 16 then
+    redis.call('ZREMRANGEBYSCORE', done, '-inf', int(tonumber(us) - keep_ms * 1000))
+    local extra = redis.call('ZCARD', done) - keep_n
+    if extra > 0 then
+      local popped = redis.call('ZPOPMIN', done, extra)
+      for i = 1, #popped, 2 do redis.call('DEL', jkey(E.bb, popped[i])) end
+    end
+  end
 end
