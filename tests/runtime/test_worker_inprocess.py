@@ -29,6 +29,7 @@ from atomicqueues import (
 )
 from atomicqueues.errors import ConfigError
 from atomicqueues.leases import Leases, Started
+from atomicqueues.worker import MAX_ERROR_CHARS
 
 FAST = {"heartbeat_ttl": 0.6, "heartbeat_interval": 0.2, "idle_timeout": 0.5, "shutdown_grace": 0.5}
 
@@ -115,6 +116,65 @@ async def test_exhausted_and_permanent_errors_dead_letter(client: Client) -> Non
     with pytest.raises(JobFailed, match="not allowed"):
         await client.result(refused, timeout=1)
     assert {j.id for j in await client.dlq_list("user", "carol")} == {exhausted, refused}
+    dead = await client.job(exhausted)
+    assert dead.error_line == "RuntimeError: attempt 2 fails"
+    assert dead.error is not None
+    assert "Traceback (most recent call last)" in dead.error
+    assert "in flaky" in dead.error  # the frame that raised
+
+
+async def test_a_long_traceback_keeps_its_start_and_its_end(client: Client) -> None:
+    registry = Registry()
+
+    def deep(n: int) -> None:
+        try:
+            if n == 0:
+                raise ValueError("at the bottom")
+            deep(n - 1)
+        except ValueError as exc:
+            raise ValueError(f"level {n}") from exc  # a chain of tracebacks, each one longer
+
+    @registry.command("deep")
+    async def run_deep(ctx: JobContext, payload: None) -> None:
+        deep(40)
+
+    job_id = await client.enqueue("user", "erin", "deep", attempts=1)
+    await run_until_idle(client, registry, "erin")
+    error = (await client.job(job_id)).error
+    assert error is not None
+    assert len(error) <= MAX_ERROR_CHARS
+    assert error.startswith("ValueError: level 40\nTraceback")
+    assert "\n[...]\n" in error
+    assert error.endswith("ValueError: level 40\n")
+
+
+async def test_progress_is_shown_on_the_job_and_only_its_lease_holder_may_set_it(
+    client: Client,
+) -> None:
+    registry = Registry()
+    reported = asyncio.Event()
+    go_on = asyncio.Event()
+
+    @registry.command("report")
+    async def report(ctx: JobContext, payload: None) -> None:
+        assert await ctx.progress(0.5)
+        assert await ctx.progress({"done": 3, "of": 4})
+        reported.set()
+        await go_on.wait()
+
+    job_id = await client.enqueue("user", "fay", "report")
+    worker = asyncio.create_task(run_until_idle(client, registry, "fay"))
+    await asyncio.wait_for(reported.wait(), 10)
+    job = await client.job(job_id)
+    assert job.progress == {"done": 3, "of": 4}
+    bucket = client.keys.entity_bucket("user", "fay")
+    jslot = client.keys.job_slot("user", "fay", job_id)
+    assert await client.script("progress", bucket, jslot, job.fencing_token + 1, "1") == 0
+    assert (await client.job(job_id)).progress == {"done": 3, "of": 4}
+    go_on.set()
+    await worker
+    assert (await client.job(job_id)).progress == {"done": 3, "of": 4}  # kept with the job
+    assert await client.script("progress", bucket, jslot, job.fencing_token, "1") == 0
 
 
 async def test_metrics_count_by_type_and_name_never_by_entity(client: Client) -> None:

@@ -585,6 +585,8 @@ def _job_report(job: Job) -> list[tuple[str, str]]:
         lines.append(("result", job.result_json or "null"))
     if job.timeout:
         lines.append(("timeout", f"{job.timeout:g}s"))
+    if job.progress_json is not None:
+        lines.append(("progress", job.progress_json))
     if job.error:
         lines.append(("error", job.error))
     return lines
@@ -600,7 +602,7 @@ async def cmd_job(args: argparse.Namespace, client: Client) -> int:
         print(json.dumps(_job_json(job), indent=2, ensure_ascii=False))
     else:
         for label, value in _job_report(job):
-            print(f"{label:<9} {value}")
+            print(f"{label:<9} {value}".replace("\n", "\n" + " " * 10))  # a traceback
     return 0
 
 
@@ -639,7 +641,7 @@ async def cmd_result(args: argparse.Namespace, client: Client) -> int:
 
 def _job_line(job: Job) -> str:
     where = f"{job.entity_type}/{job.entity_id!r}"
-    return f"{job.id}  {where}  {job.name}  attempts {job.attempt}  {job.error}"
+    return f"{job.id}  {where}  {job.name}  attempts {job.attempt}  {job.error_line}"
 
 
 async def cmd_dlq(args: argparse.Namespace, client: Client) -> int:

@@ -9,8 +9,8 @@ from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .errors import LockNotOwned
-from .jobs import Job
+from .errors import LockNotOwned, RedisUnavailable
+from .jobs import Job, encode_payload
 from .locks import Lock, LockResult, Locks, Renewal, Spread, uncancel
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 JOB_OWNER_TYPE = "job"
+MAX_PROGRESS_BYTES = 4096
 
 
 class JobLocks:
@@ -173,6 +174,21 @@ class JobContext:
         return await self.locks.lock_any(
             resource_type, candidate_ids, ttl=ttl, spread=spread, wait=wait
         )
+
+    async def progress(self, value: Any) -> bool:
+        """Report how far the job got: a number or a small JSON value (at most
+        `MAX_PROGRESS_BYTES`), shown by `Client.job` and `aq job show`. Advice only: False when
+        Redis could not take it (or the job's lease has passed on), and the job goes on."""
+        text = encode_payload(value, MAX_PROGRESS_BYTES)
+        where = self.client.keys.entity_bucket(self.job.entity_type, self.job.entity_id)
+        jslot = self.client.keys.job_slot(self.job.entity_type, self.job.entity_id, self.job.id)
+        try:
+            return bool(
+                await self.client.script("progress", where, jslot, self.fencing_token, text)
+            )
+        except RedisUnavailable as exc:
+            self.log.warning("progress of job %s not recorded: %s", self.job.id, exc)
+            return False
 
     def stop(self, reason: str) -> None:
         """Ask the handler to stop (the worker calls this; the first reason counts)."""

@@ -93,7 +93,7 @@ class JobFailed(AtomicQueuesError):
     """A job whose result was awaited ended in the dead-letter list."""
 
     def __init__(self, job_id: str, error: str) -> None:
-        super().__init__(f"job {job_id!r} failed: {error}")
+        super().__init__(f"job {job_id!r} failed: {error.partition(chr(10))[0]}")
         self.job_id = job_id
         self.error = error
 

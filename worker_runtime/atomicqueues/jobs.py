@@ -99,6 +99,17 @@ class Job:
     """At most this many completed jobs of its entity are kept."""
     timeout: float | None = None
     """The time limit its enqueue gave it, in seconds (None: the handler's or the worker's)."""
+    progress_json: str | None = None
+    """What its handler last reported with `JobContext.progress` (JSON), if anything."""
+
+    @property
+    def progress(self) -> Any:
+        return None if self.progress_json is None else json.loads(self.progress_json)
+
+    @property
+    def error_line(self) -> str | None:
+        """The first line of `error`: the error's type and message, without the traceback."""
+        return None if self.error is None else self.error.partition("\n")[0]
 
     @classmethod
     def from_fields(cls, entity_type: str, f: Mapping[str, str | None]) -> Job:
@@ -131,6 +142,7 @@ class Job:
             keep_ms=keep_ms,
             keep_count=keep_n,
             timeout=more[1] if len(more) > 1 else None,
+            progress_json=f.get("pg") or None,
         )
 
     @classmethod

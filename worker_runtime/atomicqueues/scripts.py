@@ -44,6 +44,7 @@ NAMES = (
     "release",
     "sweep",
     "cancel",
+    "progress",
     "dlq",
     "set_concurrency",
     "watch_job",

@@ -695,7 +695,7 @@ class Worker:
                 if ctx.stop_reason is not None:  # it turned its cancellation into an error
                     outcome, value, retry_delay = self._stopped(job, ctx, limit, where)
                 else:
-                    value = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+                    value = _error_text(exc)
                     metrics.JOBS_FAILED.labels(*labels).inc()
                     outcome, retry_delay = self._failed(job, where, traceback.format_exc())
             finally:
@@ -817,6 +817,18 @@ class Worker:
         if outcome == "completed":
             log.info("%s completed", where)
         return nxt
+
+
+def _error_text(exc: BaseException) -> str:
+    """What a failed attempt records: "Type: message", then its traceback, trimmed to
+    `MAX_ERROR_CHARS` by cutting out the middle (where the call begins and where it failed
+    are kept)."""
+    text = f"{type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc))}"
+    if len(text) <= MAX_ERROR_CHARS:
+        return text
+    cut = "\n[...]\n"
+    head = MAX_ERROR_CHARS // 4
+    return text[:head] + cut + text[-(MAX_ERROR_CHARS - head - len(cut)) :]
 
 
 def _result_json(result: Any) -> str:

@@ -25,7 +25,8 @@
 --                           (absent: waiting), m attempts made, t token and st start ms of the
 --                           last attempt, sc wait score (while out of the queue), du due ms,
 --                           er error (or why it was cancelled), r result, f finished ms,
---                           x why its cancellation was asked for while it ran (cancel.lua).
+--                           x why its cancellation was asked for while it ran (cancel.lua),
+--                           pg progress (JSON) its handler last reported (progress.lua).
 --   bb..'jw:'..jslot        LIST  one element per result() waiter once the job has ended
 -- The bucket's index (what spans entities; changed only on an entity's transitions):
 --   bb..'pending'  HASH e -> jobs waiting         bb..'work'    ZSET e -> ms since it has work
