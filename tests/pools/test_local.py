@@ -109,6 +109,27 @@ def test_aq_up_scales_up_on_work_and_down_to_zero(
     assert "Traceback" not in out
 
 
+def test_aq_up_starts_no_worker_for_a_paused_entity(
+    redis_url: str, aq_up: subprocess.Popen[str]
+) -> None:
+    from atomicqueues import SyncClient
+    from atomicqueues.config import Settings
+
+    r = redis.Redis.from_url(redis_url)
+    step = {"seq": 0, "seconds": 0.01, "log_key": "uptest:log"}
+    with SyncClient(Settings(redis_url=redis_url, prefix="uptest")) as client:
+        client.pause("account", "a1")
+        client.enqueue("account", "a1", "step", step)
+        client.enqueue("account", "a2", "step", step)
+        wait_for(lambda: client.counts("account")["completed"] == 1, 30, "a2's job to run")
+        time.sleep(2.0)  # two resyncs of the pool: still nothing for a1
+        assert client.counts("account")["completed"] == 1
+        assert client.pending_entities("account") == {"a1": 1}
+        assert all(b"a1" not in name for name in live_workers(r))
+        client.resume("account", "a1")
+        wait_for(lambda: client.counts("account")["completed"] == 2, 30, "a1's job to run")
+
+
 def test_aq_up_stops_busy_workers_gracefully(redis_url: str, aq_up: subprocess.Popen[str]) -> None:
     from atomicqueues import SyncClient
     from atomicqueues.config import Settings

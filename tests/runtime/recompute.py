@@ -72,7 +72,7 @@ async def check_index(
                 jobs[key] = await r.hgetall(key)
         for idx in ("work", "ready", "delayed"):
             entities |= set(await r.zrange(bb + idx, 0, -1))
-        for idx in ("pending", "dead", "conc"):
+        for idx in ("pending", "dead", "conc", "paused"):
             entities |= set(await r.hkeys(bb + idx))
         for member in await r.zrange(bb + "leases", 0, -1):
             entities.add(member.split("|", 1)[1])
@@ -84,6 +84,7 @@ async def check_index(
             "delayed": {},
             "dead": {},
             "leases": {},
+            "paused": {},
         }
 
         for e in sorted(entities):
@@ -135,7 +136,10 @@ async def check_index(
             if wait or busy:
                 want["work"].add(e)
                 truth["work"].add(e)
-            if wait and busy < conc and len(leases) < conc:
+            paused = int(meta.get("p", 0))  # set by pause.lua alone: not from the queues
+            if paused:
+                want["paused"][e] = str(paused)
+            if wait and busy < conc and len(leases) < conc and not paused:
                 want["ready"].add(e)
                 truth["ready"].add(e)
             if dues:
@@ -153,6 +157,7 @@ async def check_index(
             "delayed": dict(await r.zrange(bb + "delayed", 0, -1, withscores=True)),
             "dead": await r.hgetall(bb + "dead"),
             "leases": dict(await r.zrange(bb + "leases", 0, -1, withscores=True)),
+            "paused": await r.hgetall(bb + "paused"),
         }
         assert got == want, f"index of bucket {bb} drifted from its queues"
         for jk, fields in jobs.items():

@@ -1055,6 +1055,81 @@ async def test_cancel_of_a_retrying_job_removes_it(client: Client) -> None:
     await check_index(client, completed=1)
 
 
+# --- pause and resume -------------------------------------------------------------------------
+async def test_a_paused_entity_takes_jobs_and_starts_none_until_resumed(client: Client) -> None:
+    a = Leases(client, "a")
+    first = await client.enqueue(T, "u1", "first")
+    await client.enqueue(T, "u1", "second")
+    run = await started(a, "u1")
+    assert await client.pause(T, "u1") == 1
+    assert await client.pause(T, "u1") == 0  # already paused
+    third = await client.enqueue(T, "u1", "third")  # enqueue goes on
+    assert (await client.job(third)).state == "waiting"
+    # The running job finishes; the next one does not start, under the lease or a new one.
+    assert await a.finish(run, "completed", "null") is None
+    await idle(a, "u1", run.lease)
+    await idle(Leases(client, "b"), "u1")
+    assert await client.claimable_entities(T) == {}
+    assert await client.work_index(T) == []  # no pool starts a worker for it
+    assert await a.claim_any(T, client.keys.entity_bucket(T, "u1")) is None
+    assert await a.release(run.lease, "idle") == "released"
+    assert (await client.paused(T)).entities == ["u1"]
+    await check_index(client, completed=1)
+
+    assert await client.resume(T, "u1") == 1
+    assert set(await client.claimable_entities(T)) == {"u1"}
+    nxt = await started(a, "u1")
+    assert nxt.job.id != first
+    assert (await client.paused(T)).entities == []
+    await check_index(client, completed=1)
+
+
+async def test_pausing_an_idle_entity_lasts_until_it_is_resumed(client: Client) -> None:
+    assert await client.pause(T, "u1") == 1
+    meta = client.keys.entity(T, "u1") + "meta"
+    assert await client.redis.hget(meta, "p") == "1"  # kept though it has nothing
+    await client.enqueue(T, "u1", "x")
+    await idle(Leases(client, "a"), "u1")
+    await client.resume(T, "u1")
+    await started(Leases(client, "a"), "u1")
+    await check_index(client)
+
+
+async def test_pausing_a_type_pauses_its_entities_and_those_that_come(client: Client) -> None:
+    a = Leases(client, "a")
+    await client.enqueue(T, "u1", "x")
+    await client.enqueue("other", "u1", "x")
+    assert await client.pause(T, "u2") == 1  # paused itself as well
+    await client.enqueue(T, "u2", "x")
+    assert await client.pause(T) == 2  # the entities with a summary: u1 and u2
+    await client.enqueue(T, "u3", "x")  # a new entity of a paused type is paused as it comes
+    for eid in ("u1", "u2", "u3"):
+        await idle(a, eid)
+    assert await client.claimable_entities(T) == {}
+    assert await client.work_index(T) == []
+    assert [e.entity_id for e in await client.work_index("other")] == ["u1"]
+    paused = await client.paused(T)
+    assert (paused.entity_type, paused.entities) == (True, ["u2"])
+    await check_index(client)
+
+    await client.resume(T)
+    assert set(await client.claimable_entities(T)) == {"u1", "u3"}  # u2 stays paused
+    await started(a, "u1")
+    await idle(a, "u2")
+    assert await client.resume(T, "u2") == 1
+    await started(a, "u2")
+    await check_index(client)
+
+
+async def test_resuming_wakes_a_worker_blocked_on_the_entity(client: Client) -> None:
+    await client.pause(T, "u1")
+    await client.enqueue(T, "u1", "x")
+    bell = client.keys.entity(T, "u1") + "bell"
+    await client.redis.delete(bell)
+    await client.resume(T, "u1")
+    assert await client.redis.llen(bell) == 1
+
+
 # --- job info and results ---------------------------------------------------------------------
 async def test_job_info_fields(client: Client) -> None:
     a = Leases(client, "a")

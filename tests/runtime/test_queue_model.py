@@ -77,6 +77,8 @@ class QueueMachine(RuleBasedStateMachine):
         self.last_token: dict[str, int] = {}
         self.completed = 0
         self.cancelled = 0
+        self.paused: set[str] = set()  # entities paused themselves
+        self.type_paused = False
 
     def run(self, coro: Coroutine[Any, Any, R]) -> R:
         return self.loop.run_until_complete(coro)
@@ -103,8 +105,15 @@ class QueueMachine(RuleBasedStateMachine):
     def bucket(self, e: str) -> str:
         return self.client.keys.entity_bucket(T, e)
 
+    def is_paused(self, e: str) -> bool:
+        return self.type_paused or e in self.paused
+
     def claimable(self, e: str) -> bool:
-        return bool(self.of(e, "waiting")) and max(self.inflight(e), self.holders(e)) < self.conc[e]
+        return (
+            bool(self.of(e, "waiting"))
+            and max(self.inflight(e), self.holders(e)) < self.conc[e]
+            and not self.is_paused(e)
+        )
 
     def promote(self, e: str) -> None:
         """Retries are due at once (delay 0); delayed jobs never are."""
@@ -116,7 +125,7 @@ class QueueMachine(RuleBasedStateMachine):
         if (owner, e) in self.running:
             return None
         waiting = self.of(e, "waiting")
-        if not waiting or self.inflight(e) >= self.conc[e]:
+        if not waiting or self.inflight(e) >= self.conc[e] or self.is_paused(e):
             return None
         head = waiting[0]
         head.state = "active"
@@ -270,6 +279,20 @@ class QueueMachine(RuleBasedStateMachine):
         elif ok:
             job.state = "gone"
 
+    @rule(e=st.sampled_from([*ENTITIES, None]), pause=st.booleans())
+    def pause(self, e: str | None, pause: bool) -> None:
+        """Pause or resume one entity, or (None) the type."""
+        call = self.client.pause if pause else self.client.resume
+        self.run(call(T, e))
+        if e is None:
+            self.type_paused = pause
+        elif pause:
+            self.paused.add(e)
+        else:
+            self.paused.discard(e)
+        got = self.run(self.client.paused(T))
+        assert (got.entity_type, set(got.entities)) == (self.type_paused, self.paused)
+
     @rule(e=st.sampled_from(ENTITIES), n=st.integers(1, 3))
     def set_concurrency(self, e: str, n: int) -> None:
         self.run(self.client.set_concurrency(T, e, n))
@@ -281,7 +304,9 @@ class QueueMachine(RuleBasedStateMachine):
         owner, e = key = sorted(self.held)[pick % len(self.held)]
         got = self.run(self.leases[owner].release(self.held[key], mode))  # type: ignore[arg-type]
         self.promote(e)
-        busy = key in self.running or (self.of(e, "waiting") and self.inflight(e) < self.conc[e])
+        busy = key in self.running or (
+            self.of(e, "waiting") and self.inflight(e) < self.conc[e] and not self.is_paused(e)
+        )
         if mode == "idle" and busy:
             assert got == "busy"
             return
@@ -401,7 +426,9 @@ class QueueMachine(RuleBasedStateMachine):
         assert ready == {
             e
             for e in want_pending
-            if self.inflight(e) < self.conc[e] and self.holders(e) < self.conc[e]
+            if self.inflight(e) < self.conc[e]
+            and self.holders(e) < self.conc[e]
+            and not self.is_paused(e)
         }
         assert dead == {e: len(self.of(e, "dead")) for e in ENTITIES if self.of(e, "dead")}
         assert due == {e for e in ENTITIES if self.of(e, "delayed") or self.of(e, "retrying")}

@@ -196,6 +196,14 @@ def build_parser() -> Parser:
     a.add_argument("--entity", nargs=2, metavar=("TYPE", "ID"), help=ENTITY_HELP)
     a.add_argument("--json", action="store_true", help="machine-readable output")
 
+    for action, text in (
+        ("pause", "start no more jobs of an entity, or of every entity of a type"),
+        ("resume", "start jobs again after `aq pause`"),
+    ):
+        p = sub.add_parser(action, help=text)
+        p.add_argument("entity_type", metavar="TYPE", help="entity type")
+        p.add_argument("entity_id", nargs="?", metavar="ID", help="one entity (default: all)")
+
     p = sub.add_parser(
         "cancel", help="cancel a job: remove it if it has not started, else stop its handler"
     )
@@ -488,11 +496,14 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
         "locks": [lock.to_dict() for lock in held],
     }
     for t in types:
+        paused = await client.paused(t)
         report["types"][t] = {
             "counts": await client.counts(t),
             "pending": await client.pending_entities(t),
             "with_work": len(await client.entities_with_work(t)),
             "dead_entities": len(await client.dead_entities(t)),
+            "paused": paused.entity_type,
+            "paused_entities": paused.entities,
         }
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
@@ -501,7 +512,12 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
         print("no entity types yet (nothing was ever enqueued)")
     for t, info in report["types"].items():
         counts = "  ".join(f"{k} {v}" for k, v in info["counts"].items())
-        print(f"{t}: {info['with_work']} entities with work  |  {counts}")
+        state = "  (PAUSED: aq resume " + t + ")" if info["paused"] else ""
+        print(f"{t}: {info['with_work']} entities with work  |  {counts}{state}")
+        if info["paused_entities"]:
+            shown = ", ".join(repr(e) for e in info["paused_entities"][:10])
+            more = len(info["paused_entities"]) - 10
+            print(f"    paused: {shown}" + (f" and {more} more" if more > 0 else ""))
         top = sorted(info["pending"].items(), key=lambda kv: -kv[1])[:10]
         for eid, n in top:
             print(f"    {eid!r:<40} {n} waiting")
@@ -603,6 +619,15 @@ async def cmd_job(args: argparse.Namespace, client: Client) -> int:
     else:
         for label, value in _job_report(job):
             print(f"{label:<9} {value}".replace("\n", "\n" + " " * 10))  # a traceback
+    return 0
+
+
+async def cmd_pause(args: argparse.Namespace, client: Client) -> int:
+    paused = args.command == "pause"
+    call = client.pause if paused else client.resume
+    await call(args.entity_type, args.entity_id)
+    what = args.entity_type if args.entity_id is None else f"{args.entity_type}/{args.entity_id!r}"
+    print(f"{what} {'paused' if paused else 'resumed'}")
     return 0
 
 
@@ -770,6 +795,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "close": cmd_close,
             "job": cmd_job,
             "cancel": cmd_cancel,
+            "pause": cmd_pause,
+            "resume": cmd_pause,
             "result": cmd_result,
             "locks": cmd_locks,
         }[args.command]

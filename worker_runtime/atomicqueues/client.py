@@ -126,6 +126,16 @@ class _Prepared:
 
 
 @dataclass(frozen=True)
+class Paused:
+    """What is paused of an entity type (`Client.paused`)."""
+
+    entity_type: bool
+    """The whole type is paused."""
+    entities: list[str]
+    """Entities paused themselves (also while the type is)."""
+
+
+@dataclass(frozen=True)
 class JobLocation:
     bucket: str
     jslot: str
@@ -490,6 +500,45 @@ class Client:
                 raise TimeoutError(f"job {job_id!r} has not ended after {timeout}s")
             await self.blpop([f"{where.bucket}jw:{where.jslot}"], min(wait, 5.0))
 
+    # --- pause and resume ----------------------------------------------------------------------
+    async def pause(self, entity_type: str, entity_id: str | None = None) -> int:
+        """Start no more jobs of the entity, or (without `entity_id`) of every entity of the
+        type, until `resume`. Enqueue goes on; running jobs finish; a worker bound to a paused
+        entity exits when idle, and no pool starts one for it. Returns how many entities
+        (with a summary in Redis) this paused; pausing what is paused changes nothing."""
+        return await self._pause("pause", entity_type, entity_id)
+
+    async def resume(self, entity_type: str, entity_id: str | None = None) -> int:
+        """Undo `pause` of the entity, or of the type (an entity paused itself stays so)."""
+        return await self._pause("resume", entity_type, entity_id)
+
+    async def _pause(self, action: str, entity_type: str, entity_id: str | None) -> int:
+        check_entity_type(entity_type)
+        channel = self.keys.events(entity_type)
+        if entity_id is not None:
+            check_entity_id(entity_id)
+            bucket = self.keys.entity_bucket(entity_type, entity_id)
+            changed: int = await self.script("pause", bucket, action, encode_id(entity_id), channel)
+            return changed
+        await self._remember_type(entity_type)
+        calls = [(b, action, ["", channel]) for b in self.keys.buckets(entity_type)]
+        replies = await self.call(lambda: self.scripts.run_many("pause", calls))
+        return sum(int(n) for n in replies)
+
+    async def paused(self, entity_type: str) -> Paused:
+        """Whether the type is paused, and the entities paused themselves."""
+        check_entity_type(entity_type)
+        pipe = self.redis.pipeline(transaction=False)
+        for bucket in self.keys.buckets(entity_type):
+            pipe.exists(f"{bucket}hold")
+            pipe.hgetall(f"{bucket}paused")
+        replies: list[Any] = await self.call(pipe.execute)
+        held = [bool(n) for n in replies[::2]]
+        entities = sorted(
+            decode_id(str(e)) for part in replies[1::2] for e, p in part.items() if int(p) % 2
+        )
+        return Paused(all(held), entities)
+
     # --- concurrency ----------------------------------------------------------------------
     async def set_concurrency(self, entity_type: str, entity_id: str, n: int) -> None:
         """How many jobs of this entity may be in flight at once (default 1)."""
@@ -545,7 +594,8 @@ class Client:
         return await self._zset_index(entity_type, "ready")
 
     async def work_index(self, entity_type: str) -> list[EntityIndex]:
-        """Every entity with work, with what a scaler needs to know of it, in one pipeline."""
+        """Every entity with work that is not paused (a scaler starts no worker for a paused
+        one), with what a scaler needs to know of it, in one pipeline."""
         check_entity_type(entity_type)
         pipe = self.redis.pipeline(transaction=False)
         for bucket in self.keys.buckets(entity_type):
@@ -553,12 +603,15 @@ class Client:
             pipe.hgetall(f"{bucket}pending")
             pipe.zrange(f"{bucket}ready", 0, -1)
             pipe.hgetall(f"{bucket}conc")
+            pipe.hkeys(f"{bucket}paused")
         replies: list[Any] = await self.call(pipe.execute)
         found: list[EntityIndex] = []
-        for i in range(0, len(replies), 4):
-            work, pending, ready, conc = replies[i : i + 4]
-            ready_set = set(ready)
+        for i in range(0, len(replies), 5):
+            work, pending, ready, conc, paused = replies[i : i + 5]
+            ready_set, paused_set = set(ready), set(paused)
             for e, ms in work:
+                if e in paused_set:
+                    continue
                 found.append(
                     EntityIndex(
                         entity_id=decode_id(str(e)),

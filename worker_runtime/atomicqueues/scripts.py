@@ -47,6 +47,7 @@ NAMES = (
     "progress",
     "dlq",
     "set_concurrency",
+    "pause",
     "watch_job",
     "lock_acquire",
     "lock_acquire_any",

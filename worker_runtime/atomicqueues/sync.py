@@ -12,7 +12,7 @@ import threading
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
-from .client import Client, Entity, NewJob
+from .client import Client, Entity, NewJob, Paused
 from .config import Settings
 from .jobs import Job
 
@@ -59,6 +59,15 @@ class SyncClient:
 
     def cancel(self, job_id: str, *, entity: Entity | None = None) -> bool:
         return self._run(self._client.cancel(job_id, entity=entity))
+
+    def pause(self, entity_type: str, entity_id: str | None = None) -> int:
+        return self._run(self._client.pause(entity_type, entity_id))
+
+    def resume(self, entity_type: str, entity_id: str | None = None) -> int:
+        return self._run(self._client.resume(entity_type, entity_id))
+
+    def paused(self, entity_type: str) -> Paused:
+        return self._run(self._client.paused(entity_type))
 
     def job(self, job_id: str, *, entity: Entity | None = None) -> Job:
         return self._run(self._client.job(job_id, entity=entity))

@@ -17,6 +17,7 @@ for i = 2, #ARGV, 6 do
     local E = entities[e]
     if not E then
       E = load(bb, e)
+      take_type_pause(E)
       entities[e] = E
       table.insert(order, E)
       promote(E, now)  -- a delayed job that fell due goes ahead of this one

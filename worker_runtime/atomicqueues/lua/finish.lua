@@ -39,7 +39,7 @@ if not L or L.token ~= token or L.exp < now or L.jslot ~= jslot then
   return {'lost'}
 end
 local head = nil
-if nxt ~= 'none' and outcome ~= 'retry' and E.w > 0 and E.a - 1 + E.r < E.c and
+if nxt ~= 'none' and outcome ~= 'retry' and startable(E.w, E.a - 1, E.r, E.c, E.p) and
     not (E.due and E.due <= now) then
   -- The next job is the head of the queue: popped first, a write that frees memory (oom.lua).
   head = redis.call('ZPOPMIN', ekey(bb, e, 'wait'))

@@ -8,8 +8,9 @@
 
 -- The summary's fields, in the order load() reads them: waiting, active, retrying, lease
 -- holders, dead, concurrency, next due, FIFO sequence, last fencing token, expiry of the done
--- list (as last set). Absent means 0, except c (1) and due (none).
-local SUMMARY = {'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx'}
+-- list (as last set), paused (1: the entity, 2: its type, 3: both). Absent means 0, except c
+-- (1) and due (none).
+local SUMMARY = {'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx', 'p'}
 
 -- Read entity e of bucket bb, with the extra meta fields named in the list `extra` ('l:'..owner,
 -- 'n:'..jslot): E[name] is then the field's value, or false when it is absent. E.raw keeps what
@@ -18,12 +19,12 @@ local function load(bb, e, extra)
   local meta = ekey(bb, e, 'meta')
   extra = extra or {}
   local v = redis.call('HMGET', meta, 'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx',
-    unpack(extra))
+    'p', unpack(extra))
   local E = {bb = bb, e = e, meta = meta, raw = v, extra = extra, counts = false,
     w = tonumber(v[1]) or 0, a = tonumber(v[2]) or 0, r = tonumber(v[3]) or 0,
     h = tonumber(v[4]) or 0, x = tonumber(v[5]) or 0, c = tonumber(v[6]) or 1,
     due = tonumber(v[7]), seq = tonumber(v[8]) or 0, token = tonumber(v[9]) or 0,
-    dx = tonumber(v[10]) or 0}
+    dx = tonumber(v[10]) or 0, p = tonumber(v[11]) or 0}
   for i = 1, #extra do E[extra[i]] = v[#SUMMARY + i] end
   return E
 end
@@ -38,12 +39,22 @@ local function count(E, state, delta)
   counts[state] = (counts[state] or 0) + delta
 end
 
--- The lines an entity crosses, from its waiting, active, retrying, holders and concurrency.
+-- The lines an entity crosses, from its waiting, active, retrying, holders, concurrency and
+-- paused.
 local function busy(w, a, r) return w > 0 or a + r > 0 end
 -- A job could start if a new lease holder came (the scaler's and packed workers' view).
-local function claimable(w, a, r, h, c) return w > 0 and a + r < c and h < c end
+local function claimable(w, a, r, h, c, p) return p == 0 and w > 0 and a + r < c and h < c end
 -- A job could start for some worker (an entity-bound worker waits on the entity's bell).
-local function startable(w, a, r, c) return w > 0 and a + r < c end
+local function startable(w, a, r, c, p) return p == 0 and w > 0 and a + r < c end
+
+-- An entity without a summary (new, or idle since) whose type is paused (bb..'hold', pause.lua)
+-- is paused as it appears: called by the scripts that may give an entity its first job.
+local function take_type_pause(E)
+  for i = 1, #SUMMARY do
+    if E.raw[i] then return end
+  end
+  if redis.call('EXISTS', E.bb .. 'hold') == 1 then E.p = 2 end
+end
 
 -- An entity's entry in an index hash: n, or none when n is 0.
 local function hash_entry(key, e, n)
@@ -108,23 +119,29 @@ end
 -- Write what changed of E, and bring the bucket's index along.
 local function save(E, chan, now)
   local bb, e, raw = E.bb, E.e, E.raw
-  local w, a, r, h, x, c, due = E.w, E.a, E.r, E.h, E.x, E.c, E.due
+  local w, a, r, h, x, c, due, p = E.w, E.a, E.r, E.h, E.x, E.c, E.due, E.p
   local w0, a0, r0, h0 = tonumber(raw[1]) or 0, tonumber(raw[2]) or 0, tonumber(raw[3]) or 0,
     tonumber(raw[4]) or 0
-  local x0, c0, due0 = tonumber(raw[5]) or 0, tonumber(raw[6]) or 1, tonumber(raw[7])
-  save_meta(E, w + a + r + h + x == 0 and due == nil and c == 1)
+  local x0, c0, due0, p0 = tonumber(raw[5]) or 0, tonumber(raw[6]) or 1, tonumber(raw[7]),
+    tonumber(raw[11]) or 0
+  -- An idle entity keeps its summary only while it is paused itself: its type's pause is taken
+  -- up again when it gets its next job (take_type_pause).
+  local idle = w + a + r + h + x == 0 and due == nil and c == 1 and p % 2 == 0
+  if idle then p = 0 end
+  save_meta(E, idle)
+  if p ~= p0 then hash_entry(bb .. 'paused', e, p) end
   if w ~= w0 then hash_entry(bb .. 'pending', e, w) end
   local is_busy = busy(w, a, r)
   if is_busy ~= busy(w0, a0, r0) then zset_entry(bb .. 'work', e, is_busy and now) end
-  local can = claimable(w, a, r, h, c)
-  if can ~= claimable(w0, a0, r0, h0, c0) then
+  local can = claimable(w, a, r, h, c, p)
+  if can ~= claimable(w0, a0, r0, h0, c0, p0) then
     zset_entry(bb .. 'ready', e, can and now)
     if can then
       ring(bb .. 'bell')
       if chan ~= '' then redis.call('PUBLISH', chan, e) end
     end
   end
-  if startable(w, a, r, c) and (h < h0 or not startable(w0, a0, r0, c0)) then
+  if startable(w, a, r, c, p) and (h < h0 or not startable(w0, a0, r0, c0, p0)) then
     ring(ekey(bb, e, 'bell'))
   end
   if due ~= due0 then zset_entry(bb .. 'delayed', e, due) end

@@ -10,7 +10,7 @@ local JOB_REPLY = {'d', 's', 'm', 't', 'st', 'er', 'r', 'f'}
 -- Returns the job's reply {jslot, <JOB_REPLY...>}, or nil.
 local function start_next(E, owner, L, now, head)
   if not head then
-    if L.jslot or E.a + E.r >= E.c or E.w == 0 then return nil end
+    if L.jslot or not startable(E.w, E.a, E.r, E.c, E.p) then return nil end
     head = redis.call('ZPOPMIN', ekey(E.bb, E.e, 'wait'))
   end
   if not head[1] then return nil end
@@ -31,7 +31,7 @@ end
 -- Grant owner a new lease on the entity if a job can start and a lease slot is free, and
 -- start that job. Returns the lease and the job's reply, or nil.
 local function acquire(E, owner, ttl, now, us)
-  if not claimable(E.w, E.a, E.r, E.h, E.c) then return nil end
+  if not claimable(E.w, E.a, E.r, E.h, E.c, E.p) then return nil end
   local L = grant(E, owner, ttl, now, us)
   return L, start_next(E, owner, L, now)
 end

@@ -16,9 +16,11 @@
 --                           (entity.lua): w waiting, a active, r retrying, h lease holders,
 --                           x dead, c concurrency (absent: 1), due next due ms of a delayed job
 --                           or retry, seq FIFO sequence, token last fencing token granted,
---                           dx when the done list expires (as last set: job.lua),
+--                           dx when the done list expires (as last set: job.lua), p paused
+--                           (1 the entity, 2 its type, 3 both: pause.lua),
 --                           'l:'..owner a lease (lease.lua), 'n:'..jslot result() waiters.
---                           Deleted when the entity has nothing left (idle).
+--                           Deleted when the entity has nothing left (idle) and is not
+--                           paused itself.
 -- One job:
 --   jkey(bb, jslot)         HASH  d "<enqueued ms> <header json>\n<payload json>" (written once,
 --                           at enqueue; the header is what the client sends, jobs.py), s state
@@ -34,6 +36,8 @@
 --   bb..'leases'   ZSET owner..'|'..e -> lease expiry ms (for the sweep)
 --   bb..'delayed'  ZSET e -> next due ms         bb..'dead'    HASH e -> dead jobs
 --   bb..'conc'     HASH e -> concurrency (absent: 1)
+--   bb..'paused'   HASH e -> p of the paused entities with a summary
+--   bb..'hold'     STRING set while the entity type is paused (pause.lua)
 --   bb..'counts'   HASH delayed active retrying dead -> jobs; completed, cancelled -> every
 --                  completion, every cancellation of a running job
 --                  (waiting is the sum of pending)
