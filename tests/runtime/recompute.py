@@ -72,7 +72,7 @@ async def check_index(
                 jobs[key] = await r.hgetall(key)
         for idx in ("work", "ready", "delayed"):
             entities |= set(await r.zrange(bb + idx, 0, -1))
-        for idx in ("pending", "dead", "conc", "paused"):
+        for idx in ("pending", "dead", "conc", "paused", "caps"):
             entities |= set(await r.hkeys(bb + idx))
         for member in await r.zrange(bb + "leases", 0, -1):
             entities.add(member.split("|", 1)[1])
@@ -85,6 +85,7 @@ async def check_index(
             "dead": {},
             "leases": {},
             "paused": {},
+            "caps": {},
         }
 
         for e in sorted(entities):
@@ -139,6 +140,8 @@ async def check_index(
             paused = int(meta.get("p", 0))  # set by pause.lua alone: not from the queues
             if paused:
                 want["paused"][e] = str(paused)
+            if "mb" in meta:  # its own max backlog, set by limit.lua alone
+                want["caps"][e] = meta["mb"]
             if wait and busy < conc and len(leases) < conc and not paused:
                 want["ready"].add(e)
                 truth["ready"].add(e)
@@ -158,6 +161,7 @@ async def check_index(
             "dead": await r.hgetall(bb + "dead"),
             "leases": dict(await r.zrange(bb + "leases", 0, -1, withscores=True)),
             "paused": await r.hgetall(bb + "paused"),
+            "caps": await r.hgetall(bb + "caps"),
         }
         assert got == want, f"index of bucket {bb} drifted from its queues"
         for jk, fields in jobs.items():

@@ -389,3 +389,26 @@ def test_dlq_list_without_a_type_lists_every_type(redis_url: str) -> None:
     only_one = aq("dlq", "list", "--limit", "1", "--json", url=redis_url)
     assert len(json.loads(only_one.stdout)) == 1
     assert_one_line_error(aq("dlq", "purge", url=redis_url), "required")
+
+
+def test_limit_pause_and_resume_from_the_command_line(redis_url: str) -> None:
+    shown = aq("limit", "acct", "a1", url=redis_url)
+    assert (shown.returncode, shown.stdout) == (0, "concurrency  1\nmax backlog  none\n")
+    done = aq("limit", "acct", "a1", "--max-backlog", "1", "--concurrency", "2", url=redis_url)
+    assert (done.returncode, done.stdout) == (0, "concurrency  2\nmax backlog  1\n"), done.stderr
+    assert aq("enqueue", "acct", "a1", "x", url=redis_url).returncode == 0
+    assert_one_line_error(
+        aq("enqueue", "acct", "a1", "x", url=redis_url), "backlog of acct/'a1' is full"
+    )
+    assert_one_line_error(aq("limit", "acct", "--concurrency", "2", url=redis_url), "per entity")
+    typed = aq("limit", "acct", "--max-backlog", "5", url=redis_url)
+    assert (typed.returncode, typed.stdout) == (0, "max backlog  5\n")
+
+    assert aq("pause", "acct", url=redis_url).stdout == "acct paused\n"
+    assert aq("pause", "acct", "a2", url=redis_url).stdout == "acct/'a2' paused\n"
+    status = json.loads(aq("status", "--json", url=redis_url).stdout)["types"]["acct"]
+    assert (status["paused"], status["paused_entities"]) == (True, ["a2"])
+    assert "PAUSED" in aq("status", url=redis_url).stdout
+    assert aq("resume", "acct", url=redis_url).stdout == "acct resumed\n"
+    status = json.loads(aq("status", "--json", url=redis_url).stdout)["types"]["acct"]
+    assert (status["paused"], status["paused_entities"]) == (False, ["a2"])

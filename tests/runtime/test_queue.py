@@ -22,6 +22,7 @@ import pytest
 from pydantic import ValidationError
 
 from atomicqueues import (
+    BacklogFull,
     Backoff,
     Client,
     InvalidInput,
@@ -29,9 +30,11 @@ from atomicqueues import (
     JobFailed,
     JobNotFound,
     LeaseLost,
+    NewJob,
     PayloadTooLarge,
     Settings,
 )
+from atomicqueues.client import Limits
 from atomicqueues.keys import AUTO_JOB_ID_RE, BUCKETS, bucket_of, encode_id
 from atomicqueues.leases import Idle, Lease, Leases, Started, sweep
 from runtime import recompute
@@ -1128,6 +1131,76 @@ async def test_resuming_wakes_a_worker_blocked_on_the_entity(client: Client) -> 
     await client.redis.delete(bell)
     await client.resume(T, "u1")
     assert await client.redis.llen(bell) == 1
+
+
+# --- max backlog -------------------------------------------------------------------------------
+async def test_an_entity_past_its_max_backlog_refuses_jobs_and_writes_nothing(
+    client: Client,
+) -> None:
+    a = Leases(client, "a")
+    await client.set_limits(T, "u1", max_backlog=2)
+    assert await client.limits(T, "u1") == Limits(1, 2)
+    await client.enqueue(T, "u1", "x", job_id="j1")
+    await client.enqueue(T, "u1", "x", delay=60)  # delayed jobs count too
+    keys = await client.redis.dbsize()
+    with pytest.raises(BacklogFull, match="backlog of user/'u1' is full") as refused:
+        await client.enqueue(T, "u1", "x", job_id="j3")
+    assert refused.value.refused == [(T, "u1", "j3")]
+    assert await client.redis.dbsize() == keys  # nothing written
+    with pytest.raises(JobNotFound):
+        await client.job("j3", entity=(T, "u1"))
+    assert await client.enqueue(T, "u1", "x", job_id="j1") == "j1"  # idempotent, not refused
+    await client.enqueue(T, "u2", "x")  # other entities are not limited
+    await started(a, "u1")  # a job started: the backlog has room again
+    await client.enqueue(T, "u1", "x", job_id="j3")
+    await check_index(client)
+
+    await client.set_limits(T, "u1", max_backlog=0)  # no limit
+    for _ in range(3):
+        await client.enqueue(T, "u1", "x")
+    assert await client.limits(T, "u1") == Limits(1, 0)
+    await check_index(client)
+
+
+async def test_a_type_max_backlog_applies_to_its_entities_unless_they_have_their_own(
+    client: Client,
+) -> None:
+    await client.enqueue(T, "u1", "x")
+    await client.set_limits(T, "u2", max_backlog=3)
+    await client.set_limits(T, max_backlog=1)
+    assert await client.limits(T) == Limits(None, 1)
+    with pytest.raises(BacklogFull):
+        await client.enqueue(T, "u1", "x")  # had one already
+    await client.enqueue(T, "u3", "x")  # a new entity takes the type's limit as it comes
+    with pytest.raises(BacklogFull):
+        await client.enqueue(T, "u3", "x")
+    for _ in range(3):
+        await client.enqueue(T, "u2", "x")  # its own limit comes first
+    with pytest.raises(BacklogFull):
+        await client.enqueue(T, "u2", "x")
+    assert await client.limits(T, "u3") == Limits(1, 1)
+    assert await client.limits(T, "nobody") == Limits(1, 1)
+    await check_index(client)
+
+    # enqueue_many: the jobs past a limit are refused, the others enqueued.
+    jobs = [NewJob(T, e, "x", job_id=f"m-{e}") for e in ("u1", "u4", "u5")]
+    with pytest.raises(BacklogFull, match=r"1 job\(s\) not enqueued.*the other 2") as refused:
+        await client.enqueue_many(jobs)
+    assert refused.value.refused == [(T, "u1", "m-u1")]
+    assert (await client.job("m-u4", entity=(T, "u4"))).state == "waiting"
+
+    await client.set_limits(T, max_backlog=0)
+    await client.enqueue(T, "u1", "x")
+    await client.enqueue(T, "u3", "x")
+    await check_index(client)
+
+
+async def test_invalid_limits_are_refused(client: Client) -> None:
+    with pytest.raises(InvalidInput, match="max backlog"):
+        await client.set_limits(T, "u1", max_backlog=-1)
+    with pytest.raises(InvalidInput, match="per entity"):
+        await client.set_limits(T, concurrency=2)
+    assert await client.redis.dbsize() == 0
 
 
 # --- job info and results ---------------------------------------------------------------------

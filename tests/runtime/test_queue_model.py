@@ -30,7 +30,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from atomicqueues import Client, Settings
+from atomicqueues import BacklogFull, Client, Settings
 from atomicqueues.jobs import STATES
 from atomicqueues.keys import decode_id, encode_id
 from atomicqueues.leases import Idle, Lease, Leases, Started
@@ -79,6 +79,8 @@ class QueueMachine(RuleBasedStateMachine):
         self.cancelled = 0
         self.paused: set[str] = set()  # entities paused themselves
         self.type_paused = False
+        self.own_cap: dict[str, int] = {}  # max backlogs (0: none)
+        self.type_cap = 0
 
     def run(self, coro: Coroutine[Any, Any, R]) -> R:
         return self.loop.run_until_complete(coro)
@@ -153,9 +155,16 @@ class QueueMachine(RuleBasedStateMachine):
         delay=st.sampled_from([None, None, None, 0, LATER]),
     )
     def enqueue(self, e: str, prio: int, delay: float | None) -> None:
-        jid = self.run(
-            self.client.enqueue(T, e, "job", {"n": self.seq}, priority=prio, delay=delay)
-        )
+        cap = self.own_cap.get(e) or self.type_cap
+        full = cap > 0 and len(self.of(e, "waiting")) + len(self.of(e, "delayed")) >= cap
+        try:
+            jid = self.run(
+                self.client.enqueue(T, e, "job", {"n": self.seq}, priority=prio, delay=delay)
+            )
+        except BacklogFull:
+            assert full, f"{e!r} refused a job below its max backlog {cap}"
+            return
+        assert not full, f"{e!r} took a job past its max backlog {cap}"
         assert jid not in self.jobs
         self.promote(e)
         state = "delayed" if delay else "waiting"
@@ -292,6 +301,15 @@ class QueueMachine(RuleBasedStateMachine):
             self.paused.discard(e)
         got = self.run(self.client.paused(T))
         assert (got.entity_type, set(got.entities)) == (self.type_paused, self.paused)
+
+    @rule(e=st.sampled_from([*ENTITIES, None]), n=st.sampled_from([0, 1, 2, 3]))
+    def limit(self, e: str | None, n: int) -> None:
+        """Set an entity's max backlog, or (None) the type's."""
+        self.run(self.client.set_limits(T, e, max_backlog=n))
+        if e is None:
+            self.type_cap = n
+        else:
+            self.own_cap[e] = n
 
     @rule(e=st.sampled_from(ENTITIES), n=st.integers(1, 3))
     def set_concurrency(self, e: str, n: int) -> None:

@@ -10,6 +10,7 @@ from .config import Settings
 from .context import JobContext
 from .errors import (
     AtomicQueuesError,
+    BacklogFull,
     InvalidInput,
     JobCancelled,
     JobFailed,
@@ -34,6 +35,7 @@ from .worker import Worker
 
 __all__ = [
     "AtomicQueuesError",
+    "BacklogFull",
     "Backoff",
     "Client",
     "Holder",

@@ -205,6 +205,20 @@ def build_parser() -> Parser:
         p.add_argument("entity_id", nargs="?", metavar="ID", help="one entity (default: all)")
 
     p = sub.add_parser(
+        "limit",
+        help="set an entity's limits, or its type's defaults; without options, print them",
+    )
+    p.add_argument("entity_type", metavar="TYPE", help="entity type")
+    p.add_argument("entity_id", nargs="?", metavar="ID", help="one entity (default: the type)")
+    p.add_argument("--concurrency", type=int, metavar="N", help="jobs at once (per entity)")
+    p.add_argument(
+        "--max-backlog",
+        type=int,
+        metavar="N",
+        help="enqueue refuses past N jobs waiting or delayed (0: no limit)",
+    )
+
+    p = sub.add_parser(
         "cancel", help="cancel a job: remove it if it has not started, else stop its handler"
     )
     p.add_argument("job_id", metavar="JOB_ID", help="the id `aq enqueue` printed")
@@ -631,6 +645,21 @@ async def cmd_pause(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+async def cmd_limit(args: argparse.Namespace, client: Client) -> int:
+    if args.concurrency is not None or args.max_backlog is not None:
+        await client.set_limits(
+            args.entity_type,
+            args.entity_id,
+            concurrency=args.concurrency,
+            max_backlog=args.max_backlog,
+        )
+    limits = await client.limits(args.entity_type, args.entity_id)
+    if limits.concurrency is not None:
+        print(f"concurrency  {limits.concurrency}")
+    print(f"max backlog  {limits.max_backlog or 'none'}")
+    return 0
+
+
 async def cmd_cancel(args: argparse.Namespace, client: Client) -> int:
     entity = _entity(args)
     cancelled = await client.cancel(args.job_id, entity=entity)
@@ -795,6 +824,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "close": cmd_close,
             "job": cmd_job,
             "cancel": cmd_cancel,
+            "limit": cmd_limit,
             "pause": cmd_pause,
             "resume": cmd_pause,
             "result": cmd_result,

@@ -27,6 +27,7 @@ from .connection import (
     pubsub_client,
 )
 from .errors import (
+    BacklogFull,
     InvalidInput,
     JobCancelled,
     JobFailed,
@@ -118,11 +119,22 @@ class _Prepared:
     """A checked job: the enqueue script's arguments for it, and where they go."""
 
     entity_type: str
+    entity_id: str
     job_id: str
     bucket: str
     jslot: str
     channel: str
     args: tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What `Client.limits` reads."""
+
+    concurrency: int | None
+    """Jobs of the entity that may run at once (None for a type: set per entity)."""
+    max_backlog: int
+    """Jobs waiting or delayed past which enqueue refuses (0: no limit)."""
 
 
 @dataclass(frozen=True)
@@ -296,7 +308,9 @@ class Client:
         )
         await self._remember_type(entity_type)
         try:
-            await self.script("enqueue", job.bucket, job.channel, *job.args, durable=True)
+            added, _ = await self.script(
+                "enqueue", job.bucket, job.channel, *job.args, durable=True
+            )
         except RedisOutOfMemory:
             # The script's first write (the job) was refused, also for a job already there:
             # a producer that enqueues it again gets its answer, not a refusal.
@@ -311,6 +325,8 @@ class Client:
                 exc.reply,
                 hint=" (enqueue it again with the same job_id to be sure: that is idempotent)",
             ) from None
+        if added == 2:
+            raise BacklogFull([(entity_type, entity_id, job.job_id)])
         return job.job_id
 
     async def enqueue_many(self, jobs: Iterable[NewJob]) -> list[str]:
@@ -329,23 +345,30 @@ class Client:
         by_bucket: dict[str, list[_Prepared]] = {}
         for job in prepared:
             by_bucket.setdefault(job.bucket, []).append(job)
-        calls = [
-            (bucket, group[0].channel, [a for job in batch for a in job.args])
-            for bucket, group in by_bucket.items()
-            for batch in _batches(group)
-        ]
+        batches = [batch for group in by_bucket.values() for batch in _batches(group)]
+        calls = [(b[0].bucket, b[0].channel, [a for job in b for a in job.args]) for b in batches]
         try:
             if self.settings.durable_replicas > 0:
-                for bucket, channel, args in calls:
+                replies = [
                     await self.script("enqueue", bucket, channel, *args, durable=True)
+                    for bucket, channel, args in calls
+                ]
             else:
-                await self.call(lambda: self.scripts.run_many("enqueue", calls))
+                replies = await self.call(lambda: self.scripts.run_many("enqueue", calls))
         except RedisOutOfMemory as exc:
             raise RedisOutOfMemory(
                 exc.where,
                 written="some of the jobs may have been added (those of the batches sent before "
                 "memory ran out): enqueue them again with their job ids to be sure",
             ) from None
+        refused = [
+            (job.entity_type, job.entity_id, job.job_id)
+            for batch, reply in zip(batches, replies, strict=True)
+            for job, added in zip(batch, reply[::2], strict=True)
+            if added == 2
+        ]
+        if refused:
+            raise BacklogFull(refused, len(prepared) - len(refused))
         return [job.job_id for job in prepared]
 
     def _prepare(self, job: NewJob) -> _Prepared:
@@ -408,6 +431,7 @@ class Client:
         )
         return _Prepared(
             job.entity_type,
+            job.entity_id,
             job_id,
             self.keys.entity_bucket(job.entity_type, job.entity_id),
             jslot,
@@ -530,7 +554,7 @@ class Client:
         check_entity_type(entity_type)
         pipe = self.redis.pipeline(transaction=False)
         for bucket in self.keys.buckets(entity_type):
-            pipe.exists(f"{bucket}hold")
+            pipe.hexists(f"{bucket}defaults", "p")
             pipe.hgetall(f"{bucket}paused")
         replies: list[Any] = await self.call(pipe.execute)
         held = [bool(n) for n in replies[::2]]
@@ -538,6 +562,55 @@ class Client:
             decode_id(str(e)) for part in replies[1::2] for e, p in part.items() if int(p) % 2
         )
         return Paused(all(held), entities)
+
+    # --- limits -----------------------------------------------------------------------------
+    async def set_limits(
+        self,
+        entity_type: str,
+        entity_id: str | None = None,
+        *,
+        concurrency: int | None = None,
+        max_backlog: int | None = None,
+    ) -> None:
+        """Set an entity's limits, or (without `entity_id`) its type's defaults; an option left
+        out is left as it is. `max_backlog`: enqueue refuses a job (`BacklogFull`) while the
+        entity has that many jobs waiting or delayed (0: no limit; an entity's own limit comes
+        before its type's). `concurrency`: see `set_concurrency` (per entity only)."""
+        check_entity_type(entity_type)
+        if max_backlog is not None and (
+            not isinstance(max_backlog, int) or not 0 <= max_backlog <= 10**9
+        ):
+            raise InvalidInput("max backlog must be an integer from 0 (no limit) to 10**9")
+        if concurrency is not None:
+            if entity_id is None:
+                raise InvalidInput("concurrency is set per entity: give the entity id")
+            await self.set_concurrency(entity_type, entity_id, concurrency)
+        if max_backlog is None:
+            return
+        channel = self.keys.events(entity_type)
+        if entity_id is not None:
+            check_entity_id(entity_id)
+            bucket = self.keys.entity_bucket(entity_type, entity_id)
+            await self.script("limit", bucket, encode_id(entity_id), max_backlog, channel)
+            return
+        await self._remember_type(entity_type)
+        calls = [(b, "", [max_backlog, channel]) for b in self.keys.buckets(entity_type)]
+        await self.call(lambda: self.scripts.run_many("limit", calls))
+
+    async def limits(self, entity_type: str, entity_id: str | None = None) -> Limits:
+        """An entity's limits as they apply to it, or (without `entity_id`) its type's."""
+        check_entity_type(entity_type)
+        if entity_id is None:
+            bucket = self.keys.buckets(entity_type)[0]
+            raw = await self.hget(f"{bucket}defaults", "mb")
+            return Limits(None, int(raw or 0))
+        check_entity_id(entity_id)
+        meta = self.keys.entity(entity_type, entity_id) + "meta"
+        own, of_type = await self.call(lambda: self.redis.hmget(meta, "mb", "tmb"))
+        backlog = int(own or 0) or int(of_type or 0)
+        if own is None and of_type is None:  # no summary yet: its type's, once it has one
+            backlog = (await self.limits(entity_type)).max_backlog
+        return Limits(await self.concurrency(entity_type, entity_id), backlog)
 
     # --- concurrency ----------------------------------------------------------------------
     async def set_concurrency(self, entity_type: str, entity_id: str, n: int) -> None:

@@ -63,6 +63,25 @@ class RedisOutOfMemory(RedisUnavailable):
         self.where = where
 
 
+class BacklogFull(AtomicQueuesError):
+    """An enqueue refused: the entity already has its max backlog of jobs waiting or delayed
+    (`Client.set_limits`). Nothing of the refused jobs was written."""
+
+    def __init__(self, refused: list[tuple[str, str, str]], enqueued: int = 0) -> None:
+        entity_type, entity_id, job_id = refused[0]
+        where = f"{entity_type}/{entity_id!r}"
+        if len(refused) == 1 and not enqueued:
+            text = f"job {job_id!r} not enqueued: the backlog of {where} is full (max backlog)"
+        else:
+            text = (
+                f"{len(refused)} job(s) not enqueued, the first of {where}: their entity's "
+                f"backlog is full (max backlog); the other {enqueued} job(s) were enqueued"
+            )
+        super().__init__(text)
+        self.refused = refused
+        """(entity type, entity id, job id) of each refused job."""
+
+
 class NotReplicated(AtomicQueuesError):
     """A change was made on the primary, but fewer replicas than asked (`AQ_DURABLE_REPLICAS`)
     confirmed it within `AQ_DURABLE_TIMEOUT`: it holds now, and a failover before the replicas

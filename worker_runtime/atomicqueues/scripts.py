@@ -48,6 +48,7 @@ NAMES = (
     "dlq",
     "set_concurrency",
     "pause",
+    "limit",
     "watch_job",
     "lock_acquire",
     "lock_acquire_any",

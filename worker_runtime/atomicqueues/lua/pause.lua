@@ -1,8 +1,9 @@
 -- pause: pause or resume one entity, or (e = '') the entity type in this bucket; the client
 -- calls it for each of the type's buckets. A paused entity takes jobs (enqueue) but starts
 -- none: it is not claimable, and its running jobs finish. Why it is paused is its summary's p
--- (entity.lua): 1 for itself, 2 for its type, 3 for both; bb..'hold' is set while the type is
--- paused, so that an entity that appears meanwhile is paused as it does (take_type_pause).
+-- (entity.lua): 1 for itself, 2 for its type, 3 for both; the type's is also kept in the
+-- bucket's defaults, so that an entity that appears meanwhile is paused as it does
+-- (take_type_defaults).
 -- KEYS[1] bucket base
 -- ARGV  action ('pause'|'resume'), e ('' for the type), channel
 -- Returns how many entities were paused or resumed by this call.
@@ -33,27 +34,9 @@ if bit == 1 then
   return changed
 end
 if action == 'pause' then
-  redis.call('SET', bb .. 'hold', '1')
+  redis.call('HSET', bb .. 'defaults', 'p', 2)
 else
-  redis.call('DEL', bb .. 'hold')
+  redis.call('HDEL', bb .. 'defaults', 'p')
 end
--- Every entity with a summary: it has work, dead letters, a lease, a delayed job, a
--- concurrency of its own, or is paused itself.
-local seen = {}
-local function each(list)
-  for _, x in ipairs(list) do
-    if not seen[x] then
-      seen[x] = true
-      set(x)
-    end
-  end
-end
-each(redis.call('ZRANGE', bb .. 'work', 0, -1))
-each(redis.call('ZRANGE', bb .. 'delayed', 0, -1))
-each(redis.call('HKEYS', bb .. 'dead'))
-each(redis.call('HKEYS', bb .. 'conc'))
-each(redis.call('HKEYS', bb .. 'paused'))
-for _, member in ipairs(redis.call('ZRANGE', bb .. 'leases', 0, -1)) do
-  each({string.sub(member, string.find(member, '|', 1, true) + 1)})
-end
+each_entity(bb, set)
 return changed

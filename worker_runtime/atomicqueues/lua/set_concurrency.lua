@@ -10,7 +10,7 @@ else
   redis.call('HSET', bb .. 'conc', e, n)
 end
 local E = load(bb, e)
-take_type_pause(E)
+take_type_defaults(E)
 E.c = n
 save(E, ARGV[3], now_ms())
 return n

@@ -8,9 +8,9 @@
 
 -- The summary's fields, in the order load() reads them: waiting, active, retrying, lease
 -- holders, dead, concurrency, next due, FIFO sequence, last fencing token, expiry of the done
--- list (as last set), paused (1: the entity, 2: its type, 3: both). Absent means 0, except c
--- (1) and due (none).
-local SUMMARY = {'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx', 'p'}
+-- list (as last set), paused (1: the entity, 2: its type, 3: both), its own max backlog and its
+-- type's (limit.lua). Absent means 0 (for a max backlog: none), except c (1) and due (none).
+local SUMMARY = {'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx', 'p', 'mb', 'tmb'}
 
 -- Read entity e of bucket bb, with the extra meta fields named in the list `extra` ('l:'..owner,
 -- 'n:'..jslot): E[name] is then the field's value, or false when it is absent. E.raw keeps what
@@ -19,12 +19,13 @@ local function load(bb, e, extra)
   local meta = ekey(bb, e, 'meta')
   extra = extra or {}
   local v = redis.call('HMGET', meta, 'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx',
-    'p', unpack(extra))
+    'p', 'mb', 'tmb', unpack(extra))
   local E = {bb = bb, e = e, meta = meta, raw = v, extra = extra, counts = false,
     w = tonumber(v[1]) or 0, a = tonumber(v[2]) or 0, r = tonumber(v[3]) or 0,
     h = tonumber(v[4]) or 0, x = tonumber(v[5]) or 0, c = tonumber(v[6]) or 1,
     due = tonumber(v[7]), seq = tonumber(v[8]) or 0, token = tonumber(v[9]) or 0,
-    dx = tonumber(v[10]) or 0, p = tonumber(v[11]) or 0}
+    dx = tonumber(v[10]) or 0, p = tonumber(v[11]) or 0, mb = tonumber(v[12]) or 0,
+    tmb = tonumber(v[13]) or 0}
   for i = 1, #extra do E[extra[i]] = v[#SUMMARY + i] end
   return E
 end
@@ -47,13 +48,39 @@ local function claimable(w, a, r, h, c, p) return p == 0 and w > 0 and a + r < c
 -- A job could start for some worker (an entity-bound worker waits on the entity's bell).
 local function startable(w, a, r, c, p) return p == 0 and w > 0 and a + r < c end
 
--- An entity without a summary (new, or idle since) whose type is paused (bb..'hold', pause.lua)
--- is paused as it appears: called by the scripts that may give an entity its first job.
-local function take_type_pause(E)
+-- The settings of an entity type that its entities' summaries carry (bb..'defaults', HASH):
+-- p 2 while the type is paused (pause.lua), mb its max backlog (limit.lua). An entity without
+-- a summary (new, or idle since) takes them as it appears: called by the scripts that may give
+-- an entity its first job or setting. A change of them is carried to every entity of the
+-- bucket with a summary (each_entity).
+local function take_type_defaults(E)
   for i = 1, #SUMMARY do
     if E.raw[i] then return end
   end
-  if redis.call('EXISTS', E.bb .. 'hold') == 1 then E.p = 2 end
+  local d = redis.call('HMGET', E.bb .. 'defaults', 'p', 'mb')
+  E.p, E.tmb = tonumber(d[1]) or 0, tonumber(d[2]) or 0
+end
+
+-- Call fn(e) once for every entity of the bucket that has a summary: it has work, dead letters,
+-- a lease, a delayed job, a setting of its own, or is paused itself.
+local function each_entity(bb, fn)
+  local seen = {}
+  local function each(list)
+    for _, e in ipairs(list) do
+      if not seen[e] then
+        seen[e] = true
+        fn(e)
+      end
+    end
+  end
+  each(redis.call('ZRANGE', bb .. 'work', 0, -1))
+  each(redis.call('ZRANGE', bb .. 'delayed', 0, -1))
+  for _, index in ipairs({'dead', 'conc', 'paused', 'caps'}) do
+    each(redis.call('HKEYS', bb .. index))
+  end
+  for _, member in ipairs(redis.call('ZRANGE', bb .. 'leases', 0, -1)) do
+    each({string.sub(member, string.find(member, '|', 1, true) + 1)})
+  end
 end
 
 -- An entity's entry in an index hash: n, or none when n is 0.
@@ -124,12 +151,14 @@ local function save(E, chan, now)
     tonumber(raw[4]) or 0
   local x0, c0, due0, p0 = tonumber(raw[5]) or 0, tonumber(raw[6]) or 1, tonumber(raw[7]),
     tonumber(raw[11]) or 0
-  -- An idle entity keeps its summary only while it is paused itself: its type's pause is taken
-  -- up again when it gets its next job (take_type_pause).
-  local idle = w + a + r + h + x == 0 and due == nil and c == 1 and p % 2 == 0
+  -- An idle entity keeps its summary only while it has a setting of its own (concurrency, max
+  -- backlog, paused itself): its type's are taken up again when it gets its next job
+  -- (take_type_defaults).
+  local idle = w + a + r + h + x == 0 and due == nil and c == 1 and p % 2 == 0 and E.mb == 0
   if idle then p = 0 end
   save_meta(E, idle)
   if p ~= p0 then hash_entry(bb .. 'paused', e, p) end
+  if E.mb ~= (tonumber(raw[12]) or 0) then hash_entry(bb .. 'caps', e, E.mb) end
   if w ~= w0 then hash_entry(bb .. 'pending', e, w) end
   local is_busy = busy(w, a, r)
   if is_busy ~= busy(w0, a0, r0) then zset_entry(bb .. 'work', e, is_busy and now) end

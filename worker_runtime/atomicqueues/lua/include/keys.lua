@@ -17,7 +17,8 @@
 --                           x dead, c concurrency (absent: 1), due next due ms of a delayed job
 --                           or retry, seq FIFO sequence, token last fencing token granted,
 --                           dx when the done list expires (as last set: job.lua), p paused
---                           (1 the entity, 2 its type, 3 both: pause.lua),
+--                           (1 the entity, 2 its type, 3 both: pause.lua), mb and tmb its own
+--                           and its type's max backlog (limit.lua),
 --                           'l:'..owner a lease (lease.lua), 'n:'..jslot result() waiters.
 --                           Deleted when the entity has nothing left (idle) and is not
 --                           paused itself.
@@ -37,7 +38,9 @@
 --   bb..'delayed'  ZSET e -> next due ms         bb..'dead'    HASH e -> dead jobs
 --   bb..'conc'     HASH e -> concurrency (absent: 1)
 --   bb..'paused'   HASH e -> p of the paused entities with a summary
---   bb..'hold'     STRING set while the entity type is paused (pause.lua)
+--   bb..'caps'     HASH e -> the entity's own max backlog (limit.lua)
+--   bb..'defaults' HASH p 2 while the entity type is paused, mb its max backlog: what its
+--                  entities' summaries carry (entity.lua's take_type_defaults)
 --   bb..'counts'   HASH delayed active retrying dead -> jobs; completed, cancelled -> every
 --                  completion, every cancellation of a running job
 --                  (waiting is the sum of pending)
