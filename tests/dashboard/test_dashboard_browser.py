@@ -87,13 +87,16 @@ def test_every_main_page_renders_what_redis_holds(
     packed = workers.start(slots=2, node="node-2")
     client = sync_client(redis_url)
     try:
+        # alice's queue in every state: one completed (kept), one dead, one running, two
+        # waiting behind it and one delayed; bob has work too.
+        answered = client.enqueue(TYPE, "alice", "answer", {"n": 7}, keep_completed=3600)
+        assert client.result(answered, timeout=30) == {"echo": {"n": 7}, "attempt": 1}
+        dead = make_dead(client, "alice", why="card declined")
         running = client.enqueue(TYPE, "alice", "sleep", {"seconds": 60})
         waiting = [client.enqueue(TYPE, "alice", "sleep", {"seconds": 0}) for _ in range(2)]
-        answered = client.enqueue(TYPE, "bob", "answer", {"n": 7}, keep_completed=3600)
-        delayed = client.enqueue(TYPE, "carol", "sleep", {"seconds": 0}, delay=600)
-        dead = make_dead(client, "dave")
+        delayed = client.enqueue(TYPE, "alice", "sleep", {"seconds": 0}, delay=600)
+        client.enqueue(TYPE, "bob", "sleep", {"seconds": 60})
         wait_until(lambda: client.job(running).state == "active", 30, "alice's job to start")
-        assert client.result(answered, timeout=30) == {"echo": {"n": 7}, "attempt": 1}
     finally:
         client.close()
 
@@ -110,16 +113,14 @@ def test_every_main_page_renders_what_redis_holds(
     cells = row.locator("td").all_inner_texts()
     # type, with work, claimable, waiting, delayed, active, retrying, completed, dead, ...
     assert cells[0] == TYPE
-    assert cells[5] == "1", cells  # alice's running job
-    assert cells[8] == "1", cells  # dave's dead one
+    assert cells[1] == "2", cells  # alice and bob have work
+    assert cells[8] == "1", cells  # alice's dead job
     assert cells[10] == "2", cells  # two workers registered for the type
     assert "Pools" in page.inner_text("main")
     save_screenshot(page, "overview")
 
     page.click(f'a[href="/types/{TYPE}"]')
-    table = page.inner_text("table.entities")
-    assert "alice" in table
-    assert "bob" not in table
+    assert page.locator("table.entities a").all_inner_texts() == ["alice", "bob"]
     assert dead in page.inner_text("main")  # the type's dead letters
     save_screenshot(page, "entity-type")
 
@@ -131,6 +132,9 @@ def test_every_main_page_renders_what_redis_holds(
     assert re.search(rf"\b{token}\b", active), f"lease token {token} not shown"
     waiting_table = page.inner_text("table.jobs-waiting")
     assert all(job_id in waiting_table for job_id in waiting)
+    assert delayed in page.inner_text("table.jobs-delayed")
+    assert answered in page.inner_text("table.jobs-completed")
+    assert "card declined" in page.inner_text("table.jobs-dead")
     save_screenshot(page, "entity")
 
     page.goto(job_url(dashboard, "alice", running))
@@ -139,13 +143,11 @@ def test_every_main_page_renders_what_redis_holds(
     assert holder in page.inner_text("main")
     save_screenshot(page, "job")
 
-    page.goto(job_url(dashboard, "bob", answered))
+    page.goto(job_url(dashboard, "alice", answered))
     assert page.inner_text("#job-state") == "completed"
     assert json.loads(page.inner_text("#job-result")) == {"echo": {"n": 7}, "attempt": 1}
-    page.goto(job_url(dashboard, "dave", dead))
-    assert "flaky failed as asked" in page.inner_text("#job-error")
-    page.goto(entity_url(dashboard, "carol"))
-    assert delayed in page.inner_text("table.jobs-delayed")
+    page.goto(job_url(dashboard, "alice", dead))
+    assert page.inner_text("#job-error") == "RuntimeError: flaky failed as asked: card declined"
 
     page.goto(dashboard.url + "/workers")
     text = page.inner_text("main")
@@ -161,6 +163,17 @@ def test_every_main_page_renders_what_redis_holds(
     assert "printer-1" in text
     assert re.search(rf"\b{lock_token}\b", text)
     save_screenshot(page, "locks")
+
+    # Unlocked, the entity's page offers its actions (the README shows this screenshot).
+    page.goto(entity_url(dashboard, "alice"))
+    unlock(page, TOKEN)
+    expect(page.locator("#flash")).to_have_text("actions unlocked")
+    buttons = page.locator("button.act:visible").all_inner_texts()
+    # close the worker; cancel the active, waiting and delayed jobs; requeue/purge the dead
+    assert sorted(buttons) == sorted(
+        ["Close", *["Cancel"] * 4, "Requeue all", "Purge all", "Requeue", "Purge"]
+    )
+    save_screenshot(page, "entity-unlocked")
 
 
 def test_search_finds_an_entity_among_many_and_pages_go_on(

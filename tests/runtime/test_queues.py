@@ -8,7 +8,6 @@ once across the pages, in the order they are served, ids with glob characters fo
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,8 +19,8 @@ T = "acct"
 
 
 @pytest.fixture
-async def queues(client: Client) -> AsyncIterator[Queues]:
-    yield Queues(client)
+def queues(client: Client) -> Queues:
+    return Queues(client)
 
 
 async def _net_out(client: Client) -> int:
@@ -151,8 +150,9 @@ async def test_reads_of_ten_thousand_entities_never_load_the_index(redis_url: st
         search_seconds = time.perf_counter() - began
         assert [r.entity_id for r in rows] == ["tenant-04242"]
         print(
-            f"10,000 entities: a page of 50 in {page_seconds * 1000:.1f} ms ({page_bytes} bytes "
-            f"from Redis; the whole index {whole_bytes}), a search in {search_seconds * 1000:.1f} ms"
+            f"10,000 entities: a page of 50 in {page_seconds * 1000:.1f} ms ({page_bytes} bytes"
+            f" from Redis; the whole index {whole_bytes}), a search in"
+            f" {search_seconds * 1000:.1f} ms"
         )
     finally:
         await client.close()
