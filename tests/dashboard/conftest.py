@@ -5,89 +5,37 @@ only shown by a real browser running the page's script against a real server. Th
 Debian's chromium (`apt-get install chromium`; AQ_TEST_CHROMIUM names another binary) started by
 the `playwright` package (a test dependency), which never downloads a browser here. Where there
 is no chromium, the tests are skipped loudly; with CI set they fail. Screenshots of the main
-pages are kept in AQ_TEST_ARTIFACTS (default tests/artifacts)/dashboard, named at the end.
+pages are kept (pages.py says where) and named at the end of the run.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from playwright.sync_api import sync_playwright
 
-from atomicqueues import Client, Settings
+from dashboard.pages import CHROMIUM_ARGS, HANDLERS, REFRESH, SAVED, TOKEN, TYPE, Dashboard
 from go_tools import skip_or_fail
 from redis_servers import free_port
-from runtime.workers import REPO_ROOT, Workers, base_env, start_aq
+from runtime.workers import Workers, base_env, start_aq
 
 BROWSER_TIER = "BROWSER TIER (tier 6)"
-HANDLERS = "tests.dashboard.handlers:registry"
-TYPE = "user"
-TOKEN = "s3cret-token"
-REFRESH = 0.5
-"""Seconds between the pages' live updates in these tests."""
-CHROMIUM_ARGS = [
-    # As root (CI runs as root) Chromium needs --no-sandbox; the rest keep it off the network,
-    # which this machine does not reach.
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-T = TypeVar("T")
-_saved: list[Path] = []
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _saved:
-        terminalreporter.write_sep("-", f"dashboard screenshots: {_saved[0].parent}")
-        for path in _saved:
+    if SAVED:
+        terminalreporter.write_sep("-", f"dashboard screenshots: {SAVED[0].parent}")
+        for path in SAVED:
             terminalreporter.write_line(f"  {path.name}")
-
-
-def artifacts_dir() -> Path:
-    found = Path(os.environ.get("AQ_TEST_ARTIFACTS") or REPO_ROOT / "tests" / "artifacts")
-    path = found / "dashboard"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def save_screenshot(page: Any, name: str) -> Path:
-    """A full-page screenshot of what the browser shows, kept as a test artefact."""
-    path = artifacts_dir() / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    if path not in _saved:
-        _saved.append(path)
-    return path
-
-
-def run(action: Callable[[Client], Awaitable[T]], redis_url: str) -> T:
-    """Run one async step of a test's set-up with a client of its own, in a thread of its own
-    (the tests are sync, and Playwright's sync API runs an event loop in this thread)."""
-
-    async def go() -> T:
-        client = await Client.connect(Settings(redis_url=redis_url))
-        try:
-            return await action(client)
-        finally:
-            await client.close()
-
-    with ThreadPoolExecutor(1) as thread:
-        return thread.submit(asyncio.run, go()).result()
 
 
 @pytest.fixture(scope="module")
@@ -126,17 +74,6 @@ def page(browser: Any) -> Iterator[Any]:
         yield found
     finally:
         context.close()
-
-
-@dataclass
-class Dashboard:
-    url: str
-    token: str | None
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 def _listening(port: int) -> bool:

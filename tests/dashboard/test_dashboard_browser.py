@@ -20,8 +20,8 @@ from playwright.sync_api import expect
 
 from atomicqueues import Client, JobNotFound, Locks, NewJob, SyncClient
 from atomicqueues.config import Settings
-from dashboard.conftest import TOKEN, TYPE, Dashboard, run, save_screenshot
 from dashboard.handlers import HEALED_KEY
+from dashboard.pages import TOKEN, TYPE, Dashboard, run, save_screenshot
 from runtime.workers import Workers, wait_until
 
 pytestmark = pytest.mark.browser

@@ -156,3 +156,26 @@ async def test_reads_of_ten_thousand_entities_never_load_the_index(redis_url: st
         )
     finally:
         await client.close()
+
+
+async def test_dead_letters_are_read_a_few_entities_at_a_time(
+    client: Client, queues: Queues, workers: Workers
+) -> None:
+    workers.handlers = "tests.dashboard.handlers:registry"  # its `flaky` always fails here
+    workers.start(slots=4)
+    ids = [f"d{i}" for i in range(30)]
+    jobs = [
+        NewJob(T, e, "flaky", {"why": k}, attempts=1, job_id=f"{e}-{k}")
+        for e in ids
+        for k in (1, 2)
+    ]
+    await client.enqueue_many(jobs)
+    wait_until(lambda: workers.counts().get("dead") == 60, 60, "60 dead letters")
+    every = await queues.dead_letters(T, limit=100)
+    assert sorted(j.id for j in every) == sorted(j.job_id or "" for j in jobs)
+    assert {j.state for j in every} == {"dead"}
+    assert {j.error for j in every} == {f"RuntimeError: flaky failed as asked: {k}" for k in (1, 2)}
+    few = await queues.dead_letters(T, limit=5)
+    assert len(few) == 5
+    first = few[0].entity_id
+    assert [j.id for j in few[:2]] == [f"{first}-1", f"{first}-2"]  # oldest first per entity

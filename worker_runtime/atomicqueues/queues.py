@@ -291,6 +291,50 @@ class Queues:
             due={jobs[s].id: t for s, t in due.items() if s in jobs},
         )
 
+    async def dead_letters(self, entity_type: str, limit: int = 20) -> list[Job]:
+        """Some dead-lettered jobs of the type (at most `limit`, oldest first per entity), found
+        by scanning the dead index bucket by bucket until enough entities are seen: unlike
+        `Client.dlq_list` without an entity, never the whole index of a type whose every entity
+        has dead letters."""
+        check_entity_type(entity_type)
+        limit = max(1, min(limit, MAX_PAGE))
+        entity_ids: list[str] = []
+        for bucket in self.keys.buckets(entity_type):
+            cursor = 0
+            while len(entity_ids) < limit:
+                cursor, found = await self._hscan(f"{bucket}dead", cursor, limit)
+                entity_ids += [decode_id(str(e)) for e in found]
+                if cursor == 0:
+                    break
+        entity_ids = entity_ids[:limit]
+        if not entity_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for entity_id in entity_ids:
+            pipe.zrange(f"{self.keys.entity(entity_type, entity_id)}dlq", 0, limit - 1)
+        slots: list[list[Any]] = await self.client.call(pipe.execute)
+        wanted = [
+            (self.keys.entity_bucket(entity_type, entity_id), str(jslot))
+            for entity_id, part in zip(entity_ids, slots, strict=True)
+            for jslot in part
+        ][:limit]
+        pipe = self.redis.pipeline(transaction=False)
+        for bucket, jslot in wanted:
+            pipe.hgetall(f"{bucket}j:{jslot}")
+        replies: list[dict[Any, Any]] = await self.client.call(pipe.execute)
+        return [
+            Job.from_fields(entity_type, {str(k): str(v) for k, v in fields.items()})
+            for fields in replies
+            if fields
+        ]
+
+    async def _hscan(self, key: str, cursor: int, count: int) -> tuple[int, list[Any]]:
+        """One HSCAN step: the next cursor (0: done) and the fields seen."""
+        found: tuple[Any, Any] = await self.client.call(
+            lambda: self.redis.hscan(key, cursor, count=count)
+        )
+        return int(found[0]), list(found[1])
+
     async def _jobs(self, entity_type: str, bucket: str, jslots: list[str]) -> dict[str, Job]:
         """The records of jobs by slot, read in one pipeline (those gone meanwhile left out)."""
         if not jslots:

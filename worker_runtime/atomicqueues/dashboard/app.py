@@ -222,7 +222,7 @@ class Dashboard:
         else:
             page = await self.queues.entities_page(entity_type, cursor, PAGE_SIZE)
         summary = await self.queues.summary(entity_type)
-        dead = await self.client.dlq_list(entity_type, limit=DEAD_SHOWN)
+        dead = await self.queues.dead_letters(entity_type, DEAD_SHOWN)
         return await self.render(
             request,
             "type.html",
