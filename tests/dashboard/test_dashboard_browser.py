@@ -20,6 +20,7 @@ from playwright.sync_api import expect
 
 from atomicqueues import Client, JobNotFound, Locks, NewJob, SyncClient
 from atomicqueues.config import Settings
+from atomicqueues.dashboard.app import can_pause
 from dashboard.handlers import HEALED_KEY
 from dashboard.pages import TOKEN, TYPE, Dashboard, run, save_screenshot
 from runtime.workers import Workers, wait_until
@@ -170,9 +171,10 @@ def test_every_main_page_renders_what_redis_holds(
     expect(page.locator("#flash")).to_have_text("actions unlocked")
     buttons = page.locator("button.act:visible").all_inner_texts()
     # close the worker; cancel the active, waiting and delayed jobs; requeue/purge the dead
-    assert sorted(buttons) == sorted(
-        ["Close", *["Cancel"] * 4, "Requeue all", "Purge all", "Requeue", "Purge"]
-    )
+    expected = ["Close", *["Cancel"] * 4, "Requeue all", "Purge all", "Requeue", "Purge"]
+    if can_pause():
+        expected += ["Pause entity", "Resume entity"]
+    assert sorted(buttons) == sorted(expected)
     save_screenshot(page, "entity-unlocked")
 
 
@@ -375,3 +377,30 @@ def test_hostile_ids_are_shown_as_text_everywhere(
     page.wait_for_timeout(1500)
     _assert_inert(page)
     assert page.locator("table.entities a").all_inner_texts() == [HOSTILE_IDS[0]]
+
+
+@pytest.mark.skipif(not can_pause(), reason="Client.pause and Client.resume do not exist yet")
+def test_an_entity_paused_from_the_page_runs_nothing_until_resumed(
+    redis_url: str, workers: Workers, start_dashboard: Callable[..., Dashboard], page: Any
+) -> None:
+    workers.start(slots=1)
+    client = sync_client(redis_url)
+    try:
+        first = client.enqueue(TYPE, "gina", "answer", {"n": 1}, keep_completed=3600)
+        assert client.result(first, timeout=30) == {"echo": {"n": 1}, "attempt": 1}
+        dashboard = start_dashboard()
+        page.goto(entity_url(dashboard, "gina"))
+        unlock(page, TOKEN)
+        expect(page.locator("#flash")).to_have_text("actions unlocked")
+        page.accept_dialogs = True
+        page.locator("button.act", has_text="Pause entity").click()
+        expect(page.locator("#flash")).to_have_text("paused")
+        held = client.enqueue(TYPE, "gina", "answer", {"n": 2}, keep_completed=3600)
+        page.wait_for_timeout(2000)  # a worker is up and idle: a claimable job would have run
+        assert client.job(held).state != "completed"
+        page.locator("button.act", has_text="Resume entity").click()
+        expect(page.locator("#flash")).to_have_text("resumed")
+        assert client.result(held, timeout=30) == {"echo": {"n": 2}, "attempt": 1}
+        assert page.dialogs == ["Pause entity gina?", "Resume entity gina?"]
+    finally:
+        client.close()
