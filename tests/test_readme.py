@@ -45,6 +45,15 @@ def test_every_python_block_is_an_example_file() -> None:
     assert sorted(names) == sorted(p.name for p in EXAMPLES.glob("*.py"))
 
 
+def test_every_image_the_readme_shows_is_in_the_repository() -> None:
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README.read_text())
+    assert images, "the README shows no image (the dashboard's screenshot is expected)"
+    for image in images:
+        path = ROOT / image
+        assert path.is_file(), f"README shows {image}, which is not in the repository"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f"{image} is not a PNG"
+
+
 @pytest.fixture
 def env(redis_url: str) -> dict[str, str]:
     """A person's shell: the venv's `aq` and `python` first on PATH, no test settings."""

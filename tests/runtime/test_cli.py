@@ -311,6 +311,10 @@ def test_version_and_help_describe_every_command(redis_url: str) -> None:
         pytest.param("yaml", ["crd"], ["`aq crd` needs pyyaml", "[local]"], id="crd"),
         pytest.param("kopf", ["operator"], ["needs kopf", "[operator]"], id="operator"),
         pytest.param("aiohttp", ["operator"], ["needs aiohttp", "[operator]"], id="aiohttp"),
+        pytest.param("jinja2", ["dashboard"], ["needs jinja2", "[dashboard]"], id="dashboard"),
+        pytest.param(
+            "aiohttp", ["dashboard"], ["needs aiohttp", "[dashboard]"], id="dashboard-aiohttp"
+        ),
     ],
 )
 def test_a_missing_extra_is_one_line_naming_it(
@@ -331,6 +335,18 @@ def test_a_missing_extra_is_one_line_naming_it(
         env={k: v for k, v in os.environ.items() if not k.startswith("AQ_")},
     )
     assert_one_line_error(result, *words)
+
+
+def test_dashboard_mistakes_are_one_line(redis_url: str) -> None:
+    assert_one_line_error(aq("dashboard", "--port", "70000", url=redis_url), "--port 70000")
+    assert_one_line_error(aq("dashboard", "--refresh", "-1", url=redis_url), "--refresh")
+    unreachable = f"redis://127.0.0.1:{closed_port()}/0"
+    assert_one_line_error(aq("dashboard", url=unreachable), "cannot reach Redis")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert_one_line_error(aq("dashboard", "--port", port, url=redis_url), "cannot listen on")
 
 
 def test_close_an_unknown_worker_is_an_error(redis_url: str) -> None:

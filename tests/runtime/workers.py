@@ -178,6 +178,8 @@ class Workers:
     store_url: str | None = None
     """Where the `record` handler's fenced store is (default: `redis_url`). A separate server
     keeps the records when the queues' Redis is killed, as a downstream store would."""
+    handlers: str = HANDLERS
+    """The registry the workers load (MODULE:ATTR, importable from the repository root)."""
     started: list[WorkerProc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -215,7 +217,7 @@ class Workers:
         args = [
             "worker",
             "--handlers",
-            HANDLERS,
+            self.handlers,
             "--entity-type",
             entity_type or self.entity_type,
             "--name",

@@ -39,6 +39,7 @@ LAZY_COMMANDS = {
     "demo": "see it work: a private Redis, a local pool, 432 jobs, a killed worker, a check",
     "operator": "run the Kubernetes operator for EntityWorkerPools (the operator extra)",
     "crd": "print (or --write) the EntityWorkerPool CustomResourceDefinition",
+    "dashboard": "serve a web dashboard of this Redis (the dashboard extra)",
 }
 """Commands of the layers above the runtime, imported only when asked for, and what they do."""
 
@@ -789,6 +790,7 @@ def _lazy(command: str, rest: list[str]) -> int:
         "crd": "aq_operator.cli",
         "up": "atomicqueues.pools.cli",
         "demo": "atomicqueues.pools.cli",
+        "dashboard": "atomicqueues.dashboard.cli",
     }[command]
     entry = importlib.import_module(module)
     result: int = entry.main([command, *rest])
@@ -841,7 +843,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except ModuleNotFoundError as exc:
         # An optional dependency a lazily imported layer needs; anything else is a bug.
-        if (line := missing_extra(exc, f"`aq {args.command}`")) is None:
+        if (line := missing_extra(exc, f"`aq {args.command}`", args.command)) is None:
             raise
         print(f"aq: {line}", file=sys.stderr)
         return EXIT_ERROR

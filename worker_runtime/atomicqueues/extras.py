@@ -14,17 +14,23 @@ OPTIONAL = {
     "hiredis": ("hiredis", "fast"),
     "kopf": ("kopf", "operator"),
     "aiohttp": ("aiohttp", "operator"),
+    "jinja2": ("jinja2", "dashboard"),
 }
 """Top-level module name: (its distribution, the extra of `atomicqueues` that installs it)."""
 
+COMMAND_EXTRA = {"dashboard": "dashboard"}
+"""Commands whose own extra brings every optional module they import (aiohttp is in both the
+operator's and the dashboard's)."""
 
-def missing_extra(exc: ModuleNotFoundError, what: str) -> str | None:
+
+def missing_extra(exc: ModuleNotFoundError, what: str, command: str | None = None) -> str | None:
     """One line naming the extra to install when `exc` is the import of an optional module
     failing; None for any other module (a bug, or a module of the user's own)."""
     found = OPTIONAL.get((exc.name or "").partition(".")[0])
     if found is None:
         return None
     distribution, extra = found
+    extra = COMMAND_EXTRA.get(command or "", extra)
     return (
         f"{what} needs {distribution}, which is not installed: pip install 'atomicqueues[{extra}]'"
     )

@@ -173,12 +173,20 @@ class Presence:
         return await self._live(await self.client.smembers(key))
 
     async def all_workers(self) -> list[WorkerInfo]:
-        names = await self.client.zrange(self.keys.workers())
-        live = await self._live(set(names))
-        gone = set(names) - {w.name for w in live}
+        return [worker for worker, _ in await self.workers_seen()]
+
+    async def workers_seen(self) -> list[tuple[WorkerInfo, float]]:
+        """Every live worker with its last heartbeat (epoch seconds, the worker's clock); the
+        names of workers whose registration expired are dropped from the list on the way."""
+        beats: list[Any] = await self.client.call(
+            lambda: self.redis.zrange(self.keys.workers(), 0, -1, withscores=True)
+        )
+        last = {str(name): float(at) for name, at in beats}
+        live = await self._live(set(last))
+        gone = set(last) - {w.name for w in live}
         if gone:
             await self.client.call(lambda: self.redis.zrem(self.keys.workers(), *gone))
-        return live
+        return [(w, last[w.name]) for w in live]
 
 
 def close_message_applies(message: dict[str, Any], info: WorkerInfo) -> bool:
