@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from atomicqueues import Client, Settings
-from atomicqueues.dashboard.app import Config, Dashboard, can_pause
+from atomicqueues.dashboard.app import Config, Dashboard
 
 TOKEN = "tok"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -54,44 +54,3 @@ async def test_a_malformed_action_is_refused_in_one_line(
     assert response.status == status, answer
     assert message in answer["message"]
     assert answer["ok"] is (status == 200)
-
-
-async def test_pause_and_resume_appear_only_when_the_client_has_them(
-    http: TestClient[Any, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if can_pause():  # the client has them for real now: nothing to stand in for
-        pytest.skip("Client.pause and Client.resume exist: the browser tests cover them")
-    page = await (await http.get("/types/user/entity", params={"id": "alice"})).text()
-    assert 'data-action="pause"' not in page
-    response = await http.post("/api/pause", json={"type": "user"}, headers=AUTH)
-    assert response.status == 404
-
-    calls: list[tuple[str, str, str | None]] = []
-
-    async def pause(self: Client, entity_type: str, entity_id: str | None = None) -> None:
-        calls.append(("pause", entity_type, entity_id))
-
-    async def resume(self: Client, entity_type: str, entity_id: str | None = None) -> None:
-        calls.append(("resume", entity_type, entity_id))
-
-    # Stand-ins with the agreed signatures, for the wiring only.
-    monkeypatch.setattr(Client, "pause", pause, raising=False)
-    monkeypatch.setattr(Client, "resume", resume, raising=False)
-    page = await (await http.get("/types/user/entity", params={"id": "alice"})).text()
-    assert page.count('data-action="pause"') == page.count('data-action="resume"') == 1
-    page = await (await http.get("/types/user")).text()
-    assert 'data-action="pause" data-confirm="Pause every entity of type user?"' in page
-    for action, body in [
-        ("pause", {"type": "user", "entity": "alice"}),
-        ("resume", {"type": "user", "entity": "alice"}),
-        ("pause", {"type": "user"}),
-    ]:
-        response = await http.post(f"/api/{action}", json=body, headers=AUTH)
-        assert response.status == 200, await response.text()
-    refused = await http.post("/api/resume", json={"type": "user"})
-    assert refused.status == 403
-    assert calls == [
-        ("pause", "user", "alice"),
-        ("resume", "user", "alice"),
-        ("pause", "user", None),
-    ]

@@ -39,6 +39,10 @@ class TypeSummary:
     """Entities with jobs waiting to start."""
     dead_entities: int
     """Entities with dead-lettered jobs."""
+    paused_entities: int = 0
+    """Entities paused (themselves or by their type) that have a summary in Redis."""
+    paused: bool = False
+    """The whole type is paused."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class EntityQueue:
     """Oldest first."""
     due: dict[str, float] = field(default_factory=dict)
     """When each delayed or retrying job may start (epoch seconds), by job id."""
+    paused: str = ""
+    """Why it starts no job: "" (it may), "paused", "paused with its type", or both."""
 
     @property
     def exists(self) -> bool:
@@ -119,6 +125,10 @@ def _glob(text: str) -> str:
     return f"*{escaped}*"
 
 
+PAUSED_BY = ("", "paused", "paused with its type", "paused, and with its type")
+"""What the `p` of an entity's summary means (lua/include/entity.lua)."""
+
+
 class Queues:
     """Read-only views of the index and of entity queues under one client."""
 
@@ -135,8 +145,11 @@ class Queues:
             pipe.zcard(f"{bucket}ready")
             pipe.hlen(f"{bucket}pending")
             pipe.hlen(f"{bucket}dead")
+            pipe.hlen(f"{bucket}paused")
+            pipe.hexists(f"{bucket}defaults", "p")
         replies: list[int] = await self.client.call(pipe.execute)
-        return TypeSummary(*(sum(replies[i::4]) for i in range(4)))
+        with_work, claimable, waiting, dead, paused = (sum(replies[i::6]) for i in range(5))
+        return TypeSummary(with_work, claimable, waiting, dead, paused, all(replies[5::6]))
 
     async def entities_page(
         self, entity_type: str, cursor: str | None = None, limit: int = 50
@@ -289,6 +302,7 @@ class Queues:
             completed=pick(done),
             dead=pick(dead),
             due={jobs[s].id: t for s, t in due.items() if s in jobs},
+            paused=PAUSED_BY[int(meta.get("p", 0)) % 4],
         )
 
     async def dead_letters(self, entity_type: str, limit: int = 20) -> list[Job]:

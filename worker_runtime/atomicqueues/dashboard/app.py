@@ -56,12 +56,6 @@ _STATUS: dict[type[AtomicQueuesError], int] = {
 """The HTTP status of the errors a page or an action can meet (others: 500)."""
 
 
-def can_pause() -> bool:
-    """Whether the client has pause and resume (`Client.pause(entity_type, entity_id=None)`);
-    the page offers them only then."""
-    return callable(getattr(Client, "pause", None)) and callable(getattr(Client, "resume", None))
-
-
 @dataclass(frozen=True)
 class Config:
     token: str | None
@@ -151,7 +145,6 @@ class Dashboard:
         values.update(
             now=await self.presence.server_time(),
             actions=self.config.token is not None,
-            can_pause=can_pause(),
             refresh_ms=int(self.config.refresh * 1000),
             static=lambda path: str(request.app.router["static"].url_for(filename=path)),
             request_path=request.path_qs,
@@ -328,9 +321,9 @@ class Dashboard:
             "dlq-purge": self._dlq_purge,
             "cancel": self._cancel,
             "close-worker": self._close_worker,
+            "pause": self._pause,
+            "resume": self._resume,
         }
-        if can_pause():
-            found.update(pause=self._pause, resume=self._resume)
         return found
 
     async def _check(self, body: dict[str, str | None]) -> str:
@@ -381,10 +374,10 @@ class Dashboard:
 
     async def _pause(self, body: dict[str, str | None]) -> str:
         entity_type, entity_id = self._scope(body)
-        await getattr(self.client, "pause")(entity_type, entity_id)  # noqa: B009
+        await self.client.pause(entity_type, entity_id)
         return "paused"
 
     async def _resume(self, body: dict[str, str | None]) -> str:
         entity_type, entity_id = self._scope(body)
-        await getattr(self.client, "resume")(entity_type, entity_id)  # noqa: B009
+        await self.client.resume(entity_type, entity_id)
         return "resumed"
