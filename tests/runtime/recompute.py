@@ -70,9 +70,9 @@ async def check_index(
                 entities.add(rest[2:].rsplit(":", 1)[0])
             elif rest.startswith("j:"):
                 jobs[key] = await r.hgetall(key)
-        for idx in ("work", "ready", "delayed"):
+        for idx in ("work", "ready", "delayed", "limited"):
             entities |= set(await r.zrange(bb + idx, 0, -1))
-        for idx in ("pending", "dead", "conc", "paused", "caps"):
+        for idx in ("pending", "dead", "conc", "paused", "caps", "rates"):
             entities |= set(await r.hkeys(bb + idx))
         for member in await r.zrange(bb + "leases", 0, -1):
             entities.add(member.split("|", 1)[1])
@@ -86,6 +86,8 @@ async def check_index(
             "leases": {},
             "paused": {},
             "caps": {},
+            "limited": {},
+            "rates": {},
         }
 
         for e in sorted(entities):
@@ -110,7 +112,9 @@ async def check_index(
                 for jslot in slots:
                     _place(placed, jobs, bb, jslot, state)
                 totals[state] += len(slots)
+            held_until = int(meta.get("rl", 0))  # set by the rate limit alone (job.lua)
             dues = [s for _, s in delayed] + [s for _, s in retry]
+            dues += [held_until] if held_until else []
             summary = {
                 "w": len(wait),
                 "a": len(running),
@@ -142,7 +146,11 @@ async def check_index(
                 want["paused"][e] = str(paused)
             if "mb" in meta:  # its own max backlog, set by limit.lua alone
                 want["caps"][e] = meta["mb"]
-            if wait and busy < conc and len(leases) < conc and not paused:
+            if held_until:
+                want["limited"][e] = float(held_until)
+            if "rn" in meta:  # its own rate limit, set by limit.lua alone
+                want["rates"][e] = meta["rn"]
+            if wait and busy < conc and len(leases) < conc and not paused and not held_until:
                 want["ready"].add(e)
                 truth["ready"].add(e)
             if dues:
@@ -162,6 +170,8 @@ async def check_index(
             "leases": dict(await r.zrange(bb + "leases", 0, -1, withscores=True)),
             "paused": await r.hgetall(bb + "paused"),
             "caps": await r.hgetall(bb + "caps"),
+            "limited": dict(await r.zrange(bb + "limited", 0, -1, withscores=True)),
+            "rates": await r.hgetall(bb + "rates"),
         }
         assert got == want, f"index of bucket {bb} drifted from its queues"
         for jk, fields in jobs.items():

@@ -409,16 +409,26 @@ def test_dlq_list_without_a_type_lists_every_type(redis_url: str) -> None:
 
 def test_limit_pause_and_resume_from_the_command_line(redis_url: str) -> None:
     shown = aq("limit", "acct", "a1", url=redis_url)
-    assert (shown.returncode, shown.stdout) == (0, "concurrency  1\nmax backlog  none\n")
-    done = aq("limit", "acct", "a1", "--max-backlog", "1", "--concurrency", "2", url=redis_url)
-    assert (done.returncode, done.stdout) == (0, "concurrency  2\nmax backlog  1\n"), done.stderr
+    assert (shown.returncode, shown.stdout) == (
+        0,
+        "concurrency  1\nmax backlog  none\nrate         none\n",
+    )
+    done = aq(
+        "limit", "acct", "a1", "--max-backlog", "1", "--concurrency", "2", "--rate", "5/60",
+        url=redis_url,
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (
+        0,
+        "concurrency  2\nmax backlog  1\nrate         5/60s\n",
+    ), done.stderr
+    assert_one_line_error(aq("limit", "acct", "--rate", "five", url=redis_url), "N/SECONDS")
     assert aq("enqueue", "acct", "a1", "x", url=redis_url).returncode == 0
     assert_one_line_error(
         aq("enqueue", "acct", "a1", "x", url=redis_url), "backlog of acct/'a1' is full"
     )
     assert_one_line_error(aq("limit", "acct", "--concurrency", "2", url=redis_url), "per entity")
     typed = aq("limit", "acct", "--max-backlog", "5", url=redis_url)
-    assert (typed.returncode, typed.stdout) == (0, "max backlog  5\n")
+    assert (typed.returncode, typed.stdout) == (0, "max backlog  5\nrate         none\n")
 
     assert aq("pause", "acct", url=redis_url).stdout == "acct paused\n"
     assert aq("pause", "acct", "a2", url=redis_url).stdout == "acct/'a2' paused\n"

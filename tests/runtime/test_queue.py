@@ -1195,11 +1195,63 @@ async def test_a_type_max_backlog_applies_to_its_entities_unless_they_have_their
     await check_index(client)
 
 
+async def test_a_rate_limited_entity_starts_at_most_n_jobs_in_any_period(client: Client) -> None:
+    a, b = Leases(client, "a"), Leases(client, "b")
+    for _ in range(4):
+        await client.enqueue(T, "u1", "x")
+    await client.set_limits(T, "u1", rate=(2, 0.5))
+    assert (await client.limits(T, "u1")).rate == (2, 0.5)
+    first = await started(a, "u1")
+    t0 = await server_now(client)
+    second = await a.finish(first, "completed", "null")
+    assert second is not None
+    assert await a.finish(second, "completed", "null") is None  # a third start is not let
+    # Held: not claimable, left out of the work index, its next start a due time.
+    assert await client.claimable_entities(T) == {}
+    assert await client.work_index(T) == []
+    assert await b.claim_any(T, client.keys.entity_bucket(T, "u1")) is None
+    held = await idle(a, "u1", second.lease)
+    assert held.next_due is not None
+    assert t0 + 0.4 <= held.next_due <= t0 + 0.55
+    await check_index(client, completed=2)
+
+    assert await a.release(second.lease, "idle") == "released"  # nothing may start now
+    await asyncio.sleep(held.next_due - await server_now(client) + 0.02)
+    assert await sweep(client, T) == (0, 1)  # the sweep lets it go: claimable again
+    assert set(await client.claimable_entities(T)) == {"u1"}
+    third = await b.claim_any(T, client.keys.entity_bucket(T, "u1"))
+    assert third is not None
+    assert await server_now(client) - t0 >= 0.5
+    await check_index(client, completed=2)
+
+
+async def test_a_rate_limit_outlasts_idleness_and_comes_from_the_type_by_default(
+    client: Client,
+) -> None:
+    a = Leases(client, "a")
+    await client.set_limits(T, rate=(1, 60))
+    assert await client.limits(T) == Limits(None, 0, (1, 60.0))
+    await client.enqueue(T, "u1", "x")
+    run = await started(a, "u1")
+    assert await a.finish(run, "completed", "null", claim_next="release") is None
+    assert await client.redis.exists(client.keys.entity(T, "u1") + "meta") == 0  # idle
+    await client.enqueue(T, "u1", "x")
+    await idle(a, "u1")  # its last start is remembered: one a minute
+    await client.set_limits(T, "u1", rate=(2, 60))  # its own limit comes first
+    await started(a, "u1")
+    await check_index(client, completed=1)
+    await client.set_limits(T, rate=(0, 0))
+    assert await client.limits(T) == Limits(None, 0, None)
+
+
 async def test_invalid_limits_are_refused(client: Client) -> None:
     with pytest.raises(InvalidInput, match="max backlog"):
         await client.set_limits(T, "u1", max_backlog=-1)
     with pytest.raises(InvalidInput, match="per entity"):
         await client.set_limits(T, concurrency=2)
+    for rate in [(0, 5), (1, 0), (1.5, 1), (1, float("inf")), "5/60"]:
+        with pytest.raises(InvalidInput, match="rate"):
+            await client.set_limits(T, "u1", rate=rate)  # type: ignore[arg-type]
     assert await client.redis.dbsize() == 0
 
 

@@ -148,6 +148,35 @@ async def test_a_long_traceback_keeps_its_start_and_its_end(client: Client) -> N
     assert error.endswith("ValueError: level 40\n")
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["entity-bound", "packed"])
+async def test_a_rate_limit_spaces_the_starts_of_an_entity(redis_url: str, packed: bool) -> None:
+    """At most 3 starts in any 0.6 s: the entity-bound worker waits for the due time its claim
+    returns, a packed one for the sweep to make the entity claimable again (an idle timeout
+    longer than the waits: a worker that goes idle meanwhile leaves it to its pool)."""
+    settings = Settings(redis_url=redis_url, **{**FAST, "idle_timeout": 5.0})  # type: ignore[arg-type]
+    client = await Client.connect(settings)
+    registry = Registry()
+    starts: list[float] = []
+
+    @registry.command("tick")
+    async def tick(ctx: JobContext, payload: None) -> None:
+        assert ctx.job.started_at is not None
+        starts.append(ctx.job.started_at)
+
+    await client.set_limits("user", "gus", rate=(3, 0.6))
+    ids = [await client.enqueue("user", "gus", "tick") for _ in range(7)]
+    worker = Worker(client, registry, "user", **({"slots": 2} if packed else {"entity_id": "gus"}))
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait_for(client.result(ids[-1], timeout=20), 25)
+    worker.close("done")
+    await run
+    await client.close()
+    assert len(starts) == 7
+    for i in range(3, 7):
+        assert starts[i] - starts[i - 3] >= 0.6 - 0.002, starts  # Redis ms: rounding
+    assert starts[-1] - starts[0] < 5.0, "the limit let jobs wait far longer than it asks"
+
+
 async def test_progress_is_shown_on_the_job_and_only_its_lease_holder_may_set_it(
     client: Client,
 ) -> None:

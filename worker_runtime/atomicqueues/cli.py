@@ -218,6 +218,12 @@ def build_parser() -> Parser:
         metavar="N",
         help="enqueue refuses past N jobs waiting or delayed (0: no limit)",
     )
+    p.add_argument(
+        "--rate",
+        type=_rate,
+        metavar="N/SECONDS",
+        help="at most N job starts per SECONDS, e.g. 10/60 (0: no limit)",
+    )
 
     p = sub.add_parser(
         "cancel", help="cancel a job: remove it if it has not started, else stop its handler"
@@ -647,18 +653,32 @@ async def cmd_pause(args: argparse.Namespace, client: Client) -> int:
 
 
 async def cmd_limit(args: argparse.Namespace, client: Client) -> int:
-    if args.concurrency is not None or args.max_backlog is not None:
+    if (args.concurrency, args.max_backlog, args.rate) != (None, None, None):
         await client.set_limits(
             args.entity_type,
             args.entity_id,
             concurrency=args.concurrency,
             max_backlog=args.max_backlog,
+            rate=args.rate,
         )
     limits = await client.limits(args.entity_type, args.entity_id)
     if limits.concurrency is not None:
         print(f"concurrency  {limits.concurrency}")
     print(f"max backlog  {limits.max_backlog or 'none'}")
+    rate = f"{limits.rate[0]}/{limits.rate[1]:g}s" if limits.rate else "none"
+    print(f"rate         {rate}")
     return 0
+
+
+def _rate(text: str) -> tuple[int, float]:
+    """`--rate N/SECONDS` (or 0: no limit)."""
+    if text.strip() == "0":
+        return 0, 0
+    n, _, seconds = text.partition("/")
+    try:
+        return int(n), float(seconds)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N/SECONDS, e.g. 10/60") from None
 
 
 async def cmd_cancel(args: argparse.Namespace, client: Client) -> int:

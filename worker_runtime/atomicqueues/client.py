@@ -135,6 +135,28 @@ class Limits:
     """Jobs of the entity that may run at once (None for a type: set per entity)."""
     max_backlog: int
     """Jobs waiting or delayed past which enqueue refuses (0: no limit)."""
+    rate: tuple[int, float] | None = None
+    """At most this many job starts in this many seconds (None: no limit)."""
+
+
+def _rate_fields(rate: tuple[int, float]) -> tuple[int, str, int]:
+    """`Client.set_limits`'s rate as limit.lua's fields: starts, 'rp', period in ms."""
+    try:
+        n, seconds = rate
+    except (TypeError, ValueError):
+        raise InvalidInput("rate must be (starts, seconds), e.g. (10, 60)") from None
+    if (n, seconds) == (0, 0):
+        return 0, "rp", 0
+    if not _integer(n) or not 1 <= n <= 10**6 or not _seconds(seconds) or seconds <= 0:
+        raise InvalidInput("rate must be (starts, seconds): 1 to 10**6 starts, seconds > 0")
+    return n, "rp", max(1, math.ceil(seconds * 1000))
+
+
+def _rate_of(n: str | bytes | None, period_ms: str | bytes | None) -> tuple[int, float] | None:
+    """A rate as `Limits` shows it, from its fields in Redis."""
+    if not n or not int(n):
+        return None
+    return int(n), int(period_ms or 0) / 1000.0
 
 
 @dataclass(frozen=True)
@@ -571,30 +593,37 @@ class Client:
         *,
         concurrency: int | None = None,
         max_backlog: int | None = None,
+        rate: tuple[int, float] | None = None,
     ) -> None:
         """Set an entity's limits, or (without `entity_id`) its type's defaults; an option left
-        out is left as it is. `max_backlog`: enqueue refuses a job (`BacklogFull`) while the
-        entity has that many jobs waiting or delayed (0: no limit; an entity's own limit comes
-        before its type's). `concurrency`: see `set_concurrency` (per entity only)."""
+        out is left as it is, 0 removes a limit, and an entity's own limit comes before its
+        type's. `max_backlog`: enqueue refuses a job (`BacklogFull`) while the entity has that
+        many jobs waiting or delayed. `rate` (n, seconds): at most n jobs of the entity start
+        in any `seconds`, across all workers; an entity that must wait is not claimable until
+        it may start (no polling). `(0, 0)` removes it. `concurrency`: see `set_concurrency`
+        (per entity only)."""
         check_entity_type(entity_type)
-        if max_backlog is not None and (
-            not isinstance(max_backlog, int) or not 0 <= max_backlog <= 10**9
-        ):
-            raise InvalidInput("max backlog must be an integer from 0 (no limit) to 10**9")
+        fields: list[str | int] = []
+        if max_backlog is not None:
+            if not isinstance(max_backlog, int) or not 0 <= max_backlog <= 10**9:
+                raise InvalidInput("max backlog must be an integer from 0 (no limit) to 10**9")
+            fields += ["mb", max_backlog]
+        if rate is not None:
+            fields += ["rn", *_rate_fields(rate)]
         if concurrency is not None:
             if entity_id is None:
                 raise InvalidInput("concurrency is set per entity: give the entity id")
             await self.set_concurrency(entity_type, entity_id, concurrency)
-        if max_backlog is None:
+        if not fields:
             return
         channel = self.keys.events(entity_type)
         if entity_id is not None:
             check_entity_id(entity_id)
             bucket = self.keys.entity_bucket(entity_type, entity_id)
-            await self.script("limit", bucket, encode_id(entity_id), max_backlog, channel)
+            await self.script("limit", bucket, encode_id(entity_id), channel, *fields)
             return
         await self._remember_type(entity_type)
-        calls = [(b, "", [max_backlog, channel]) for b in self.keys.buckets(entity_type)]
+        calls = [(b, "", [channel, *fields]) for b in self.keys.buckets(entity_type)]
         await self.call(lambda: self.scripts.run_many("limit", calls))
 
     async def limits(self, entity_type: str, entity_id: str | None = None) -> Limits:
@@ -602,15 +631,20 @@ class Client:
         check_entity_type(entity_type)
         if entity_id is None:
             bucket = self.keys.buckets(entity_type)[0]
-            raw = await self.hget(f"{bucket}defaults", "mb")
-            return Limits(None, int(raw or 0))
+            mb, rn, rp = await self.call(
+                lambda: self.redis.hmget(f"{bucket}defaults", "mb", "rn", "rp")
+            )
+            return Limits(None, int(mb or 0), _rate_of(rn, rp))
         check_entity_id(entity_id)
         meta = self.keys.entity(entity_type, entity_id) + "meta"
-        own, of_type = await self.call(lambda: self.redis.hmget(meta, "mb", "tmb"))
-        backlog = int(own or 0) or int(of_type or 0)
-        if own is None and of_type is None:  # no summary yet: its type's, once it has one
-            backlog = (await self.limits(entity_type)).max_backlog
-        return Limits(await self.concurrency(entity_type, entity_id), backlog)
+        f = await self.call(lambda: self.redis.hmget(meta, "mb", "tmb", "rn", "rp", "trn", "trp"))
+        if all(v is None for v in f):  # no summary yet: its type's, once it has one
+            of_type = await self.limits(entity_type)
+            backlog, rate = of_type.max_backlog, of_type.rate
+        else:
+            backlog = int(f[0] or 0) or int(f[1] or 0)
+            rate = _rate_of(f[2], f[3]) or _rate_of(f[4], f[5])
+        return Limits(await self.concurrency(entity_type, entity_id), backlog, rate)
 
     # --- concurrency ----------------------------------------------------------------------
     async def set_concurrency(self, entity_type: str, entity_id: str, n: int) -> None:
@@ -667,8 +701,9 @@ class Client:
         return await self._zset_index(entity_type, "ready")
 
     async def work_index(self, entity_type: str) -> list[EntityIndex]:
-        """Every entity with work that is not paused (a scaler starts no worker for a paused
-        one), with what a scaler needs to know of it, in one pipeline."""
+        """Every entity with work that may start a job (a scaler starts no worker for one that
+        is paused, or that its rate limit holds back), with what a scaler needs to know of it,
+        in one pipeline."""
         check_entity_type(entity_type)
         pipe = self.redis.pipeline(transaction=False)
         for bucket in self.keys.buckets(entity_type):
@@ -677,13 +712,14 @@ class Client:
             pipe.zrange(f"{bucket}ready", 0, -1)
             pipe.hgetall(f"{bucket}conc")
             pipe.hkeys(f"{bucket}paused")
+            pipe.zrange(f"{bucket}limited", 0, -1)
         replies: list[Any] = await self.call(pipe.execute)
         found: list[EntityIndex] = []
-        for i in range(0, len(replies), 5):
-            work, pending, ready, conc, paused = replies[i : i + 5]
-            ready_set, paused_set = set(ready), set(paused)
+        for i in range(0, len(replies), 6):
+            work, pending, ready, conc, paused, limited = replies[i : i + 6]
+            ready_set, held = set(ready), {*paused, *limited}
             for e, ms in work:
-                if e in paused_set:
+                if e in held:
                     continue
                 found.append(
                     EntityIndex(

@@ -39,8 +39,8 @@ if not L or L.token ~= token or L.exp < now or L.jslot ~= jslot then
   return {'lost'}
 end
 local head = nil
-if nxt ~= 'none' and outcome ~= 'retry' and startable(E.w, E.a - 1, E.r, E.c, E.p) and
-    not (E.due and E.due <= now) then
+if nxt ~= 'none' and outcome ~= 'retry' and startable(E.w, E.a - 1, E.r, E.c, E.p + E.rl) and
+    not (E.due and E.due <= now) and rate_allows(E, now) then
   -- The next job is the head of the queue: popped first, a write that frees memory (oom.lua).
   head = redis.call('ZPOPMIN', ekey(bb, e, 'wait'))
 else

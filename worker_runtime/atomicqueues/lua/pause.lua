@@ -17,6 +17,7 @@ local changed = 0
 
 local function set(e)
   local E = load(bb, e)
+  take_type_defaults(E)
   local has = E.p % (2 * bit) >= bit
   if action == 'pause' and not has then
     E.p = E.p + bit

@@ -17,7 +17,7 @@ local L = check_lease(E, owner, token, now, us)
 local result = 'released'
 if not L then
   result = 'lost'
-elseif mode == 'idle' and (L.jslot or startable(E.w, E.a, E.r, E.c, E.p)) then
+elseif mode == 'idle' and (L.jslot or startable(E.w, E.a, E.r, E.c, E.p + E.rl)) then
   result = 'busy'
 else
   drop_lease(E, owner, false, now, us)

@@ -9,8 +9,11 @@
 -- The summary's fields, in the order load() reads them: waiting, active, retrying, lease
 -- holders, dead, concurrency, next due, FIFO sequence, last fencing token, expiry of the done
 -- list (as last set), paused (1: the entity, 2: its type, 3: both), its own max backlog and its
--- type's (limit.lua). Absent means 0 (for a max backlog: none), except c (1) and due (none).
-local SUMMARY = {'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx', 'p', 'mb', 'tmb'}
+-- type's, its own rate limit (at most rn starts in any rp ms) and its type's (trn, trp)
+-- (limit.lua) and, while the rate limit lets no job start, until when (rl ms; also a due
+-- time). Absent means 0 (for a limit: none), except c (1) and due (none).
+local SUMMARY = {'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx', 'p', 'mb', 'tmb',
+  'rn', 'rp', 'trn', 'trp', 'rl'}
 
 -- Read entity e of bucket bb, with the extra meta fields named in the list `extra` ('l:'..owner,
 -- 'n:'..jslot): E[name] is then the field's value, or false when it is absent. E.raw keeps what
@@ -19,13 +22,14 @@ local function load(bb, e, extra)
   local meta = ekey(bb, e, 'meta')
   extra = extra or {}
   local v = redis.call('HMGET', meta, 'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx',
-    'p', 'mb', 'tmb', unpack(extra))
+    'p', 'mb', 'tmb', 'rn', 'rp', 'trn', 'trp', 'rl', unpack(extra))
   local E = {bb = bb, e = e, meta = meta, raw = v, extra = extra, counts = false,
     w = tonumber(v[1]) or 0, a = tonumber(v[2]) or 0, r = tonumber(v[3]) or 0,
     h = tonumber(v[4]) or 0, x = tonumber(v[5]) or 0, c = tonumber(v[6]) or 1,
     due = tonumber(v[7]), seq = tonumber(v[8]) or 0, token = tonumber(v[9]) or 0,
     dx = tonumber(v[10]) or 0, p = tonumber(v[11]) or 0, mb = tonumber(v[12]) or 0,
-    tmb = tonumber(v[13]) or 0}
+    tmb = tonumber(v[13]) or 0, rn = tonumber(v[14]) or 0, rp = tonumber(v[15]) or 0,
+    trn = tonumber(v[16]) or 0, trp = tonumber(v[17]) or 0, rl = tonumber(v[18]) or 0}
   for i = 1, #extra do E[extra[i]] = v[#SUMMARY + i] end
   return E
 end
@@ -40,16 +44,19 @@ local function count(E, state, delta)
   counts[state] = (counts[state] or 0) + delta
 end
 
--- The lines an entity crosses, from its waiting, active, retrying, holders, concurrency and
--- paused.
+-- The lines an entity crosses, from its waiting, active, retrying, holders, concurrency, and
+-- held: paused or rate-limited (E.p + E.rl; 0: neither).
 local function busy(w, a, r) return w > 0 or a + r > 0 end
 -- A job could start if a new lease holder came (the scaler's and packed workers' view).
-local function claimable(w, a, r, h, c, p) return p == 0 and w > 0 and a + r < c and h < c end
+local function claimable(w, a, r, h, c, held)
+  return held == 0 and w > 0 and a + r < c and h < c
+end
 -- A job could start for some worker (an entity-bound worker waits on the entity's bell).
-local function startable(w, a, r, c, p) return p == 0 and w > 0 and a + r < c end
+local function startable(w, a, r, c, held) return held == 0 and w > 0 and a + r < c end
 
 -- The settings of an entity type that its entities' summaries carry (bb..'defaults', HASH):
--- p 2 while the type is paused (pause.lua), mb its max backlog (limit.lua). An entity without
+-- p 2 while the type is paused (pause.lua), mb its max backlog, rn and rp its rate limit
+-- (limit.lua). An entity without
 -- a summary (new, or idle since) takes them as it appears: called by the scripts that may give
 -- an entity its first job or setting. A change of them is carried to every entity of the
 -- bucket with a summary (each_entity).
@@ -57,8 +64,9 @@ local function take_type_defaults(E)
   for i = 1, #SUMMARY do
     if E.raw[i] then return end
   end
-  local d = redis.call('HMGET', E.bb .. 'defaults', 'p', 'mb')
+  local d = redis.call('HMGET', E.bb .. 'defaults', 'p', 'mb', 'rn', 'rp')
   E.p, E.tmb = tonumber(d[1]) or 0, tonumber(d[2]) or 0
+  E.trn, E.trp = tonumber(d[3]) or 0, tonumber(d[4]) or 0
 end
 
 -- Call fn(e) once for every entity of the bucket that has a summary: it has work, dead letters,
@@ -75,7 +83,7 @@ local function each_entity(bb, fn)
   end
   each(redis.call('ZRANGE', bb .. 'work', 0, -1))
   each(redis.call('ZRANGE', bb .. 'delayed', 0, -1))
-  for _, index in ipairs({'dead', 'conc', 'paused', 'caps'}) do
+  for _, index in ipairs({'dead', 'conc', 'paused', 'caps', 'rates'}) do
     each(redis.call('HKEYS', bb .. index))
   end
   for _, member in ipairs(redis.call('ZRANGE', bb .. 'leases', 0, -1)) do
@@ -146,31 +154,35 @@ end
 -- Write what changed of E, and bring the bucket's index along.
 local function save(E, chan, now)
   local bb, e, raw = E.bb, E.e, E.raw
-  local w, a, r, h, x, c, due, p = E.w, E.a, E.r, E.h, E.x, E.c, E.due, E.p
+  local w, a, r, h, x, c, due, p, rl = E.w, E.a, E.r, E.h, E.x, E.c, E.due, E.p, E.rl
   local w0, a0, r0, h0 = tonumber(raw[1]) or 0, tonumber(raw[2]) or 0, tonumber(raw[3]) or 0,
     tonumber(raw[4]) or 0
   local x0, c0, due0, p0 = tonumber(raw[5]) or 0, tonumber(raw[6]) or 1, tonumber(raw[7]),
     tonumber(raw[11]) or 0
+  local rl0 = tonumber(raw[18]) or 0
   -- An idle entity keeps its summary only while it has a setting of its own (concurrency, max
-  -- backlog, paused itself): its type's are taken up again when it gets its next job
-  -- (take_type_defaults).
+  -- backlog, rate limit, paused itself): its type's settings are taken up again when it gets
+  -- its next job (take_type_defaults).
   local idle = w + a + r + h + x == 0 and due == nil and c == 1 and p % 2 == 0 and E.mb == 0
+    and E.rn == 0
   if idle then p = 0 end
   save_meta(E, idle)
   if p ~= p0 then hash_entry(bb .. 'paused', e, p) end
   if E.mb ~= (tonumber(raw[12]) or 0) then hash_entry(bb .. 'caps', e, E.mb) end
+  if E.rn ~= (tonumber(raw[14]) or 0) then hash_entry(bb .. 'rates', e, E.rn) end
+  if rl ~= rl0 then zset_entry(bb .. 'limited', e, rl > 0 and rl) end
   if w ~= w0 then hash_entry(bb .. 'pending', e, w) end
   local is_busy = busy(w, a, r)
   if is_busy ~= busy(w0, a0, r0) then zset_entry(bb .. 'work', e, is_busy and now) end
-  local can = claimable(w, a, r, h, c, p)
-  if can ~= claimable(w0, a0, r0, h0, c0, p0) then
+  local can = claimable(w, a, r, h, c, p + rl)
+  if can ~= claimable(w0, a0, r0, h0, c0, p0 + rl0) then
     zset_entry(bb .. 'ready', e, can and now)
     if can then
       ring(bb .. 'bell')
       if chan ~= '' then redis.call('PUBLISH', chan, e) end
     end
   end
-  if startable(w, a, r, c, p) and (h < h0 or not startable(w0, a0, r0, c0, p0)) then
+  if startable(w, a, r, c, p + rl) and (h < h0 or not startable(w0, a0, r0, c0, p0 + rl0)) then
     ring(ekey(bb, e, 'bell'))
   end
   if due ~= due0 then zset_entry(bb .. 'delayed', e, due) end

@@ -12,13 +12,17 @@
 --                           retention)
 --   ekey(bb, e, 'dlq')      ZSET jslot -> finished us (dead letters)
 --   ekey(bb, e, 'bell')     LIST  rung when a job of the entity may start (entity-bound workers)
+--   ekey(bb, e, 'starts')   LIST  start ms of its last jobs, newest first, while it has a rate
+--                           limit (job.lua; expires after the limit's period)
 --   ekey(bb, e, 'meta')     HASH  the entity's summary, read and written once per script
 --                           (entity.lua): w waiting, a active, r retrying, h lease holders,
 --                           x dead, c concurrency (absent: 1), due next due ms of a delayed job
 --                           or retry, seq FIFO sequence, token last fencing token granted,
 --                           dx when the done list expires (as last set: job.lua), p paused
 --                           (1 the entity, 2 its type, 3 both: pause.lua), mb and tmb its own
---                           and its type's max backlog (limit.lua),
+--                           and its type's max backlog, rn rp and trn trp its own and its
+--                           type's rate limit (limit.lua), rl until when the rate limit holds
+--                           it (job.lua),
 --                           'l:'..owner a lease (lease.lua), 'n:'..jslot result() waiters.
 --                           Deleted when the entity has nothing left (idle) and is not
 --                           paused itself.
@@ -39,8 +43,10 @@
 --   bb..'conc'     HASH e -> concurrency (absent: 1)
 --   bb..'paused'   HASH e -> p of the paused entities with a summary
 --   bb..'caps'     HASH e -> the entity's own max backlog (limit.lua)
---   bb..'defaults' HASH p 2 while the entity type is paused, mb its max backlog: what its
---                  entities' summaries carry (entity.lua's take_type_defaults)
+--   bb..'rates'    HASH e -> the starts per period of the entity's own rate limit (limit.lua)
+--   bb..'limited'  ZSET e -> until when (ms) its rate limit lets no job start
+--   bb..'defaults' HASH p 2 while the entity type is paused, mb its max backlog, rn rp its
+--                  rate limit: what its entities' summaries carry (take_type_defaults)
 --   bb..'counts'   HASH delayed active retrying dead -> jobs; completed, cancelled -> every
 --                  completion, every cancellation of a running job
 --                  (waiting is the sum of pending)

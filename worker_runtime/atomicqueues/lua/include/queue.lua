@@ -16,9 +16,10 @@ local function to_wait(E, jslot, score)
   E.w = E.w + 1
 end
 
--- The next due time of the entity's delayed jobs and retries (after one of them changed).
+-- The next due time of the entity's delayed jobs and retries, and of its rate limit (E.rl)
+-- (after one of them changed).
 local function refresh_due(E)
-  local due = nil
+  local due = E.rl > 0 and E.rl or nil
   for _, which in ipairs({'delayed', 'retry'}) do
     local first = redis.call('ZRANGE', ekey(E.bb, E.e, which), 0, 0, 'WITHSCORES')
     if first[2] and (due == nil or tonumber(first[2]) < due) then due = tonumber(first[2]) end
@@ -49,6 +50,7 @@ end
 -- its place (the head).
 local function promote(E, now)
   if E.due == nil or E.due > now then return end
+  if E.rl > 0 and E.rl <= now then E.rl = 0 end  -- the rate limit lets a job start again
   for _, which in ipairs({'delayed', 'retry'}) do
     local zk = ekey(E.bb, E.e, which)
     for _, jslot in ipairs(redis.call('ZRANGEBYSCORE', zk, '-inf', now, 'LIMIT', 0, 1000)) do
