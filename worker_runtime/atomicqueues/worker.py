@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster
 
-from . import metrics
+from . import logs, metrics
 from .aio import cancel_and_wait
 from .client import MAX_BLOCK_SECONDS, Client
 from .connection import pubsub_client
@@ -610,6 +610,7 @@ class Worker:
         while run is not None:
             run = await self._run_job(run, "same")
 
+    @logs.job_context
     async def _run_job(self, run: Started, claim_next: Next) -> Started | None:
         """Run one job's handler and record its outcome; returns the next job, if started
         (`Leases.finish`'s `claim_next`; none once the worker is closing)."""
