@@ -20,8 +20,9 @@ are honoured (`ignored_template_keys` names the others, so the operator can warn
 - `spec.containers`: one container (named `worker`, or the only one) gives the keys in
   `CONTAINER_KEYS`; `env` entries are added after the operator's, except those naming a variable
   the operator sets (dropped: the runtime must see what the operator planned); `securityContext`
-  and `volumeMounts` merge as above. Its image, command and args are never used: the image is
-  `spec.image`, the command is the worker's.
+  and `volumeMounts` merge as above, and `ports` are added to the worker's `metrics` port
+  (`METRICS_PORT`, where the worker serves Prometheus metrics). Its image, command and args
+  are never used: the image is `spec.image`, the command is the worker's.
 
 Secure defaults: non-root (uid 65532 unless the template says otherwise), read-only root
 filesystem with a writable emptyDir at /tmp, no privilege escalation, every capability dropped,
@@ -56,6 +57,9 @@ ANNOTATION_CLOSING = "atomicqueues.io/closing"
 """Set by the operator when it asked the worker to close (epoch seconds)."""
 
 CONTAINER = "worker"
+METRICS_PORT = 9090
+"""The worker's Prometheus port in its pod (`AQ_METRICS_PORT`), as the container port named
+"metrics", which the chart's PodMonitor scrapes."""
 ENTITY_HASH_IN_LABEL = 40
 GRACE_MARGIN_SECONDS = 5.0
 """Added to shutdown grace + heartbeat TTL: time for the worker to give its job back and exit."""
@@ -139,6 +143,7 @@ def _env(spec: PoolSpec, redis: SecretKeyRef | str, entity_id: str | None) -> li
         {"name": "AQ_HEARTBEAT_INTERVAL", "value": str(t.heartbeat_interval_seconds)},
         {"name": "AQ_IDLE_TIMEOUT", "value": str(t.idle_timeout_seconds)},
         {"name": "AQ_SHUTDOWN_GRACE", "value": str(t.shutdown_grace_seconds)},
+        {"name": "AQ_METRICS_PORT", "value": str(METRICS_PORT)},
     ]
     if entity_id is not None:
         # The kubelet expands $(VAR) in an env value too (and `$$` to `$`): escape every `$`.
@@ -184,6 +189,7 @@ def ignored_template_keys(template: Mapping[str, Any] | None) -> list[str]:
 _OPERATOR_ENV = frozenset({
     "POD_NAME", "AQ_NODE_NAME", "AQ_REDIS_URL", "AQ_PREFIX", "AQ_HEARTBEAT_TTL",
     "AQ_HEARTBEAT_INTERVAL", "AQ_IDLE_TIMEOUT", "AQ_SHUTDOWN_GRACE", "AQ_ENTITY_ID",
+    "AQ_METRICS_PORT",
 })  # fmt: skip
 
 
@@ -236,9 +242,11 @@ def pod_body(
         "command": _command(spec, entity_id is not None),
         "env": env,
     }
-    for key in ("resources", "envFrom", "imagePullPolicy", "ports"):
+    for key in ("resources", "envFrom", "imagePullPolicy"):
         if key in t_container:
             container[key] = t_container[key]
+    metrics_port = {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}
+    container["ports"] = _by_name([metrics_port], t_container.get("ports"))
     container["securityContext"] = {
         "runAsNonRoot": True,
         "allowPrivilegeEscalation": False,

@@ -464,3 +464,26 @@ def test_pods_that_are_not_workers(change: Any) -> None:
     pod = pod_in("Running")
     change(pod)
     assert worker_state(pod) is None
+
+
+def test_worker_serves_metrics_on_a_named_port() -> None:
+    """The chart's PodMonitor finds worker pods by their labels and scrapes the port named
+    "metrics"; the worker serves there because the operator sets AQ_METRICS_PORT."""
+    pod = body()
+    [container] = pod["spec"]["containers"]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
+    assert env_of(pod)["AQ_METRICS_PORT"]["value"] == "9090"
+    extra = {"name": "debug", "containerPort": 5678}
+    template = {
+        "spec": {
+            "containers": [
+                {
+                    "ports": [extra],
+                    "env": [{"name": "AQ_METRICS_PORT", "value": "1"}],
+                }
+            ]
+        }
+    }
+    pod = body(spec=make_spec(podTemplate=template))
+    assert [p["name"] for p in pod["spec"]["containers"][0]["ports"]] == ["metrics", "debug"]
+    assert env_of(pod)["AQ_METRICS_PORT"]["value"] == "9090"  # the operator's wins
