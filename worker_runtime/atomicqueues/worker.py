@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster
 
-from . import logs, metrics
+from . import logs, metrics, tracing
 from .aio import cancel_and_wait
 from .client import MAX_BLOCK_SECONDS, Client
 from .connection import pubsub_client
@@ -637,7 +637,10 @@ class Worker:
                 client=self.client,
                 log=logging.LoggerAdapter(log, {"job_id": job.id, "entity": job.entity_id}),
             )
-            task = asyncio.create_task(ctx.locks.run(handler(ctx, payload)))
+            run_handler = ctx.locks.run(handler(ctx, payload))
+            if self.settings.tracing:
+                run_handler = tracing.traced(job, run_handler)
+            task = asyncio.create_task(run_handler)
             self.running[lease.entity_id] = (ctx, task)
             self.watchdog.watch(task, lambda: lease.valid_until - self.margin, where)
             task.add_done_callback(self.watchdog.unwatch)
