@@ -21,7 +21,8 @@ are honoured (`ignored_template_keys` names the others, so the operator can warn
   `CONTAINER_KEYS`; `env` entries are added after the operator's, except those naming a variable
   the operator sets (dropped: the runtime must see what the operator planned); `securityContext`
   and `volumeMounts` merge as above, and `ports` are added to the worker's `metrics` port
-  (`METRICS_PORT`, where the worker serves Prometheus metrics). Its image, command and args
+  (`METRICS_PORT`, where the worker serves Prometheus metrics; an `AQ_METRICS_PORT` of the
+  template's container moves it). Its image, command and args
   are never used: the image is `spec.image`, the command is the worker's.
 
 Secure defaults: non-root (uid 65532 unless the template says otherwise), read-only root
@@ -58,8 +59,8 @@ ANNOTATION_CLOSING = "atomicqueues.io/closing"
 
 CONTAINER = "worker"
 METRICS_PORT = 9090
-"""The worker's Prometheus port in its pod (`AQ_METRICS_PORT`), as the container port named
-"metrics", which the chart's PodMonitor scrapes."""
+"""The worker's Prometheus port in its pod (`AQ_METRICS_PORT`, unless the pod template sets it),
+declared as the container port named "metrics", which the chart's PodMonitor scrapes."""
 ENTITY_HASH_IN_LABEL = 40
 GRACE_MARGIN_SECONDS = 5.0
 """Added to shutdown grace + heartbeat TTL: time for the worker to give its job back and exit."""
@@ -143,7 +144,6 @@ def _env(spec: PoolSpec, redis: SecretKeyRef | str, entity_id: str | None) -> li
         {"name": "AQ_HEARTBEAT_INTERVAL", "value": str(t.heartbeat_interval_seconds)},
         {"name": "AQ_IDLE_TIMEOUT", "value": str(t.idle_timeout_seconds)},
         {"name": "AQ_SHUTDOWN_GRACE", "value": str(t.shutdown_grace_seconds)},
-        {"name": "AQ_METRICS_PORT", "value": str(METRICS_PORT)},
     ]
     if entity_id is not None:
         # The kubelet expands $(VAR) in an env value too (and `$$` to `$`): escape every `$`.
@@ -189,8 +189,18 @@ def ignored_template_keys(template: Mapping[str, Any] | None) -> list[str]:
 _OPERATOR_ENV = frozenset({
     "POD_NAME", "AQ_NODE_NAME", "AQ_REDIS_URL", "AQ_PREFIX", "AQ_HEARTBEAT_TTL",
     "AQ_HEARTBEAT_INTERVAL", "AQ_IDLE_TIMEOUT", "AQ_SHUTDOWN_GRACE", "AQ_ENTITY_ID",
-    "AQ_METRICS_PORT",
 })  # fmt: skip
+
+
+def _metrics_port(container: Mapping[str, Any]) -> tuple[int | None, bool]:
+    """The port the worker serves metrics on, and whether the operator sets AQ_METRICS_PORT:
+    `METRICS_PORT`, unless the template's container sets the variable itself (then its number,
+    or None when it is not a plain port number)."""
+    for entry in container.get("env") or []:
+        if isinstance(entry, Mapping) and entry.get("name") == "AQ_METRICS_PORT":
+            value = str(entry.get("value") or "")
+            return (int(value) if value.isdigit() and 0 < int(value) < 65536 else None), False
+    return METRICS_PORT, True
 
 
 def _by_name(ours: list[dict[str, Any]], theirs: Any) -> list[dict[str, Any]]:
@@ -231,6 +241,9 @@ def pod_body(
         annotations[ANNOTATION_ENTITY] = entity_id
 
     env = _env(spec, redis, entity_id)
+    port, set_port = _metrics_port(t_container)
+    if set_port:
+        env.append({"name": "AQ_METRICS_PORT", "value": str(port)})
     env += [
         dict(e)
         for e in t_container.get("env") or []
@@ -245,8 +258,9 @@ def pod_body(
     for key in ("resources", "envFrom", "imagePullPolicy"):
         if key in t_container:
             container[key] = t_container[key]
-    metrics_port = {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}
-    container["ports"] = _by_name([metrics_port], t_container.get("ports"))
+    ours = [] if port is None else [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    if ours or t_container.get("ports"):
+        container["ports"] = _by_name(ours, t_container.get("ports"))
     container["securityContext"] = {
         "runAsNonRoot": True,
         "allowPrivilegeEscalation": False,
