@@ -1,6 +1,8 @@
 """Prometheus metrics of the operator, labelled by pool (namespace and name), never by entity.
 
-Served on /metrics by `endpoints.py`. The pool gauges are removed when the operator stops
+Served on /metrics by `endpoints.py`, with the pools' health gauges (jobs waiting, the oldest
+waiting job's age, entities with work, dead letters: `atomicqueues.pools.health`), which the
+pools set on every pass. The pool gauges are removed when the operator stops
 serving a pool (`forget_pool`), so a deleted pool leaves no stale series behind.
 """
 
@@ -9,6 +11,8 @@ from __future__ import annotations
 import contextlib
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from atomicqueues.pools import health
 
 _POOL = ("namespace", "pool")
 
@@ -28,7 +32,6 @@ WORKERS_ACTUAL = Gauge(
     "aq_operator_workers_actual", "Worker pods starting, running or closing", _POOL
 )
 WORKERS_READY = Gauge("aq_operator_workers_ready", "Worker pods running", _POOL)
-ACTIVE_ENTITIES = Gauge("aq_operator_active_entities", "Entities with work", _POOL)
 PODS_CREATED = Counter("aq_operator_pods_created_total", "Worker pods created", _POOL)
 PODS_DELETED = Counter(
     "aq_operator_pods_deleted_total", "Worker pods deleted (ended, failed or closed)", _POOL
@@ -47,7 +50,6 @@ _POOL_SERIES = (
     WORKERS_DESIRED,
     WORKERS_ACTUAL,
     WORKERS_READY,
-    ACTIVE_ENTITIES,
     PODS_CREATED,
     PODS_DELETED,
     WORK_TO_POD_SECONDS,
@@ -55,7 +57,8 @@ _POOL_SERIES = (
 
 
 def forget_pool(namespace: str, pool: str) -> None:
-    """Drop every series of one pool."""
+    """Drop every series of one pool (the health gauges too)."""
+    health.forget(namespace, pool)
     for metric in _POOL_SERIES:
         with contextlib.suppress(KeyError):  # never observed for this pool
             metric.remove(namespace, pool)

@@ -20,8 +20,10 @@ are honoured (`ignored_template_keys` names the others, so the operator can warn
 - `spec.containers`: one container (named `worker`, or the only one) gives the keys in
   `CONTAINER_KEYS`; `env` entries are added after the operator's, except those naming a variable
   the operator sets (dropped: the runtime must see what the operator planned); `securityContext`
-  and `volumeMounts` merge as above. Its image, command and args are never used: the image is
-  `spec.image`, the command is the worker's.
+  and `volumeMounts` merge as above, and `ports` are added to the worker's `metrics` port
+  (`METRICS_PORT`, where the worker serves Prometheus metrics; an `AQ_METRICS_PORT` of the
+  template's container moves it). Its image, command and args
+  are never used: the image is `spec.image`, the command is the worker's.
 
 Secure defaults: non-root (uid 65532 unless the template says otherwise), read-only root
 filesystem with a writable emptyDir at /tmp, no privilege escalation, every capability dropped,
@@ -56,6 +58,9 @@ ANNOTATION_CLOSING = "atomicqueues.io/closing"
 """Set by the operator when it asked the worker to close (epoch seconds)."""
 
 CONTAINER = "worker"
+METRICS_PORT = 9090
+"""The worker's Prometheus port in its pod (`AQ_METRICS_PORT`, unless the pod template sets it),
+declared as the container port named "metrics", which the chart's PodMonitor scrapes."""
 ENTITY_HASH_IN_LABEL = 40
 GRACE_MARGIN_SECONDS = 5.0
 """Added to shutdown grace + heartbeat TTL: time for the worker to give its job back and exit."""
@@ -187,6 +192,17 @@ _OPERATOR_ENV = frozenset({
 })  # fmt: skip
 
 
+def _metrics_port(container: Mapping[str, Any]) -> tuple[int | None, bool]:
+    """The port the worker serves metrics on, and whether the operator sets AQ_METRICS_PORT:
+    `METRICS_PORT`, unless the template's container sets the variable itself (then its number,
+    or None when it is not a plain port number)."""
+    for entry in container.get("env") or []:
+        if isinstance(entry, Mapping) and entry.get("name") == "AQ_METRICS_PORT":
+            value = str(entry.get("value") or "")
+            return (int(value) if value.isdigit() and 0 < int(value) < 65536 else None), False
+    return METRICS_PORT, True
+
+
 def _by_name(ours: list[dict[str, Any]], theirs: Any) -> list[dict[str, Any]]:
     """Our named entries, then the template's; one of theirs with the name of ours replaces it."""
     extra = [dict(e) for e in theirs or [] if isinstance(e, Mapping)]
@@ -225,6 +241,9 @@ def pod_body(
         annotations[ANNOTATION_ENTITY] = entity_id
 
     env = _env(spec, redis, entity_id)
+    port, set_port = _metrics_port(t_container)
+    if set_port:
+        env.append({"name": "AQ_METRICS_PORT", "value": str(port)})
     env += [
         dict(e)
         for e in t_container.get("env") or []
@@ -236,9 +255,12 @@ def pod_body(
         "command": _command(spec, entity_id is not None),
         "env": env,
     }
-    for key in ("resources", "envFrom", "imagePullPolicy", "ports"):
+    for key in ("resources", "envFrom", "imagePullPolicy"):
         if key in t_container:
             container[key] = t_container[key]
+    ours = [] if port is None else [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    if ours or t_container.get("ports"):
+        container["ports"] = _by_name(ours, t_container.get("ports"))
     container["securityContext"] = {
         "runAsNonRoot": True,
         "allowPrivilegeEscalation": False,

@@ -35,6 +35,7 @@ from atomicqueues.client import Client, EntityIndex
 from atomicqueues.config import Settings
 from atomicqueues.connection import describe
 from atomicqueues.errors import AtomicQueuesError, RedisUnavailable
+from atomicqueues.pools import health
 from atomicqueues.pools.limits import StartLimiter
 from atomicqueues.pools.names import random_suffix
 from atomicqueues.pools.reconciler import (
@@ -224,8 +225,8 @@ class KubePool:
         live = [s for s in states if s.phase in ("starting", "running", "closing")]
         ready = sum(1 for s in live if s.phase == "running")
         desired = _desired(spec, entities, states, backoff_before, now)
+        health.publish(*self.key, await health.observe(client, spec.entity_type, entities, now))
         for gauge, value in (
-            (metrics.ACTIVE_ENTITIES, len(entities)),
             (metrics.WORKERS_DESIRED, desired),
             (metrics.WORKERS_ACTUAL, len(live)),
             (metrics.WORKERS_READY, ready),

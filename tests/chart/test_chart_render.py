@@ -56,6 +56,9 @@ NON_DEFAULT: dict[str, Any] = {
     "metrics": {
         "service": {"port": 8443, "annotations": {"prometheus.io/scrape": "true"}},
         "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}},
+        "podMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "dashboard": {"enabled": True},
+        "prometheusRule": {"enabled": True, "labels": {"release": "prom"}},
     },
     "commonLabels": {"env": "test", "app.kubernetes.io/name": "not-this"},
 }
@@ -66,6 +69,12 @@ BRING_YOUR_OWN: dict[str, Any] = {
     "serviceAccount": {"create": False, "name": "my-operator"},
     "metrics": {"service": {"enabled": False}},
 }
+PROMETHEUS_OPERATOR = {
+    "ServiceMonitor": {"selector", "namespaceSelector", "endpoints"},
+    "PodMonitor": {"selector", "namespaceSelector", "podMetricsEndpoints"},
+    "PrometheusRule": {"groups"},
+}
+"""The Prometheus Operator's kinds the chart may render, with the keys of their spec."""
 VALUE_SETS = [
     pytest.param({}, id="default"),
     pytest.param(EXTRA_NAMESPACES, id="extra-namespaces"),
@@ -106,9 +115,9 @@ def test_every_manifest_is_valid_kubernetes(helm: Path, values: dict[str, Any]) 
     assert manifests
     for manifest in manifests:
         where = f"{manifest['kind']} {manifest['metadata'].get('name')}"
-        if manifest["kind"] == "ServiceMonitor":  # a Prometheus Operator CRD: no schema here
+        if manifest["kind"] in PROMETHEUS_OPERATOR:  # its CRDs: no schema here
             assert manifest["apiVersion"] == "monitoring.coreos.com/v1", where
-            assert set(manifest["spec"]) == {"selector", "namespaceSelector", "endpoints"}, where
+            assert set(manifest["spec"]) == PROMETHEUS_OPERATOR[manifest["kind"]], where
             continue
         try:
             kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
@@ -376,7 +385,7 @@ def test_operator_uses_are_read_from_the_code() -> None:
 def test_rbac_can_be_left_to_the_installer(helm: Path) -> None:
     manifests = rendered(helm, BRING_YOUR_OWN)
     kinds = {m["kind"] for m in manifests}
-    assert kinds == {"Deployment"}, kinds
+    assert kinds == {"Deployment", "PodDisruptionBudget"}, kinds
     pod = one(manifests, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "my-operator"
 
@@ -429,7 +438,13 @@ def test_metrics_service_selects_the_operator_pods(helm: Path, values: dict[str,
         monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     )
     assert monitor["spec"]["endpoints"] == [
-        {"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "10s"}
+        {
+            "port": "http",
+            "path": "/metrics",
+            "honorLabels": True,
+            "interval": "15s",
+            "scrapeTimeout": "10s",
+        }
     ]
     assert monitor["metadata"]["labels"]["release"] == "prom"
 

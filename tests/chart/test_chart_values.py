@@ -30,6 +30,11 @@ FREE_FORM = {
     "serviceAccount.annotations",
     "metrics.service.annotations",
     "metrics.serviceMonitor.labels",
+    "metrics.podMonitor.labels",
+    "metrics.dashboard.labels",
+    "metrics.dashboard.annotations",
+    "metrics.prometheusRule.labels",
+    "metrics.prometheusRule.alertLabels",
     "commonLabels",
     # Kubernetes objects, checked by the API server
     "operator.affinity.nodeAffinity",
@@ -64,7 +69,7 @@ def test_schema_closes_every_object() -> None:
 
 
 def leaves(value: Any, path: str = "") -> list[str]:
-    if isinstance(value, dict) and value:
+    if isinstance(value, dict) and value and path not in FREE_FORM:  # a map's keys are data
         return [leaf for k, v in value.items() for leaf in leaves(v, f"{path}.{k}" if path else k)]
     return [path]
 
@@ -151,6 +156,19 @@ TYPOS = [
         id="bad-duration",
     ),
     pytest.param({"commonLabels": {"n": 1}}, "want string", id="label-not-a-string"),
+    pytest.param(
+        {"metrics": {"prometheusRule": {"oldestWaitingSeconds": 0}}},
+        "exclusiveMinimum",
+        id="alert-threshold-zero",
+    ),
+    pytest.param(
+        {"metrics": {"dashboard": {"enable": True}}}, "'enable' not allowed", id="dashboard-typo"
+    ),
+    pytest.param(
+        {"operator": {"podDisruptionBudget": {"maxUnavailable": "half"}}},
+        "maxUnavailable",
+        id="bad-budget",
+    ),
 ]
 
 

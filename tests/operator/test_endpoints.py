@@ -130,7 +130,12 @@ async def test_a_pools_metrics(operator: RunningOperator, api: Api, redis_url: s
     assert _sample("aq_operator_work_to_pod_seconds_count", "metered") == 1
     waited = _sample("aq_operator_work_to_pod_seconds_sum", "metered")
     assert 0 <= (waited if waited is not None else -1) < 2.0, waited
-    assert _sample("aq_operator_active_entities", "metered") == 1
+    assert _sample("aq_pool_entities_with_work", "metered") == 1
+    assert _sample("aq_pool_jobs_waiting", "metered") == 1
+    assert _sample("aq_pool_dead_letters", "metered") == 0
+    first = _sample("aq_pool_oldest_waiting_seconds", "metered")
+    assert first is not None
+    assert 0 <= first < 2.0
     assert _sample("aq_operator_workers_desired", "metered") == 1
     # Counted from the pod list a pass starts with: the pass after the one that created it.
     await eventually(lambda: _sampled("aq_operator_workers_actual", "metered"), "a worker")
@@ -138,5 +143,9 @@ async def test_a_pools_metrics(operator: RunningOperator, api: Api, redis_url: s
 
     await api.set_phase(pod["metadata"]["name"], "Running")
     await eventually(lambda: _sampled("aq_operator_workers_ready", "metered"), "a ready worker")
+    # No worker runs here: the job is still ready to start, and its age grew from pass to pass.
+    later = _sample("aq_pool_oldest_waiting_seconds", "metered")
+    assert later is not None
+    assert later > first
     assert _sample("aq_operator_leader", "metered") is None  # not a per-pool series
     assert REGISTRY.get_sample_value("aq_operator_leader") == 1

@@ -464,3 +464,36 @@ def test_pods_that_are_not_workers(change: Any) -> None:
     pod = pod_in("Running")
     change(pod)
     assert worker_state(pod) is None
+
+
+def test_worker_serves_metrics_on_a_named_port() -> None:
+    """The chart's PodMonitor finds worker pods by their labels and scrapes the port named
+    "metrics"; the worker serves there because the operator sets AQ_METRICS_PORT."""
+    pod = body()
+    [container] = pod["spec"]["containers"]
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
+    assert env_of(pod)["AQ_METRICS_PORT"]["value"] == "9090"
+    extra = {"name": "debug", "containerPort": 5678}
+    template = {"spec": {"containers": [{"ports": [extra]}]}}
+    pod = body(spec=make_spec(podTemplate=template))
+    assert [p["name"] for p in pod["spec"]["containers"][0]["ports"]] == ["metrics", "debug"]
+
+
+@pytest.mark.parametrize(
+    ("value", "ports"),
+    [
+        pytest.param("9300", [{"name": "metrics", "containerPort": 9300, "protocol": "TCP"}]),
+        pytest.param("", None, id="empty: no metrics"),
+        pytest.param("http", None, id="not-a-number"),
+    ],
+)
+def test_a_template_moves_the_metrics_port(value: str, ports: list[Any] | None) -> None:
+    """The template's AQ_METRICS_PORT wins (a pod on the host's network needs its own port),
+    and the declared port follows it."""
+    template = {"spec": {"containers": [{"env": [{"name": "AQ_METRICS_PORT", "value": value}]}]}}
+    pod = body(spec=make_spec(podTemplate=template))
+    [container] = pod["spec"]["containers"]
+    assert [e for e in container["env"] if e["name"] == "AQ_METRICS_PORT"] == [
+        {"name": "AQ_METRICS_PORT", "value": value}
+    ]
+    assert container.get("ports") == ports

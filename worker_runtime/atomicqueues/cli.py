@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, NoReturn
 
 import redis.exceptions
 
+from . import logs
 from .client import Client, NewJob
 from .config import Settings
 from .connection import permission_denied
@@ -824,12 +825,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(lazy[0] + [lazy[1]] if lazy else argv)
     if args.command == "enqueue" and (usage := _enqueue_usage(args)):
         parser.exit(EXIT_USAGE, f"aq: {usage} (see `aq enqueue --help`)\n")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
+        logs.configure(
+            logging.DEBUG if args.verbose else logging.INFO,
+            logs.log_format(os.environ.get("AQ_LOG_FORMAT")),
+        )
         if args.command in LAZY_COMMANDS:
             for flag, var in ((args.redis_url, "AQ_REDIS_URL"), (args.prefix, "AQ_PREFIX")):
                 if flag:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import redis.exceptions
 from pydantic import ValidationError
 
+from . import tracing
 from .config import Settings
 from .connection import (
     CONNECTION_ERRORS,
@@ -197,6 +198,8 @@ class Client:
     def __init__(self, redis: RedisClient, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
+        if settings.tracing:
+            tracing.require()
         self.keys = Keys(settings.prefix)
         self.scripts = Scripts(redis)
         self._remembered: set[tuple[str, str]] = set()
@@ -441,6 +444,7 @@ class Client:
             self.settings.keep_completed_count,
             round(self.settings.keep_failed * 1000),
             job.timeout,
+            trace=tracing.carrier() if self.settings.tracing else None,
         )
         jslot = self.keys.job_slot(job.entity_type, job.entity_id, job_id)
         args = (

@@ -10,7 +10,7 @@ import math
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -21,6 +21,16 @@ SAFETY_MARGIN = 0.2
 lock covers this long before the moment it may expire on its own clock. It absorbs a difference
 in clock rates between this host and Redis (the one assumption left: rates, not clocks, agree
 within it), the time a handler takes to give control back, and scheduling delays."""
+
+
+def flag(raw: str) -> bool:
+    """An on/off environment variable: 1, true, yes, on or 0, false, no, off."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,10 @@ class Settings:
     metrics_port: int | None = None
     """Port for the worker's Prometheus metrics; unset serves none (`AQ_METRICS_PORT`)."""
 
+    tracing: bool = False
+    """Carry the trace context from enqueue to the job and run handlers in OpenTelemetry spans
+    (`AQ_TRACING=1`; needs `pip install 'atomicqueues[tracing]'`)."""
+
     node: str = field(default_factory=socket.gethostname)
     """Name of the machine or Kubernetes node the worker runs on (`AQ_NODE_NAME`)."""
 
@@ -141,7 +155,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         values: dict[str, object] = {}
-        names: dict[str, tuple[str, type]] = {
+        names: dict[str, tuple[str, Callable[[str], object]]] = {
             "AQ_REDIS_URL": ("redis_url", str),
             "AQ_PREFIX": ("prefix", str),
             "AQ_HEARTBEAT_TTL": ("heartbeat_ttl", float),
@@ -159,6 +173,7 @@ class Settings:
             "AQ_KEEP_FAILED": ("keep_failed", float),
             "AQ_METRICS_PORT": ("metrics_port", int),
             "AQ_NODE_NAME": ("node", str),
+            "AQ_TRACING": ("tracing", flag),
         }
         for var, (name, kind) in names.items():
             raw = env.get(var)
@@ -167,5 +182,7 @@ class Settings:
             try:
                 values[name] = kind(raw)
             except ValueError:
-                raise ConfigError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+                raise ConfigError(
+                    f"{var}={raw!r} is not a valid {getattr(kind, '__name__', 'value')}"
+                ) from None
         return cls(**values)  # type: ignore[arg-type]

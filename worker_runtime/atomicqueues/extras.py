@@ -2,7 +2,8 @@
 
 The runtime needs only redis, pydantic and prometheus-client; `aq up`, `aq demo`, `aq crd` and
 `aq operator` import more, lazily, when they run. When one of those imports fails, the command
-line says in one line which extra to install (`missing_extra`) instead of a traceback.
+line says in one line which extra to install (`missing_extra`) instead of a traceback; so does
+`AQ_TRACING=1` without OpenTelemetry (tracing.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ OPTIONAL = {
     "kopf": ("kopf", "operator"),
     "aiohttp": ("aiohttp", "operator"),
     "jinja2": ("jinja2", "dashboard"),
+    "opentelemetry": ("opentelemetry-api", "tracing"),
 }
 """Top-level module name: (its distribution, the extra of `atomicqueues` that installs it)."""
 

@@ -111,6 +111,9 @@ class Job:
         """The first line of `error`: the error's type and message, without the traceback."""
         return None if self.error is None else self.error.partition("\n")[0]
 
+    trace_context: Mapping[str, str] | None = None
+    """The trace context enqueue carried (tracing.py), when tracing was on there."""
+
     @classmethod
     def from_fields(cls, entity_type: str, f: Mapping[str, str | None]) -> Job:
         """A job from its hash in Redis (or a script's reply, `REPLY_FIELDS`)."""
@@ -121,7 +124,7 @@ class Job:
 
         enqueued, rest = (f.get("d") or "0 []\nnull").split(" ", 1)
         head, payload = rest.split("\n", 1)
-        job_id, eid, name, prio, max_attempts, backoff, keep_ms, keep_n, *more = json.loads(head)
+        job_id, eid, name, prio, max_attempts, backoff, keep_ms, keep_n, _, *more = json.loads(head)
         return cls(
             id=job_id,
             entity_type=entity_type,
@@ -141,8 +144,9 @@ class Job:
             finished_at=ms("f"),
             keep_ms=keep_ms,
             keep_count=keep_n,
-            timeout=more[1] if len(more) > 1 else None,
+            timeout=more[0] if more else None,
             progress_json=f.get("pg") or None,
+            trace_context=_text_fields(more[1]) if len(more) > 1 else None,
         )
 
     @classmethod
@@ -160,26 +164,37 @@ def job_header(
     keep_ms: int,
     keep_count: int,
     keep_failed_ms: int,
-    timeout: float | None,
+    timeout: float | None = None,
+    trace: Mapping[str, str] | None = None,
 ) -> str:
     """What a job's hash holds of it from its enqueue on (lua/include/queue.lua reads it): one
-    line of JSON; the default backoff as null, which keeps a job's hash small."""
-    return json.dumps(
-        [
-            job_id,
-            entity_id,
-            name,
-            priority,
-            max_attempts,
-            None if backoff == DEFAULT_BACKOFF else backoff.model_dump(),
-            keep_ms,
-            keep_count,
-            keep_failed_ms,
-            timeout,
-        ],
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    line of JSON; the default backoff as null, which keeps a job's hash small. The time limit
+    and a trace context (tracing.py) come last, only when there is one."""
+    header: list[Any] = [
+        job_id,
+        entity_id,
+        name,
+        priority,
+        max_attempts,
+        None if backoff == DEFAULT_BACKOFF else backoff.model_dump(),
+        keep_ms,
+        keep_count,
+        keep_failed_ms,
+    ]
+    if timeout is not None or trace:
+        header.append(timeout)
+    if trace:
+        header.append(dict(trace))
+    return json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+
+
+def _text_fields(value: object) -> Mapping[str, str] | None:
+    """A trace context read back from a header: text fields only, else None."""
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return value
+    return None
 
 
 def encode_payload(payload: Any, limit: int) -> str:

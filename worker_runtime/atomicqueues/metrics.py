@@ -5,7 +5,11 @@ Entity ids are unbounded (one per user): as labels they would blow up the metric
 
 from __future__ import annotations
 
+import logging
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
 
 _LABELS = ("entity_type", "job")
 
@@ -40,5 +44,10 @@ LEASES_LOST = Counter("aq_leases_lost_total", "Leases lost to expiry or takeover
 
 
 def serve(port: int) -> None:
-    """Serve /metrics on `port` (a daemon thread)."""
-    start_http_server(port)
+    """Serve /metrics on `port` (a daemon thread). A port already taken is a warning, not an
+    end: the worker's jobs matter more than its metrics (pods on the host's network share
+    one port)."""
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        log.warning("cannot serve metrics on port %d: %s", port, exc)

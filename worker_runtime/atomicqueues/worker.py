@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster
 
-from . import metrics
+from . import logs, metrics, tracing
 from .aio import cancel_and_wait
 from .client import MAX_BLOCK_SECONDS, Client
 from .connection import pubsub_client
@@ -640,6 +640,7 @@ class Worker:
         while run is not None:
             run = await self._run_job(run, "same")
 
+    @logs.job_context
     async def _run_job(self, run: Started, claim_next: Next) -> Started | None:
         """Run one job's handler and record its outcome; returns the next job, if started
         (`Leases.finish`'s `claim_next`; none once the worker is closing)."""
@@ -668,7 +669,10 @@ class Worker:
                 log=logging.LoggerAdapter(log, {"job_id": job.id, "entity": job.entity_id}),
             )
             limit = job.timeout or handler.timeout or self.settings.job_timeout or None
-            task = asyncio.create_task(ctx.locks.run(handler(ctx, payload)))
+            run_handler = ctx.locks.run(handler(ctx, payload))
+            if self.settings.tracing:
+                run_handler = tracing.traced(job, run_handler)
+            task = asyncio.create_task(run_handler)
             self.running[lease.entity_id] = (ctx, task)
             self.watchdog.watch(task, lambda: lease.valid_until - self.margin, where)
             task.add_done_callback(self.watchdog.unwatch)

@@ -15,6 +15,7 @@ from dataclasses import replace
 from ..cli import Parser
 from ..client import Client
 from ..config import Settings
+from ..metrics import serve
 from ..registry import load_registry
 from .embedded import EmbeddedRedis
 from .local import LocalPool
@@ -58,13 +59,15 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def up(path: str) -> int:
+async def up(path: str, metrics_port: int | None = None) -> int:
     pool = load_pool(path)
     # The workers import the handlers from the same working directory: one that cannot be
     # imported is refused here, once, rather than in every worker started for work.
     load_registry(pool.spec.handlers)
     stop = asyncio.Event()
     stop_on_signals(stop)
+    if metrics_port is not None:
+        serve(metrics_port)  # the pool's health gauges (health.py) and nothing per entity
     url = redis_url_for(pool)
     name = pool.metadata.name
     if url is not None:
@@ -88,6 +91,11 @@ def main(argv: Sequence[str]) -> int:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = sub.add_parser("up", help="run a pool locally until Ctrl-C")
     p.add_argument("manifest", help="EntityWorkerPool YAML")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve the pool's Prometheus metrics (jobs waiting, oldest waiting job, ...) here",
+    )
     d = sub.add_parser("demo", help="the demo: a local pool, jobs, a killed worker, a check")
     d.add_argument("--entities", type=int, default=36)
     d.add_argument("--jobs", type=int, default=12, help="jobs per entity")
@@ -96,7 +104,7 @@ def main(argv: Sequence[str]) -> int:
     d.add_argument("--plain", action="store_true", help="no live table (for logs and CI)")
     args = parser.parse_args(list(argv))
     if args.command == "up":
-        return asyncio.run(up(args.manifest))
+        return asyncio.run(up(args.manifest, args.metrics_port))
     from .demo import DemoOptions, demo
 
     options = DemoOptions(args.entities, args.jobs, not args.no_chaos, args.job_seconds, args.plain)

@@ -25,6 +25,7 @@ from ..aio import cancel_and_wait, wait_any
 from ..client import Client
 from ..errors import RedisUnavailable
 from ..presence import Presence
+from . import health
 from .limits import StartLimiter
 from .names import worker_name
 from .reconciler import (
@@ -131,6 +132,9 @@ class LocalPool:
         for action in result.actions:
             await self._carry_out(action)
         self.last_plan = result
+        meta = self.pool.metadata
+        found = await health.observe(self.client, self.spec.entity_type, entities, now)
+        health.publish(meta.namespace or "default", meta.name, found)
         return result
 
     # --- actions -----------------------------------------------------------------------------

@@ -28,7 +28,7 @@ local function refresh_due(E)
 end
 
 -- A job's header (jobs.py: [id, eid, name, prio, max, backoff, keep_ms, keep_n,
--- keep_failed_ms, timeout]) from its d field ("<enqueued ms> <header>\n<payload>").
+-- keep_failed_ms, timeout, trace]) from its d field ("<enqueued ms> <header>\n<payload>").
 local function header_of(d)
   local sp, nl = string.find(d, ' ', 1, true), string.find(d, '\n', 1, true)
   return cjson.decode(string.sub(d, sp + 1, nl - 1))
