@@ -27,6 +27,7 @@ from .errors import (
 from .jobs import Backoff, Job
 from .locks import Holder, Lock, LockResult, Locks
 from .registry import Registry
+from .schedules import Schedule
 from .sync import SyncClient
 from .worker import Worker
 
@@ -54,6 +55,7 @@ __all__ = [
     "RedisOutOfMemory",
     "RedisUnavailable",
     "Registry",
+    "Schedule",
     "Settings",
     "SyncClient",
     "UnknownHandler",

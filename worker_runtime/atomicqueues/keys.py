@@ -157,6 +157,23 @@ class Keys:
         """Set of entity types that have ever been enqueued to (for `aq status`)."""
         return f"{self.prefix}:types"
 
+    # --- schedules (schedules.py; a schedule itself lives in its entity's bucket) ------------
+    def schedules(self, entity_type: str) -> str:
+        """HASH of the type's schedules: name -> the entity id its jobs go to."""
+        return f"{self.prefix}:schedules:{entity_type}"
+
+    def schedules_version(self, entity_type: str) -> str:
+        """Counter bumped on every add and remove of a schedule of the type (tickers read it)."""
+        return f"{self.prefix}:schedules:{entity_type}:v"
+
+    def schedule(self, bucket: str, name: str) -> str:
+        """HASH of one schedule (lua/include/keys.lua's skey)."""
+        return f"{bucket}s:{name}"
+
+    def schedule_times(self, bucket: str) -> str:
+        """ZSET of the bucket's schedules: name -> next fire ms."""
+        return f"{bucket}sched"
+
     # --- resource locks --------------------------------------------------------------------
     def lock_base(self, resource_type: str) -> str:
         """Base of every lock key of one resource type; the lock scripts build the rest."""

@@ -52,6 +52,9 @@ NAMES = (
     "lock_extend",
     "lock_release",
     "lock_list",
+    "schedule_set",
+    "schedule_remove",
+    "schedule_fire",
 )
 
 
