@@ -220,7 +220,7 @@ async def test_a_schedule_of_the_type_goes_to_the_entity_named_after_it(client: 
     )
 
 
-async def test_a_ticker_of_a_type_without_schedules_reads_one_key_a_tick(
+async def test_a_ticker_of_a_type_without_schedules_reads_one_field_a_tick(
     client: Client, redis_url: str
 ) -> None:
     plain = redis.Redis.from_url(redis_url)
@@ -233,7 +233,7 @@ async def test_a_ticker_of_a_type_without_schedules_reads_one_key_a_tick(
         for name, s in stats.items()
         if name not in ("cmdstat_info", "cmdstat_config")
     }
-    assert calls == {"cmdstat_get": 5}
+    assert calls == {"cmdstat_hget": 5}
     assert waits == [TICK] * 5
 
 

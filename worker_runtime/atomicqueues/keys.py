@@ -162,9 +162,10 @@ class Keys:
         """HASH of the type's schedules: name -> the entity id its jobs go to."""
         return f"{self.prefix}:schedules:{entity_type}"
 
-    def schedules_version(self, entity_type: str) -> str:
-        """Counter bumped on every add and remove of a schedule of the type (tickers read it)."""
-        return f"{self.prefix}:schedules:{entity_type}:v"
+    def schedules_changed(self) -> str:
+        """HASH entity type -> a counter bumped on every add and remove of one of its schedules
+        (each ticker reads its type's field once a tick)."""
+        return f"{self.prefix}:schedules-changed"
 
     def schedule(self, bucket: str, name: str) -> str:
         """HASH of one schedule (lua/include/keys.lua's skey)."""

@@ -307,7 +307,7 @@ class Schedules:
             first,
             schedule.definition(),
         )
-        await client.call(lambda: client.redis.incr(keys.schedules_version(t)))
+        await client.call(lambda: client.redis.hincrby(keys.schedules_changed(), t, 1))
         return replace(schedule, next_at=_wall(first))
 
     async def remove(self, entity_type: str, name: str) -> bool:
@@ -319,7 +319,7 @@ class Schedules:
             return False
         removed = await client.script("schedule_remove", keys.entity_bucket(entity_type, eid), name)
         await client.call(lambda: client.redis.hdel(keys.schedules(entity_type), name))
-        await client.call(lambda: client.redis.incr(keys.schedules_version(entity_type)))
+        await client.call(lambda: client.redis.hincrby(keys.schedules_changed(), entity_type, 1))
         return bool(removed)
 
     async def list(self, entity_type: str | None = None) -> list[Schedule]:
@@ -378,8 +378,8 @@ class Ticker:
     async def tick(self) -> float:
         """Fire what is due; returns the seconds to sleep before the next tick."""
         client, keys = self.client, self.keys
-        version_key = keys.schedules_version(self.entity_type)
-        version = await client.call(lambda: client.redis.get(version_key))
+        changed, t = keys.schedules_changed(), self.entity_type
+        version = await client.call(lambda: client.redis.hget(changed, t))
         if version is None:
             return TICK  # the type never had a schedule: one read a tick
         version = str(version)

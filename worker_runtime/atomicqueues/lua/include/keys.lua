@@ -42,8 +42,8 @@
 --                     schedule of the same name fires nothing), def (the definition, json:
 --                     schedules.py), n jobs fired, last the tick (ms) of the last one
 -- Outside the buckets (keys.py), without a hash tag: PREFIX:schedules:TYPE, a HASH
--- name -> entity id (where each schedule of the type lives), and PREFIX:schedules:TYPE:v, a
--- counter bumped on every add and remove (tickers read it to learn of changes).
+-- name -> entity id (where each schedule of the type lives), and PREFIX:schedules-changed, a
+-- HASH type -> a counter bumped on every add and remove (tickers read it to learn of changes).
 local function ekey(bb, e, suffix)
   return bb .. 'e:' .. e .. ':' .. suffix
 end
