@@ -175,6 +175,26 @@ async def test_a_stale_or_replaced_read_fires_nothing(client: Client) -> None:
     assert await waiting_jobs(client, "e1") == []
 
 
+async def test_a_schedule_that_cannot_fire_here_holds_up_no_other(
+    client: Client, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A job this ticker cannot enqueue (its payload is over this process's limit) is logged and
+    left due; the schedule beside it in the same bucket fires, and the ticker does not spin."""
+    await client.add_schedule(T, "big", "ping", "x" * 100, entity_id="e1", every=0.1)
+    await client.add_schedule(T, "small", "ping", "x", entity_id="e1", every=0.1)
+    await asyncio.sleep(0.15)
+    limited = await Client.connect(Settings(redis_url=redis_url, max_payload_bytes=50))
+    try:
+        waits = [await Ticker(limited, T).tick()]
+        waits.append(await Ticker(limited, T).tick())
+    finally:
+        await limited.close()
+    fired = await waiting_jobs(client, "e1")
+    assert [j.split("@")[0] for j in fired] == ["small"]
+    assert waits == [TICK, TICK]
+    assert "schedule big of report not fired" in caplog.text
+
+
 async def test_remove_stops_firing(client: Client) -> None:
     await client.add_schedule(T, "ping", "ping", entity_id="e1", every=0.1)
     ticker = Ticker(client, T)

@@ -366,12 +366,16 @@ class Ticker:
         self._scanned_at = 0
 
     async def run(self) -> None:
-        """Tick until cancelled; failures are logged and the next tick tries again."""
+        """Tick until cancelled; a failure is logged and the next tick tries again (this loop
+        never dies silently inside a pool)."""
         while True:
             try:
                 wait = await self.tick()
             except AtomicQueuesError as exc:
                 log.warning("schedules of %s: %s", self.entity_type, exc)
+                wait = TICK
+            except Exception:
+                log.exception("schedules of %s: tick failed", self.entity_type)
                 wait = TICK
             await asyncio.sleep(wait)
 
@@ -390,9 +394,9 @@ class Ticker:
             if at is not None and at <= now:
                 self.next_at[bucket] = await self.fire_bucket(bucket, now)
         soonest = min((at for at in self.next_at.values() if at is not None), default=None)
-        if soonest is None:
+        if soonest is None or soonest <= now:  # still due: one that cannot fire, tried a tick on
             return TICK
-        return min(TICK, max(0.0, (soonest - now) / 1000.0))
+        return min(TICK, (soonest - now) / 1000.0)
 
     async def _scan(self, version: str, now: int) -> None:
         client, keys, t = self.client, self.keys, self.entity_type
@@ -414,12 +418,9 @@ class Ticker:
         bucket's next fire time."""
         client, keys, t = self.client, self.keys, self.entity_type
         times = keys.schedule_times(bucket)
+        skipped = 0  # due schedules that cannot fire here stay due: read past them
         while True:
-            due: list[Any] = await client.call(
-                lambda: client.redis.zrangebyscore(
-                    times, "-inf", now, start=0, num=FIRE_BATCH, withscores=True
-                )
-            )
+            due = await self._due(times, now, skipped)
             if not due:
                 first: list[Any] = await client.call(
                     lambda: client.redis.zrange(times, 0, 0, withscores=True)
@@ -433,7 +434,11 @@ class Ticker:
             for (name, score), (sid, text) in zip(due, records, strict=True):
                 if sid is None or text is None:
                     continue  # removed since
-                args += self._fire_args(str(name), str(sid), int(score), str(text), now)
+                try:
+                    args += self._fire_args(str(name), str(sid), int(score), str(text), now)
+                except InvalidInput as exc:  # e.g. a payload over this process's size limit
+                    log.warning("schedule %s of %s not fired: %s", name, t, exc)
+                    skipped += 1
             reply = await client.script("schedule_fire", bucket, keys.events(t), *args)
             fired = [int(ms) for ms in reply[1:]]
             SCHEDULE_FIRES.labels(t).inc(len(fired))
@@ -441,6 +446,16 @@ class Ticker:
                 SCHEDULE_FIRE_DELAY.labels(t).observe(max(0.0, (now - ms) / 1000.0))
             if len(due) < FIRE_BATCH:
                 return int(reply[0]) if reply[0] != "" else None
+
+    async def _due(self, times: str, now: int, skip: int) -> list[Any]:
+        """Up to FIRE_BATCH (name, next ms) of a bucket due at `now`, after the first `skip`."""
+        redis = self.client.redis
+        due: list[Any] = await self.client.call(
+            lambda: redis.zrangebyscore(
+                times, "-inf", now, start=skip, num=FIRE_BATCH, withscores=True
+            )
+        )
+        return due
 
     def _fire_args(self, name: str, sid: str, due: int, text: str, now: int) -> list[str | int]:
         schedule = Schedule.from_definition(self.entity_type, name, text)
