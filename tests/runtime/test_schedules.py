@@ -112,6 +112,15 @@ def test_every_keeps_its_grid_and_skips_missed_ticks() -> None:
     assert schedule.next_fire_ms(1_054_321) == 1_060_000  # many ticks missed: the next one
 
 
+def test_start_delays_the_first_tick_and_may_be_one() -> None:
+    start = ms("2026-12-01T03:00:00+00:00")
+    cron = Schedule(T, "s", "s", "build", cron="0 3 * * *", start=start / 1000)
+    assert cron.next_fire_ms(start - 86_400_000 * 3) == start  # at start itself, not before
+    assert cron.next_fire_ms(start) == start + 86_400_000
+    every = Schedule(T, "s", "s", "build", every=60, start=start / 1000)
+    assert every.next_fire_ms(start - 1) == start
+
+
 def test_job_id_names_the_schedule_and_its_tick() -> None:
     assert job_id("nightly", ms("2026-12-01T03:00:00+00:00")) == "nightly@2026-12-01T03:00:00Z"
     assert job_id("p", ms("2026-12-01T03:00:00.250+00:00")) == "p@2026-12-01T03:00:00.250Z"

@@ -113,7 +113,7 @@ class Schedule:
         """What Redis keeps of it (schedule_set.lua's def)."""
         fields = {
             "eid": self.entity_id,
-            "type": self.per_type,
+            "per_type": self.per_type,
             "job": self.job,
             "payload": self.payload_json,
             "every": self.every,
@@ -143,7 +143,7 @@ class Schedule:
             start=d["start"],
             priority=d["prio"],
             attempts=d["attempts"],
-            per_type=d["type"],
+            per_type=d["per_type"],
             next_at=float(state["next"]) / 1000.0 if state.get("next") else None,
             fired=int(state.get("n") or 0),
             last_at=float(state["last"]) / 1000.0 if state.get("last") else None,
