@@ -143,6 +143,34 @@ def test_the_quick_start_runs_as_shown(
     assert counts == {**counts, "completed": 9, "dead": 0, "waiting": 0, "retrying": 0}
 
 
+def test_the_schedule_example_runs_as_shown(
+    env: dict[str, str], shell: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    worker_log = tmp_path / "worker.log"
+    with worker_log.open("wb") as out:
+        worker = subprocess.Popen(
+            [*("aq", "worker", "--handlers", "handlers:registry"), "--entity-type", "user"],
+            cwd=EXAMPLES,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    shell.append(worker)
+    assert python("schedules.py", env).splitlines() == [
+        "digest alice@example.com cron '0 8 * * *' Europe/Berlin",
+        "heartbeat heartbeat every 2s",
+    ]
+    output = run_block(shell, shell_block("aq schedule run user &"), EXAMPLES, env, tmp_path / "s")
+    assert "schedule report added" in output, output
+    assert "schedule digest of user removed" in output, output
+    assert re.search(r"^heartbeat\s+user/'heartbeat' \(type\)", output, re.M), output
+    deadline = time.monotonic() + 30
+    while "to heartbeat: 'beat'" not in worker_log.read_text():
+        assert time.monotonic() < deadline, worker_log.read_text()
+        time.sleep(0.1)
+
+
 def test_the_docs_links_and_named_files_exist() -> None:
     """docs/design.md and the README link to files, and name tests and modules by path: every
     one of them is in the repository."""

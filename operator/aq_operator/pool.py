@@ -8,7 +8,8 @@ then delete the pod once its worker has deregistered or the grace has passed; fo
 an ended pod. A pass runs when the "entity has work" event arrives (milliseconds), when one of
 the pool's pods or its spec changes, and at least every resync interval; a missed event only
 delays. A separate task sweeps expired leases every heartbeat interval, so the job of a killed
-pod comes back even when no worker of the type is alive.
+pod comes back even when no worker of the type is alive; another fires the type's scheduled
+jobs (every replica may: each tick fires once).
 
 The pool never touches Redis keys itself (runtime calls only), and deleting it leaves Redis as
 it is: its pods go by garbage collection (owner references).
@@ -51,7 +52,7 @@ from atomicqueues.pools.reconciler import (
     plan,
 )
 from atomicqueues.pools.spec import API_GROUP, API_VERSION, URL_PASSWORD_RE, PoolSpec, SecretKeyRef
-from atomicqueues.pools.watch import sweep_leases, wake_on_work
+from atomicqueues.pools.watch import sweep_leases, tick_schedules, wake_on_work
 from atomicqueues.presence import Presence
 
 from . import metrics, pods, status
@@ -450,6 +451,7 @@ class KubePool:
                         self._label,
                     )
                 ),
+                asyncio.create_task(tick_schedules(self._client, spec.entity_type)),
             ]
             self._task_key = task_key
         return self._client

@@ -356,6 +356,23 @@ async def _other_pod(api: Api, old: str) -> bool:
     return any(p["metadata"]["name"] != old for p in await api.pods("accounts"))
 
 
+async def test_a_schedule_fires_without_a_pod_and_its_job_gets_one(
+    operator: RunningOperator, api: Api, client: Client, redis_url: str
+) -> None:
+    """The operator ticks the schedules of its pools' entity types: a schedule's job is enqueued
+    with no worker alive, and the pool starts a pod for the entity it goes to."""
+    await api.add_pool("accounts", pool_spec(redis_url))
+    await ready(api, "accounts")
+    assert await api.pods("accounts") == []
+    added = await client.add_schedule("account", "nightly", "step", every=0.5)
+    [pod] = await eventually(lambda: api.pods("accounts"), "a pod for the scheduled job")
+    assert pod["metadata"]["annotations"][ANNOTATION_ENTITY] == added.entity_id == "nightly"
+    [fired] = await client.schedules("account")
+    assert fired.fired >= 1
+    assert fired.last_job_id is not None
+    assert (await client.job(fired.last_job_id, entity=("account", "nightly"))).name == "step"
+
+
 async def test_a_pool_gets_no_finalizer_and_deleting_it_ends_its_loop(
     operator: RunningOperator, api: Api, redis_url: str
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -309,3 +310,29 @@ async def test_a_wake_up_during_a_reconcile_is_not_lost(redis_url: str) -> None:
         stop.set()
         await runner
         await client.close()
+
+
+def test_aq_up_fires_a_schedule_and_starts_a_worker_for_it(
+    redis_url: str, aq_up: subprocess.Popen[str]
+) -> None:
+    """No worker runs when the schedule is added: the pool's ticker fires it, and the fired job
+    (like any enqueue) makes the pool start a worker, which runs it."""
+    from atomicqueues import SyncClient
+    from atomicqueues.config import Settings
+
+    r = redis.Redis.from_url(redis_url)
+    time.sleep(1.0)  # the pool is up and idle
+    assert live_workers(r) == []
+    with SyncClient(Settings(redis_url=redis_url, prefix="uptest")) as client:
+        payload = {"seq": 0, "seconds": 0.01, "log_key": "uptest:log"}
+        added = client.add_schedule("account", "tick", "step", payload, every=0.5)
+        assert added.entity_id == "tick"
+        wait_for(lambda: r.llen("uptest:log") >= 4, 30, "two scheduled jobs to run")
+        client.remove_schedule("account", "tick")
+    starts = [json.loads(line) for line in r.lrange("uptest:log", 0, -1) if b'"start"' in line]
+    assert all(s["entity"] == "tick" and s["job"].startswith("tick@") for s in starts)
+    assert len({s["job"] for s in starts}) == len(starts)
+    aq_up.send_signal(signal.SIGINT)
+    out, _ = aq_up.communicate(timeout=30)
+    assert aq_up.returncode == 0, out
+    assert "started worker" in out

@@ -16,6 +16,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -108,6 +109,28 @@ def test_the_readme_user_runs_workers_producers_and_aq(
         report = json.loads(aq("status", "--json", url=url).stdout)
         assert report["types"]["user"]["counts"]["completed"] == 7
         assert len(report["workers"]) == 1
+        # Schedules: added, listed, fired by a ticker (and run by the worker), removed.
+        add = ["schedule", "add", "user", "s", "--name", "tick", "--job", "echo", "--every", "0.2"]
+        assert aq(*add, url=url).returncode == 0
+        ticker = subprocess.Popen(
+            [sys.executable, "-m", "atomicqueues.cli", "--redis-url", url, "schedule", "run",
+             "user"],
+            env={**env, "PYTHONPATH": HERE}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        try:
+            with SyncClient(Settings(redis_url=url)) as client:
+                deadline = time.monotonic() + 20
+                while not client.schedules("user")[0].fired:
+                    assert time.monotonic() < deadline, "the schedule never fired"
+                    time.sleep(0.05)
+        finally:
+            ticker.terminate()
+            _, errors = ticker.communicate(timeout=30)
+        assert ticker.returncode == 0, errors
+        for args in (["schedule", "list"], ["schedule", "remove", "user", "tick"]):
+            done = aq(*args, url=url)
+            assert done.returncode == 0, (args, done.stderr)
         name = report["workers"][0]["name"]
         assert aq("close", "--worker", name, url=url).returncode == 0
         assert worker.wait(timeout=30) == 0  # closed gracefully, as the user of the README

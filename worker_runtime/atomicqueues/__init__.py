@@ -30,6 +30,7 @@ from .errors import (
 from .jobs import Backoff, Job
 from .locks import Holder, Lock, LockResult, Locks
 from .registry import Registry
+from .schedules import Schedule
 from .sync import SyncClient
 from .worker import Worker
 
@@ -60,6 +61,7 @@ __all__ = [
     "RedisOutOfMemory",
     "RedisUnavailable",
     "Registry",
+    "Schedule",
     "Settings",
     "SyncClient",
     "UnknownHandler",

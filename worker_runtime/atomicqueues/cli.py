@@ -34,6 +34,8 @@ from .jobs import Job
 from .locks import Lock, Locks
 from .memory import eviction_warning
 from .presence import Presence
+from .schedule_cli import add_parser as add_schedule_parser
+from .schedule_cli import cmd_schedule
 
 LAZY_COMMANDS = {
     "up": "run the workers of an EntityWorkerPool manifest on this machine until Ctrl-C",
@@ -279,6 +281,8 @@ def build_parser() -> Parser:
     target.add_argument("--worker", help="one worker by name")
     target.add_argument("--entity", nargs=2, metavar=("TYPE", "ID"), help="an entity's workers")
     target.add_argument("--node", help="every worker of a node")
+
+    add_schedule_parser(sub, _json_arg, _positive)
 
     for name, text in LAZY_COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False)
@@ -526,6 +530,7 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
             "dead_entities": len(await client.dead_entities(t)),
             "paused": paused.entity_type,
             "paused_entities": paused.entities,
+            "schedules": [s.to_dict() for s in await client.schedules(t)],
         }
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
@@ -543,6 +548,8 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
         top = sorted(info["pending"].items(), key=lambda kv: -kv[1])[:10]
         for eid, n in top:
             print(f"    {eid!r:<40} {n} waiting")
+        if info["schedules"]:
+            print(f"    {len(info['schedules'])} schedule(s) (aq schedule list {t})")
     print(f"workers: {len(workers)}")
     for w in workers:
         where = w.entity_id if w.entity_id is not None else f"packed x{w.slots}"
@@ -851,6 +858,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "resume": cmd_pause,
             "result": cmd_result,
             "locks": cmd_locks,
+            "schedule": cmd_schedule,
         }[args.command]
         return asyncio.run(_with_client(settings, lambda c: handler(args, c)))
     except AtomicQueuesError as exc:

@@ -12,7 +12,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.exceptions
 from pydantic import ValidationError
@@ -58,6 +58,9 @@ from .keys import (
 )
 from .memory import refused_for_memory
 from .scripts import Scripts
+
+if TYPE_CHECKING:
+    from .schedules import Schedule
 
 T = TypeVar("T")
 ENQUEUE_BATCH = 500
@@ -821,3 +824,26 @@ class Client:
     ) -> int:
         """Delete dead jobs for good."""
         return await self._dlq("purge", entity_type, entity_id, job_ids)
+
+    # --- schedules (schedules.py) -------------------------------------------------------------
+    async def add_schedule(
+        self, entity_type: str, name: str, job: str, payload: Any = None, **options: Any
+    ) -> Schedule:
+        """Enqueue job `job` every `every` seconds or on a `cron` expression (in time zone
+        `tz`), to `entity_id`, or without one to the entity named after the schedule; replaces
+        the type's schedule of the same name. Options: `Schedules.add`."""
+        from .schedules import Schedules
+
+        return await Schedules(self).add(entity_type, name, job, payload, **options)
+
+    async def schedules(self, entity_type: str | None = None) -> list[Schedule]:
+        """The schedules of one type, or of every type, with their next and last ticks."""
+        from .schedules import Schedules
+
+        return await Schedules(self).list(entity_type)
+
+    async def remove_schedule(self, entity_type: str, name: str) -> bool:
+        """Stop a schedule (the jobs it fired stay); False when there was none."""
+        from .schedules import Schedules
+
+        return await Schedules(self).remove(entity_type, name)

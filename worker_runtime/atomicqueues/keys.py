@@ -157,6 +157,24 @@ class Keys:
         """Set of entity types that have ever been enqueued to (for `aq status`)."""
         return f"{self.prefix}:types"
 
+    # --- schedules (schedules.py; a schedule itself lives in its entity's bucket) ------------
+    def schedules(self, entity_type: str) -> str:
+        """HASH of the type's schedules: name -> the entity id its jobs go to."""
+        return f"{self.prefix}:schedules:{entity_type}"
+
+    def schedules_changed(self) -> str:
+        """HASH entity type -> a counter bumped on every add and remove of one of its schedules
+        (each ticker reads its type's field once a tick)."""
+        return f"{self.prefix}:schedules-changed"
+
+    def schedule(self, bucket: str, name: str) -> str:
+        """HASH of one schedule (lua/include/keys.lua's skey)."""
+        return f"{bucket}s:{name}"
+
+    def schedule_times(self, bucket: str) -> str:
+        """ZSET of the bucket's schedules: name -> next fire ms."""
+        return f"{bucket}sched"
+
     # --- resource locks --------------------------------------------------------------------
     def lock_base(self, resource_type: str) -> str:
         """Base of every lock key of one resource type; the lock scripts build the rest."""

@@ -43,6 +43,20 @@ OUTCOMES_NOT_REPLICATED = Counter(
 LEASES_LOST = Counter("aq_leases_lost_total", "Leases lost to expiry or takeover", ("entity_type",))
 
 
+# Schedules (schedules.py), of every process that ticks: `aq up`, the operator,
+# `aq schedule run`. The counter and histogram add up across processes; each tick fires once.
+SCHEDULES = Gauge("aq_schedules", "Schedules of the entity type", ("entity_type",))
+SCHEDULE_FIRES = Counter(
+    "aq_schedule_fires_total", "Jobs this process fired for schedules", ("entity_type",)
+)
+SCHEDULE_FIRE_DELAY = Histogram(
+    "aq_schedule_fire_delay_seconds",
+    "From a schedule's tick to its job enqueued (a tick missed while nothing ran counts here)",
+    ("entity_type",),
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 30, 300, 3600),
+)
+
+
 def serve(port: int) -> None:
     """Serve /metrics on `port` (a daemon thread). A port already taken is a warning, not an
     end: the worker's jobs matter more than its metrics (pods on the host's network share

@@ -55,6 +55,9 @@ NAMES = (
     "lock_extend",
     "lock_release",
     "lock_list",
+    "schedule_set",
+    "schedule_remove",
+    "schedule_fire",
 )
 
 

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from .client import Client, Entity, NewJob, Paused
 from .config import Settings
 from .jobs import Job
+from .schedules import Schedule
 
 T = TypeVar("T")
 
@@ -85,3 +86,14 @@ class SyncClient:
 
     def counts(self, entity_type: str) -> dict[str, int]:
         return self._run(self._client.counts(entity_type))
+
+    def add_schedule(
+        self, entity_type: str, name: str, job: str, payload: Any = None, **options: Any
+    ) -> Schedule:
+        return self._run(self._client.add_schedule(entity_type, name, job, payload, **options))
+
+    def schedules(self, entity_type: str | None = None) -> list[Schedule]:
+        return self._run(self._client.schedules(entity_type))
+
+    def remove_schedule(self, entity_type: str, name: str) -> bool:
+        return self._run(self._client.remove_schedule(entity_type, name))

@@ -5,7 +5,8 @@ milliseconds), when a worker process exits, and at least every heartbeat interva
 reads the index, asks `reconciler.plan` what to do, and does it. Scale-down and shutdown go
 through the workers' own graceful close (a close signal in Redis, or SIGTERM), so a busy worker
 finishes or gives back its job before it goes. It also sweeps expired leases, so a killed
-worker's job comes back even when no other worker of the type is running.
+worker's job comes back even when no other worker of the type is running, and fires the type's
+scheduled jobs.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from .reconciler import (
     plan,
 )
 from .spec import Pool
-from .watch import sweep_leases, wake_on_work
+from .watch import sweep_leases, tick_schedules, wake_on_work
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ class LocalPool:
                     name,
                 )
             ),
+            asyncio.create_task(tick_schedules(self.client, entity_type)),
         ]
         try:
             while not stop.is_set():

@@ -1,10 +1,11 @@
-"""The two background loops every pool backend runs beside its reconcile passes.
+"""The background loops every pool backend runs beside its reconcile passes.
 
 `wake_on_work` sets the pool's wake event whenever an entity becomes claimable (the Redis
 "entity has work" event), so a pass runs within milliseconds; `sweep_leases` recovers expired
 leases every heartbeat interval, so the job of a killed worker comes back even when no worker
-of the type is alive, and wakes the pool when it did. Both only log what fails: the pool's
-resync interval still runs.
+of the type is alive, and wakes the pool when it did; `tick_schedules` fires the type's
+scheduled jobs (schedules.py), whose enqueue then wakes the pool like any other. All only log
+what fails: the pool's resync interval still runs.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import logging
 from ..client import Client
 from ..errors import AtomicQueuesError
 from ..leases import sweep
+from ..schedules import Ticker
 
 log = logging.getLogger(__name__)
 
@@ -46,3 +48,9 @@ async def sweep_leases(
         if recovered:
             log.warning("pool %s: recovered %d expired lease(s)", pool, recovered)
             wake.set()
+
+
+async def tick_schedules(client: Client, entity_type: str) -> None:
+    """Fire the type's due schedules until cancelled (exactly once per tick, however many
+    pools of the type run)."""
+    await Ticker(client, entity_type).run()

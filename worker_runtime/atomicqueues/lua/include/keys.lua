@@ -52,12 +52,25 @@
 --                  (waiting is the sum of pending)
 --   bb..'bell'     LIST rung when an entity of the bucket becomes claimable (packed workers)
 --   bb..'oom'      never written (oom.lua)
+-- The bucket's schedules (schedules.py; each lives in the bucket of the entity its jobs go to,
+-- so firing one enqueues its job in the same script):
+--   bb..'sched'       ZSET name -> next fire ms
+--   skey(bb, name)    HASH  sid (a new random id on every add: a ticker's read of an older
+--                     schedule of the same name fires nothing), def (the definition, json:
+--                     schedules.py), n jobs fired, last the tick (ms) of the last one
+-- Outside the buckets (keys.py), without a hash tag: PREFIX:schedules:TYPE, a HASH
+-- name -> entity id (where each schedule of the type lives), and PREFIX:schedules-changed, a
+-- HASH type -> a counter bumped on every add and remove (tickers read it to learn of changes).
 local function ekey(bb, e, suffix)
   return bb .. 'e:' .. e .. ':' .. suffix
 end
 
 local function jkey(bb, jslot)
   return bb .. 'j:' .. jslot
+end
+
+local function skey(bb, name)
+  return bb .. 's:' .. name
 end
 
 -- Ring a doorbell: a list of (at most) one element that wakes one blocked BLPOP.
