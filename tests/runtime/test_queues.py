@@ -174,7 +174,9 @@ async def test_dead_letters_are_read_a_few_entities_at_a_time(
     every = await queues.dead_letters(T, limit=100)
     assert sorted(j.id for j in every) == sorted(j.job_id or "" for j in jobs)
     assert {j.state for j in every} == {"dead"}
-    assert {j.error for j in every} == {f"RuntimeError: flaky failed as asked: {k}" for k in (1, 2)}
+    assert {j.error_line for j in every} == {
+        f"RuntimeError: flaky failed as asked: {k}" for k in (1, 2)
+    }
     few = await queues.dead_letters(T, limit=5)
     assert len(few) == 5
     first = few[0].entity_id
