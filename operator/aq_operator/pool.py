@@ -32,7 +32,7 @@ import kopf
 from pydantic import ValidationError
 
 from atomicqueues.aio import cancel_and_wait, wait_any
-from atomicqueues.client import Client, EntityIndex
+from atomicqueues.client import Client
 from atomicqueues.config import Settings
 from atomicqueues.connection import describe
 from atomicqueues.errors import AtomicQueuesError, RedisUnavailable
@@ -49,6 +49,7 @@ from atomicqueues.pools.reconciler import (
     StartPacked,
     StartWorker,
     WorkerState,
+    desired_workers,
     plan,
 )
 from atomicqueues.pools.spec import API_GROUP, API_VERSION, URL_PASSWORD_RE, PoolSpec, SecretKeyRef
@@ -225,8 +226,10 @@ class KubePool:
 
         live = [s for s in states if s.phase in ("starting", "running", "closing")]
         ready = sum(1 for s in live if s.phase == "running")
-        desired = _desired(spec, entities, states, backoff_before, now)
+        desired = desired_workers(spec, entities, states, backoff_before, now)
         health.publish(*self.key, await health.observe(client, spec.entity_type, entities, now))
+        info = health.PoolInfo(*self.key, spec.entity_type, desired, ready, now)
+        await health.announce(client, info, spec.timing.resync_interval_seconds)
         for gauge, value in (
             (metrics.WORKERS_DESIRED, desired),
             (metrics.WORKERS_ACTUAL, len(live)),
@@ -559,26 +562,6 @@ def _parse(spec: Any) -> PoolSpec:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in ("spec", *first["loc"]))
         raise Blocked(Problem("InvalidSpec", f"{where}: {first['msg']}")) from None
-
-
-def _desired(
-    spec: PoolSpec,
-    entities: list[EntityIndex],
-    states: list[WorkerState],
-    backoff: Mapping[str | None, Backoff],
-    now: float,
-) -> int:
-    """Workers the pool wants: what the plan would have with no start budget limit."""
-    ideal = plan(spec, entities, states, backoff, now, start_budget=spec.workers.max_total)
-    packed = spec.placement.mode == "packed"
-    keeping = sum(
-        1 for s in states if s.phase in ("starting", "running") and (s.entity_id is None) == packed
-    )
-    closes = sum(1 for a in ideal.actions if isinstance(a, CloseWorker))
-    starts = sum(1 for a in ideal.actions if isinstance(a, StartWorker | StartPacked))
-    return min(
-        spec.workers.max_total, max(0, keeping - closes + starts + len(ideal.waiting_for_backoff))
-    )
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

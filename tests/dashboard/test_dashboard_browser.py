@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from playwright.sync_api import expect
 
 from atomicqueues import Client, JobNotFound, Locks, NewJob, SyncClient
 from atomicqueues.config import Settings
+from atomicqueues.pools import health
 from dashboard.handlers import HEALED_KEY
 from dashboard.pages import TOKEN, TYPE, Dashboard, run, save_screenshot
 from runtime.workers import Workers, wait_until
@@ -106,6 +108,12 @@ def test_every_main_page_renders_what_redis_holds(
         return result.lock.token
 
     lock_token = run(take_lock, redis_url)
+
+    async def announce_pool(c: Client) -> None:  # as the operator and `aq up` do every pass
+        info = health.PoolInfo("prod", "accounts", TYPE, 3, 2, time.time())
+        await health.announce(c, info, resync_seconds=5)
+
+    run(announce_pool, redis_url)
     dashboard = start_dashboard()
 
     page.goto(dashboard.url + "/")
@@ -116,7 +124,7 @@ def test_every_main_page_renders_what_redis_holds(
     assert cells[1] == "2", cells  # alice and bob have work
     assert cells[8] == "1", cells  # alice's dead job
     assert cells[10] == "2", cells  # two workers registered for the type
-    assert "Pools" in page.inner_text("main")
+    assert page.locator("#pools td").all_inner_texts()[:4] == ["prod/accounts", TYPE, "3", "2"]
     save_screenshot(page, "overview")
 
     page.click(f'a[href="/types/{TYPE}"]')

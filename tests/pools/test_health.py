@@ -82,7 +82,7 @@ async def test_reading_health_costs_the_same_with_many_entities(
     assert found.jobs_waiting == 3000
     for own in ("info", "config"):  # this test's own calls
         stats.pop(own, None)
-    assert stats == {"zrange": 2 * BUCKETS, "hget": BUCKETS}
+    assert stats == {"zrange": 2 * BUCKETS, "hget": BUCKETS, "hlen": BUCKETS, "zcard": BUCKETS}
 
 
 def free_port() -> int:
@@ -147,6 +147,8 @@ def test_aq_up_serves_the_pools_health(redis_url: str, tmp_path: Path) -> None:
             "aq_pool_entities_with_work": 0.0,
             "aq_pool_oldest_waiting_seconds": 0.0,
             "aq_pool_dead_letters": 0.0,
+            "aq_pool_entities_paused": 0.0,
+            "aq_pool_entities_rate_limited": 0.0,
         }
         wait_until(lambda: _scraped(port) == expected, 20, "the first pass's gauges")
         asyncio.run(_enqueue(redis_url))

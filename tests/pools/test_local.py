@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -129,6 +130,30 @@ def test_aq_up_starts_no_worker_for_a_paused_entity(
         assert all(b"a1" not in name for name in live_workers(r))
         client.resume("account", "a1")
         wait_for(lambda: client.counts("account")["completed"] == 2, 30, "a1's job to run")
+
+
+async def test_aq_up_announces_its_desired_and_ready_workers(
+    redis_url: str, aq_up: subprocess.Popen[str]
+) -> None:
+    from atomicqueues import Client
+    from atomicqueues.config import Settings
+    from atomicqueues.pools import health
+
+    client = await Client.connect(Settings(redis_url=redis_url, prefix="uptest"))
+    try:
+        step = {"seq": 0, "seconds": 5, "log_key": "uptest:log"}
+        await client.enqueue("account", "a1", "step", step)
+        deadline = time.monotonic() + 30
+        while True:
+            found = await health.pools(client, time.time())
+            if (found and found[0].ready == 1) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        assert [(p.namespace, p.name, p.entity_type, p.desired, p.ready) for p in found] == [
+            ("default", "accounts", "account", 1, 1)
+        ]
+    finally:
+        await client.close()
 
 
 def test_aq_up_stops_busy_workers_gracefully(redis_url: str, aq_up: subprocess.Popen[str]) -> None:

@@ -150,6 +150,14 @@ class Keys:
     def close_channel(self) -> str:
         return f"{self.prefix}:close"
 
+    def pools(self) -> str:
+        """ZSET "NAMESPACE/NAME" -> until when (ms) the pool's last announcement holds."""
+        return f"{self.prefix}:pools"
+
+    def pool(self, namespace: str, name: str) -> str:
+        """HASH a pool's entity type, desired and ready workers (pools/health.py)."""
+        return f"{self.prefix}:pool:{namespace}/{name}"
+
     def sweep_lock(self, entity_type: str) -> str:
         return f"{self.prefix}:sweep:{entity_type}"
 

@@ -32,6 +32,7 @@ from ..errors import AtomicQueuesError, InvalidInput, JobNotFound, RedisUnavaila
 from ..jobs import Job
 from ..keys import check_entity_id, check_entity_type
 from ..locks import Locks
+from ..pools import health
 from ..presence import Presence
 from ..queues import Queues
 
@@ -197,8 +198,9 @@ class Dashboard:
                     "leases": sum(len(w.entities) for w, _ in seen if w.entity_type == t),
                 }
             )
+        pools = await health.pools(self.client, await self.presence.server_time())
         return await self.render(
-            request, "overview.html", types=rows, workers=len(seen), title="overview"
+            request, "overview.html", types=rows, workers=len(seen), pools=pools, title="overview"
         )
 
     def _type_of(self, request: web.Request) -> str:

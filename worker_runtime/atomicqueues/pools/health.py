@@ -19,7 +19,11 @@ and nobody takes it" (no worker, a pool at its maximum, pods that do not start),
 an alert should wake someone for. The gauges are as old as the pool's last pass (at most its
 resync interval).
 
-Paused entities are not counted: pausing does not exist yet.
+Entities held back (paused, or waiting for their rate limit) are not in the index a pass reads
+(`Client.work_index`): they are counted apart, from the bucket's `paused` and `limited` index.
+
+`announce` also keeps each pool's desired and ready workers in Redis (expiring unless the pool
+announces again), for `aq dashboard` to show: `pools` reads them.
 """
 
 from __future__ import annotations
@@ -45,8 +49,21 @@ ENTITIES_WITH_WORK = Gauge(
     "aq_pool_entities_with_work", "Entities with jobs waiting or in flight", _POOL
 )
 DEAD_LETTERS = Gauge("aq_pool_dead_letters", "Jobs in the dead-letter lists", _POOL)
+ENTITIES_PAUSED = Gauge(
+    "aq_pool_entities_paused", "Entities paused, themselves or with their type", _POOL
+)
+ENTITIES_RATE_LIMITED = Gauge(
+    "aq_pool_entities_rate_limited", "Entities whose rate limit holds their next job back", _POOL
+)
 
-_SERIES = (JOBS_WAITING, OLDEST_WAITING, ENTITIES_WITH_WORK, DEAD_LETTERS)
+_SERIES = (
+    JOBS_WAITING,
+    OLDEST_WAITING,
+    ENTITIES_WITH_WORK,
+    DEAD_LETTERS,
+    ENTITIES_PAUSED,
+    ENTITIES_RATE_LIMITED,
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,8 @@ class Health:
     oldest_waiting_seconds: float
     entities_with_work: int
     dead_letters: int
+    entities_paused: int = 0
+    entities_rate_limited: int = 0
 
 
 async def observe(
@@ -67,11 +86,15 @@ async def observe(
         pipe.zrange(f"{bucket}ready", 0, 0, withscores=True)
         pipe.zrange(f"{bucket}delayed", 0, 0, withscores=True)
         pipe.hget(f"{bucket}counts", "dead")
+        pipe.hlen(f"{bucket}paused")
+        pipe.zcard(f"{bucket}limited")
     replies: list[Any] = await client.call(pipe.execute)
     since = now * 1000.0
-    dead = 0
-    for i in range(0, len(replies), 3):
-        ready, delayed, dead_count = replies[i : i + 3]
+    dead = paused = limited = 0
+    for i in range(0, len(replies), 5):
+        ready, delayed, dead_count, paused_count, limited_count = replies[i : i + 5]
+        paused += int(paused_count)
+        limited += int(limited_count)
         for _, ms in ready:
             since = min(since, float(ms))
         for _, ms in delayed:
@@ -83,6 +106,8 @@ async def observe(
         oldest_waiting_seconds=max(0.0, now - since / 1000.0),
         entities_with_work=len(entities),
         dead_letters=dead,
+        entities_paused=paused,
+        entities_rate_limited=limited,
     )
 
 
@@ -91,6 +116,8 @@ def publish(namespace: str, pool: str, health: Health) -> None:
     OLDEST_WAITING.labels(namespace, pool).set(health.oldest_waiting_seconds)
     ENTITIES_WITH_WORK.labels(namespace, pool).set(health.entities_with_work)
     DEAD_LETTERS.labels(namespace, pool).set(health.dead_letters)
+    ENTITIES_PAUSED.labels(namespace, pool).set(health.entities_paused)
+    ENTITIES_RATE_LIMITED.labels(namespace, pool).set(health.entities_rate_limited)
 
 
 def forget(namespace: str, pool: str) -> None:
@@ -98,3 +125,58 @@ def forget(namespace: str, pool: str) -> None:
     for gauge in _SERIES:
         with contextlib.suppress(KeyError):  # never published
             gauge.remove(namespace, pool)
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """A pool as it last announced itself."""
+
+    namespace: str
+    name: str
+    entity_type: str
+    desired: int
+    """Workers it wants."""
+    ready: int
+    """Workers of it running."""
+    at: float
+    """When it announced this (epoch seconds)."""
+
+
+async def announce(client: Client, info: PoolInfo, resync_seconds: float) -> None:
+    """Keep `info` in Redis for a few resync intervals (the pool announces again on every
+    pass, and at least once a resync interval)."""
+    key = client.keys.pool(info.namespace, info.name)
+    until = round((info.at + max(15.0, 3 * resync_seconds)) * 1000)
+    pipe = client.redis.pipeline(transaction=False)
+    pipe.hset(
+        key,
+        mapping={
+            "type": info.entity_type,
+            "desired": info.desired,
+            "ready": info.ready,
+            "at": info.at,
+        },
+    )
+    pipe.pexpireat(key, until)
+    pipe.zadd(client.keys.pools(), {f"{info.namespace}/{info.name}": until})
+    await client.call(pipe.execute)
+
+
+async def pools(client: Client, now: float) -> list[PoolInfo]:
+    """The pools whose last announcement still holds, by namespace and name."""
+    index = client.keys.pools()
+    await client.call(lambda: client.redis.zremrangebyscore(index, "-inf", now * 1000))
+    names = [str(n) for n in await client.zrange(index)]
+    pipe = client.redis.pipeline(transaction=False)
+    for full in names:
+        pipe.hgetall(client.keys.pool(*full.split("/", 1)))
+    found: list[PoolInfo] = []
+    for full, f in zip(names, await client.call(pipe.execute), strict=True):
+        if f:
+            namespace, name = full.split("/", 1)
+            found.append(
+                PoolInfo(
+                    namespace, name, f["type"], int(f["desired"]), int(f["ready"]), float(f["at"])
+                )
+            )
+    return sorted(found, key=lambda p: (p.namespace, p.name))

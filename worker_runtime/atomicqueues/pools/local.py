@@ -39,6 +39,7 @@ from .reconciler import (
     StartPacked,
     StartWorker,
     WorkerState,
+    desired_workers,
     plan,
 )
 from .spec import Pool
@@ -129,14 +130,18 @@ class LocalPool:
         now = time.time()
         entities = await self.client.work_index(self.spec.entity_type)
         states = [w.state() for w in self.workers.values()]
+        desired = desired_workers(self.spec, entities, states, self.backoff, now)
         result = plan(self.spec, entities, states, self.backoff, now, self.limiter.budget())
         self.backoff = dict(result.backoff)
         for action in result.actions:
             await self._carry_out(action)
         self.last_plan = result
-        meta = self.pool.metadata
+        namespace, name = self.pool.metadata.namespace or "default", self.pool.metadata.name
         found = await health.observe(self.client, self.spec.entity_type, entities, now)
-        health.publish(meta.namespace or "default", meta.name, found)
+        health.publish(namespace, name, found)
+        ready = sum(1 for s in states if s.phase == "running")
+        info = health.PoolInfo(namespace, name, self.spec.entity_type, desired, ready, now)
+        await health.announce(self.client, info, self.spec.timing.resync_interval_seconds)
         return result
 
     # --- actions -----------------------------------------------------------------------------

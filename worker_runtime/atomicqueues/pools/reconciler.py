@@ -259,3 +259,23 @@ def _lowest_free(taken: set[int], count: int) -> list[int]:
             free.append(number)
         number += 1
     return free
+
+
+def desired_workers(
+    spec: PoolSpec,
+    entities: list[EntityIndex],
+    states: list[WorkerState],
+    backoff: Mapping[str | None, Backoff],
+    now: float,
+) -> int:
+    """Workers the pool wants: what the plan would have with no start budget limit."""
+    ideal = plan(spec, entities, states, backoff, now, start_budget=spec.workers.max_total)
+    packed = spec.placement.mode == "packed"
+    keeping = sum(
+        1 for s in states if s.phase in ("starting", "running") and (s.entity_id is None) == packed
+    )
+    closes = sum(1 for a in ideal.actions if isinstance(a, CloseWorker))
+    starts = sum(1 for a in ideal.actions if isinstance(a, StartWorker | StartPacked))
+    return min(
+        spec.workers.max_total, max(0, keeping - closes + starts + len(ideal.waiting_for_backoff))
+    )
