@@ -98,6 +98,12 @@ class PoolStatus(BaseModel):
     waiting_jobs: int | None = Field(
         default=None, ge=0, alias="waitingJobs", description="Jobs waiting, all entities"
     )
+    paused_entities: int | None = Field(
+        default=None,
+        ge=0,
+        alias="pausedEntities",
+        description="Entities paused, themselves or with their type (aq pause)",
+    )
     workers_desired: int | None = Field(default=None, ge=0, alias="workersDesired")
     workers_ready: int | None = Field(default=None, ge=0, alias="workersReady")
     conditions: list[Condition] = Field(

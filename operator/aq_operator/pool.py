@@ -227,7 +227,8 @@ class KubePool:
         live = [s for s in states if s.phase in ("starting", "running", "closing")]
         ready = sum(1 for s in live if s.phase == "running")
         desired = desired_workers(spec, entities, states, backoff_before, now)
-        health.publish(*self.key, await health.observe(client, spec.entity_type, entities, now))
+        found = await health.observe(client, spec.entity_type, entities, now)
+        health.publish(*self.key, found)
         info = health.PoolInfo(*self.key, spec.entity_type, desired, ready, now)
         await health.announce(client, info, spec.timing.resync_interval_seconds)
         for gauge, value in (
@@ -243,6 +244,7 @@ class KubePool:
             waiting_jobs=sum(e.waiting for e in entities),
             workers_desired=desired,
             workers_ready=ready,
+            paused_entities=found.entities_paused,
         )
         next_due = min(next_due, await self._write_status(seen))
         return max(0.01, min(spec.timing.resync_interval_seconds, next_due))

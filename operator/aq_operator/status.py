@@ -47,6 +47,7 @@ class Observation:
     waiting_jobs: int | None = None
     workers_desired: int | None = None
     workers_ready: int | None = None
+    paused_entities: int | None = None
 
 
 def _stamp(now: datetime) -> str:
@@ -121,6 +122,7 @@ def pool_status(
         ("waitingJobs", seen.waiting_jobs),
         ("workersDesired", seen.workers_desired),
         ("workersReady", seen.workers_ready),
+        ("pausedEntities", seen.paused_entities),
     ):
         if value is not None:
             body[key] = value

@@ -132,7 +132,7 @@ def test_schema_is_structural() -> None:
     assert pod_template["type"] == "object"
     assert pod_template["x-kubernetes-preserve-unknown-fields"] is True
     status = SCHEMA["properties"]["status"]["properties"]
-    assert {"activeEntities", "waitingJobs", "workersDesired", "workersReady",
+    assert {"activeEntities", "waitingJobs", "workersDesired", "workersReady", "pausedEntities",
             "observedGeneration", "conditions"} <= set(status)  # fmt: skip
     condition = status["conditions"]["items"]["properties"]
     assert {"type", "status", "reason", "message", "lastTransitionTime"} <= set(condition)

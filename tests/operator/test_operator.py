@@ -137,6 +137,22 @@ async def test_an_empty_queue_gets_no_pod(
     assert await api.pods() == []
 
 
+async def test_a_paused_entity_gets_no_pod_and_the_status_counts_it(
+    operator: RunningOperator, api: Api, client: Client, redis_url: str
+) -> None:
+    await api.add_pool("accounts", pool_spec(redis_url))
+    await client.pause("account", "u1")
+    await client.enqueue("account", "u1", "step")
+    status = await eventually(
+        lambda: _status_with(api, "accounts", pausedEntities=1), "pausedEntities 1"
+    )
+    assert (status["activeEntities"], status["workersDesired"]) == (0, 0)
+    assert await api.pods() == []
+    await client.resume("account", "u1")
+    await eventually(lambda: api.pods("accounts"), "a pod once it is resumed")
+    await eventually(lambda: _status_with(api, "accounts", pausedEntities=0), "pausedEntities 0")
+
+
 async def _true(value: bool) -> bool:
     return value
 
