@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from atomicqueues import Client
+from atomicqueues.client import controls
 from atomicqueues.keys import decode_id
 
 LIVE = ("waiting", "delayed", "retrying", "active", "dead")
@@ -112,7 +113,9 @@ async def check_index(
                 for jslot in slots:
                     _place(placed, jobs, bb, jslot, state)
                 totals[state] += len(slots)
-            held_until = int(meta.get("rl", 0))  # set by the rate limit alone (job.lua)
+            # Its controls, set by pause.lua, limit.lua and the rate limit alone: not from the
+            # queues.
+            paused, held_until, mb, _, rn, _, _, _ = map(int, controls(meta))
             dues = [s for _, s in delayed] + [s for _, s in retry]
             dues += [held_until] if held_until else []
             summary = {
@@ -141,15 +144,14 @@ async def check_index(
             if wait or busy:
                 want["work"].add(e)
                 truth["work"].add(e)
-            paused = int(meta.get("p", 0))  # set by pause.lua alone: not from the queues
             if paused:
                 want["paused"][e] = str(paused)
-            if "mb" in meta:  # its own max backlog, set by limit.lua alone
-                want["caps"][e] = meta["mb"]
+            if mb:  # its own max backlog
+                want["caps"][e] = str(mb)
             if held_until:
                 want["limited"][e] = float(held_until)
-            if "rn" in meta:  # its own rate limit, set by limit.lua alone
-                want["rates"][e] = meta["rn"]
+            if rn:  # its own rate limit
+                want["rates"][e] = str(rn)
             if wait and busy < conc and len(leases) < conc and not paused and not held_until:
                 want["ready"].add(e)
                 truth["ready"].add(e)

@@ -1090,7 +1090,7 @@ async def test_a_paused_entity_takes_jobs_and_starts_none_until_resumed(client: 
 async def test_pausing_an_idle_entity_lasts_until_it_is_resumed(client: Client) -> None:
     assert await client.pause(T, "u1") == 1
     meta = client.keys.entity(T, "u1") + "meta"
-    assert await client.redis.hget(meta, "p") == "1"  # kept though it has nothing
+    assert await client.redis.hget(meta, "ctl") == "1 0 0 0 0 0 0 0"  # kept though it has nothing
     await client.enqueue(T, "u1", "x")
     await idle(Leases(client, "a"), "u1")
     await client.resume(T, "u1")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -141,6 +141,12 @@ class Limits:
     """Jobs waiting or delayed past which enqueue refuses (0: no limit)."""
     rate: tuple[int, float] | None = None
     """At most this many job starts in this many seconds (None: no limit)."""
+
+
+def controls(summary: Mapping[str, str]) -> list[str]:
+    """An entity's controls from its summary: paused, rate-limited until, own and type's max
+    backlog, own and type's rate limit (n, period ms) ("0": none; lua/include/entity.lua)."""
+    return (summary.get("ctl") or "0 0 0 0 0 0 0 0").split()
 
 
 def _rate_fields(rate: tuple[int, float]) -> tuple[int, str, int]:
@@ -644,13 +650,14 @@ class Client:
             return Limits(None, int(mb or 0), _rate_of(rn, rp))
         check_entity_id(entity_id)
         meta = self.keys.entity(entity_type, entity_id) + "meta"
-        f = await self.call(lambda: self.redis.hmget(meta, "mb", "tmb", "rn", "rp", "trn", "trp"))
-        if all(v is None for v in f):  # no summary yet: its type's, once it has one
+        summary = await self.hgetall(meta)
+        if not summary:  # no summary yet: its type's, once it has one
             of_type = await self.limits(entity_type)
             backlog, rate = of_type.max_backlog, of_type.rate
-        else:
-            backlog = int(f[0] or 0) or int(f[1] or 0)
-            rate = _rate_of(f[2], f[3]) or _rate_of(f[4], f[5])
+        else:  # "p rl mb tmb rn rp trn trp" (lua/include/entity.lua)
+            _, _, mb, tmb, rn, rp, trn, trp = controls(summary)
+            backlog = int(mb) or int(tmb)
+            rate = _rate_of(rn, rp) or _rate_of(trn, trp)
         return Limits(await self.concurrency(entity_type, entity_id), backlog, rate)
 
     # --- concurrency ----------------------------------------------------------------------

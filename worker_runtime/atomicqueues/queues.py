@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .client import Client
+from .client import Client, controls
 from .jobs import Job
 from .keys import BUCKETS, check_entity_id, check_entity_type, decode_id, encode_id
 
@@ -302,7 +302,7 @@ class Queues:
             completed=pick(done),
             dead=pick(dead),
             due={jobs[s].id: t for s, t in due.items() if s in jobs},
-            paused=PAUSED_BY[int(meta.get("p", 0)) % 4],
+            paused=PAUSED_BY[int(controls(meta)[0]) % 4],
         )
 
     async def dead_letters(self, entity_type: str, limit: int = 20) -> list[Job]:

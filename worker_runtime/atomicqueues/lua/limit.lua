@@ -7,6 +7,8 @@
 -- Returns how many entities' summaries changed.
 -- @include oom
 -- @include queue
+-- @include defaults
+-- @include every_entity
 local bb, e, chan = KEYS[1], ARGV[1], ARGV[2]
 when_full_run(bb)
 local now = now_ms()

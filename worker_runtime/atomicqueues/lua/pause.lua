@@ -8,7 +8,8 @@
 -- ARGV  action ('pause'|'resume'), e ('' for the type), channel
 -- Returns how many entities were paused or resumed by this call.
 -- @include oom
--- @include entity
+-- @include defaults
+-- @include every_entity
 local bb, action, e, chan = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
 when_full_run(bb)
 local now = now_ms()

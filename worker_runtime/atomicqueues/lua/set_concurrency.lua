@@ -2,7 +2,7 @@
 -- KEYS[1] bucket base
 -- ARGV  e, n, channel
 -- Returns n.
--- @include entity
+-- @include defaults
 local bb, e, n = KEYS[1], ARGV[1], tonumber(ARGV[2])
 if n == 1 then
   redis.call('HDEL', bb .. 'conc', e)

@@ -1,30 +1,11 @@
 -- enqueue: adding a job to its entity's queue, the one way every script does it (enqueue.lua,
 -- schedule_fire.lua).
 -- @include queue
+-- @include defaults
 
 -- The entities a script changes, each loaded once and saved once at its end.
 local function batch()
   return {entities = {}, order = {}}
-end
-
--- Entity e of the batch, read once (with its type's settings when it is new).
-local function batch_entity(B, bb, e)
-  local E = B.entities[e]
-  if not E then
-    E = load(bb, e)
-    take_type_defaults(E)
-    B.entities[e] = E
-  end
-  return E
-end
-
--- Whether one more job would take the entity past its max backlog (its own, else its type's):
--- its waiting and delayed jobs, counted once and then kept up to date (E.backlog).
-local function backlog_full(E)
-  local cap = E.mb > 0 and E.mb or E.tmb
-  if cap == 0 then return false end
-  if not E.backlog then E.backlog = E.w + redis.call('ZCARD', ekey(E.bb, E.e, 'delayed')) end
-  return E.backlog >= cap
 end
 
 -- Add job jslot of entity e of bucket bb unless a job with that slot exists (idempotent).
@@ -33,9 +14,18 @@ end
 -- 'full' when its entity's max backlog is reached (limit.lua): then nothing is written.
 local function add_job(B, bb, e, jslot, prio, delay, header, payload, now)
   local jk = jkey(bb, jslot)
-  local E = batch_entity(B, bb, e)
-  if backlog_full(E) and redis.call('HEXISTS', jk, 'd') == 0 then
-    return 2, 'full'
+  local E = B.entities[e]
+  if not E then  -- read once (with its type's settings when it is new)
+    E = load(bb, e)
+    take_type_defaults(E)
+    B.entities[e] = E
+  end
+  -- Its max backlog (its own, else its type's): its waiting and delayed jobs, counted once and
+  -- then kept up to date (E.backlog).
+  local cap = E.mb > 0 and E.mb or E.tmb
+  if cap > 0 then
+    if not E.backlog then E.backlog = E.w + redis.call('ZCARD', ekey(bb, e, 'delayed')) end
+    if E.backlog >= cap and redis.call('HEXISTS', jk, 'd') == 0 then return 2, 'full' end
   end
   if redis.call('HSETNX', jk, 'd', int(now) .. ' ' .. header .. '\n' .. payload) == 0 then
     return 0, redis.call('HGET', jk, 's') or 'waiting'

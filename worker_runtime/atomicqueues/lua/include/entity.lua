@@ -8,12 +8,29 @@
 
 -- The summary's fields, in the order load() reads them: waiting, active, retrying, lease
 -- holders, dead, concurrency, next due, FIFO sequence, last fencing token, expiry of the done
--- list (as last set), paused (1: the entity, 2: its type, 3: both), its own max backlog and its
--- type's, its own rate limit (at most rn starts in any rp ms) and its type's (trn, trp)
--- (limit.lua) and, while the rate limit lets no job start, until when (rl ms; also a due
--- time). Absent means 0 (for a limit: none), except c (1) and due (none).
-local SUMMARY = {'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx', 'p', 'mb', 'tmb',
-  'rn', 'rp', 'trn', 'trp', 'rl'}
+-- list (as last set), and its controls (ctl, absent while it has none). Absent means 0, except
+-- c (1) and due (none). All but ctl are numbers.
+local SUMMARY = {'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx', 'ctl'}
+local NUMBERS = 10
+
+-- An entity's controls, one field of its summary (so that an entity without any costs one
+-- absent field): "p rl mb tmb rn rp trn trp", 0 for none: paused (1: the entity, 2: its type,
+-- 3: both: pause.lua); while its rate limit lets no job start, until when (rl ms; also a due
+-- time: job.lua); its own max backlog and its type's; its own rate limit (at most rn starts in
+-- any rp ms) and its type's (limit.lua).
+local CONTROLS = '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$'
+
+local function controls_of(E, ctl)
+  local p, rl, mb, tmb, rn, rp, trn, trp = string.match(ctl, CONTROLS)
+  E.p, E.rl, E.mb, E.tmb = tonumber(p), tonumber(rl), tonumber(mb), tonumber(tmb)
+  E.rn, E.rp, E.trn, E.trp = tonumber(rn), tonumber(rp), tonumber(trn), tonumber(trp)
+end
+
+local function controls_text(E)
+  if E.p + E.rl + E.mb + E.tmb + E.rn + E.trn == 0 then return false end
+  return string.format('%d %d %d %d %d %d %d %d', E.p, E.rl, E.mb, E.tmb, E.rn, E.rp, E.trn,
+    E.trp)
+end
 
 -- Read entity e of bucket bb, with the extra meta fields named in the list `extra` ('l:'..owner,
 -- 'n:'..jslot): E[name] is then the field's value, or false when it is absent. E.raw keeps what
@@ -22,14 +39,14 @@ local function load(bb, e, extra)
   local meta = ekey(bb, e, 'meta')
   extra = extra or {}
   local v = redis.call('HMGET', meta, 'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx',
-    'p', 'mb', 'tmb', 'rn', 'rp', 'trn', 'trp', 'rl', unpack(extra))
+    'ctl', unpack(extra))
   local E = {bb = bb, e = e, meta = meta, raw = v, extra = extra, counts = false,
     w = tonumber(v[1]) or 0, a = tonumber(v[2]) or 0, r = tonumber(v[3]) or 0,
     h = tonumber(v[4]) or 0, x = tonumber(v[5]) or 0, c = tonumber(v[6]) or 1,
     due = tonumber(v[7]), seq = tonumber(v[8]) or 0, token = tonumber(v[9]) or 0,
-    dx = tonumber(v[10]) or 0, p = tonumber(v[11]) or 0, mb = tonumber(v[12]) or 0,
-    tmb = tonumber(v[13]) or 0, rn = tonumber(v[14]) or 0, rp = tonumber(v[15]) or 0,
-    trn = tonumber(v[16]) or 0, trp = tonumber(v[17]) or 0, rl = tonumber(v[18]) or 0}
+    dx = tonumber(v[10]) or 0, ctl = v[11], p = 0, rl = 0, mb = 0, tmb = 0, rn = 0, rp = 0,
+    trn = 0, trp = 0}
+  if v[11] then controls_of(E, v[11]) end
   for i = 1, #extra do E[extra[i]] = v[#SUMMARY + i] end
   return E
 end
@@ -54,42 +71,6 @@ end
 -- A job could start for some worker (an entity-bound worker waits on the entity's bell).
 local function startable(w, a, r, c, held) return held == 0 and w > 0 and a + r < c end
 
--- The settings of an entity type that its entities' summaries carry (bb..'defaults', HASH):
--- p 2 while the type is paused (pause.lua), mb its max backlog, rn and rp its rate limit
--- (limit.lua). An entity without
--- a summary (new, or idle since) takes them as it appears: called by the scripts that may give
--- an entity its first job or setting. A change of them is carried to every entity of the
--- bucket with a summary (each_entity).
-local function take_type_defaults(E)
-  for i = 1, #SUMMARY do
-    if E.raw[i] then return end
-  end
-  local d = redis.call('HMGET', E.bb .. 'defaults', 'p', 'mb', 'rn', 'rp')
-  E.p, E.tmb = tonumber(d[1]) or 0, tonumber(d[2]) or 0
-  E.trn, E.trp = tonumber(d[3]) or 0, tonumber(d[4]) or 0
-end
-
--- Call fn(e) once for every entity of the bucket that has a summary: it has work, dead letters,
--- a lease, a delayed job, a setting of its own, or is paused itself.
-local function each_entity(bb, fn)
-  local seen = {}
-  local function each(list)
-    for _, e in ipairs(list) do
-      if not seen[e] then
-        seen[e] = true
-        fn(e)
-      end
-    end
-  end
-  each(redis.call('ZRANGE', bb .. 'work', 0, -1))
-  each(redis.call('ZRANGE', bb .. 'delayed', 0, -1))
-  for _, index in ipairs({'dead', 'conc', 'paused', 'caps', 'rates'}) do
-    each(redis.call('HKEYS', bb .. index))
-  end
-  for _, member in ipairs(redis.call('ZRANGE', bb .. 'leases', 0, -1)) do
-    each({string.sub(member, string.find(member, '|', 1, true) + 1)})
-  end
-end
 
 -- An entity's entry in an index hash: n, or none when n is 0.
 local function hash_entry(key, e, n)
@@ -133,7 +114,7 @@ local function save_meta(E, idle)
   for i = 1, #raw do
     local f, old = SUMMARY[i] or extra[i - #SUMMARY], raw[i]
     local v = E[f]
-    if i <= #SUMMARY then
+    if i <= NUMBERS then
       if v == 0 or (f == 'c' and v == 1) then v = false end  -- written as absent
       if old then old = tonumber(old) end
     end
@@ -157,20 +138,25 @@ local function save(E, chan, now)
   local w, a, r, h, x, c, due, p, rl = E.w, E.a, E.r, E.h, E.x, E.c, E.due, E.p, E.rl
   local w0, a0, r0, h0 = tonumber(raw[1]) or 0, tonumber(raw[2]) or 0, tonumber(raw[3]) or 0,
     tonumber(raw[4]) or 0
-  local x0, c0, due0, p0 = tonumber(raw[5]) or 0, tonumber(raw[6]) or 1, tonumber(raw[7]),
-    tonumber(raw[11]) or 0
-  local rl0 = tonumber(raw[18]) or 0
+  local x0, c0, due0 = tonumber(raw[5]) or 0, tonumber(raw[6]) or 1, tonumber(raw[7])
+  local p0, rl0, mb0, rn0 = 0, 0, 0, 0
+  if raw[11] then  -- the controls it had
+    local old = {}
+    controls_of(old, raw[11])
+    p0, rl0, mb0, rn0 = old.p, old.rl, old.mb, old.rn
+  end
   -- An idle entity keeps its summary only while it has a setting of its own (concurrency, max
   -- backlog, rate limit, paused itself): its type's settings are taken up again when it gets
   -- its next job (take_type_defaults).
   local idle = w + a + r + h + x == 0 and due == nil and c == 1 and p % 2 == 0 and E.mb == 0
     and E.rn == 0
   if idle then p = 0 end
+  E.ctl = controls_text(E)
   save_meta(E, idle)
   if p ~= p0 then hash_entry(bb .. 'paused', e, p) end
-  if E.mb ~= (tonumber(raw[12]) or 0) then hash_entry(bb .. 'caps', e, E.mb) end
-  if E.rn ~= (tonumber(raw[14]) or 0) then hash_entry(bb .. 'rates', e, E.rn) end
   if rl ~= rl0 then zset_entry(bb .. 'limited', e, rl > 0 and rl) end
+  if E.mb ~= mb0 then hash_entry(bb .. 'caps', e, E.mb) end
+  if E.rn ~= rn0 then hash_entry(bb .. 'rates', e, E.rn) end
   if w ~= w0 then hash_entry(bb .. 'pending', e, w) end
   local is_busy = busy(w, a, r)
   if is_busy ~= busy(w0, a0, r0) then zset_entry(bb .. 'work', e, is_busy and now) end

@@ -18,11 +18,8 @@
 --                           (entity.lua): w waiting, a active, r retrying, h lease holders,
 --                           x dead, c concurrency (absent: 1), due next due ms of a delayed job
 --                           or retry, seq FIFO sequence, token last fencing token granted,
---                           dx when the done list expires (as last set: job.lua), p paused
---                           (1 the entity, 2 its type, 3 both: pause.lua), mb and tmb its own
---                           and its type's max backlog, rn rp and trn trp its own and its
---                           type's rate limit (limit.lua), rl until when the rate limit holds
---                           it (job.lua),
+--                           dx when the done list expires (as last set: job.lua), ctl its
+--                           controls: paused, rate-limited until, limits (entity.lua),
 --                           'l:'..owner a lease (lease.lua), 'n:'..jslot result() waiters.
 --                           Deleted when the entity has nothing left (idle) and is not
 --                           paused itself.
