@@ -427,8 +427,14 @@ def test_limit_pause_and_resume_from_the_command_line(redis_url: str) -> None:
         aq("enqueue", "acct", "a1", "x", url=redis_url), "backlog of acct/'a1' is full"
     )
     assert_one_line_error(aq("limit", "acct", "--concurrency", "2", url=redis_url), "per entity")
-    typed = aq("limit", "acct", "--max-backlog", "5", url=redis_url)
-    assert (typed.returncode, typed.stdout) == (0, "max backlog  5\nrate         none\n")
+    typed = aq("limit", "acct", "--max-backlog", "5", "--shared-rate", "100/60", url=redis_url)
+    assert (typed.returncode, typed.stdout) == (
+        0,
+        "max backlog  5\nrate         none\nshared rate  100/60s\n",
+    )
+    assert_one_line_error(
+        aq("limit", "acct", "a1", "--shared-rate", "1/1", url=redis_url), "whole type"
+    )
 
     assert aq("pause", "acct", url=redis_url).stdout == "acct paused\n"
     assert aq("pause", "acct", "a2", url=redis_url).stdout == "acct/'a2' paused\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -175,6 +176,36 @@ async def test_a_rate_limit_spaces_the_starts_of_an_entity(redis_url: str, packe
     for i in range(3, 7):
         assert starts[i] - starts[i - 3] >= 0.6 - 0.002, starts  # Redis ms: rounding
     assert starts[-1] - starts[0] < 5.0, "the limit let jobs wait far longer than it asks"
+
+
+async def test_a_shared_rate_spaces_the_handlers_of_a_whole_type(redis_url: str) -> None:
+    """At most 3 handlers of the type start in any 0.6 s, whichever entities they belong to,
+    while a packed worker has slots for 4 at once."""
+    client = await Client.connect(Settings(redis_url=redis_url, **FAST))  # type: ignore[arg-type]
+    registry = Registry()
+    starts: list[float] = []
+
+    @registry.command("call_api")
+    async def call_api(ctx: JobContext, payload: None) -> None:
+        starts.append(time.time())
+
+    await client.set_limits("user", shared_rate=(3, 0.6))
+    assert (await client.limits("user")).shared_rate == (3, 0.6)
+    ids = [await client.enqueue("user", f"u{i % 4}", "call_api") for i in range(8)]
+    worker = Worker(client, registry, "user", slots=4)
+    run = asyncio.create_task(worker.run())
+    for job_id in ids:
+        await client.result(job_id, timeout=20)
+    worker.close("done")
+    await run
+    await client.set_limits("user", shared_rate=(0, 0))
+    assert await client.shared_rate("user") is None
+    await client.close()
+    starts.sort()
+    assert len(starts) == 8
+    for i in range(3, 8):
+        assert starts[i] - starts[i - 3] >= 0.6 - 0.05, starts  # the server's clock grants
+    assert starts[-1] - starts[0] < 5.0
 
 
 async def test_progress_is_shown_on_the_job_and_only_its_lease_holder_may_set_it(

@@ -227,6 +227,12 @@ def build_parser() -> Parser:
         metavar="N/SECONDS",
         help="at most N job starts per SECONDS, e.g. 10/60 (0: no limit)",
     )
+    p.add_argument(
+        "--shared-rate",
+        type=_rate,
+        metavar="N/SECONDS",
+        help="for a type: at most N handlers of all its entities start per SECONDS (0: none)",
+    )
 
     p = sub.add_parser(
         "cancel", help="cancel a job: remove it if it has not started, else stop its handler"
@@ -661,21 +667,28 @@ async def cmd_pause(args: argparse.Namespace, client: Client) -> int:
 
 
 async def cmd_limit(args: argparse.Namespace, client: Client) -> int:
-    if (args.concurrency, args.max_backlog, args.rate) != (None, None, None):
+    options = (args.concurrency, args.max_backlog, args.rate, args.shared_rate)
+    if options != (None, None, None, None):
         await client.set_limits(
             args.entity_type,
             args.entity_id,
             concurrency=args.concurrency,
             max_backlog=args.max_backlog,
             rate=args.rate,
+            shared_rate=args.shared_rate,
         )
     limits = await client.limits(args.entity_type, args.entity_id)
     if limits.concurrency is not None:
         print(f"concurrency  {limits.concurrency}")
     print(f"max backlog  {limits.max_backlog or 'none'}")
-    rate = f"{limits.rate[0]}/{limits.rate[1]:g}s" if limits.rate else "none"
-    print(f"rate         {rate}")
+    print(f"rate         {_rate_text(limits.rate)}")
+    if args.entity_id is None:
+        print(f"shared rate  {_rate_text(limits.shared_rate)}")
     return 0
+
+
+def _rate_text(rate: tuple[int, float] | None) -> str:
+    return f"{rate[0]}/{rate[1]:g}s" if rate else "none"
 
 
 def _rate(text: str) -> tuple[int, float]:

@@ -141,6 +141,8 @@ class Limits:
     """Jobs waiting or delayed past which enqueue refuses (0: no limit)."""
     rate: tuple[int, float] | None = None
     """At most this many job starts in this many seconds (None: no limit)."""
+    shared_rate: tuple[int, float] | None = None
+    """For a type: at most this many handlers of all its entities start in this many seconds."""
 
 
 def controls(summary: Mapping[str, str]) -> list[str]:
@@ -607,14 +609,18 @@ class Client:
         concurrency: int | None = None,
         max_backlog: int | None = None,
         rate: tuple[int, float] | None = None,
+        shared_rate: tuple[int, float] | None = None,
     ) -> None:
         """Set an entity's limits, or (without `entity_id`) its type's defaults; an option left
         out is left as it is, 0 removes a limit, and an entity's own limit comes before its
         type's. `max_backlog`: enqueue refuses a job (`BacklogFull`) while the entity has that
         many jobs waiting or delayed. `rate` (n, seconds): at most n jobs of the entity start
         in any `seconds`, across all workers; an entity that must wait is not claimable until
-        it may start (no polling). `(0, 0)` removes it. `concurrency`: see `set_concurrency`
-        (per entity only)."""
+        it may start (no polling). `(0, 0)` removes it. `shared_rate` (n, seconds), for a type
+        only: at most n handlers of all its entities together start in any `seconds` (a
+        downstream API they share); a worker waits for its turn before it calls a handler, and
+        learns of a change within a heartbeat. `concurrency`: see `set_concurrency` (per entity
+        only)."""
         check_entity_type(entity_type)
         fields: list[str | int] = []
         if max_backlog is not None:
@@ -627,6 +633,15 @@ class Client:
             if entity_id is None:
                 raise InvalidInput("concurrency is set per entity: give the entity id")
             await self.set_concurrency(entity_type, entity_id, concurrency)
+        if shared_rate is not None:
+            if entity_id is not None:
+                raise InvalidInput("a shared rate is set for a whole type: give no entity id")
+            n, _, period_ms = _rate_fields(shared_rate)
+            key = self.keys.shared_rate(entity_type)
+            if n:
+                await self.call(lambda: self.redis.set(key, f"{n} {period_ms}"))
+            else:
+                await self.call(lambda: self.redis.delete(key))
         if not fields:
             return
         channel = self.keys.events(entity_type)
@@ -639,6 +654,14 @@ class Client:
         calls = [(b, "", [channel, *fields]) for b in self.keys.buckets(entity_type)]
         await self.call(lambda: self.scripts.run_many("limit", calls))
 
+    async def shared_rate(self, entity_type: str) -> tuple[int, float] | None:
+        """The rate limit all the type's entities share (`set_limits(shared_rate=)`), if any."""
+        raw = await self.call(lambda: self.redis.get(self.keys.shared_rate(entity_type)))
+        if not raw:
+            return None
+        n, period_ms = str(raw).split()
+        return _rate_of(n, period_ms)
+
     async def limits(self, entity_type: str, entity_id: str | None = None) -> Limits:
         """An entity's limits as they apply to it, or (without `entity_id`) its type's."""
         check_entity_type(entity_type)
@@ -647,7 +670,8 @@ class Client:
             mb, rn, rp = await self.call(
                 lambda: self.redis.hmget(f"{bucket}defaults", "mb", "rn", "rp")
             )
-            return Limits(None, int(mb or 0), _rate_of(rn, rp))
+            shared = await self.shared_rate(entity_type)
+            return Limits(None, int(mb or 0), _rate_of(rn, rp), shared)
         check_entity_id(entity_id)
         meta = self.keys.entity(entity_type, entity_id) + "meta"
         summary = await self.hgetall(meta)

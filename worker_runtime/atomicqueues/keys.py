@@ -161,6 +161,14 @@ class Keys:
     def sweep_lock(self, entity_type: str) -> str:
         return f"{self.prefix}:sweep:{entity_type}"
 
+    def shared_rate(self, entity_type: str) -> str:
+        """STRING "n period_ms": at most n handlers of the whole type start in any period."""
+        return f"{self.prefix}:shared-rate:{entity_type}"
+
+    def permits(self, entity_type: str) -> str:
+        """LIST the start ms of the type's last handlers, newest first (lua/permit.lua)."""
+        return f"{self.prefix}:permits:{entity_type}"
+
     def types(self) -> str:
         """Set of entity types that have ever been enqueued to (for `aq status`)."""
         return f"{self.prefix}:types"

@@ -49,6 +49,7 @@ NAMES = (
     "set_concurrency",
     "pause",
     "limit",
+    "permit",
     "watch_job",
     "lock_acquire",
     "lock_acquire_any",

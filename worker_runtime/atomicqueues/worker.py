@@ -32,13 +32,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import suppress
 from dataclasses import replace
+from functools import partial
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from redis.asyncio.cluster import RedisCluster
 
 from . import logs, metrics, tracing
-from .aio import cancel_and_wait
+from .aio import cancel_and_wait, wait_any
 from .client import MAX_BLOCK_SECONDS, Client
 from .connection import pubsub_client
 from .context import JobContext
@@ -117,6 +118,8 @@ class Worker:
         self._work_hint = asyncio.Event()
         self._hints: deque[str] = deque(maxlen=HINTS)
         self._finishing: set[int] = set()
+        self._shared_rate: tuple[int, int] | None = None
+        """The rate limit the whole type shares (n, period ms), as last read (heartbeat)."""
         self._stuck: dict[str, Lease] = {}
         """Leases of jobs whose handler did not stop when cancelled: their outcome is recorded
         and they are renewed, never released, until the process ends (`_finish_stuck`)."""
@@ -161,6 +164,7 @@ class Worker:
             warning = f"could not read Redis's eviction policy: {exc}"
         if warning:
             log.warning("worker %s: %s", self.name, warning)
+        await self._read_shared_rate()
         self.watchdog.start()
         helpers = [
             self._spawn(self._heartbeat(), "heartbeat"),
@@ -258,6 +262,29 @@ class Worker:
         raise LeaseLost(lease.entity_type, lease.entity_id, lease.fencing_token)
 
     # --- heartbeat, lease guard, close signals, sweeping -----------------------------------------
+    async def _read_shared_rate(self) -> None:
+        shared = await self.client.shared_rate(self.entity_type)
+        self._shared_rate = None if shared is None else (shared[0], round(shared[1] * 1000))
+
+    async def _permitted(self, run: Started) -> bool:
+        """Wait until the rate limit the whole type shares lets this job's handler start (no
+        wait without one). False when the worker closes meanwhile (the job is given back) or
+        its lease is lost (the job goes back once the lease has expired)."""
+        lease, key = run.lease, self.client.keys.permits(self.entity_type)
+        while (rate := self._shared_rate) is not None:
+            try:
+                wait_ms = await self._while_held(
+                    lease, partial(self.client.script, "permit", key, *rate)
+                )
+            except LeaseLost:
+                return False
+            if not wait_ms:
+                return True
+            if await wait_any([self.closing], wait_ms / 1000):
+                await self._give_back(lease)
+                return False
+        return True
+
     async def _heartbeat(self) -> None:
         interval = self.settings.heartbeat_interval
         while True:
@@ -273,6 +300,7 @@ class Worker:
                 reason = await self.presence.close_requested(info)
                 if reason:
                     self.close(reason)
+                await self._read_shared_rate()
                 await self._sweep_if_due()
             except RedisUnavailable as exc:
                 log.warning("worker %s heartbeat failed: %s", self.name, exc)
@@ -654,6 +682,8 @@ class Worker:
         retry_delay = 0.0
         stuck = False
         began = time.perf_counter()
+        if self._shared_rate is not None and not await self._permitted(run):
+            return None
         try:
             handler = self.registry.get(job.name)
             payload = handler.parse(job.payload_json)
