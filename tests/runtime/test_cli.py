@@ -440,6 +440,12 @@ def test_limit_pause_and_resume_from_the_command_line(redis_url: str) -> None:
     assert aq("pause", "acct", "a2", url=redis_url).stdout == "acct/'a2' paused\n"
     status = json.loads(aq("status", "--json", url=redis_url).stdout)["types"]["acct"]
     assert (status["paused"], status["paused_entities"]) == (True, ["a2"])
+    assert status["limits"] == {
+        "concurrency": None,
+        "max_backlog": 5,
+        "rate": None,
+        "shared_rate": [100, 60.0],
+    }
     assert "PAUSED" in aq("status", url=redis_url).stdout
     assert aq("resume", "acct", url=redis_url).stdout == "acct resumed\n"
     status = json.loads(aq("status", "--json", url=redis_url).stdout)["types"]["acct"]

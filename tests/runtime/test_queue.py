@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from atomicqueues import (
@@ -1143,9 +1144,11 @@ async def test_an_entity_past_its_max_backlog_refuses_jobs_and_writes_nothing(
     await client.enqueue(T, "u1", "x", job_id="j1")
     await client.enqueue(T, "u1", "x", delay=60)  # delayed jobs count too
     keys = await client.redis.dbsize()
+    counted = REGISTRY.get_sample_value("aq_enqueue_refused_total", {"entity_type": T}) or 0.0
     with pytest.raises(BacklogFull, match="backlog of user/'u1' is full") as refused:
         await client.enqueue(T, "u1", "x", job_id="j3")
     assert refused.value.refused == [(T, "u1", "j3")]
+    assert REGISTRY.get_sample_value("aq_enqueue_refused_total", {"entity_type": T}) == counted + 1
     assert await client.redis.dbsize() == keys  # nothing written
     with pytest.raises(JobNotFound):
         await client.job("j3", entity=(T, "u1"))

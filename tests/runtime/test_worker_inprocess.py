@@ -189,8 +189,9 @@ async def test_a_shared_rate_spaces_the_handlers_of_a_whole_type(redis_url: str)
     async def call_api(ctx: JobContext, payload: None) -> None:
         starts.append(time.time())
 
-    await client.set_limits("user", shared_rate=(3, 0.6))
-    assert (await client.limits("user")).shared_rate == (3, 0.6)
+    with SyncClient(Settings(redis_url=redis_url)) as sync:  # the same calls, without async
+        sync.set_limits("user", shared_rate=(3, 0.6))
+        assert sync.limits("user").shared_rate == (3, 0.6)
     ids = [await client.enqueue("user", f"u{i % 4}", "call_api") for i in range(8)]
     worker = Worker(client, registry, "user", slots=4)
     run = asyncio.create_task(worker.run())

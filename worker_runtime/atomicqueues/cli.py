@@ -536,6 +536,7 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
             "dead_entities": len(await client.dead_entities(t)),
             "paused": paused.entity_type,
             "paused_entities": paused.entities,
+            "limits": asdict(await client.limits(t)),
             "schedules": [s.to_dict() for s in await client.schedules(t)],
         }
     if args.json:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import redis.exceptions
 from pydantic import ValidationError
 
-from . import tracing
+from . import metrics, tracing
 from .config import Settings
 from .connection import (
     CONNECTION_ERRORS,
@@ -362,6 +362,7 @@ class Client:
                 hint=" (enqueue it again with the same job_id to be sure: that is idempotent)",
             ) from None
         if added == 2:
+            metrics.ENQUEUE_REFUSED.labels(entity_type).inc()
             raise BacklogFull([(entity_type, entity_id, job.job_id)])
         return job.job_id
 
@@ -404,6 +405,8 @@ class Client:
             if added == 2
         ]
         if refused:
+            for entity_type, _, _ in refused:
+                metrics.ENQUEUE_REFUSED.labels(entity_type).inc()
             raise BacklogFull(refused, len(prepared) - len(refused))
         return [job.job_id for job in prepared]
 

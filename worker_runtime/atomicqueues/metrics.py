@@ -40,6 +40,11 @@ OUTCOMES_NOT_REPLICATED = Counter(
     "Job outcomes fewer replicas confirmed in time than AQ_DURABLE_REPLICAS asks",
     ("entity_type",),
 )
+ENQUEUE_REFUSED = Counter(
+    "aq_enqueue_refused_total",
+    "Jobs this process enqueued that their entity's max backlog refused",
+    ("entity_type",),
+)
 LEASES_LOST = Counter("aq_leases_lost_total", "Leases lost to expiry or takeover", ("entity_type",))
 
 

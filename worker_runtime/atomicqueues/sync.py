@@ -12,7 +12,7 @@ import threading
 from collections.abc import Coroutine, Iterable
 from typing import Any, TypeVar
 
-from .client import Client, Entity, NewJob, Paused
+from .client import Client, Entity, Limits, NewJob, Paused
 from .config import Settings
 from .jobs import Job
 from .schedules import Schedule
@@ -69,6 +69,12 @@ class SyncClient:
 
     def paused(self, entity_type: str) -> Paused:
         return self._run(self._client.paused(entity_type))
+
+    def set_limits(self, entity_type: str, entity_id: str | None = None, **limits: Any) -> None:
+        self._run(self._client.set_limits(entity_type, entity_id, **limits))
+
+    def limits(self, entity_type: str, entity_id: str | None = None) -> Limits:
+        return self._run(self._client.limits(entity_type, entity_id))
 
     def job(self, job_id: str, *, entity: Entity | None = None) -> Job:
         return self._run(self._client.job(job_id, entity=entity))
