@@ -133,7 +133,10 @@ async def waiting_jobs(client: Client, entity_id: str) -> list[str]:
 
 
 async def test_missed_ticks_fire_once_then_the_next_tick_after_now(client: Client) -> None:
-    added = await client.add_schedule(T, "ping", "ping", {"n": 1}, entity_id="e1", every=0.2)
+    added = await client.add_schedule(
+        T, "ping", "ping", {"n": 1}, entity_id="e1", every=0.2, timeout=7
+    )
+    assert added.timeout == 7
     assert added.next_at is not None
     assert added.start is not None
     await asyncio.sleep(1.0)  # about five ticks pass with no ticker
@@ -152,7 +155,7 @@ async def test_missed_ticks_fire_once_then_the_next_tick_after_now(client: Clien
         job_id("ping", first),
     )
     job = await client.job(job_id("ping", first), entity=(T, "e1"))
-    assert (job.name, job.payload, job.state) == ("ping", {"n": 1}, "waiting")
+    assert (job.name, job.payload, job.state, job.timeout) == ("ping", {"n": 1}, "waiting", 7)
 
 
 async def test_a_stale_or_replaced_read_fires_nothing(client: Client) -> None:

@@ -50,6 +50,9 @@ def add_parser(sub: Any, json_arg: Any, positive: Any) -> None:
     a.add_argument("--start", help="ISO time of the first tick at the earliest")
     a.add_argument("--priority", type=int, default=0)
     a.add_argument("--attempts", type=int, help="attempts of each job (default: AQ setting)")
+    a.add_argument(
+        "--timeout", type=float, metavar="S", help="each job's time limit (default: its handler's)"
+    )
     a = actions.add_parser("list", help="the schedules, their next and last ticks")
     a.add_argument("entity_type", metavar="TYPE", nargs="?", help="only this type")
     a.add_argument("--json", action="store_true", help="machine-readable output")
@@ -104,6 +107,7 @@ async def cmd_schedule(args: argparse.Namespace, client: Client) -> int:
             start=_start(args.start, args.tz),
             priority=args.priority,
             attempts=args.attempts,
+            timeout=args.timeout,
         )
         print(f"schedule {added.name} added: {schedule_line(added)}")
         return 0

@@ -79,6 +79,8 @@ class Schedule:
     """Epoch seconds: no tick before it; an `every` schedule ticks at start + k * every."""
     priority: int = 0
     attempts: int | None = None
+    timeout: float | None = None
+    """Each job's time limit in seconds (None: its handler's, else the worker's)."""
     per_type: bool = False
     """Added without an entity id."""
     next_at: float | None = None
@@ -122,6 +124,7 @@ class Schedule:
             "start": self.start,
             "prio": self.priority,
             "attempts": self.attempts,
+            "timeout": self.timeout,
         }
         return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
@@ -143,6 +146,7 @@ class Schedule:
             start=d["start"],
             priority=d["prio"],
             attempts=d["attempts"],
+            timeout=d.get("timeout"),
             per_type=d["per_type"],
             next_at=float(state["next"]) / 1000.0 if state.get("next") else None,
             fired=int(state.get("n") or 0),
@@ -249,6 +253,7 @@ class Schedules:
         start: datetime | float | None = None,
         priority: int = 0,
         attempts: int | None = None,
+        timeout: float | None = None,
     ) -> Schedule:
         """Add a schedule, or replace the type's schedule of the same name (its counts start
         again). Returns it with its first tick. Without `entity_id`, its jobs go to the entity
@@ -271,10 +276,12 @@ class Schedules:
                 start=start,
                 priority=priority,
                 attempts=attempts,
+                timeout=timeout,
                 per_type=entity_id is None,
             )
         )
-        # Its jobs are checked as an enqueue checks them (name, priority, attempts), once now.
+        # Its jobs are checked as an enqueue checks them (name, priority, attempts, timeout),
+        # once now.
         client._prepare(
             NewJob(
                 entity_type,
@@ -284,6 +291,7 @@ class Schedules:
                 job_id=job_id(name, 0),
                 priority=priority,
                 attempts=attempts,
+                timeout=timeout,
             )
         )
         t, name = schedule.entity_type, schedule.name
@@ -468,6 +476,7 @@ class Ticker:
                 job_id=job_id(name, due),
                 priority=schedule.priority,
                 attempts=schedule.attempts,
+                timeout=schedule.timeout,
             )
         )
         # Missed ticks are not made up: this one fires once, the next is the first after now.
