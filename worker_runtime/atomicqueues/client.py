@@ -151,17 +151,17 @@ def controls(summary: Mapping[str, str]) -> list[str]:
     return (summary.get("ctl") or "0 0 0 0 0 0 0 0").split()
 
 
-def _rate_fields(rate: tuple[int, float]) -> tuple[int, str, int]:
-    """`Client.set_limits`'s rate as limit.lua's fields: starts, 'rp', period in ms."""
+def _rate_ms(rate: tuple[int, float]) -> tuple[int, int]:
+    """`Client.set_limits`'s rate (starts, seconds) checked, as (starts, period in ms)."""
     try:
         n, seconds = rate
     except (TypeError, ValueError):
         raise InvalidInput("rate must be (starts, seconds), e.g. (10, 60)") from None
     if (n, seconds) == (0, 0):
-        return 0, "rp", 0
+        return 0, 0
     if not _integer(n) or not 1 <= n <= 10**6 or not _seconds(seconds) or seconds <= 0:
         raise InvalidInput("rate must be (starts, seconds): 1 to 10**6 starts, seconds > 0")
-    return n, "rp", max(1, math.ceil(seconds * 1000))
+    return n, max(1, math.ceil(seconds * 1000))
 
 
 def _rate_of(n: str | bytes | None, period_ms: str | bytes | None) -> tuple[int, float] | None:
@@ -631,7 +631,8 @@ class Client:
                 raise InvalidInput("max backlog must be an integer from 0 (no limit) to 10**9")
             fields += ["mb", max_backlog]
         if rate is not None:
-            fields += ["rn", *_rate_fields(rate)]
+            n, period_ms = _rate_ms(rate)
+            fields += ["rn", n, "rp", period_ms]
         if concurrency is not None:
             if entity_id is None:
                 raise InvalidInput("concurrency is set per entity: give the entity id")
@@ -639,7 +640,7 @@ class Client:
         if shared_rate is not None:
             if entity_id is not None:
                 raise InvalidInput("a shared rate is set for a whole type: give no entity id")
-            n, _, period_ms = _rate_fields(shared_rate)
+            n, period_ms = _rate_ms(shared_rate)
             key = self.keys.shared_rate(entity_type)
             if n:
                 await self.call(lambda: self.redis.set(key, f"{n} {period_ms}"))

@@ -392,8 +392,8 @@ class Worker:
     def _cancel_running(self, lease: Lease) -> None:
         """The job `lease` runs is to be cancelled (its renewal said so)."""
         running = self.running.get(lease.entity_id)
-        if running is not None:
-            self._cancel_job(running[0].job.id)
+        if running is not None and not running[1].done():
+            running[0].stop("cancelled")
 
     def _lost(self, lease: Lease, why: str) -> None:
         if self.held.get(lease.entity_id) is not lease:

@@ -159,14 +159,15 @@ async def announce(client: Client, info: PoolInfo, resync_seconds: float) -> Non
     )
     pipe.pexpireat(key, until)
     pipe.zadd(client.keys.pools(), {f"{info.namespace}/{info.name}": until})
+    pipe.zremrangebyscore(client.keys.pools(), "-inf", round(info.at * 1000))  # gone pools
     await client.call(pipe.execute)
 
 
 async def pools(client: Client, now: float) -> list[PoolInfo]:
     """The pools whose last announcement still holds, by namespace and name."""
     index = client.keys.pools()
-    await client.call(lambda: client.redis.zremrangebyscore(index, "-inf", now * 1000))
-    names = [str(n) for n in await client.zrange(index)]
+    held = await client.call(lambda: client.redis.zrangebyscore(index, now * 1000, "+inf"))
+    names = [str(n) for n in held]
     pipe = client.redis.pipeline(transaction=False)
     for full in names:
         pipe.hgetall(client.keys.pool(*full.split("/", 1)))
