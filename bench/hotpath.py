@@ -27,6 +27,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
@@ -44,7 +45,7 @@ from atomicqueues.keys import Keys
 from atomicqueues.leases import Leases, Started
 from atomicqueues.pools.embedded import EmbeddedRedis
 from atomicqueues.registry import Registry
-from atomicqueues.scripts import NAMES, source
+from atomicqueues.scripts import NAMES, library, source
 from atomicqueues.worker import Worker
 from compare.render import fmt_pct, fmt_trips
 from compare.stats import percentile
@@ -104,6 +105,7 @@ class RedisServer(EmbeddedRedis):
 # --- counting round trips on the client side ---------------------------------------------------
 SCRIPT_NAMES = {hashlib.sha1(source(name).encode()).hexdigest(): name for name in NAMES}
 SCRIPT_NAMES[hashlib.sha1(BASELINE_SCRIPT.encode()).hexdigest()] = "return 1"
+SCRIPT_NAMES.update({library().function(name): name for name in NAMES})
 
 
 def command_names(packed: bytes | str | Iterable[bytes | memoryview]) -> list[str]:
@@ -128,7 +130,7 @@ def command_names(packed: bytes | str | Iterable[bytes | memoryview]) -> list[st
                 head.append(data[i : i + size])
             i += size + 2
         name = head[0].decode().upper()
-        if name == "EVALSHA" and len(head) > 1:
+        if name in ("EVALSHA", "FCALL") and len(head) > 1:
             name += " " + SCRIPT_NAMES.get(head[1].decode(), head[1][:8].decode())
         names.append(name)
     return names
@@ -196,9 +198,12 @@ class ServerStats:
     def commands(self) -> int:
         return sum(self.calls.values())
 
+    def script_calls(self) -> int:
+        return self.calls["evalsha"] + self.calls["fcall"]
+
     def script_usec(self) -> float:
-        """Server time of one EVALSHA, scripts included, in seconds."""
-        return self.usec["evalsha"] / max(1, self.calls["evalsha"]) / 1e6
+        """Server time of one script call (EVALSHA or FCALL), scripts included, in seconds."""
+        return (self.usec["evalsha"] + self.usec["fcall"]) / max(1, self.script_calls()) / 1e6
 
     def per_job(self, jobs: int, top: int = 6) -> str:
         common = self.calls.most_common(top)
@@ -244,12 +249,14 @@ class Bench:
 
     # --- reading the server ---------------------------------------------------------------------
     async def reset(self) -> None:
-        """An empty server before each measurement, its script cache loaded as a running
-        deployment's is (a NOSCRIPT and SCRIPT LOAD would be one-time costs)."""
+        """An empty server before each measurement, its scripts (and on Redis 7 and later its
+        function library) loaded as a running deployment's are (loading is a one-time cost)."""
         await self.control.flushall()
         await self.control.script_flush()
         for text in [source(name) for name in NAMES] + [BASELINE_SCRIPT]:
             await self.control.script_load(text)
+        with suppress(redis.exceptions.ResponseError):  # before 7.0: no functions
+            await self.control.function_load(library().code, replace=True)
 
     async def commandstats(self) -> ServerStats:
         info = await self.control.info("commandstats")
@@ -524,7 +531,7 @@ class Bench:
             await self.control.execute_command("CLIENT", "UNPAUSE")
             await asyncio.gather(*(stop_process(p) for p in procs))
         rate = n / (ended - began)
-        per = (delta.calls["evalsha"] + delta.calls["blpop"]) / n
+        per = (delta.script_calls() + delta.calls["blpop"]) / n
         self.add("packed.rate", rate)
         self.add("packed.trips", per)
         self.add("packed.ratio", rate / (ideal_rate / per))

@@ -20,11 +20,13 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+import redis.exceptions
 
 from compare.driver import BENCH_DIR
 from compare.marks import MarkReader
@@ -158,10 +160,13 @@ class Measure:
         return ServerSnapshot.total(snapshots)
 
     async def reset(self) -> None:
-        """An empty server: no keys, no scripts, no clients left from the previous system."""
+        """An empty server: no keys, no scripts or functions, no clients left from the previous
+        system."""
         for control in self.controls:
             await control.flushall()
             await control.script_flush()
+            with suppress(redis.exceptions.ResponseError):  # before 7.0: no functions
+                await control.function_flush()
 
     async def wait_marks(
         self,

@@ -375,11 +375,11 @@ class Renderer:
         return "\n".join(lines)
 
     def our_trips(self) -> dict[int, float]:
-        """Client round trips per job of the main run: every EVALSHA and BLPOP is a request of
-        its own (no project script calls another; heartbeat pipelines are a rounding error)."""
-        evalsha = self.reps(MAIN, "cmd.evalsha")
-        blpop = self.reps(MAIN, "cmd.blpop")
-        return {r: e + blpop.get(r, 0.0) for r, e in evalsha.items()}
+        """Client round trips per job of the main run: every script call (EVALSHA, or FCALL on
+        Redis 7 and later) and BLPOP is a request of its own (no project script calls another;
+        heartbeat pipelines are a rounding error)."""
+        calls = [self.reps(MAIN, f"cmd.{name}") for name in ("evalsha", "fcall", "blpop")]
+        return {r: sum(c.get(r, 0.0) for c in calls) for r in set().union(*calls)}
 
     def latency(self) -> str:
         rows = []

@@ -13,10 +13,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 BENCH_COMMANDS = frozenset(
-    {"info", "flushall", "script|flush", "script|load", "config|resetstat", "ping", "hello"}
+    {
+        "info",
+        "flushall",
+        "script|flush",
+        "script|load",
+        "function|flush",
+        "function|load",
+        "config|resetstat",
+        "ping",
+        "hello",
+    }
 )
 """Commands the benchmark's own control connection sends; never charged to a system.
-(`script|load` too: a script cache load is a one-time cost, as after a Redis restart.)"""
+(`script|load` and `function|load` too: loading scripts is a one-time cost, as after a Redis
+restart.)"""
 SCRIPT_CALLS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro")
 
 

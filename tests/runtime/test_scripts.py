@@ -15,7 +15,7 @@ import pytest
 
 from atomicqueues import Client
 from atomicqueues.jobs import REPLY_FIELDS
-from atomicqueues.scripts import INCLUDE, NAMES, source
+from atomicqueues.scripts import INCLUDE, NAMES, flags, library, source
 
 LUA = resources.files("atomicqueues").joinpath("lua")
 
@@ -44,3 +44,25 @@ async def test_every_script_loads_on_a_real_redis(client: Client) -> None:
     for name in NAMES:
         sha = await client.redis.script_load(source(name))
         assert len(sha) == 40, name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_script_that_moves_work_along_when_memory_is_full_may_run_then(name: str) -> None:
+    """A function without `allow-oom` is refused before it starts when memory is full, so
+    every script that calls when_full_run() (lua/include/oom.lua) must declare it."""
+    own = LUA.joinpath(f"{name}.lua").read_text()
+    assert ("allow-oom" in flags(name)) == ("when_full_run(" in own)
+
+
+async def test_the_scripts_run_as_functions_where_redis_has_them(client: Client) -> None:
+    version = int(str((await client.redis.info("server"))["redis_version"]).split(".")[0])
+    if version >= 7:
+        await client.redis.execute_command("FUNCTION", "FLUSH")
+    await client.enqueue("user", "u1", "echo", {"n": 1})  # loads what the server lacks
+    assert client.scripts.functions is (version >= 7)
+    if version >= 7:
+        loaded = await client.redis.execute_command("FUNCTION", "LIST")
+        assert library().name in str(loaded)
+        await client.redis.execute_command("FUNCTION", "FLUSH")  # as a restart without disk
+    await client.enqueue("user", "u1", "echo", {"n": 2})
+    assert (await client.counts("user"))["waiting"] == 2

@@ -1,10 +1,17 @@
 """The Lua scripts, loaded once and called by name.
 
 Every multi-key change is one script, so no crash leaves half a change. Each `lua/NAME.lua`
-states its KEYS/ARGV/return contract at its top and names the helpers it uses
-(`-- @include X`: `lua/include/X.lua`, which may include others; `lua/include/keys.lua`
-documents the key layout). redis-py's Script objects call EVALSHA and load the script again
-when the server answers NOSCRIPT (after a restart or SCRIPT FLUSH).
+states its KEYS/ARGV/return contract at its top, names the helpers it uses (`-- @include X`:
+`lua/include/X.lua`, which may include others; `lua/include/keys.lua` documents the key layout)
+and the function flags it needs (`-- @flags ...`).
+
+Where the server has Redis functions (7.0 and later) and the user may load them, every script
+is one function of one library (`library()`), called with FCALL: the helpers are then defined
+once, when the library is loaded, not on every call (a few µs of every call of a script). Else
+(Redis 6.2, or an ACL without `fcall` and `function|load`) each script is called with EVALSHA.
+The client learns which from the server's first answer; a function or script the server does
+not have (a restart without persistence, a new primary, FLUSH) is loaded and the call sent
+again.
 
 A durable call (`replicas` > 0) sends the script and a WAIT for that many replicas in one
 non-transactional pipeline: one round trip, on one connection, so the WAIT covers exactly the
@@ -14,13 +21,16 @@ reply (the change holds on the primary).
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
-from redis.commands.core import AsyncScript
 
 from .connection import RedisClient
 from .errors import NotReplicated
@@ -63,62 +73,158 @@ NAMES = (
 
 
 INCLUDE = "-- @include "
+FLAGS = "-- @flags "
+
+
+def _lua(path: str) -> str:
+    return resources.files(__package__).joinpath("lua", path).read_text()
+
+
+def _resolve(text: str, seen: set[str]) -> str:
+    """`text` with each `-- @include X` line replaced by `lua/include/X.lua`, itself resolved
+    the same way, unless X is in `seen` (then by nothing); adds what it resolves to `seen`."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(INCLUDE):
+            helper = line[len(INCLUDE) :].strip()
+            if helper not in seen:
+                seen.add(helper)
+                out.append(_resolve(_lua(f"include/{helper}.lua"), seen))
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 @cache
 def source(name: str) -> str:
-    """The full text of one script (`lua/NAME.lua`) with its helpers: each `-- @include X`
-    line is replaced by `lua/include/X.lua`, itself resolved the same way, the first time X
-    is included anywhere in the script, and by nothing after that."""
-    lua = resources.files(__package__).joinpath("lua")
+    """The full text of one script (`lua/NAME.lua`) with its helpers, each included once."""
+    return _resolve(_lua(f"{name}.lua"), set())
+
+
+def flags(name: str) -> list[str]:
+    """The function flags a script declares: `allow-oom` for those that move work along when
+    memory is full (lua/include/oom.lua), `no-writes` for those that only read."""
+    for line in _lua(f"{name}.lua").splitlines():
+        if line.startswith(FLAGS):
+            return line[len(FLAGS) :].split()
+    return []
+
+
+@dataclass(frozen=True)
+class Library:
+    """Every script as a function of one library. Its name carries a digest of its code, so
+    that workers of two versions find their own functions during a rolling upgrade."""
+
+    name: str
+    code: str
+
+    def function(self, script: str) -> str:
+        return f"{self.name}_{script}"
+
+
+@cache
+def library() -> Library:
     seen: set[str] = set()
+    helpers: list[str] = []
+    bodies: list[tuple[str, str]] = []
+    for name in NAMES:
+        own = _lua(f"{name}.lua").splitlines()
+        helpers += [_resolve(line, seen) for line in own if line.startswith(INCLUDE)]
+        bodies.append((name, "\n".join(line for line in own if not line.startswith(INCLUDE))))
+    digest = hashlib.sha1("\n".join(helpers + [b for _, b in bodies]).encode()).hexdigest()
+    lib = Library(f"atomicqueues_{digest[:16]}", "")
+    functions = [
+        f"redis.register_function{{function_name = '{lib.function(name)}', "
+        f"callback = function(KEYS, ARGV)\n{body}\nend, "
+        f"flags = {{{', '.join(repr(f) for f in flags(name))}}}}}"
+        for name, body in bodies
+    ]
+    return Library(lib.name, "\n".join([f"#!lua name={lib.name}", *helpers, *functions]))
 
-    def resolve(text: str) -> str:
-        out = []
-        for line in text.splitlines():
-            if line.startswith(INCLUDE):
-                helper = line[len(INCLUDE) :].strip()
-                if helper not in seen:
-                    seen.add(helper)
-                    out.append(resolve(lua.joinpath("include", f"{helper}.lua").read_text()))
-            else:
-                out.append(line)
-        return "\n".join(out)
 
-    return resolve(lua.joinpath(f"{name}.lua").read_text())
+def _refused_fcall(error: Exception) -> bool:
+    """The server has no FCALL (before 7.0), or the user may not call or load functions."""
+    text = str(error).lower()
+    return ("unknown command" in text and "fcall" in text) or any(
+        f"to run the '{command}' command" in text for command in ("fcall", "function|load")
+    )
 
 
 class Scripts:
-    """The project's scripts registered on one Redis client."""
+    """The project's scripts on one Redis client."""
 
     def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
-        self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(source(name)) for name in NAMES
-        }
+        self._library = library()
+        self._sha = {name: hashlib.sha1(source(name).encode()).hexdigest() for name in NAMES}
+        self.functions: bool | None = None
+        """FCALL (True) or EVALSHA (False); None until the server's first answer tells."""
+        self._recovered = 0
+        """How many times `_recover` loaded the library or gave up FCALL (calls refused before
+        that are sent again without doing it again)."""
+        self._recovering = asyncio.Lock()
 
-    async def run_many(self, name: str, calls: list[tuple[str, str, list[Any]]]) -> list[Any]:
+    def _call(self, name: str, bucket: str) -> tuple[list[Any], dict[str, Any]]:
+        """The head of the command that runs script `name` on `bucket`, and where it goes."""
+        if self.functions is False:
+            return ["EVALSHA", self._sha[name], 1, bucket], {}
+        # On Cluster, to the bucket's node (redirections are followed): redis-py would ask the
+        # server for an FCALL's keys before every call.
+        head = ["FCALL", self._library.function(name), 1, bucket]
+        if isinstance(self._redis, RedisCluster):
+            return head, {"target_nodes": self._redis.get_node_from_key(bucket)}
+        return head, {}
+
+    async def _recover(self, name: str, error: Exception, recovered: int) -> bool:
+        """After a call (sent when `_recovered` was `recovered`) was refused with `error`: make
+        it possible (the library is loaded once however many calls were refused alike at the
+        same time), and say whether it is worth sending again (False: the error is the call's
+        own)."""
+        if isinstance(error, redis.exceptions.NoScriptError):
+            await self._redis.script_load(source(name))
+            return True
+        if self.functions is False or not isinstance(error, redis.exceptions.ResponseError):
+            return False
+        refused = _refused_fcall(error)
+        if not refused and "function not found" not in str(error).lower():
+            return False
+        async with self._recovering:
+            if self._recovered != recovered:
+                return True  # another call did it meanwhile
+            self._recovered += 1
+            try:
+                if not refused:
+                    await self._redis.function_load(self._library.code, replace=True)
+            except redis.exceptions.ResponseError as exc:
+                if not _refused_fcall(exc):
+                    raise
+                refused = True
+            if refused:
+                self.functions = False
+        return True
+
+    async def run_many(self, name: str, calls: Sequence[tuple[str, str, list[Any]]]) -> list[Any]:
         """Run script `name` once per (bucket, first arg, more args) in one pipeline: one round
         trip per node. Raises the first error a call met, after every call has run."""
-        script = self._scripts[name]
         replies: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
-        for _ in range(2):  # once more after loading the script (NOSCRIPT: new primary, restart)
+        for _ in range(4):  # again after learning FCALL's fate, and after loading
+            recovered = self._recovered
             pipe = self._redis.pipeline(transaction=False)
             for i in todo:
                 bucket, first, args = calls[i]
-                # As a plain command: the cluster pipeline refuses evalsha() by name.
-                pipe.execute_command("EVALSHA", script.sha, 1, bucket, first, *args)
+                head, where = self._call(name, bucket)
+                pipe.execute_command(*head, first, *args, **where)
             for i, reply in zip(todo, await pipe.execute(raise_on_error=False), strict=True):
                 replies[i] = reply
-            todo = [i for i in todo if isinstance(replies[i], redis.exceptions.NoScriptError)]
-            if not todo:
-                for reply in replies:
-                    if isinstance(reply, Exception):
-                        raise reply
-                return replies
-            await self._redis.script_load(script.script)  # only the calls it refused run again
-        raise redis.exceptions.NoScriptError(f"script {name} could not be loaded")
+            errors = [i for i in todo if isinstance(replies[i], Exception)]
+            if not errors or not await self._recover(name, replies[errors[0]], recovered):
+                break
+            todo = [i for i in errors if type(replies[i]) is type(replies[errors[0]])]
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     async def run(
         self, name: str, bucket: str, *args: str | int | float, replicas: int = 0, wait_ms: int = 0
@@ -126,34 +232,44 @@ class Scripts:
         """Run script `name` on one bucket (its only KEYS entry, which routes it on Cluster);
         with `replicas`, return only once that many replicas have its writes (within
         `wait_ms`), else raise `NotReplicated`."""
-        if replicas <= 0:
-            return await self._scripts[name](keys=[bucket], args=list(args))
-        script = self._scripts[name]
-        for _ in range(2):  # once more after loading the script (NOSCRIPT: new primary, restart)
-            if isinstance(self._redis, RedisCluster):
-                # The node that owns the bucket, on the connection its script goes through. No
-                # redirection: a script moved to another node would leave this WAIT behind.
-                node = self._redis.get_node_from_key(bucket)
-                cpipe = self._redis.pipeline(transaction=False)
-                cpipe.execute_command("EVALSHA", script.sha, 1, bucket, *args)  # evalsha: refused
-                cpipe.execute_command("WAIT", replicas, wait_ms, target_nodes=node)
-                reply, acked = await cpipe.execute(raise_on_error=False, allow_redirections=False)
-            else:
-                pipe = self._redis.pipeline(transaction=False)
-                pipe.evalsha(script.sha, 1, bucket, *args)
-                pipe.execute_command("WAIT", replicas, wait_ms)
-                reply, acked = await pipe.execute(raise_on_error=False)
-            if isinstance(reply, redis.exceptions.NoScriptError):
-                await self._redis.script_load(script.script)
-                continue
-            for answer in (reply, acked):
-                if isinstance(answer, Exception):
-                    if isinstance(self._redis, RedisCluster) and isinstance(answer, TOPOLOGY):
-                        # What the cluster client does itself when a plain call meets these:
-                        # read the slot map again before the next call.
-                        await self._redis.aclose()
-                    raise answer
-            if int(acked) < replicas:
-                raise NotReplicated(f"script {name}", int(acked), replicas, reply)
-            return reply
-        raise redis.exceptions.NoScriptError(f"script {name} could not be loaded")
+        for attempt in range(4):  # again after learning FCALL's fate, and after loading
+            recovered = self._recovered
+            head, where = self._call(name, bucket)
+            try:
+                if replicas <= 0:
+                    reply = await self._redis.execute_command(*head, *args, **where)
+                    if self.functions is None:
+                        self.functions = head[0] == "FCALL"
+                    return reply
+                return await self._durable(name, bucket, [*head, *args], replicas, wait_ms)
+            except redis.exceptions.ResponseError as exc:
+                if attempt == 3 or not await self._recover(name, exc, recovered):
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _durable(
+        self, name: str, bucket: str, command: list[Any], replicas: int, wait_ms: int
+    ) -> Any:
+        if isinstance(self._redis, RedisCluster):
+            # The node that owns the bucket, on the connection its script goes through. No
+            # redirection: a script moved to another node would leave this WAIT behind.
+            node = self._redis.get_node_from_key(bucket)
+            cpipe = self._redis.pipeline(transaction=False)
+            cpipe.execute_command(*command, target_nodes=node)
+            cpipe.execute_command("WAIT", replicas, wait_ms, target_nodes=node)
+            reply, acked = await cpipe.execute(raise_on_error=False, allow_redirections=False)
+        else:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.execute_command(*command)
+            pipe.execute_command("WAIT", replicas, wait_ms)
+            reply, acked = await pipe.execute(raise_on_error=False)
+        for answer in (reply, acked):
+            if isinstance(answer, Exception):
+                if isinstance(self._redis, RedisCluster) and isinstance(answer, TOPOLOGY):
+                    # What the cluster client does itself when a plain call meets these:
+                    # read the slot map again before the next call.
+                    await self._redis.aclose()
+                raise answer
+        if int(acked) < replicas:
+            raise NotReplicated(f"script {name}", int(acked), replicas, reply)
+        return reply

@@ -7,6 +7,7 @@
 -- ARGV  jslot, channel, why
 -- Returns {1, 'cancelled'}, {1, 'cancelling'} (running: asked for) or {0, state} (state ''
 -- when there is no such job).
+-- @flags allow-oom
 -- @include oom
 -- @include job
 local bb, jslot, chan, why = KEYS[1], ARGV[1], ARGV[2], ARGV[3]

@@ -4,6 +4,7 @@
 -- Returns {'job', token, jslot, <JOB_REPLY...>}
 --      or {'idle', token or '', next_due_ms or ''}  (nothing may start now)
 --      or {'lost'}                                  (the presented lease is gone)
+-- @flags allow-oom
 -- @include oom
 -- @include job
 local bb, e, owner, token, ttl, chan = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]),

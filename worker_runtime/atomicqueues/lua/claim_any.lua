@@ -2,6 +2,7 @@
 -- KEYS[1] bucket base
 -- ARGV  owner, lease_ttl_ms, channel
 -- Returns {'job', e, token, jslot, <JOB_REPLY...>} or {'none'}.
+-- @flags allow-oom
 -- @include oom
 -- @include bucket
 local bb, owner, ttl, chan = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3]

@@ -3,6 +3,7 @@
 -- ARGV  e, action ('requeue'|'purge'), channel, then the jslots (none: all of them)
 -- Returns the number of jobs requeued or purged. A requeued job keeps its original place in
 -- the order (its wait score), with its attempts reset.
+-- @flags allow-oom
 -- @include oom
 -- @include queue
 local bb, e, action, chan = KEYS[1], ARGV[1], ARGV[2], ARGV[3]

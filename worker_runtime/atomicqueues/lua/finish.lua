@@ -15,6 +15,7 @@
 --      or {'lost'} when the lease is no longer this worker's: then nothing was changed.
 -- The same call made again after its first reply was lost answers what the first one did
 -- (unless that one handed the lease over: then 'lost'), and changes nothing.
+-- @flags allow-oom
 -- @include oom
 -- @include bucket
 local bb, e, owner, token, jslot = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]

@@ -5,6 +5,7 @@
 -- KEYS[1] bucket base
 -- ARGV  e ('' for the type), channel, then (field, value) pairs, fields 'mb', 'rn', 'rp'
 -- Returns how many entities' summaries changed.
+-- @flags allow-oom
 -- @include oom
 -- @include queue
 -- @include defaults

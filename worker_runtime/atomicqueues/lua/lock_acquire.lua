@@ -3,6 +3,7 @@
 -- ARGV  r (encoded resource id), owner, owner_type, ttl_ms
 -- Returns {1, token, acquired_ms, expires_ms} or {0, owner, owner_type, expires_ms} (held;
 -- also when owner itself holds it: a lock is not re-entrant).
+-- @flags allow-oom
 -- @include locks
 local lb, r, owner, otype, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 when_full_run(lb)

@@ -7,6 +7,7 @@
 --                    first); ties in the order given
 -- Returns {1, r, token, acquired_ms, expires_ms}
 --      or {0, then r, owner, owner_type, expires_ms for every candidate} (all held)
+-- @flags allow-oom
 -- @include locks
 local lb, owner, otype, ttl = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
 local spread, offset = ARGV[4], tonumber(ARGV[5])

@@ -3,6 +3,7 @@
 -- ARGV  r, owner, token, ttl_ms
 -- Returns {1, expires_ms}, or {0} when owner does not hold it under token (expired, released,
 -- taken over): nothing is changed then.
+-- @flags allow-oom
 -- @include locks
 local lb, r, owner, token, ttl = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 when_full_run(lb)

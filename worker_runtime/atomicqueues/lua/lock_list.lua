@@ -2,6 +2,7 @@
 -- KEYS[1] lock base of the resource type
 -- ARGV  limit
 -- Returns r, owner, owner_type, token, acquired_ms, expires_ms for each, soonest expiry first.
+-- @flags no-writes
 -- @include locks
 local lb, limit = KEYS[1], tonumber(ARGV[1])
 local now = now_ms()

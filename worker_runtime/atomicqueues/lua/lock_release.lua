@@ -3,6 +3,7 @@
 -- ARGV  r, owner, token, force ('1': release whoever holds it; owner and token are ignored)
 -- Returns {1, owner, owner_type, token, acquired_ms, expires_ms} (what was released), or {0}
 -- when it was not held (by owner under token): nothing is changed then.
+-- @flags allow-oom
 -- @include locks
 local lb, r, owner, token, force = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
 when_full_run(lb)

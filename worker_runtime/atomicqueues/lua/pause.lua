@@ -7,6 +7,7 @@
 -- KEYS[1] bucket base
 -- ARGV  action ('pause'|'resume'), e ('' for the type), channel
 -- Returns how many entities were paused or resumed by this call.
+-- @flags allow-oom
 -- @include oom
 -- @include defaults
 -- @include every_entity

@@ -6,6 +6,7 @@
 --   mode 'shutdown': always; a running job goes back to the head of the queue at once and the
 --                attempt it used is given back.
 -- Returns 'released', 'busy' (idle mode, work is there: lease kept) or 'lost'.
+-- @flags allow-oom
 -- @include oom
 -- @include lease
 local bb, e, owner, token, mode, chan = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]

@@ -3,6 +3,7 @@
 -- ARGV  owner, lease_ttl_ms, channel, then (e, token) pairs
 -- Returns one 1 (renewed), 2 (renewed, and the job it runs is to be cancelled: cancel.lua) or
 -- 0 (lost: expired or taken over, nothing renewed) per pair.
+-- @flags allow-oom
 -- @include oom
 -- @include lease
 local bb, owner, ttl, chan = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3]

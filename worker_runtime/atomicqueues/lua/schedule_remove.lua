@@ -2,6 +2,7 @@
 -- KEYS[1] bucket base
 -- ARGV  name
 -- Returns 1 when it was there, 0 when not.
+-- @flags allow-oom
 -- @include oom
 -- @include keys
 local bb, name = KEYS[1], ARGV[1]

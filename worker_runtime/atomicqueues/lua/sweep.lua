@@ -4,6 +4,7 @@
 -- KEYS[1] bucket base
 -- ARGV  limit, channel
 -- Returns {leases_recovered, entities_promoted}.
+-- @flags allow-oom
 -- @include oom
 -- @include bucket
 local bb, limit, chan = KEYS[1], tonumber(ARGV[1]), ARGV[2]

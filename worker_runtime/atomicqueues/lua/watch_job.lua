@@ -4,6 +4,7 @@
 -- Returns {state, result, error}; state '' when there is no such job. When the state is not
 -- final (completed, cancelled or dead), one element will be pushed to bb..'jw:'..jslot when
 -- it becomes so (or when the job is removed).
+-- @flags allow-oom
 -- @include oom
 -- @include queue
 local bb, jslot = KEYS[1], ARGV[1]

@@ -10,9 +10,12 @@
 --   begins with a write that frees memory, as finish's ZPOPMIN does), so the rest runs even
 --   over maxmemory (a few bytes a job): a running job's lease, renewal and outcome never fail
 --   for memory.
--- This holds on Redis 6.2 and 7.x alike for scripts without flags, as ours are. (A `#!lua` line
--- would change it: on 7.x such a script is refused at its start unless flagged allow-oom, a
--- flag 6.2 cannot parse.)
+-- Called with EVALSHA (Redis 6.2, scripts without a `#!lua` line) this holds as said. Called as
+-- functions (Redis 7 and later, scripts.py) a function is refused before it starts unless it
+-- has the `allow-oom` flag, which then lets every write through: so each script that calls
+-- when_full_run() declares `-- @flags allow-oom` (a test checks both go together), and the others
+-- (enqueue first of all) are refused whole. Either way a refused script has changed nothing, and
+-- the client answers an enqueue of a job that is already there by reading it (client.py).
 local function when_full_run(base)
   redis.call('DEL', base .. 'oom')  -- a key never written: a write that never adds memory
 end
