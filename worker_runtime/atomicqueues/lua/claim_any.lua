@@ -8,8 +8,10 @@
 local bb, owner, ttl, chan = KEYS[1], ARGV[1], tonumber(ARGV[2]), ARGV[3]
 when_full_run(bb)
 local now, us = clock()
-promote_due(bb, now, chan, 20)
-local got = claim_first(bb, owner, ttl, now, us, chan)
+local tally = {}
+promote_due(bb, now, chan, 20, tally)
+local got = claim_first(bb, owner, ttl, now, us, chan, tally)
+write_counts(bb, tally)
 if got then
   return {'job', unpack(got)}
 end

@@ -62,8 +62,10 @@ if job or nxt == 'none' or nxt == 'same' then
   return {'ok', E.due and int(E.due) or ''}
 end
 drop_lease(E, owner, false, now, us)
-save(E, chan, now)
-local other = nxt == 'any' and claim_first(bb, owner, ttl, now, us, chan)
+local tally = {}
+save(E, chan, now, tally)
+local other = nxt == 'any' and claim_first(bb, owner, ttl, now, us, chan, tally)
+write_counts(bb, tally)
 if other then
   return {'ok', 'other', unpack(other)}
 end

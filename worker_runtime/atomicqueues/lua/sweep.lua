@@ -11,6 +11,7 @@ local bb, limit, chan = KEYS[1], tonumber(ARGV[1]), ARGV[2]
 when_full_run(bb)
 local now, us = clock()
 local expired = redis.call('ZRANGEBYSCORE', bb .. 'leases', '-inf', now - 1, 'LIMIT', 0, limit)
+local tally = {}
 for _, member in ipairs(expired) do
   local sep = string.find(member, '|', 1, true)
   local owner, e = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
@@ -21,9 +22,10 @@ for _, member in ipairs(expired) do
     redis.call('ZREM', bb .. 'leases', member)  -- an index entry without its lease
   end
   promote(E, now)
-  save(E, chan, now)
+  save(E, chan, now, tally)
 end
-local promoted = promote_due(bb, now, chan, limit)
+local promoted = promote_due(bb, now, chan, limit, tally)
+write_counts(bb, tally)
 -- A doorbell popped by a packed worker that died before it claimed: ring it again.
 if redis.call('ZCARD', bb .. 'ready') > 0 then ring(bb .. 'bell') end
 return {#expired, promoted}

@@ -48,7 +48,9 @@ local function add_job(B, bb, e, jslot, prio, delay, header, payload, now)
   return 1, 'waiting'
 end
 
--- Save every entity the batch changed (and the bucket's index with them).
+-- Save every entity the batch changed (and the bucket's index and counts with them).
 local function save_batch(B, chan, now)
-  for _, E in ipairs(B.order) do save(E, chan, now) end
+  local tally = {}
+  for _, E in ipairs(B.order) do save(E, chan, now, tally) end
+  if B.order[1] then write_counts(B.order[1].bb, tally) end
 end

@@ -132,8 +132,23 @@ local function save_meta(E, idle)
   if #del > 0 then redis.call('HDEL', E.meta, unpack(del)) end
 end
 
--- Write what changed of E, and bring the bucket's index along.
-local function save(E, chan, now)
+-- Add per-state counts of the bucket to `into` (a table state -> delta).
+local function add_counts(into, counts)
+  for state, delta in pairs(counts) do into[state] = (into[state] or 0) + delta end
+end
+
+-- Write per-state counts of bucket bb (one HINCRBY a state that changed).
+local function write_counts(bb, counts)
+  for state, delta in pairs(counts) do
+    if delta ~= 0 then redis.call('HINCRBY', bb .. 'counts', state, delta) end
+  end
+end
+
+-- Write what changed of E, and bring the bucket's index along. Its per-state counts are
+-- written too, or added to `tally` when the script saves several entities of the bucket and
+-- writes them once at its end (write_counts): a job that ends on one entity and one that
+-- starts on the next cancel out.
+local function save(E, chan, now, tally)
   local bb, e, raw = E.bb, E.e, E.raw
   local w, a, r, h, x, c, due, p, rl = E.w, E.a, E.r, E.h, E.x, E.c, E.due, E.p, E.rl
   local w0, a0, r0, h0 = tonumber(raw[1]) or 0, tonumber(raw[2]) or 0, tonumber(raw[3]) or 0,
@@ -174,8 +189,6 @@ local function save(E, chan, now)
   if due ~= due0 then zset_entry(bb .. 'delayed', e, due) end
   if x ~= x0 then hash_entry(bb .. 'dead', e, x) end
   if E.counts then
-    for state, delta in pairs(E.counts) do
-      if delta ~= 0 then redis.call('HINCRBY', bb .. 'counts', state, delta) end
-    end
+    if tally then add_counts(tally, E.counts) else write_counts(bb, E.counts) end
   end
 end
