@@ -442,10 +442,13 @@ class Report:
 
 
 def command_line() -> str:
+    """The command as run, with the redis-server it was told to use (`AQ_REDIS_SERVER`)."""
     script = Path(sys.argv[0])
     with contextlib.suppress(ValueError):
         script = script.resolve().relative_to(REPO)
-    return shlex.join(["python", str(script), *sys.argv[1:]])
+    server = os.environ.get("AQ_REDIS_SERVER")
+    env = [f"AQ_REDIS_SERVER={shlex.quote(server)}"] if server else []
+    return " ".join([*env, shlex.join(["python", str(script), *sys.argv[1:]])])
 
 
 # --- output ------------------------------------------------------------------------------------

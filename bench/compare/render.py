@@ -169,7 +169,7 @@ class Renderer:
             f"other work (load average {m['load_start']:.2f} at start, "
             f"{m.get('load_end', 0):.2f} at end).",
             f"- {m['redis']}; Python {m['python']}. One Redis for every system; emptied "
-            "(FLUSHALL, SCRIPT FLUSH) before each run."
+            "(FLUSHALL, SCRIPT FLUSH, and FUNCTION FLUSH on Redis 7) before each run."
             + (
                 f' The runs named "Redis Cluster": a private Cluster of {cluster} masters '
                 "from the same binary, emptied likewise (section 7)."
