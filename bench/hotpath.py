@@ -45,7 +45,7 @@ from atomicqueues.keys import Keys
 from atomicqueues.leases import Leases, Started
 from atomicqueues.pools.embedded import EmbeddedRedis
 from atomicqueues.registry import Registry
-from atomicqueues.scripts import NAMES, library, source
+from atomicqueues.scripts import NAMES, library, sha, source
 from atomicqueues.worker import Worker
 from compare.render import fmt_pct, fmt_trips
 from compare.stats import percentile
@@ -103,7 +103,7 @@ class RedisServer(EmbeddedRedis):
 
 
 # --- counting round trips on the client side ---------------------------------------------------
-SCRIPT_NAMES = {hashlib.sha1(source(name).encode()).hexdigest(): name for name in NAMES}
+SCRIPT_NAMES = {sha(name): name for name in NAMES}
 SCRIPT_NAMES[hashlib.sha1(BASELINE_SCRIPT.encode()).hexdigest()] = "return 1"
 SCRIPT_NAMES.update({library().function(name): name for name in NAMES})
 

@@ -101,6 +101,12 @@ def source(name: str) -> str:
     return _resolve(_lua(f"{name}.lua"), set())
 
 
+@cache
+def sha(name: str) -> str:
+    """The SHA1 by which EVALSHA calls the script."""
+    return hashlib.sha1(source(name).encode()).hexdigest()
+
+
 def flags(name: str) -> list[str]:
     """The function flags a script declares: `allow-oom` for those that move work along when
     memory is full (lua/include/oom.lua), `no-writes` for those that only read."""
@@ -156,7 +162,6 @@ class Scripts:
     def __init__(self, redis: RedisClient) -> None:
         self._redis = redis
         self._library = library()
-        self._sha = {name: hashlib.sha1(source(name).encode()).hexdigest() for name in NAMES}
         self.functions: bool | None = None
         """FCALL (True) or EVALSHA (False); None until the server's first answer tells."""
         self._recovered = 0
@@ -167,7 +172,7 @@ class Scripts:
     def _call(self, name: str, bucket: str) -> tuple[list[Any], dict[str, Any]]:
         """The head of the command that runs script `name` on `bucket`, and where it goes."""
         if self.functions is False:
-            return ["EVALSHA", self._sha[name], 1, bucket], {}
+            return ["EVALSHA", sha(name), 1, bucket], {}
         # On Cluster, to the bucket's node (redirections are followed): redis-py would ask the
         # server for an FCALL's keys before every call.
         head = ["FCALL", self._library.function(name), 1, bucket]
