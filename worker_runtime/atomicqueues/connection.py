@@ -22,6 +22,8 @@ once on a fresh one, so a restarted Redis costs the caller nothing.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 from urllib.parse import unquote, urlsplit
@@ -36,6 +38,18 @@ from redis.backoff import NoBackoff
 from .errors import PoolExhausted, RedisUnavailable
 
 RedisClient: TypeAlias = "aioredis.Redis | RedisCluster"
+
+
+def _hiredis_packer() -> Callable[[tuple[Any, ...]], bytes] | None:
+    try:
+        import hiredis
+    except ImportError:  # the `fast` extra is not installed
+        return None
+    packer: Callable[[tuple[Any, ...]], bytes] | None = getattr(hiredis, "pack_command", None)
+    return packer
+
+
+_hiredis_pack = _hiredis_packer()
 
 CONNECTION_ERRORS = (
     redis.exceptions.ConnectionError,
@@ -164,7 +178,11 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
             connection = self._available_connections.pop()
             self._in_use_connections.add(connection)
             try:
-                await self.ensure_connection(connection)
+                # (redis-py before 8 names the check can_read_destructive)
+                unread = getattr(connection, "can_read", None) or connection.can_read_destructive
+                if connection.is_connected and not await unread():
+                    return connection  # connected, and nothing left unread on it
+                await self.ensure_connection(connection)  # (re)connected as redis-py does it
             except BaseException:
                 await self.release(connection)
                 raise
@@ -202,22 +220,52 @@ def _where(kwargs: dict[str, Any]) -> str:
 
 
 class _QuickSend:
-    """A mixin for redis-py's asyncio connections: a command is sent under `asyncio.timeout`
-    instead of the `asyncio.wait_for` redis-py uses whenever a socket timeout is set, which on
-    Python 3.11 makes a task per call (a quarter to a third of the client's CPU time for a
-    small call). Reads keep the socket timeout; a send still fails after it."""
+    """A mixin for redis-py's asyncio connections, for a small call's sake:
+
+    - A command is sent under `asyncio.timeout` instead of the `asyncio.wait_for` redis-py
+      uses whenever a socket timeout is set, which on Python 3.11 makes a task per call (a
+      quarter to a third of the client's CPU time for a small call), and without any timer
+      when the write cannot wait: nothing is waiting to be sent, and the command is no larger
+      than what the transport takes before it makes a writer wait. A send still fails after
+      the socket timeout; reads keep it.
+    - A command is packed by hiredis (when it is installed) instead of redis-py's Python
+      code, a tenth of the time; what hiredis refuses is packed by redis-py, which raises its
+      own error for what it refuses too."""
 
     socket_timeout: float | None
+    encoder: Any
+    _writer: asyncio.StreamWriter | None
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        plain = self.encoder.encoding == "utf-8" and self.encoder.encoding_errors == "strict"
+        if _hiredis_pack is not None and plain and isinstance(first, str) and " " not in first:
+            with suppress(TypeError):
+                return [_hiredis_pack(args)]
+        packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
+        return packed
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         timeout, self.socket_timeout = self.socket_timeout, None  # then redis-py just writes
         try:
+            if self._never_waits(command):
+                await super().send_packed_command(command, check_health)  # type: ignore[misc]
+                return
             async with asyncio.timeout(timeout):
                 await super().send_packed_command(command, check_health)  # type: ignore[misc]
         except TimeoutError:  # asyncio's: redis-py has dropped the connection
             raise redis.exceptions.TimeoutError("Timeout writing to socket") from None
         finally:
             self.socket_timeout = timeout
+
+    def _never_waits(self, command: Any) -> bool:
+        """Writing `command` cannot make the writer wait (`StreamWriter.drain`)."""
+        writer = self._writer
+        if writer is None or not isinstance(command, list) or len(command) != 1:
+            return False
+        transport = writer.transport
+        _, most = transport.get_write_buffer_limits()
+        return transport.get_write_buffer_size() == 0 and len(command[0]) <= most
 
 
 _quick_classes: dict[type[Any], type[Any]] = {}
