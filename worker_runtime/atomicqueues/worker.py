@@ -44,7 +44,7 @@ from .client import MAX_BLOCK_SECONDS, Client
 from .connection import pubsub_client
 from .context import JobContext
 from .errors import JobTimedOut, LeaseLost, PermanentError, RedisUnavailable, UnknownHandler
-from .jobs import Job
+from .jobs import Job, to_json
 from .keys import decode_id
 from .leases import Idle, Lease, Leases, Next, Outcome, Started, sweep
 from .memory import eviction_warning
@@ -878,6 +878,6 @@ def _result_json(result: Any) -> str:
     if isinstance(result, BaseModel):
         return result.model_dump_json()
     try:
-        return json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return to_json(result)
     except (TypeError, ValueError) as exc:
         raise PermanentError(f"query result is not JSON-serialisable: {exc}") from None
