@@ -8,6 +8,7 @@ cannot see.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from importlib import resources
 
@@ -33,6 +34,17 @@ def test_every_include_is_resolved_once(name: str) -> None:
     assert INCLUDE not in text
     functions = re.findall(r"^local function (\w+)", text, flags=re.M)
     assert len(functions) == len(set(functions)), f"{name}: a helper was included twice"
+
+
+async def test_a_script_the_server_forgot_is_loaded_again(client: Client) -> None:
+    """After a restart or a failover the server has no scripts: the call answered NOSCRIPT
+    loads its script and runs again."""
+    sha = hashlib.sha1(source("sweep").encode()).hexdigest()
+    bucket = client.keys.entity_bucket("user", "ann")
+    await client.redis.script_flush()
+    assert await client.redis.script_exists(sha) == [False]
+    assert await client.script("sweep", bucket, 10, client.keys.events("user")) == [0, 0]
+    assert await client.redis.script_exists(sha) == [True]
 
 
 def test_every_script_file_is_listed() -> None:

@@ -126,9 +126,15 @@ class Scripts:
         """Run script `name` on one bucket (its only KEYS entry, which routes it on Cluster);
         with `replicas`, return only once that many replicas have its writes (within
         `wait_ms`), else raise `NotReplicated`."""
-        if replicas <= 0:
-            return await self._scripts[name](keys=[bucket], args=list(args))
         script = self._scripts[name]
+        if replicas <= 0:
+            # EVALSHA itself, not through the Script object: what that adds on every call
+            # (an import, a check against a typing Protocol) cost more than the call's packing.
+            try:
+                return await self._redis.execute_command("EVALSHA", script.sha, 1, bucket, *args)
+            except redis.exceptions.NoScriptError:
+                await self._redis.script_load(script.script)
+                return await self._redis.execute_command("EVALSHA", script.sha, 1, bucket, *args)
         for _ in range(2):  # once more after loading the script (NOSCRIPT: new primary, restart)
             if isinstance(self._redis, RedisCluster):
                 # The node that owns the bucket, on the connection its script goes through. No
