@@ -69,6 +69,20 @@ async def test_a_send_to_a_server_that_stopped_reading_fails_after_the_timeout(
         assert await client.redis.ping()  # a fresh connection once the server answers again
 
 
+async def test_a_connection_the_server_dropped_costs_the_caller_nothing(
+    own_server: RedisServer,
+) -> None:
+    async with await Client.connect(Settings(redis_url=own_server.url)) as client:
+        first = await client.enqueue("user", "ann", "send")
+        # Dropped by the server while this loop does not run: the client learns of it only
+        # when it sends on the connection (the call is tried once more, on a new connection).
+        assert own_server.client().client_kill_filter(_type="normal", skipme=True) >= 1
+        second = await client.enqueue("user", "ann", "send")
+        assert await client.smembers(client.keys.types()) == {"user"}  # a plain read too
+        assert first != second
+        assert (await client.counts("user"))["waiting"] == 2
+
+
 @pytest.mark.parametrize(
     "args",
     [

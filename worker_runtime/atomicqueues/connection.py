@@ -289,7 +289,33 @@ def _options(timeout: float) -> dict[str, Any]:
     }
 
 
-class _SentinelPrimary(aioredis.Redis):
+class _Client(aioredis.Redis):
+    """redis-py's client, with a short way for a command whose reply redis-py returns as it
+    is (EVALSHA, HGET, SADD, ...: no response callback, no options): a connection from the
+    pool, the command sent and its reply read under the connection's retry policy (a broken
+    connection is dropped, and the call tried again as that policy says), the connection
+    given back. redis-py's own way times and reports every call to its telemetry hooks, about
+    a fifth of what a small call costs this process. Every other command goes redis-py's way."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if options or self.single_connection_client or args[0] in self.response_callbacks:
+            return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
+        pool = self.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            return await connection.retry.call_with_retry(
+                lambda: _send_and_read(connection, args), lambda _: connection.disconnect()
+            )
+        finally:
+            await pool.release(connection)
+
+
+async def _send_and_read(connection: Any, args: tuple[Any, ...]) -> Any:
+    await connection.send_command(*args)
+    return await connection.read_response()
+
+
+class _SentinelPrimary(_Client):
     """The primary's client of a Sentinel URL; closing it also closes the sentinels' clients."""
 
     sentinels: Sentinel | None = None
@@ -361,7 +387,7 @@ async def connect(url: str, timeout: float) -> RedisClient:
     except ValueError as exc:
         raise RedisUnavailable(f"invalid Redis URL {describe(url)!r}: {exc}") from None
     _send_quickly(pool)
-    plain = aioredis.Redis.from_pool(pool)  # closing the client closes its pool
+    plain = _Client.from_pool(pool)  # closing the client closes its pool
     try:
         info = await plain.info("cluster")
     except CONNECTION_ERRORS as exc:
