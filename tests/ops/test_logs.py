@@ -8,9 +8,13 @@ id. The worker runs as a subprocess against a real Redis and its stderr is parse
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
+import pytest
+
 from atomicqueues import Settings, SyncClient
+from atomicqueues.logs import TEXT_FORMAT, TextFormatter
 from runtime.workers import base_env, run_aq
 
 HANDLERS = "tests.ops.handlers:registry"
@@ -69,6 +73,24 @@ def test_text_is_the_default(redis_url: str) -> None:
     (completed,) = [line for line in lines if ok in line and line.endswith("completed")]
     assert " INFO atomicqueues.worker: job " in completed
     assert "Traceback (most recent call last)" in stderr  # multi-line, as people read it
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        pytest.param(1700000000.0, id="a whole second"),
+        pytest.param(1700000000.0004, id="just after it"),
+        pytest.param(1700000000.9996, id="just before the next"),
+        pytest.param(1700000001.5, id="the next second"),
+    ],
+)
+def test_text_lines_read_as_the_standard_formatter_writes_them(created: float) -> None:
+    """The text formatter makes a second's time once; its lines stay what logging writes."""
+    ours, standard = TextFormatter(), logging.Formatter(TEXT_FORMAT)
+    for when in (created - 1, created, created):  # a second already seen, and a new one
+        record = logging.LogRecord("atomicqueues.worker", logging.INFO, "f", 1, "%s", ("x",), None)
+        record.created, record.msecs = when, (when - int(when)) * 1000
+        assert ours.format(record) == standard.format(record)
 
 
 def test_unknown_format_is_one_line(redis_url: str) -> None:

@@ -3,7 +3,8 @@
 Why: redis-py sends every command under `asyncio.wait_for` once a socket timeout is set, and on
 Python 3.11 that makes a task per call, a quarter to a third of the client's CPU time for a
 small call. Our connections send under `asyncio.timeout` instead (connection.py `_QuickSend`);
-a send to a server that stopped reading must still fail after the timeout, not hang.
+a send to a server that stopped reading must still fail after the timeout, not hang. Commands
+are packed by hiredis where it is installed: the bytes must be redis-py's own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import pytest
+import redis.exceptions
+from redis.asyncio.connection import Connection
 
 from atomicqueues import Client, RedisUnavailable, Settings
 from redis_servers import RedisServer
@@ -64,3 +67,36 @@ async def test_a_send_to_a_server_that_stopped_reading_fails_after_the_timeout(
         finally:
             os.kill(own_server.pid, signal.SIGCONT)
         assert await client.redis.ping()  # a fresh connection once the server answers again
+
+
+async def test_a_connection_the_server_dropped_costs_the_caller_nothing(
+    own_server: RedisServer,
+) -> None:
+    async with await Client.connect(Settings(redis_url=own_server.url)) as client:
+        first = await client.enqueue("user", "ann", "send")
+        # Dropped by the server while this loop does not run: the client learns of it only
+        # when it sends on the connection (the call is tried once more, on a new connection).
+        assert own_server.client().client_kill_filter(_type="normal", skipme=True) >= 1
+        second = await client.enqueue("user", "ann", "send")
+        assert await client.smembers(client.keys.types()) == {"user"}  # a plain read too
+        assert first != second
+        assert (await client.counts("user"))["waiting"] == 2
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param(
+            ("EVALSHA", "0" * 40, 1, "aq:{user:3}:", "e%3A1", 17, 0.1, 1 / 3), id="script"
+        ),
+        pytest.param(("SET", "ü{}", b"\xff\x00", -(2**70), 1e20), id="unicode bytes big"),
+        pytest.param(("CONFIG GET", "maxmemory"), id="two words"),
+    ],
+)
+async def test_a_command_packs_as_redis_py_packs_it(redis_url: str, args: tuple[Any, ...]) -> None:
+    async with await Client.connect(Settings(redis_url=redis_url)) as client:
+        ours = client.redis.connection_pool.make_connection()  # type: ignore[union-attr]
+        assert type(ours) is not Connection
+        assert b"".join(ours.pack_command(*args)) == b"".join(Connection().pack_command(*args))
+        with pytest.raises(redis.exceptions.DataError):
+            ours.pack_command("SET", "k", None)

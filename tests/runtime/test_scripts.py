@@ -8,6 +8,7 @@ cannot see.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from importlib import resources
 
@@ -33,6 +34,22 @@ def test_every_include_is_resolved_once(name: str) -> None:
     assert INCLUDE not in text
     functions = re.findall(r"^local function (\w+)", text, flags=re.M)
     assert len(functions) == len(set(functions)), f"{name}: a helper was included twice"
+
+
+async def test_a_script_the_server_forgot_is_loaded_again(client: Client) -> None:
+    """After a restart or a failover the server has no scripts and no functions: the call
+    refused (NOSCRIPT, or function not found) loads what it runs and runs again."""
+    sha = hashlib.sha1(source("sweep").encode()).hexdigest()
+    bucket = client.keys.entity_bucket("user", "ann")
+    await client.script("sweep", bucket, 10, client.keys.events("user"))  # learns FCALL or not
+    await client.redis.script_flush()
+    if client.scripts.functions:
+        await client.redis.execute_command("FUNCTION", "FLUSH")
+    assert await client.script("sweep", bucket, 10, client.keys.events("user")) == [0, 0]
+    if client.scripts.functions:
+        assert library().name in str(await client.redis.execute_command("FUNCTION", "LIST"))
+    else:
+        assert await client.redis.script_exists(sha) == [True]
 
 
 def test_every_script_file_is_listed() -> None:

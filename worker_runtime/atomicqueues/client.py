@@ -268,8 +268,9 @@ class Client:
     ) -> Any:
         """Run a script; a `durable` one waits for `Settings.durable_replicas` (`NotReplicated`
         when fewer confirm it in time)."""
-        replicas = self.settings.durable_replicas if durable else 0
-        wait_ms = self.settings.durable_wait_ms
+        if not durable or self.settings.durable_replicas <= 0:
+            return await self.call(lambda: self.scripts.run(name, bucket, *args))
+        replicas, wait_ms = self.settings.durable_replicas, self.settings.durable_wait_ms
         return await self.call(
             lambda: self.scripts.run(name, bucket, *args, replicas=replicas, wait_ms=wait_ms)
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -141,6 +141,8 @@ class JobContext:
     the job ends cancelled)."""
     locks: JobLocks = field(init=False)
     """The job's resource locks; `lock` and `lock_any` below are shortcuts."""
+    on_stop: Callable[[], None] | None = field(default=None, init=False, repr=False)
+    """Called by `stop` (the worker waits on it while the handler runs)."""
 
     def __post_init__(self) -> None:
         self.locks = JobLocks(
@@ -195,6 +197,8 @@ class JobContext:
         if self.stop_reason is None:
             self.stop_reason = reason
         self.stopping.set()
+        if self.on_stop is not None:
+            self.on_stop()
 
     @property
     def entity_type(self) -> str:

@@ -25,6 +25,11 @@ STATES: tuple[JobState, ...] = (
 
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 
+to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+"""Compact JSON of a payload or a result; `ValueError` for NaN or infinity. One encoder made
+once: `json.dumps` with options makes a new one per call."""
+_header_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
 REPLY_FIELDS = ("d", "s", "m", "t", "st", "er", "r", "f")
 """The fields of a job in a script's reply, in this order, after its slot (JOB_REPLY in
 lua/include/job.lua; lua/include/keys.lua says what each holds)."""
@@ -176,7 +181,7 @@ def job_header(
         name,
         priority,
         max_attempts,
-        None if backoff == DEFAULT_BACKOFF else backoff.model_dump(),
+        None if backoff is DEFAULT_BACKOFF or backoff == DEFAULT_BACKOFF else backoff.model_dump(),
         keep_ms,
         keep_count,
         keep_failed_ms,
@@ -185,7 +190,7 @@ def job_header(
         header.append(timeout)
     if trace:
         header.append(dict(trace))
-    return json.dumps(header, separators=(",", ":"), ensure_ascii=False)
+    return _header_json(header)
 
 
 def _text_fields(value: object) -> Mapping[str, str] | None:
@@ -203,7 +208,7 @@ def encode_payload(payload: Any, limit: int) -> str:
         text = payload.model_dump_json()
     else:
         try:
-            text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            text = to_json(payload)
         except (TypeError, ValueError) as exc:
             raise InvalidInput(f"payload is not JSON-serialisable: {exc}") from None
     size = len(text.encode("utf-8"))

@@ -6,6 +6,7 @@ Entity ids are unbounded (one per user): as labels they would blow up the metric
 from __future__ import annotations
 
 import logging
+from functools import cache
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
@@ -46,6 +47,43 @@ ENQUEUE_REFUSED = Counter(
     ("entity_type",),
 )
 LEASES_LOST = Counter("aq_leases_lost_total", "Leases lost to expiry or takeover", ("entity_type",))
+
+
+OUTCOMES = {
+    "completed": JOBS_COMPLETED,
+    "cancelled": JOBS_CANCELLED,
+    "retry": JOBS_RETRIED,
+    "dead": JOBS_DEAD,
+}
+"""What each outcome a worker records counts in."""
+
+
+class JobMetrics:
+    """The metrics of the jobs of one entity type and job name, each looked up once
+    (`job_metrics`): finding a labelled metric costs more than counting in it, and a worker
+    counts several times per job. A metric is looked up when first counted in, as before, so
+    /metrics shows the same series."""
+
+    def __init__(self, entity_type: str, job: str) -> None:
+        self.labels = (entity_type, job)
+        self.started = JOBS_STARTED.labels(*self.labels)
+        self.wait = JOB_WAIT.labels(*self.labels)
+        self.duration = JOB_DURATION.labels(*self.labels)
+        self._outcomes: dict[str, Counter] = {}
+
+    def outcome(self, outcome: str) -> Counter:
+        """The counter of `outcome` (`OUTCOMES`)."""
+        counter = self._outcomes.get(outcome)
+        if counter is None:
+            counter = self._outcomes[outcome] = OUTCOMES[outcome].labels(*self.labels)
+        return counter
+
+
+@cache
+def job_metrics(entity_type: str, job: str) -> JobMetrics:
+    """The metrics of (entity type, job name). Prometheus keeps every labelled metric for good,
+    so keeping them here too costs nothing more."""
+    return JobMetrics(entity_type, job)
 
 
 # Schedules (schedules.py), of every process that ticks: `aq up`, the operator,

@@ -25,6 +25,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from math import inf
 from typing import TYPE_CHECKING, Any, get_type_hints
 
@@ -61,8 +62,13 @@ class Handler:
             detail = "; ".join(line.strip() for line in first[1:3]) or str(exc)
             raise PermanentError(f"invalid payload for {self.name!r}: {detail}") from None
 
+    @cached_property
+    def is_async(self) -> bool:
+        """An `async def` handler (else it runs in a thread)."""
+        return inspect.iscoroutinefunction(self.fn)
+
     async def __call__(self, ctx: JobContext, payload: Any) -> Any:
-        if inspect.iscoroutinefunction(self.fn):
+        if self.is_async:
             return await self.fn(ctx, payload)
         work = asyncio.ensure_future(asyncio.to_thread(self.fn, ctx, payload))
         try:

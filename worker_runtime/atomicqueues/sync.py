@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Coroutine, Iterable
+from concurrent.futures import Future
+from functools import partial
 from typing import Any, TypeVar
 
 from .client import Client, Entity, Limits, NewJob, Paused
@@ -18,6 +20,15 @@ from .jobs import Job
 from .schedules import Schedule
 
 T = TypeVar("T")
+
+
+def _deliver(outcome: Future[T], task: asyncio.Task[T]) -> None:
+    if task.cancelled():
+        outcome.cancel()
+    elif (exc := task.exception()) is not None:
+        outcome.set_exception(exc)
+    else:
+        outcome.set_result(task.result())
 
 
 class SyncClient:
@@ -32,7 +43,22 @@ class SyncClient:
             raise
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        """Run `coro` on the client's loop and wait for its outcome: a task there that hands
+        its outcome to this thread's future (`asyncio.run_coroutine_threadsafe` chains the two
+        futures both ways, which a call from here, never cancelled, does not need: an eighth
+        of what an enqueue through this facade costs)."""
+        outcome: Future[T] = Future()
+
+        def start() -> None:
+            try:
+                task = self._loop.create_task(coro)
+            except BaseException as exc:  # the loop is closing
+                outcome.set_exception(exc)
+                raise
+            task.add_done_callback(partial(_deliver, outcome))
+
+        self._loop.call_soon_threadsafe(start)
+        return outcome.result()
 
     def _stop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -44,7 +44,7 @@ from .client import MAX_BLOCK_SECONDS, Client
 from .connection import pubsub_client
 from .context import JobContext
 from .errors import JobTimedOut, LeaseLost, PermanentError, RedisUnavailable, UnknownHandler
-from .jobs import Job
+from .jobs import Job, to_json
 from .keys import decode_id
 from .leases import Idle, Lease, Leases, Next, Outcome, Started, sweep
 from .memory import eviction_warning
@@ -131,6 +131,7 @@ class Worker:
         """Buckets the index showed work in at a packed worker's last look at every bucket."""
         """Leases (ids) whose job's outcome is being recorded."""
         self._clock_offset = 0.0
+        self._in_flight = metrics.IN_FLIGHT.labels(entity_type)
         self.info = WorkerInfo(
             self.name, entity_type, entity_id, self.slots, self.settings.node, os.getpid(), 0.0, []
         )
@@ -673,11 +674,11 @@ class Worker:
         """Run one job's handler and record its outcome; returns the next job, if started
         (`Leases.finish`'s `claim_next`; none once the worker is closing)."""
         job, lease = run.job, run.lease
-        labels = (job.entity_type, job.name)
+        counts = metrics.job_metrics(job.entity_type, job.name)
         where = f"job {job.id} of {job.entity_type}/{job.entity_id!r} attempt {job.attempt}"
-        metrics.JOBS_STARTED.labels(*labels).inc()
+        counts.started.inc()
         if job.started_at:
-            metrics.JOB_WAIT.labels(*labels).observe(max(0.0, job.started_at - job.enqueued_at))
+            counts.wait.observe(max(0.0, job.started_at - job.enqueued_at))
         outcome: Outcome
         retry_delay = 0.0
         stuck = False
@@ -706,7 +707,7 @@ class Worker:
             self.running[lease.entity_id] = (ctx, task)
             self.watchdog.watch(task, lambda: lease.valid_until - self.margin, where)
             task.add_done_callback(self.watchdog.unwatch)
-            metrics.IN_FLIGHT.labels(self.entity_type).inc()
+            self._in_flight.inc()
             try:
                 result = await self._until_done_or_stopped(ctx, task, limit)
                 value = _result_json(result) if handler.is_query else "null"
@@ -730,14 +731,14 @@ class Worker:
                     outcome, value, retry_delay = self._stopped(job, ctx, limit, where)
                 else:
                     value = _error_text(exc)
-                    metrics.JOBS_FAILED.labels(*labels).inc()
+                    metrics.JOBS_FAILED.labels(*counts.labels).inc()
                     outcome, retry_delay = self._failed(job, where, traceback.format_exc())
             finally:
                 if not stuck:
                     self.running.pop(lease.entity_id, None)
                     await ctx.locks.release_all()  # before the outcome: the next job may want them
-                metrics.IN_FLIGHT.labels(self.entity_type).dec()
-                metrics.JOB_DURATION.labels(*labels).observe(time.perf_counter() - began)
+                self._in_flight.dec()
+                counts.duration.observe(time.perf_counter() - began)
         if stuck:
             await self._finish_stuck(run, outcome, value, retry_delay, where)
             return None
@@ -749,9 +750,21 @@ class Worker:
         """The handler's return value. Past its time limit (`limit` seconds), or when its job
         is cancelled (`_cancel_running`), the handler is cancelled (`ctx.stop`); `_Stuck` when
         it has not ended a heartbeat TTL after that."""
-        asked = asyncio.ensure_future(ctx.stopping.wait())
+        loop = asyncio.get_running_loop()
+        # One future that the handler's end, the time limit and `ctx.stop` each resolve: a
+        # waiter for `ctx.stopping` would be a task more per job.
+        woken = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not woken.done():
+                woken.set_result(None)
+
+        task.add_done_callback(wake)
+        ctx.on_stop = wake
+        timer = None if limit is None else loop.call_later(limit, wake)
         try:
-            await asyncio.wait({task, asked}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+            if not ctx.stopping.is_set():
+                await woken
             if not task.done():
                 ctx.stop("timeout")
                 task.cancel()
@@ -760,7 +773,10 @@ class Worker:
             task.cancel()  # the worker itself is being cancelled
             raise
         finally:
-            asked.cancel()
+            ctx.on_stop = None
+            task.remove_done_callback(wake)
+            if timer is not None:
+                timer.cancel()
         if not task.done():
             raise _Stuck
         return task.result()
@@ -825,8 +841,6 @@ class Worker:
         claim_next: Next,
         where: str,
     ) -> Started | None:
-        labels = (run.job.entity_type, run.job.name)
-
         def finish() -> Awaitable[Started | None]:
             then: Next = "none" if self.closing.is_set() else claim_next
             return self.leases.finish(run, outcome, value, retry_delay=retry_delay, claim_next=then)
@@ -842,12 +856,7 @@ class Worker:
             return None
         finally:
             self._finishing.discard(id(run.lease))
-        {
-            "completed": metrics.JOBS_COMPLETED,
-            "cancelled": metrics.JOBS_CANCELLED,
-            "retry": metrics.JOBS_RETRIED,
-            "dead": metrics.JOBS_DEAD,
-        }[outcome].labels(*labels).inc()
+        metrics.job_metrics(run.job.entity_type, run.job.name).outcome(outcome).inc()
         if outcome == "completed":
             log.info("%s completed", where)
         return nxt
@@ -869,6 +878,6 @@ def _result_json(result: Any) -> str:
     if isinstance(result, BaseModel):
         return result.model_dump_json()
     try:
-        return json.dumps(result, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return to_json(result)
     except (TypeError, ValueError) as exc:
         raise PermanentError(f"query result is not JSON-serialisable: {exc}") from None
