@@ -11,7 +11,8 @@ import json
 from typing import Any
 
 from atomicqueues import Settings, SyncClient
-from runtime.workers import base_env, run_aq
+from helpers import aq
+from runtime.workers import base_env
 
 HANDLERS = "tests.ops.handlers:registry"
 ENTITY = 'user "7" \\ ü {x}:y'  # quotes, a backslash, unicode and key characters
@@ -25,11 +26,18 @@ def run_worker(redis_url: str, **env: str) -> tuple[str, list[str]]:
         bad = client.enqueue(
             "acct", ENTITY, "boom", 7, attempts=2, backoff={"type": "fixed", "delay": 0}
         )
-    done = run_aq(
-        ["worker", "--handlers", HANDLERS, "--entity-type", "acct", "--entity-id", ENTITY,
-         "--idle-timeout", "0.5"],
-        {**base_env(redis_url), **env},
-    )  # fmt: skip
+    done = aq(
+        "worker",
+        "--handlers",
+        HANDLERS,
+        "--entity-type",
+        "acct",
+        "--entity-id",
+        ENTITY,
+        "--idle-timeout",
+        "0.5",
+        env={**base_env(redis_url), **env},
+    )
     assert done.returncode == 0, done.stderr
     return done.stderr, [ok, bad]
 
@@ -72,6 +80,6 @@ def test_text_is_the_default(redis_url: str) -> None:
 
 
 def test_unknown_format_is_one_line(redis_url: str) -> None:
-    done = run_aq(["status"], {**base_env(redis_url), "AQ_LOG_FORMAT": "yaml"})
+    done = aq("status", env={**base_env(redis_url), "AQ_LOG_FORMAT": "yaml"})
     assert done.returncode != 0
     assert done.stderr == "aq: AQ_LOG_FORMAT='yaml' is not one of: text, json\n"
