@@ -37,8 +37,7 @@ import redis
 import redis.asyncio as aioredis
 
 from atomicqueues.client import Client
-from atomicqueues.pools.cli import settings_for
-from atomicqueues.pools.local import LocalPool
+from atomicqueues.pools.local import LocalPool, settings_for
 from atomicqueues.pools.reconciler import Action, Plan, StartWorker
 from atomicqueues.pools.spec import Pool, parse_pool
 from compare.stats import percentile

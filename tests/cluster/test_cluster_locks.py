@@ -9,7 +9,6 @@ masters, and the pools include ids that would break a hash tag if they were not 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -24,16 +23,10 @@ POOL = ["a:b{c}", "{x}", "üñí 😀", "plain"]
 
 
 @pytest.fixture
-async def client(cluster_url: str) -> AsyncIterator[Client]:
-    settings = Settings(
+def client_settings(cluster_url: str) -> Settings:
+    return Settings(
         redis_url=cluster_url, heartbeat_ttl=0.6, heartbeat_interval=0.2, idle_timeout=0.5
     )
-    c = await Client.connect(settings)
-    assert isinstance(c.redis, RedisCluster)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def test_lock_types_spread_over_masters(client: Client) -> None:

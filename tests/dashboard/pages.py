@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from atomicqueues import Client, Settings
-from runtime.workers import REPO_ROOT
+from helpers import REPO_ROOT
 
 HANDLERS = "tests.dashboard.handlers:registry"
 TYPE = "user"

@@ -24,7 +24,8 @@ from atomicqueues.config import Settings
 from atomicqueues.pools import health
 from dashboard.handlers import HEALED_KEY
 from dashboard.pages import TOKEN, TYPE, Dashboard, run, save_screenshot
-from runtime.workers import Workers, wait_until
+from helpers import wait_until
+from runtime.workers import Workers
 
 pytestmark = pytest.mark.browser
 

@@ -16,15 +16,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import redis
 
 from atomicqueues import Client, JobNotFound, NotReplicated, RedisUnavailable
+from helpers import eventually
 from runtime import workers
 from runtime.workers import (
     EFFECTS_KEY,
@@ -195,20 +194,6 @@ def check_runs(runs: list[Run]) -> dict[str, list[Run]]:
     return dict(per_entity)
 
 
-async def wait_for(condition: Any, timeout: float, what: str, every: float = 0.1) -> Any:
-    """Await `condition()` (sync or async) until truthy; AssertionError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(every)
-
-
 async def settle(
     label: str,
     client: Client,
@@ -223,7 +208,7 @@ async def settle(
     failovers and print the figures (run with -s): the same workers live on (no restarts), no
     two runs of an entity overlap, tokens never go down, jobs first start in order, every
     acknowledged job that survived ran to its end, and with WAIT none was lost."""
-    await wait_for(lambda: drained(client), timeout, "the work to drain")
+    await eventually(lambda: drained(client), timeout, "the work to drain")
     assert not fleet.dead(), f"workers ended:\n{fleet.logs()}"
     assert [w.pid for w in fleet.started] == [w.pid for w in workers]  # no restarts
     result = await outcome(client, producer, store)

@@ -18,7 +18,8 @@ import redis
 
 from atomicqueues import Client, Settings
 from failover.conftest import make_fleet
-from failover.load import Producer, load_runs, settle, wait_for
+from failover.load import Producer, load_runs, settle
+from helpers import eventually
 from redis_servers import RedisCluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -60,15 +61,15 @@ async def test_workers_go_on_when_a_master_is_killed_and_its_replica_takes_over(
         def ended() -> int:
             return sum(1 for run in load_runs(store) if run.how == "end")
 
-        await wait_for(lambda: ended() >= 20, FAILOVER, "jobs to run before the failover")
-        await wait_for(fleet.all_running, FAILOVER, "every worker to start")
+        await eventually(lambda: ended() >= 20, FAILOVER, "jobs to run before the failover")
+        await eventually(fleet.all_running, FAILOVER, "every worker to start")
         # Not the URL's node: a client (re)connecting starts from it.
         old = cluster.kill_master(1)
         await asyncio.to_thread(cluster.wait_takeover, old)
         if wait:  # the new master needs a replica of its own to confirm writes
             await asyncio.to_thread(cluster.rejoin, old)
         mark = ended()
-        await wait_for(lambda: ended() >= mark + 30, FAILOVER, "jobs to run after the failover")
+        await eventually(lambda: ended() >= mark + 30, FAILOVER, "jobs to run after the failover")
         stop.set()
         await producing
         await settle("Cluster", client, producer, fleet, workers, store, wait, FAILOVER * 2)

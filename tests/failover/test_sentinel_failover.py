@@ -26,8 +26,8 @@ from failover.load import (
     T,
     load_runs,
     settle,
-    wait_for,
 )
+from helpers import eventually
 from redis_servers import SentinelGroup
 
 pytestmark = pytest.mark.slow
@@ -48,7 +48,9 @@ async def until_served(client: Client, entity: str) -> str:
         except (RedisUnavailable, NotReplicated):
             return None
 
-    job_id: str = await wait_for(attempt, FAILOVER, "the new primary to take an enqueue", 0.2)
+    job_id: str = await eventually(
+        attempt, FAILOVER, "the new primary to take an enqueue", every=0.2
+    )
     return job_id
 
 
@@ -145,14 +147,14 @@ async def test_workers_go_on_across_two_failovers_and_lose_only_what_is_measured
         def ended() -> int:
             return sum(1 for run in load_runs(store) if run.how == "end")
 
-        await wait_for(lambda: ended() >= 20, FAILOVER, "jobs to run before the failover")
-        await wait_for(fleet.all_running, FAILOVER, "every worker to start")
+        await eventually(lambda: ended() >= 20, FAILOVER, "jobs to run before the failover")
+        await eventually(fleet.all_running, FAILOVER, "every worker to start")
         for _ in range(2):
             old = group.kill_primary()
             await asyncio.to_thread(group.wait_failover, old)
             await asyncio.to_thread(group.rejoin, old)  # a replica again, for the next one
             mark = ended()
-            await wait_for(lambda m=mark: ended() >= m + 20, FAILOVER, "jobs to run after it")
+            await eventually(lambda m=mark: ended() >= m + 20, FAILOVER, "jobs to run after it")
         stop.set()
         await producing
         await settle("Sentinel", client, producer, fleet, workers, store, wait, FAILOVER * 2)

@@ -19,7 +19,8 @@ from aq_operator.endpoints import Endpoints, Health, parse_listen
 from aq_operator.leader import LeaseTiming
 from atomicqueues import Client, Settings
 from atomicqueues.errors import ConfigError
-from mock_cluster import NAMESPACE, Api, RunningOperator, eventually
+from helpers import eventually
+from mock_cluster import NAMESPACE, Api, RunningOperator
 
 PREFIX = "eptest"
 SLOW = {  # no resync and no sweep for a minute: the event path only
@@ -121,11 +122,13 @@ async def test_a_pools_metrics(operator: RunningOperator, api: Api, redis_url: s
         "timing": SLOW,
     }
     await api.add_pool("metered", spec)
-    await eventually(lambda: _sampled("aq_operator_reconcile_seconds_count", "metered"), "a pass")
+    await eventually(
+        lambda: _sampled("aq_operator_reconcile_seconds_count", "metered"), 10, "a pass"
+    )
     assert _sample("aq_operator_workers_desired", "metered") == 0
     async with await Client.connect(Settings(redis_url=redis_url, prefix=PREFIX)) as client:
         await client.enqueue("meter", "m1", "step")
-    [pod] = await eventually(lambda: api.pods("metered"), "a pod", timeout=5)
+    [pod] = await eventually(lambda: api.pods("metered"), 5, "a pod")
     assert _sample("aq_operator_pods_created_total", "metered") == 1
     assert _sample("aq_operator_work_to_pod_seconds_count", "metered") == 1
     waited = _sample("aq_operator_work_to_pod_seconds_sum", "metered")
@@ -138,11 +141,11 @@ async def test_a_pools_metrics(operator: RunningOperator, api: Api, redis_url: s
     assert 0 <= first < 2.0
     assert _sample("aq_operator_workers_desired", "metered") == 1
     # Counted from the pod list a pass starts with: the pass after the one that created it.
-    await eventually(lambda: _sampled("aq_operator_workers_actual", "metered"), "a worker")
+    await eventually(lambda: _sampled("aq_operator_workers_actual", "metered"), 10, "a worker")
     assert _sample("aq_operator_workers_ready", "metered") == 0
 
     await api.set_phase(pod["metadata"]["name"], "Running")
-    await eventually(lambda: _sampled("aq_operator_workers_ready", "metered"), "a ready worker")
+    await eventually(lambda: _sampled("aq_operator_workers_ready", "metered"), 10, "a ready worker")
     # No worker runs here: the job is still ready to start, and its age grew from pass to pass.
     later = _sample("aq_pool_oldest_waiting_seconds", "metered")
     assert later is not None

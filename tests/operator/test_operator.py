@@ -27,7 +27,8 @@ from atomicqueues.pools.names import entity_hash
 from atomicqueues.pools.reconciler import StartWorker
 from atomicqueues.pools.spec import PoolSpec
 from atomicqueues.presence import Presence, WorkerInfo
-from mock_cluster import NAMESPACE, Api, RunningOperator, eventually
+from helpers import eventually
+from mock_cluster import NAMESPACE, Api, RunningOperator
 
 PREFIX = "optest"
 SLOW = {
@@ -59,9 +60,8 @@ def pool_spec(redis_url: str | None, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def client(redis_url: str) -> Any:
-    async with await Client.connect(Settings(redis_url=redis_url, prefix=PREFIX)) as c:
-        yield c
+def client_settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, prefix=PREFIX)
 
 
 async def ready(api: Api, pool: str) -> dict[str, Any]:
@@ -72,7 +72,7 @@ async def ready(api: Api, pool: str) -> dict[str, Any]:
             return dict((await api.pool(pool))["status"])
         return None
 
-    return await eventually(check, f"pool {pool} to be Ready")
+    return await eventually(check, 10, f"pool {pool} to be Ready")
 
 
 async def test_an_entity_with_work_gets_a_pod_at_once(
@@ -83,7 +83,7 @@ async def test_an_entity_with_work_gets_a_pod_at_once(
     assert await api.pods("accounts") == []
     started = time.monotonic()
     await client.enqueue("account", "a:b{c}", "step")
-    [pod] = await eventually(lambda: api.pods("accounts"), "a pod", timeout=5)
+    [pod] = await eventually(lambda: api.pods("accounts"), 5, "a pod")
     elapsed = time.monotonic() - started
     assert elapsed < 2.0, f"the event path took {elapsed:.3f}s (resync is 60 s)"
 
@@ -102,14 +102,14 @@ async def test_an_entity_with_work_gets_a_pod_at_once(
     assert pod["metadata"]["ownerReferences"] == expected["metadata"]["ownerReferences"]
     assert pod["metadata"]["ownerReferences"][0]["uid"] == "uid-accounts"
     assert pod["spec"] == expected["spec"]
-    [event] = await eventually(lambda: api.events("ScaledUp", "accounts"), "a ScaledUp event")
+    [event] = await eventually(lambda: api.events("ScaledUp", "accounts"), 10, "a ScaledUp event")
     assert event["type"] == "Normal"
 
     # Idempotent: more passes (pod changes, a forced wake-up) start nothing more.
     await api.set_phase(pod["metadata"]["name"], "Running")
     operator.poke("accounts")
     status = await eventually(
-        lambda: _status_with(api, "accounts", workersReady=1), "workersReady 1"
+        lambda: _status_with(api, "accounts", workersReady=1), 10, "workersReady 1"
     )
     assert status["activeEntities"] == 1
     assert len(await api.pods("accounts")) == 1
@@ -131,9 +131,7 @@ async def test_an_empty_queue_gets_no_pod(
     assert status["waitingJobs"] == 0
     assert status["workersDesired"] == 0
     passes = operator.passes("accounts")
-    await eventually(
-        lambda: _true(operator.passes("accounts") >= passes + 2), "two more passes", timeout=5
-    )
+    await eventually(lambda: _true(operator.passes("accounts") >= passes + 2), 5, "two more passes")
     assert await api.pods() == []
 
 
@@ -144,13 +142,15 @@ async def test_a_paused_entity_gets_no_pod_and_the_status_counts_it(
     await client.pause("account", "u1")
     await client.enqueue("account", "u1", "step")
     status = await eventually(
-        lambda: _status_with(api, "accounts", pausedEntities=1), "pausedEntities 1"
+        lambda: _status_with(api, "accounts", pausedEntities=1), 10, "pausedEntities 1"
     )
     assert (status["activeEntities"], status["workersDesired"]) == (0, 0)
     assert await api.pods() == []
     await client.resume("account", "u1")
-    await eventually(lambda: api.pods("accounts"), "a pod once it is resumed")
-    await eventually(lambda: _status_with(api, "accounts", pausedEntities=0), "pausedEntities 0")
+    await eventually(lambda: api.pods("accounts"), 10, "a pod once it is resumed")
+    await eventually(
+        lambda: _status_with(api, "accounts", pausedEntities=0), 10, "pausedEntities 0"
+    )
 
 
 async def _true(value: bool) -> bool:
@@ -162,13 +162,13 @@ async def test_succeeded_pods_are_deleted(
 ) -> None:
     await api.add_pool("accounts", pool_spec(redis_url))
     job = await client.enqueue("account", "u1", "step")
-    [pod] = await eventually(lambda: api.pods("accounts"), "a pod")
+    [pod] = await eventually(lambda: api.pods("accounts"), 10, "a pod")
     name = pod["metadata"]["name"]
     assert await client.cancel(job)  # the entity has no work any more: the worker exits idle
     await api.set_phase(name, "Succeeded")
-    await eventually(lambda: _none(api.pods("accounts")), "the Succeeded pod to be deleted")
+    await eventually(lambda: _none(api.pods("accounts")), 10, "the Succeeded pod to be deleted")
     status = await eventually(
-        lambda: _status_with(api, "accounts", activeEntities=0, workersDesired=0), "status"
+        lambda: _status_with(api, "accounts", activeEntities=0, workersDesired=0), 10, "status"
     )
     assert (await api.condition("accounts", "Degraded"))["status"] == "False"
     assert status["workersReady"] == 0
@@ -183,7 +183,7 @@ async def test_a_failed_pod_is_replaced_only_after_backoff(
 ) -> None:
     await api.add_pool("accounts", pool_spec(redis_url))  # restartBackoffSeconds 1
     await client.enqueue("account", "u1", "step")
-    [first] = await eventually(lambda: api.pods("accounts"), "a pod")
+    [first] = await eventually(lambda: api.pods("accounts"), 10, "a pod")
     failed_at = time.monotonic()
     terminated = {"terminated": {"reason": "Error", "exitCode": 1}}
     await api.set_phase(
@@ -195,14 +195,14 @@ async def test_a_failed_pod_is_replaced_only_after_backoff(
         return [p for p in pods if p["metadata"]["name"] != first["metadata"]["name"]]
 
     degraded = await eventually(
-        lambda: _condition_is(api, "accounts", "Degraded", "CrashLoop"), "Degraded/CrashLoop"
+        lambda: _condition_is(api, "accounts", "Degraded", "CrashLoop"), 10, "Degraded/CrashLoop"
     )
     assert "u1" in degraded["message"]
-    [failed] = await eventually(lambda: api.events("WorkerFailed", "accounts"), "an event")
+    [failed] = await eventually(lambda: api.events("WorkerFailed", "accounts"), 10, "an event")
     assert failed["type"] == "Warning"
     assert "Error (exit code 1)" in failed["message"]
     assert (await api.condition("accounts", "Ready"))["status"] == "True"  # others are served
-    [second] = await eventually(replaced, "a replacement pod")
+    [second] = await eventually(replaced, 10, "a replacement pod")
     waited = time.monotonic() - failed_at
     assert waited >= 0.95, f"replaced after {waited:.3f}s, before the 1 s backoff"
     assert first["metadata"]["name"] not in [p["metadata"]["name"] for p in await api.pods()]
@@ -216,7 +216,7 @@ async def test_a_failed_pod_is_replaced_only_after_backoff(
     async def third() -> list[dict[str, Any]]:
         return [p for p in await api.pods("accounts") if p["metadata"]["name"] not in names]
 
-    await eventually(third, "a third pod")
+    await eventually(third, 10, "a third pod")
     assert time.monotonic() - failed_at >= 1.95
 
 
@@ -252,7 +252,7 @@ async def test_surplus_workers_are_closed_through_redis_before_their_pods_go(
     async def slot1_gone() -> bool:
         return names[1] not in [p["metadata"]["name"] for p in await api.pods("accounts")]
 
-    await eventually(slot1_gone, "the unregistered surplus worker's pod to be deleted")
+    await eventually(slot1_gone, 10, "the unregistered surplus worker's pod to be deleted")
     assert r.exists(client.keys.close_worker(names[1]))
     assert r.exists(client.keys.close_worker(names[2]))
     assert not r.exists(client.keys.close_worker(names[0]))
@@ -261,7 +261,9 @@ async def test_surplus_workers_are_closed_through_redis_before_their_pods_go(
     assert ANNOTATION_CLOSING in pods[names[2]]["metadata"]["annotations"]
     assert ANNOTATION_CLOSING not in pods[names[0]]["metadata"]["annotations"]
 
-    [event] = await eventually(lambda: api.events("ScaledDown", "accounts"), "a ScaledDown event")
+    [event] = await eventually(
+        lambda: api.events("ScaledDown", "accounts"), 10, "a ScaledDown event"
+    )
     assert "scale down" in event["message"]
 
     await presence.leave(busy)  # the worker gave its lease back and deregistered
@@ -269,7 +271,7 @@ async def test_surplus_workers_are_closed_through_redis_before_their_pods_go(
     async def slot2_gone() -> bool:
         return names[2] not in [p["metadata"]["name"] for p in await api.pods("accounts")]
 
-    await eventually(slot2_gone, "the closed worker's pod to be deleted once it left")
+    await eventually(slot2_gone, 10, "the closed worker's pod to be deleted once it left")
     assert [p["metadata"]["name"] for p in await api.pods("accounts")] == [names[0]]
     assert await client.counts("account") == {**await client.counts("account"), "waiting": 1}
 
@@ -282,11 +284,11 @@ async def test_status_counts_and_conditions(
     for entity in ("a", "b", "c"):
         for _ in range(2):
             await client.enqueue("account", entity, "step")
-    await eventually(lambda: _count(api.pods("accounts"), 2), "two pods (maxTotal 2)")
+    await eventually(lambda: _count(api.pods("accounts"), 2), 10, "two pods (maxTotal 2)")
     for pod in await api.pods("accounts"):
         await api.set_phase(pod["metadata"]["name"], "Running")
     status = await eventually(
-        lambda: _status_with(api, "accounts", workersReady=2), "status workersReady 2"
+        lambda: _status_with(api, "accounts", workersReady=2), 10, "status workersReady 2"
     )
     assert status["activeEntities"] == 3
     assert status["waitingJobs"] == 6
@@ -312,7 +314,7 @@ async def test_a_missing_secret_degrades_one_pool_and_the_others_are_served(
     await api.add_pool("broken", broken)
     await api.add_pool("accounts", pool_spec(redis_url))
     ready_cond = await eventually(
-        lambda: _condition_is(api, "broken", "Ready", "SecretNotFound"), "Ready/SecretNotFound"
+        lambda: _condition_is(api, "broken", "Ready", "SecretNotFound"), 10, "Ready/SecretNotFound"
     )
     assert ready_cond["status"] == "False"
     assert "nope" in ready_cond["message"]
@@ -320,12 +322,12 @@ async def test_a_missing_secret_degrades_one_pool_and_the_others_are_served(
     assert (degraded["status"], degraded["reason"]) == ("True", "SecretNotFound")
 
     await client.enqueue("account", "u1", "step")
-    await eventually(lambda: api.pods("accounts"), "a pod of the working pool")
+    await eventually(lambda: api.pods("accounts"), 10, "a pod of the working pool")
 
     # The Secret appears: the broken pool recovers, and its pods get the URL from it.
     await api.add_secret("nope", {"url": redis_url})
-    await eventually(lambda: _condition_is(api, "broken", "Ready", "Reconciled"), "recovery")
-    broken_pods = await eventually(lambda: api.pods("broken"), "a pod of the recovered pool")
+    await eventually(lambda: _condition_is(api, "broken", "Ready", "Reconciled"), 10, "recovery")
+    broken_pods = await eventually(lambda: api.pods("broken"), 10, "a pod of the recovered pool")
     env = {e["name"]: e for e in broken_pods[0]["spec"]["containers"][0]["env"]}
     assert env["AQ_REDIS_URL"]["valueFrom"] == {"secretKeyRef": {"name": "nope", "key": "url"}}
 
@@ -333,7 +335,9 @@ async def test_a_missing_secret_degrades_one_pool_and_the_others_are_served(
 async def test_an_unreachable_redis_is_a_condition(operator: RunningOperator, api: Api) -> None:
     await api.add_pool("lost", pool_spec("redis://127.0.0.1:1/0"))
     condition = await eventually(
-        lambda: _condition_is(api, "lost", "Ready", "RedisUnreachable"), "Ready/RedisUnreachable"
+        lambda: _condition_is(api, "lost", "Ready", "RedisUnreachable"),
+        10,
+        "Ready/RedisUnreachable",
     )
     assert condition["status"] == "False"
     assert "127.0.0.1:1" in condition["message"]
@@ -351,7 +355,7 @@ async def test_the_job_of_a_killed_worker_comes_back_without_a_live_worker(
     await api.add_pool("accounts", pool_spec(redis_url))
     await ready(api, "accounts")
     job = await client.enqueue("account", "u1", "step")
-    [pod] = await eventually(lambda: api.pods("accounts"), "a pod")
+    [pod] = await eventually(lambda: api.pods("accounts"), 10, "a pod")
     short = Settings(redis_url=redis_url, prefix=PREFIX, heartbeat_ttl=0.4, heartbeat_interval=0.2)
     async with await Client.connect(short) as doomed:
         started = await Leases(doomed, pod["metadata"]["name"]).claim("account", "u1", None)
@@ -362,9 +366,9 @@ async def test_the_job_of_a_killed_worker_comes_back_without_a_live_worker(
         found = await client.job(job)
         return found.state == "waiting" and "stalled" in found.error
 
-    await eventually(back, "the job to come back to its queue")
+    await eventually(back, 10, "the job to come back to its queue")
     await eventually(
-        lambda: _other_pod(api, pod["metadata"]["name"]), "a new pod after the backoff"
+        lambda: _other_pod(api, pod["metadata"]["name"]), 10, "a new pod after the backoff"
     )
 
 
@@ -381,7 +385,7 @@ async def test_a_schedule_fires_without_a_pod_and_its_job_gets_one(
     await ready(api, "accounts")
     assert await api.pods("accounts") == []
     added = await client.add_schedule("account", "nightly", "step", every=0.5)
-    [pod] = await eventually(lambda: api.pods("accounts"), "a pod for the scheduled job")
+    [pod] = await eventually(lambda: api.pods("accounts"), 10, "a pod for the scheduled job")
     assert pod["metadata"]["annotations"][ANNOTATION_ENTITY] == added.entity_id == "nightly"
     [fired] = await client.schedules("account")
     assert fired.fired >= 1
@@ -405,4 +409,4 @@ async def test_a_pool_gets_no_finalizer_and_deleting_it_ends_its_loop(
     async def gone() -> bool:
         return operator.op.pool(NAMESPACE, "plain") is None
 
-    await eventually(gone, "the pool's loop to end")
+    await eventually(gone, 10, "the pool's loop to end")

@@ -14,20 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import aq, assert_one_line_error
+
 
 def operator_error(env: dict[str, str], *flags: str) -> str:
     """The one line `aq operator` exits 1 with."""
-    result = subprocess.run(
-        [sys.executable, "-m", "atomicqueues.cli", "operator", *flags],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = aq("operator", *flags, env=env)
     assert result.returncode == 1, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
+    return assert_one_line_error(result)
 
 
 def test_no_credentials_is_one_line(tmp_path: Path) -> None:

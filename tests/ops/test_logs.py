@@ -15,7 +15,8 @@ import pytest
 
 from atomicqueues import Settings, SyncClient
 from atomicqueues.logs import TEXT_FORMAT, TextFormatter
-from runtime.workers import base_env, run_aq
+from helpers import aq
+from runtime.workers import base_env
 
 HANDLERS = "tests.ops.handlers:registry"
 ENTITY = 'user "7" \\ ü {x}:y'  # quotes, a backslash, unicode and key characters
@@ -29,11 +30,18 @@ def run_worker(redis_url: str, **env: str) -> tuple[str, list[str]]:
         bad = client.enqueue(
             "acct", ENTITY, "boom", 7, attempts=2, backoff={"type": "fixed", "delay": 0}
         )
-    done = run_aq(
-        ["worker", "--handlers", HANDLERS, "--entity-type", "acct", "--entity-id", ENTITY,
-         "--idle-timeout", "0.5"],
-        {**base_env(redis_url), **env},
-    )  # fmt: skip
+    done = aq(
+        "worker",
+        "--handlers",
+        HANDLERS,
+        "--entity-type",
+        "acct",
+        "--entity-id",
+        ENTITY,
+        "--idle-timeout",
+        "0.5",
+        env={**base_env(redis_url), **env},
+    )
     assert done.returncode == 0, done.stderr
     return done.stderr, [ok, bad]
 
@@ -94,6 +102,6 @@ def test_text_lines_read_as_the_standard_formatter_writes_them(created: float) -
 
 
 def test_unknown_format_is_one_line(redis_url: str) -> None:
-    done = run_aq(["status"], {**base_env(redis_url), "AQ_LOG_FORMAT": "yaml"})
+    done = aq("status", env={**base_env(redis_url), "AQ_LOG_FORMAT": "yaml"})
     assert done.returncode != 0
     assert done.stderr == "aq: AQ_LOG_FORMAT='yaml' is not one of: text, json\n"

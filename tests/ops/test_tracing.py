@@ -10,9 +10,7 @@ against a real Redis.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from atomicqueues import Backoff, Client, JobContext, Registry, Settings, Worker
-from runtime.workers import REPO_ROOT, base_env
+from helpers import Connect, aq
+from runtime.workers import base_env
 
 FAST = {"heartbeat_ttl": 0.6, "heartbeat_interval": 0.2, "idle_timeout": 0.3}
 EXPORTER = InMemorySpanExporter()
@@ -64,17 +63,9 @@ def make_registry(seen: list[trace.SpanContext]) -> Registry:
     return registry
 
 
-async def connect(redis_url: str, tracing: bool) -> Client:
-    return await Client.connect(Settings(redis_url=redis_url, tracing=tracing, **FAST))  # type: ignore[arg-type]
-
-
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Client]:
-    c = await connect(redis_url, True)
-    try:
-        yield c
-    finally:
-        await c.close()
+def client_settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, tracing=True, **FAST)  # type: ignore[arg-type]
 
 
 async def run_worker(client: Client, registry: Registry) -> None:
@@ -160,17 +151,14 @@ async def test_no_enqueue_context_no_link(client: Client, spans: InMemorySpanExp
 
 
 async def test_off_carries_nothing_and_makes_no_span(
-    redis_url: str, spans: InMemorySpanExporter
+    connect: Connect, spans: InMemorySpanExporter
 ) -> None:
-    client = await connect(redis_url, False)
-    try:
-        with trace.get_tracer("test-producer").start_as_current_span("POST /charge"):
-            job_id = await client.enqueue("wallet", ENTITY, "charge", {})
-        assert (await client.job(job_id)).trace_context is None
-        seen: list[trace.SpanContext] = []
-        await run_worker(client, make_registry(seen))
-    finally:
-        await client.close()
+    client = await connect(tracing=False)
+    with trace.get_tracer("test-producer").start_as_current_span("POST /charge"):
+        job_id = await client.enqueue("wallet", ENTITY, "charge", {})
+    assert (await client.job(job_id)).trace_context is None
+    seen: list[trace.SpanContext] = []
+    await run_worker(client, make_registry(seen))
     assert not named(spans, "process charge")
     assert seen == [trace.INVALID_SPAN_CONTEXT]
 
@@ -181,14 +169,7 @@ def test_missing_extra_is_one_line(redis_url: str, tmp_path: Path) -> None:
     (tmp_path / "opentelemetry.py").write_text("")
     env = base_env(redis_url, tracing="1")
     env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
-    done = subprocess.run(
-        [sys.executable, "-m", "atomicqueues.cli", "status"],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = aq("status", env=env)
     assert done.returncode == 1
     assert done.stderr == (
         "aq: AQ_TRACING=1 needs opentelemetry-api, which is not installed: "
@@ -197,12 +178,5 @@ def test_missing_extra_is_one_line(redis_url: str, tmp_path: Path) -> None:
 
 
 def test_a_bad_switch_is_one_line(redis_url: str) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "atomicqueues.cli", "status"],
-        env=base_env(redis_url, tracing="maybe"),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = aq("status", env=base_env(redis_url, tracing="maybe"))
     assert (done.returncode, done.stderr) == (1, "aq: AQ_TRACING='maybe' is not a valid flag\n")

@@ -15,28 +15,18 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import redis
 import yaml
 
 from atomicqueues import Client, NewJob, Settings
 from atomicqueues.keys import BUCKETS
 from atomicqueues.pools import health
-from runtime.workers import REPO_ROOT, base_env, run_aq, wait_until
+from helpers import REPO_ROOT, aq, wait_until
+from runtime.workers import base_env
 
 HANDLERS = "tests.ops.handlers:registry"
-
-
-@pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Client]:
-    c = await Client.connect(Settings(redis_url=redis_url))
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 async def observe(client: Client, entity_type: str) -> health.Health:
@@ -63,7 +53,7 @@ async def test_counts_and_the_age_of_the_oldest_waiting_job(client: Client, redi
     # A job that failed for good is a dead letter; a run worker leaves nothing waiting.
     await client.enqueue("acct", "e3", "boom", 1, attempts=1)
     args = ["worker", "--handlers", HANDLERS, "--entity-type", "acct", "--slots", "2"]
-    done = run_aq([*args, "--idle-timeout", "0.5"], base_env(redis_url))
+    done = aq(*args, "--idle-timeout", "0.5", env=base_env(redis_url))
     assert done.returncode == 0, done.stderr
     assert await observe(client, "acct") == health.Health(0, 0.0, 0, 1)
 

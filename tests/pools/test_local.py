@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
+
+from helpers import aq, aq_env, wait_until
 
 MANIFEST = {
     "apiVersion": "atomicqueues.io/v1alpha1",
@@ -36,13 +37,6 @@ MANIFEST = {
 }
 
 
-def aq_env(url: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_")}
-    if url is not None:
-        env["AQ_REDIS_URL"] = url
-    return env
-
-
 @pytest.fixture
 def manifest(tmp_path: Path) -> Path:
     path = tmp_path / "pool.yaml"
@@ -54,7 +48,7 @@ def manifest(tmp_path: Path) -> Path:
 def aq_up(redis_url: str, manifest: Path) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "atomicqueues.cli", "up", str(manifest)],
-        env=aq_env(redis_url),
+        env=aq_env(AQ_REDIS_URL=redis_url),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -63,15 +57,6 @@ def aq_up(redis_url: str, manifest: Path) -> Iterator[subprocess.Popen[str]]:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
-
-
-def wait_for(condition: object, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if condition():  # type: ignore[operator]
-            return time.monotonic() - start
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def live_workers(r: redis.Redis) -> list[str]:
@@ -97,11 +82,9 @@ def test_aq_up_scales_up_on_work_and_down_to_zero(
                     "step",
                     {"seq": seq, "seconds": 0.05, "log_key": "uptest:log"},
                 )
-        up = wait_for(lambda: len(live_workers(r)) >= 1, 30, "a worker to start")
-        wait_for(lambda: client.counts("account")["completed"] == 12, 60, "all jobs to complete")
-    down = wait_for(lambda: live_workers(r) == [], 30, "the pool to scale to zero")
-    assert up < 30
-    assert down < 30
+        wait_until(lambda: len(live_workers(r)) >= 1, 30, "a worker to start")
+        wait_until(lambda: client.counts("account")["completed"] == 12, 60, "all jobs to complete")
+    wait_until(lambda: live_workers(r) == [], 30, "the pool to scale to zero")
     starts = [line for line in r.lrange("uptest:log", 0, -1) if b'"start"' in line]
     assert len(starts) == 12
     aq_up.send_signal(signal.SIGINT)
@@ -123,13 +106,13 @@ def test_aq_up_starts_no_worker_for_a_paused_entity(
         client.pause("account", "a1")
         client.enqueue("account", "a1", "step", step)
         client.enqueue("account", "a2", "step", step)
-        wait_for(lambda: client.counts("account")["completed"] == 1, 30, "a2's job to run")
+        wait_until(lambda: client.counts("account")["completed"] == 1, 30, "a2's job to run")
         time.sleep(2.0)  # two resyncs of the pool: still nothing for a1
         assert client.counts("account")["completed"] == 1
         assert client.pending_entities("account") == {"a1": 1}
         assert all(b"a1" not in name for name in live_workers(r))
         client.resume("account", "a1")
-        wait_for(lambda: client.counts("account")["completed"] == 2, 30, "a1's job to run")
+        wait_until(lambda: client.counts("account")["completed"] == 2, 30, "a1's job to run")
 
 
 async def test_aq_up_announces_its_desired_and_ready_workers(
@@ -165,7 +148,7 @@ def test_aq_up_stops_busy_workers_gracefully(redis_url: str, aq_up: subprocess.P
         job = client.enqueue(
             "account", "slow", "step", {"seq": 0, "seconds": 0.8, "log_key": "uptest:log"}
         )
-        wait_for(lambda: client.job(job).state == "active", 30, "the job to start")
+        wait_until(lambda: client.job(job).state == "active", 30, "the job to start")
         aq_up.send_signal(signal.SIGINT)
         out, _ = aq_up.communicate(timeout=30)
         assert aq_up.returncode == 0, out
@@ -210,13 +193,7 @@ def test_invalid_manifest_is_one_line_naming_the_field(
 ) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({**MANIFEST, **change}))
-    result = subprocess.run(
-        [sys.executable, "-m", "atomicqueues.cli", "up", str(path)],
-        env=aq_env("redis://127.0.0.1:1/0"),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = aq("up", str(path), env=aq_env(AQ_REDIS_URL="redis://127.0.0.1:1/0"), timeout=30)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -236,14 +213,7 @@ def test_aq_up_refuses_handlers_that_cannot_be_imported(redis_url: str, tmp_path
             yaml.safe_dump({**MANIFEST, "spec": {**MANIFEST["spec"], "handlers": handlers}})
         )
         started = time.monotonic()
-        result = subprocess.run(
-            [sys.executable, "-m", "atomicqueues.cli", "up", str(path)],
-            cwd=tmp_path,
-            env=aq_env(redis_url),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = aq("up", str(path), cwd=tmp_path, env=aq_env(AQ_REDIS_URL=redis_url), timeout=30)
         assert result.returncode != 0
         assert time.monotonic() - started < 10  # refused, not run until stopped
         lines = result.stderr.strip().splitlines()
@@ -255,36 +225,14 @@ def test_aq_up_refuses_handlers_that_cannot_be_imported(redis_url: str, tmp_path
 def test_unreadable_manifest(tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text("spec: [unclosed")
     for path in (tmp_path / "missing.yaml", tmp_path / "broken.yaml"):
-        result = subprocess.run(
-            [sys.executable, "-m", "atomicqueues.cli", "up", str(path)],
-            env=aq_env(None),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = aq("up", str(path), env=aq_env(), timeout=30)
         assert result.returncode != 0
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "Traceback" not in result.stderr
 
 
 def test_demo_runs_to_the_end_on_an_embedded_redis() -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "atomicqueues.cli",
-            "demo",
-            "--plain",
-            "--entities",
-            "8",
-            "--jobs",
-            "4",
-        ],
-        env=aq_env(None),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = aq("demo", "--plain", "--entities", "8", "--jobs", "4", env=aq_env(), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "check passed" in result.stdout
     assert "came back and completed (attempt 2)" in result.stdout
@@ -352,7 +300,7 @@ def test_aq_up_fires_a_schedule_and_starts_a_worker_for_it(
         payload = {"seq": 0, "seconds": 0.01, "log_key": "uptest:log"}
         added = client.add_schedule("account", "tick", "step", payload, every=0.5)
         assert added.entity_id == "tick"
-        wait_for(lambda: r.llen("uptest:log") >= 4, 30, "two scheduled jobs to run")
+        wait_until(lambda: r.llen("uptest:log") >= 4, 30, "two scheduled jobs to run")
         client.remove_schedule("account", "tick")
     starts = [json.loads(line) for line in r.lrange("uptest:log", 0, -1) if b'"start"' in line]
     assert all(s["entity"] == "tick" and s["job"].startswith("tick@") for s in starts)

@@ -6,12 +6,12 @@ precedence over this one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from atomicqueues import Client, Settings
+from atomicqueues import Settings
 from runtime.workers import INTERVAL, TTL, Workers
 
 T = "acct"
@@ -28,11 +28,6 @@ def workers(redis_url: str, tmp_path: Path) -> Iterator[Workers]:
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Client]:
-    """A client with the workers' short heartbeat (TTL 1 s, interval 0.25 s)."""
-    settings = Settings(redis_url=redis_url, heartbeat_ttl=TTL, heartbeat_interval=INTERVAL)
-    c = await Client.connect(settings)
-    try:
-        yield c
-    finally:
-        await c.close()
+def client_settings(redis_url: str) -> Settings:
+    """Clients with the workers' short heartbeat (TTL 1 s, interval 0.25 s)."""
+    return Settings(redis_url=redis_url, heartbeat_ttl=TTL, heartbeat_interval=INTERVAL)

@@ -11,7 +11,6 @@ lacking a command gets one line from `aq`, not a traceback.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -25,8 +24,8 @@ import pytest
 import redis
 
 from atomicqueues import Settings, SyncClient
+from helpers import aq, aq_env, assert_one_line_error
 from redis_servers import RedisCluster
-from runtime.test_cli import HERE, assert_one_line_error
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 OPTIONAL_REFUSALS = {"client", "config", "config|get"}
@@ -80,27 +79,15 @@ def refused(admin: redis.Redis) -> set[str]:
     return {str(entry["object"]) for entry in admin.acl_log(128)}  # type: ignore[union-attr]
 
 
-def aq(*args: str, url: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_")}
-    return subprocess.run(
-        [sys.executable, "-m", "atomicqueues.cli", "--redis-url", url, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**env, "PYTHONPATH": HERE},
-    )
-
-
 def test_the_readme_user_runs_workers_producers_and_aq(
     acl_user: tuple[str, redis.Redis], tmp_path: Path
 ) -> None:
     url, admin = acl_user
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AQ_")}
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(
         [sys.executable, "-m", "atomicqueues.cli", "--redis-url", url, "worker",
          "--handlers", "cli_handlers:registry", "--entity-type", "user", "--slots", "4"],
-        env={**env, "PYTHONPATH": HERE, "AQ_HEARTBEAT_TTL": "1", "AQ_HEARTBEAT_INTERVAL": "0.25"},
+        env=aq_env(AQ_HEARTBEAT_TTL="1", AQ_HEARTBEAT_INTERVAL="0.25"),
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
@@ -132,7 +119,7 @@ def test_the_readme_user_runs_workers_producers_and_aq(
         ticker = subprocess.Popen(
             [sys.executable, "-m", "atomicqueues.cli", "--redis-url", url, "schedule", "run",
              "user"],
-            env={**env, "PYTHONPATH": HERE}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=aq_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
         try:

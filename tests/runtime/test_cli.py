@@ -17,30 +17,9 @@ from pathlib import Path
 import pytest
 import redis
 
+from helpers import aq, assert_one_line_error
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def aq(
-    *args: str, url: str, timeout: float = 30, **env_vars: str
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": HERE, **env_vars}
-    return subprocess.run(
-        [sys.executable, "-m", "atomicqueues.cli", "--redis-url", url, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("aq: ")
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def closed_port() -> int:

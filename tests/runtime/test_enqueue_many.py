@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import redis
 from atomicqueues import Client, InvalidInput, NewJob, PayloadTooLarge, Settings, SyncClient
 from atomicqueues.client import ENQUEUE_BATCH
 from atomicqueues.keys import AUTO_JOB_ID_RE, bucket_of
-from runtime.test_cli import assert_one_line_error
+from helpers import aq, assert_one_line_error
 
 T = "user"
 
@@ -212,18 +211,6 @@ def test_sync_client_enqueue_many(redis_url: str) -> None:
 
 
 # --- aq enqueue --from FILE.jsonl -------------------------------------------------------------
-def aq(*args: str, url: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "atomicqueues.cli", "--redis-url", url, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        input=stdin,
-        stdin=None if stdin is not None else subprocess.DEVNULL,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
 def jsonl(*jobs: dict[str, Any]) -> str:
     return "".join(json.dumps(job, ensure_ascii=False) + "\n" for job in jobs)
 
@@ -268,7 +255,7 @@ async def test_cli_from_file(client: Client, redis_url: str, tmp_path: Path) -> 
 
 async def test_cli_from_stdin(client: Client, redis_url: str) -> None:
     text = jsonl(*(line(f"e{n % 3}", n, job_id=f"j{n}") for n in range(30)))
-    result = aq("enqueue", "--from", "-", "--json", url=redis_url, stdin=text)
+    result = aq("enqueue", "--from", "-", "--json", url=redis_url, input=text)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"enqueued": 30, "job_ids": [f"j{n}" for n in range(30)]}
     for k in range(3):
@@ -330,7 +317,7 @@ def test_cli_bad_line_is_one_line_and_enqueues_nothing(
     assert_one_line_error(aq("enqueue", "--from", str(path), url=redis_url), "line 5", *words)
     assert redis.Redis.from_url(redis_url).dbsize() == 0
     # The same from standard input.
-    result = aq("enqueue", "--from", "-", url=redis_url, stdin=path.read_text())
+    result = aq("enqueue", "--from", "-", url=redis_url, input=path.read_text())
     assert_one_line_error(result, "line 5 of standard input", *words)
     assert redis.Redis.from_url(redis_url).dbsize() == 0
 
@@ -383,7 +370,7 @@ def test_cli_file_errors_are_one_line(redis_url: str, tmp_path: Path) -> None:
     ],
 )
 def test_cli_enqueue_usage_errors(redis_url: str, args: list[str], words: list[str]) -> None:
-    result = aq(*args, url=redis_url, stdin=GOOD + "\n")
+    result = aq(*args, url=redis_url, input=GOOD + "\n")
     assert result.returncode == 2
     assert_one_line_error(result, *words)
     assert redis.Redis.from_url(redis_url).dbsize() == 0

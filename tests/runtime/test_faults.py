@@ -15,6 +15,7 @@ import time
 import pytest
 
 from atomicqueues import Client
+from helpers import wait_until
 from runtime.workers import (
     INTERVAL,
     REJECTED_KEY,
@@ -25,7 +26,6 @@ from runtime.workers import (
     records,
     reruns,
     runs_of,
-    wait_until,
 )
 
 pytestmark = pytest.mark.slow

@@ -21,6 +21,7 @@ import pytest
 from atomicqueues import Client, JobContext, Registry, Settings, Worker
 from atomicqueues.aio import cancel_and_wait
 from atomicqueues.presence import Presence
+from helpers import aq, wait_until
 from redis_servers import free_port
 from runtime.workers import (
     HANDLERS,
@@ -30,9 +31,7 @@ from runtime.workers import (
     base_env,
     check_history,
     load_runs,
-    run_aq,
     runs_of,
-    wait_until,
 )
 
 T = "acct"
@@ -438,8 +437,15 @@ async def test_registry_lists_live_workers_and_forgets_a_killed_one(
 def test_worker_with_bad_handlers_fails_in_one_line(
     redis_url: str, spec: str, expected: str
 ) -> None:
-    result = run_aq(
-        ["worker", "--handlers", spec, "--entity-type", T, "--entity-id", "e1"], base_env(redis_url)
+    result = aq(
+        "worker",
+        "--handlers",
+        spec,
+        "--entity-type",
+        T,
+        "--entity-id",
+        "e1",
+        env=base_env(redis_url),
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
@@ -451,7 +457,7 @@ def test_worker_with_bad_handlers_fails_in_one_line(
 
 def test_worker_with_unreachable_redis_fails_in_one_line() -> None:
     env = base_env(f"redis://127.0.0.1:{free_port()}/0")
-    result = run_aq(["worker", "--handlers", HANDLERS, "--entity-type", T, "--slots", "2"], env)
+    result = aq("worker", "--handlers", HANDLERS, "--entity-type", T, "--slots", "2", env=env)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -37,28 +37,24 @@ from atomicqueues import (
     Worker,
 )
 from atomicqueues.locks import Lock
+from helpers import REPO_ROOT, aq, assert_one_line_error, wait_until
 from redis_servers import RedisServer
 from runtime.lock_contender import CONTEND_KEY, GO_KEY, STATE_KEY
-from runtime.workers import REPO_ROOT, Workers, base_env, run_aq, wait_until
+from runtime.workers import Workers, base_env
 
 LOCK_LOG_KEY = "test:joblocks"  # as in handlers.py
 STRANGE_IDS = ["a:b{c}", "üñí 😀 ☃", "100%", "x" * 1000, "{}"]
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Client]:
-    settings = Settings(
+def client_settings(redis_url: str) -> Settings:
+    return Settings(
         redis_url=redis_url,
         heartbeat_ttl=0.6,
         heartbeat_interval=0.2,
         idle_timeout=0.5,
         shutdown_grace=0.5,
     )
-    c = await Client.connect(settings)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 @pytest.fixture
@@ -580,7 +576,7 @@ def test_sigstopped_hold_block_learns_it_lost(redis_url: str, sync_redis: redis.
         (first,) = wait_until(lambda: states(sync_redis), 30, "the holder to take the lock")
         proc.send_signal(signal.SIGSTOP)
         time.sleep(0.7)
-        taker = run_aq(["locks", "list", "--json"], base_env(redis_url))
+        taker = aq("locks", "list", "--json", env=base_env(redis_url))
         assert json.loads(taker.stdout) == []  # expired while frozen: listed as free
     finally:
         proc.send_signal(signal.SIGCONT)
@@ -666,47 +662,36 @@ async def test_killed_worker_lock_expires_by_ttl(
 
 
 # --- the command line ----------------------------------------------------------------------
-def aq(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_aq(list(args), base_env(url))
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("aq: ")
-    for word in words:
-        assert word in lines[0], lines[0]
-
-
 async def test_cli_list_release_status(redis_url: str, locks: Locks) -> None:
     lock = await take(locks, "a:b{c}", owner="alice")
     await locks.acquire("modem", "m1", "bob", "job", 30)
 
-    listed = await asyncio.to_thread(aq, redis_url, "locks", "list")
+    listed = await asyncio.to_thread(aq, "locks", "list", url=redis_url)
     assert listed.returncode == 0, listed.stderr
     assert "device/'a:b{c}'" in listed.stdout
     assert f"proc alice  token {lock.token}" in listed.stdout
     assert "2 lock(s) held" in listed.stdout
     only = json.loads(
         (
-            await asyncio.to_thread(aq, redis_url, "locks", "list", "--type", "device", "--json")
+            await asyncio.to_thread(
+                aq, "locks", "list", "--type", "device", "--json", url=redis_url
+            )
         ).stdout
     )
     assert only == [lock.to_dict()]
 
-    status = await asyncio.to_thread(aq, redis_url, "status")
+    status = await asyncio.to_thread(aq, "status", url=redis_url)
     assert "locks: 2 held" in status.stdout
     assert "modem/'m1'" in status.stdout
-    report = json.loads((await asyncio.to_thread(aq, redis_url, "status", "--json")).stdout)
+    report = json.loads((await asyncio.to_thread(aq, "status", "--json", url=redis_url)).stdout)
     assert {x["resource_id"] for x in report["locks"]} == {"a:b{c}", "m1"}
 
-    refused = await asyncio.to_thread(aq, redis_url, "locks", "release", "device", "a:b{c}")
-    one_line_error(refused, "--force")
+    refused = await asyncio.to_thread(aq, "locks", "release", "device", "a:b{c}", url=redis_url)
+    assert_one_line_error(refused, "--force")
     assert len(await locks.held("device")) == 1
 
     forced = await asyncio.to_thread(
-        aq, redis_url, "locks", "release", "device", "a:b{c}", "--force"
+        aq, "locks", "release", "device", "a:b{c}", "--force", url=redis_url
     )
     assert forced.returncode == 0, forced.stderr
     assert forced.stdout.strip() == (
@@ -716,7 +701,7 @@ async def test_cli_list_release_status(redis_url: str, locks: Locks) -> None:
     with pytest.raises(LockNotOwned):
         await locks.release(lock)
     again = await asyncio.to_thread(
-        aq, redis_url, "locks", "release", "device", "a:b{c}", "--force"
+        aq, "locks", "release", "device", "a:b{c}", "--force", url=redis_url
     )
     assert "was not held" in again.stdout
 
@@ -736,4 +721,4 @@ async def test_cli_list_release_status(redis_url: str, locks: Locks) -> None:
     ],
 )
 def test_cli_bad_input(redis_url: str, args: list[str], words: list[str]) -> None:
-    one_line_error(aq(redis_url, *args), *words)
+    assert_one_line_error(aq(*args, env=base_env(redis_url)), *words)

@@ -119,9 +119,15 @@ def check_runs(runs: list[Run], expected: dict[str, int]) -> None:
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[FaultyClient]:
-    settings = Settings(redis_url=redis_url, **SETTINGS)  # type: ignore[arg-type]
-    c = FaultyClient(await connect(redis_url, settings.call_timeout), settings)
+def client_settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, **SETTINGS)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def faulty_client(client_settings: Settings) -> AsyncIterator[FaultyClient]:
+    """A FaultyClient with `client_settings`, closed after the test."""
+    settings = client_settings
+    c = FaultyClient(await connect(settings.redis_url, settings.call_timeout), settings)
     yield c
     await c.close()
 
@@ -172,20 +178,20 @@ CASES = [
 
 @pytest.mark.parametrize(("site", "kind"), CASES)
 async def test_a_failure_at_each_call_site_loses_nothing_and_stalls_nothing(
-    client: FaultyClient, site: str, kind: str
+    faulty_client: FaultyClient, site: str, kind: str
 ) -> None:
     runs: list[Run] = []
     entities = ["a", "b", "c"] if kind == "packed" else ["a"]
-    worker, runner = start_worker(client, runs, kind)
+    worker, runner = start_worker(faulty_client, runs, kind)
     await asyncio.sleep(0.3)  # the worker is up, idle, blocked waiting for work
-    client.arm(site, 2)
-    total = await enqueue(client, entities, range(4), sleep=0.25)
-    await wait_done(client, total)
-    assert client.hits[site] == 2, f"the loops never reached {site}: {client.hits}"
+    faulty_client.arm(site, 2)
+    total = await enqueue(faulty_client, entities, range(4), sleep=0.25)
+    await wait_done(faulty_client, total)
+    assert faulty_client.hits[site] == 2, f"the loops never reached {site}: {faulty_client.hits}"
     # The entity is not held by a dead loop: jobs enqueued now run at once.
-    client.arm(site, 2)
-    total += await enqueue(client, entities, range(4, 6), sleep=0.05)
-    counts = await wait_done(client, total)
+    faulty_client.arm(site, 2)
+    total += await enqueue(faulty_client, entities, range(4, 6), sleep=0.05)
+    counts = await wait_done(faulty_client, total)
     assert counts.get("completed") == total, counts
     assert not runner.done(), runner
     assert worker.failed is None
@@ -197,20 +203,20 @@ async def test_a_failure_at_each_call_site_loses_nothing_and_stalls_nothing(
 
 @pytest.mark.parametrize("kind", ["entity-bound", "packed"])
 async def test_an_outage_longer_than_the_lease_stops_the_job_before_the_lease_can_pass(
-    client: FaultyClient, kind: str
+    faulty_client: FaultyClient, kind: str
 ) -> None:
     """Redis unreachable for 2.5 TTLs while a job runs: the worker's own clock ends the job
     (ctx.lost) before its lease may expire; once Redis is back the job runs again, once, and
     the worker goes on with the rest."""
     runs: list[Run] = []
-    worker, runner = start_worker(client, runs, kind)
-    observer = Client(client.redis, client.settings)
+    worker, runner = start_worker(faulty_client, runs, kind)
+    observer = Client(faulty_client.redis, faulty_client.settings)
     await observer.enqueue(TYPE, "a", "record", {"seq": 0, "sleep": 0.05, "first_sleep": 30})
     await observer.enqueue(TYPE, "a", "record", {"seq": 1, "sleep": 0.05})
     while not runs:
         await asyncio.sleep(0.02)
     lease = worker.held["a"]
-    client.outage(2.5 * SETTINGS["heartbeat_ttl"])
+    faulty_client.outage(2.5 * SETTINGS["heartbeat_ttl"])
     first = runs[0]
     while first.end is None:
         await asyncio.sleep(0.02)
@@ -218,8 +224,8 @@ async def test_an_outage_longer_than_the_lease_stops_the_job_before_the_lease_ca
     # Stopped before the moment the lease may expire, on the worker's clock (the last renewal
     # that got through was sent before it, plus the TTL).
     assert first.end < lease.valid_until, (first, lease)
-    await wait_done(client, 2)
-    assert client.hits["outage"] > 0
+    await wait_done(faulty_client, 2)
+    assert faulty_client.hits["outage"] > 0
     assert not runner.done(), runner
     assert worker.failed is None
     worker.close("test over")

@@ -37,8 +37,9 @@ from atomicqueues.jobs import Job
 from atomicqueues.keys import Keys, encode_id
 from atomicqueues.leases import Leases, Started
 from atomicqueues.memory import eviction_warning
+from helpers import wait_until
 from redis_servers import RedisCluster, RedisServer
-from runtime.workers import TTL, Workers, wait_until
+from runtime.workers import TTL, Workers
 
 T = "acct"
 

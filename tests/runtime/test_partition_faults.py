@@ -25,11 +25,11 @@ import pytest
 import redis
 
 from atomicqueues import Client, Locks, Settings
+from helpers import REPO_ROOT, wait_until
 from partition import Partition
 from runtime.lock_contender import STATE_KEY
 from runtime.workers import (
     REJECTED_KEY,
-    REPO_ROOT,
     TTL,
     WorkerProc,
     Workers,
@@ -38,7 +38,6 @@ from runtime.workers import (
     check_history,
     load_runs,
     records,
-    wait_until,
 )
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -38,33 +38,19 @@ from atomicqueues import (
 from atomicqueues.client import Limits
 from atomicqueues.keys import AUTO_JOB_ID_RE, BUCKETS, bucket_of, encode_id
 from atomicqueues.leases import Idle, Lease, Leases, Started, sweep
+from helpers import Connect
 from runtime import recompute
 
 T = "user"  # entity type of most tests
 SHORT_LEASES = {"heartbeat_ttl": 0.4, "heartbeat_interval": 0.2}
 EXPIRED = 0.5  # seconds after which a lease of SHORT_LEASES has surely expired
-Connect = Callable[..., Awaitable[Client]]
 
 
 # --- fixtures ---------------------------------------------------------------------------------
 @pytest.fixture
-async def connect(redis_url: str) -> AsyncIterator[Connect]:
-    """Make clients on the test's Redis with any Settings overrides; closed after the test."""
-    made: list[Client] = []
-
-    async def make(**overrides: Any) -> Client:
-        c = await Client.connect(Settings(redis_url=redis_url, **overrides))
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        await c.close()
-
-
-@pytest.fixture
-async def client(connect: Connect) -> Client:
-    return await connect()
+def client_settings(redis_url: str) -> Settings:
+    """The defaults (tests/runtime/conftest.py gives the other modules short heartbeats)."""
+    return Settings(redis_url=redis_url)
 
 
 # --- helpers ----------------------------------------------------------------------------------

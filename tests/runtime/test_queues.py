@@ -13,7 +13,8 @@ import pytest
 
 from atomicqueues import Client, NewJob, Settings
 from atomicqueues.queues import Queues
-from runtime.workers import Workers, wait_until
+from helpers import wait_until
+from runtime.workers import Workers
 
 T = "acct"
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import wait_until
 from redis_servers import RedisServer
-from runtime.workers import Workers, wait_until
+from runtime.workers import Workers
 
 pytestmark = pytest.mark.slow
 

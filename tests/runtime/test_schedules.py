@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -22,22 +21,17 @@ from prometheus_client import REGISTRY
 
 from atomicqueues import Client, JobContext, Registry, Schedule, Settings, SyncClient, Worker
 from atomicqueues.schedules import TICK, Ticker, job_id
+from helpers import aq, assert_one_line_error
 from redis_servers import free_port
-from runtime.test_cli import aq, assert_one_line_error
 
 T = "report"
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Client]:
-    settings = Settings(
+def client_settings(redis_url: str) -> Settings:
+    return Settings(
         redis_url=redis_url, heartbeat_ttl=1.0, heartbeat_interval=0.25, keep_completed=0
     )
-    c = await Client.connect(settings)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 def ms(text: str) -> int:

@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client import REGISTRY
@@ -67,10 +67,8 @@ def make_registry(log: list[tuple[str, int]]) -> Registry:
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[Client]:
-    client = await Client.connect(Settings(redis_url=redis_url, **FAST))  # type: ignore[arg-type]
-    yield client
-    await client.close()
+def client_settings(redis_url: str) -> Settings:
+    return Settings(redis_url=redis_url, **FAST)  # type: ignore[arg-type]
 
 
 async def run_until_idle(client: Client, registry: Registry, entity_id: str) -> str:

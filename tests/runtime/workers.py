@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,8 @@ import redis
 from atomicqueues import SyncClient
 from atomicqueues.jobs import Job
 from atomicqueues.keys import Keys
+from helpers import REPO_ROOT, wait_until
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 HANDLERS = "tests.runtime.handlers:registry"
 LOG_KEY = "test:log"  # the same names as in handlers.py (not imported: it is the workers' module)
 REJECTED_KEY = "test:rejected"
@@ -64,20 +64,6 @@ def ended(client: SyncClient, total: int, entity_type: str) -> bool:
     return counts.get("completed", 0) == total and busy == 0
 
 
-def wait_until(
-    condition: Callable[[], Any], timeout: float, what: str, *, every: float = 0.05
-) -> Any:
-    """Poll until `condition()` is truthy and return it; AssertionError after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
-
-
 def base_env(redis_url: str, **settings: str | float) -> dict[str, str]:
     """The environment of a worker subprocess: ours, plus PYTHONPATH and AQ_* settings."""
     env = dict(os.environ)
@@ -88,21 +74,6 @@ def base_env(redis_url: str, **settings: str | float) -> dict[str, str]:
     for name, value in settings.items():
         env[f"AQ_{name.upper()}"] = str(value)
     return env
-
-
-def run_aq(
-    args: list[str], env: Mapping[str, str], timeout: float = 60.0
-) -> subprocess.CompletedProcess[str]:
-    """Run the `aq` command line to its end and capture its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "atomicqueues.cli", *args],
-        env=dict(env),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def start_aq(args: list[str], env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:

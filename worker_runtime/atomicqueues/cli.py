@@ -1,9 +1,12 @@
 """The `aq` command line.
 
 Every error a person can cause (bad JSON, an unknown handler, Redis down, a strange entity id)
-ends in one line on stderr and a non-zero exit code, never a traceback. `aq operator` and
-`aq crd` belong to the operator and are reached lazily, so a worker image without the
-operator's dependencies still runs `aq worker`.
+ends in one line on stderr and a non-zero exit code, never a traceback.
+
+This module is the top of the layers (docs/design.md): nothing imports it. The commands of the
+layers above the runtime (`aq up`, `aq demo`, `aq dashboard`, `aq operator`, `aq crd`) are
+reached by module name only when asked for (`LAZY_COMMANDS`), so a worker image without their
+dependencies still runs `aq worker`; they parse with `cliargs`, not with this module.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, NoReturn
+from typing import Any, BinaryIO
 
 import redis.exceptions
 
 from . import logs
+from .cliargs import EXIT_ERROR, EXIT_USAGE, Parser, json_arg, positive
 from .client import Client, NewJob
 from .config import Settings
 from .connection import permission_denied
@@ -45,44 +49,6 @@ LAZY_COMMANDS = {
     "dashboard": "serve a web dashboard of this Redis (the dashboard extra)",
 }
 """Commands of the layers above the runtime, imported only when asked for, and what they do."""
-
-EXIT_USAGE = 2
-EXIT_ERROR = 1
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"aq: {message} (see `{self.prog} --help`)\n")
-
-
-def _json_arg(text: str) -> Any:
-    """JSON given inline, or read from a file (`@PATH`) or standard input (`-`)."""
-    source = "payload"
-    if text == "-":
-        text, source = sys.stdin.read(), "standard input"
-    elif text.startswith("@"):
-        try:
-            with open(text[1:], encoding="utf-8") as f:
-                text, source = f.read(), text[1:]
-        except OSError as exc:
-            raise argparse.ArgumentTypeError(f"cannot read {text[1:]!r}: {exc.strerror}") from None
-    try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"invalid JSON in {source} ({exc})") from None
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
-
 
 FROM_CHUNK = 10_000
 """Lines of `aq enqueue --from` sent per `Client.enqueue_many` call (held in memory at once)."""
@@ -150,17 +116,17 @@ def build_parser() -> Parser:
     p.add_argument("name", nargs="?", metavar="NAME", help="handler name")
     p.add_argument(
         "--payload",
-        type=_json_arg,
+        type=json_arg,
         default=argparse.SUPPRESS,
         help="JSON payload, @FILE, or - for stdin",
     )
     p.add_argument("--job-id", help="idempotency key, unique per entity")
-    p.add_argument("--delay", type=_positive, help="seconds before the job may start")
+    p.add_argument("--delay", type=positive, help="seconds before the job may start")
     p.add_argument("--priority", type=int, help="-1000..1000, higher first (default 0)")
     p.add_argument("--attempts", type=int, help="maximum attempts")
     p.add_argument(
         "--timeout",
-        type=_positive,
+        type=positive,
         metavar="S",
         help="the job's time limit in seconds (default: its handler's, else $AQ_JOB_TIMEOUT)",
     )
@@ -185,8 +151,8 @@ def build_parser() -> Parser:
     group.add_argument("--entity-id", help="serve this one entity (dedicated)")
     group.add_argument("--slots", type=int, help="serve any entities, K at a time (packed)")
     p.add_argument("--name", help="worker name (default: NODE-PID-RANDOM)")
-    p.add_argument("--idle-timeout", type=_positive, help="seconds without work before exit")
-    p.add_argument("--shutdown-grace", type=_positive, help="seconds a job may finish in")
+    p.add_argument("--idle-timeout", type=positive, help="seconds without work before exit")
+    p.add_argument("--shutdown-grace", type=positive, help="seconds a job may finish in")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
 
     p = sub.add_parser("status", help="queues, entities and workers")
@@ -245,7 +211,7 @@ def build_parser() -> Parser:
     p.add_argument("--entity", nargs=2, metavar=("TYPE", "ID"), help=ENTITY_HELP)
     p.add_argument(
         "--wait",
-        type=_positive,
+        type=positive,
         default=0.0,
         metavar="SECONDS",
         help="wait this long for the job to end (default: do not wait)",
@@ -288,7 +254,7 @@ def build_parser() -> Parser:
     target.add_argument("--entity", nargs=2, metavar=("TYPE", "ID"), help="an entity's workers")
     target.add_argument("--node", help="every worker of a node")
 
-    add_schedule_parser(sub, _json_arg, _positive)
+    add_schedule_parser(sub)
 
     for name, text in LAZY_COMMANDS.items():
         sub.add_parser(name, help=text, add_help=False)
@@ -824,7 +790,7 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _lazy(command: str, rest: list[str]) -> int:
-    """Commands of the other layers (operator, pools), imported only when asked for."""
+    """Commands of the other layers (operator, pools, dashboard), imported only when asked for."""
     import importlib
 
     module = {

@@ -38,6 +38,7 @@ from .errors import (
     RedisOutOfMemory,
     RedisUnavailable,
 )
+from .index import EntityIndex
 from .jobs import (
     DEFAULT_BACKOFF,
     MAX_PRIORITY,
@@ -77,20 +78,6 @@ FAILING_OVER = (
     redis.exceptions.TryAgainError,
 )
 """Answers of a server that is not (or no longer) the one to take the call."""
-
-
-@dataclass(frozen=True)
-class EntityIndex:
-    """What the index holds about one entity with work."""
-
-    entity_id: str
-    waiting: int
-    """Jobs waiting to start."""
-    since: float
-    """When it began to have work (epoch seconds, Redis clock): the oldest is served first."""
-    concurrency: int = 1
-    claimable: bool = True
-    """A job could start now if a new lease holder came (no holder is idle on it)."""
 
 
 def _integer(value: object) -> bool:

@@ -11,6 +11,7 @@ import signal
 from datetime import UTC, datetime
 from typing import Any
 
+from .cliargs import json_arg, positive
 from .client import Client
 from .errors import InvalidInput
 from .schedules import Schedule, Ticker, time_zone
@@ -28,7 +29,7 @@ examples:
 """
 
 
-def add_parser(sub: Any, json_arg: Any, positive: Any) -> None:
+def add_parser(sub: Any) -> None:
     """The `schedule` command and its actions, on the `aq` parser's subcommands."""
     p = sub.add_parser("schedule", help="scheduled jobs: every N seconds or on a cron expression")
     actions = p.add_subparsers(dest="action", required=True, parser_class=type(p))

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from ..cli import Parser
+from ..cliargs import Parser
 from ..client import Client
 from ..config import Settings
 from ..errors import ConfigError

@@ -1,6 +1,7 @@
 """`aq up POOL.yaml` and `aq demo`: pools on one machine.
 
-Reached lazily from `atomicqueues.cli`, so a worker image never imports this layer.
+Reached by name from `atomicqueues.cli` (the `aq` entry point, above every layer), so a worker
+image never imports this layer.
 """
 
 from __future__ import annotations
@@ -10,31 +11,17 @@ import logging
 import os
 import signal
 from collections.abc import Sequence
-from dataclasses import replace
 
-from ..cli import Parser
+from ..cliargs import Parser
 from ..client import Client
-from ..config import Settings
 from ..metrics import serve
 from ..registry import load_registry
+from .demo import DemoOptions, demo
 from .embedded import EmbeddedRedis
-from .local import LocalPool
+from .local import LocalPool, settings_for
 from .spec import Pool, load_pool
 
 log = logging.getLogger(__name__)
-
-
-def settings_for(pool: Pool, redis_url: str) -> Settings:
-    t = pool.spec.timing
-    return replace(
-        Settings.from_env(),
-        redis_url=redis_url,
-        prefix=os.environ.get("AQ_PREFIX") or pool.spec.redis.prefix,
-        heartbeat_ttl=t.heartbeat_ttl_seconds,
-        heartbeat_interval=t.heartbeat_interval_seconds,
-        idle_timeout=t.idle_timeout_seconds,
-        shutdown_grace=t.shutdown_grace_seconds,
-    )
 
 
 def redis_url_for(pool: Pool) -> str | None:
@@ -105,7 +92,5 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     if args.command == "up":
         return asyncio.run(up(args.manifest, args.metrics_port))
-    from .demo import DemoOptions, demo
-
     options = DemoOptions(args.entities, args.jobs, not args.no_chaos, args.job_seconds, args.plain)
     return asyncio.run(demo(options))

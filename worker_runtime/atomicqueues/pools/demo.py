@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from ..client import Client
-from .cli import settings_for
 from .embedded import EmbeddedRedis
-from .local import LocalPool
+from .local import LocalPool, settings_for
 from .spec import Pool, parse_pool
 
 ENTITY_TYPE = "account"

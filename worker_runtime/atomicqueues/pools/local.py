@@ -19,11 +19,12 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO
 
 from ..aio import cancel_and_wait, wait_any
 from ..client import Client
+from ..config import Settings
 from ..errors import RedisUnavailable
 from ..presence import Presence
 from . import health
@@ -46,6 +47,21 @@ from .spec import Pool
 from .watch import sweep_leases, tick_schedules, wake_on_work
 
 log = logging.getLogger(__name__)
+
+
+def settings_for(pool: Pool, redis_url: str) -> Settings:
+    """The settings of a local pool's client and of the workers it starts: the manifest's
+    Redis prefix and timing, on `redis_url`."""
+    t = pool.spec.timing
+    return replace(
+        Settings.from_env(),
+        redis_url=redis_url,
+        prefix=os.environ.get("AQ_PREFIX") or pool.spec.redis.prefix,
+        heartbeat_ttl=t.heartbeat_ttl_seconds,
+        heartbeat_interval=t.heartbeat_interval_seconds,
+        idle_timeout=t.idle_timeout_seconds,
+        shutdown_grace=t.shutdown_grace_seconds,
+    )
 
 
 @dataclass

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..client import EntityIndex
+from ..index import EntityIndex
 from .spec import PoolSpec
 
 Phase = Literal["starting", "running", "closing", "succeeded", "failed"]
