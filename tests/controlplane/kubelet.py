@@ -115,6 +115,11 @@ class Runtime(Protocol):
         """SIGKILL the container (a crash)."""
         ...
 
+    async def end_all(self, runs: list[Run]) -> None:
+        """End every container of `runs` still running, and their processes (the kubelet
+        stops)."""
+        ...
+
     def remove_all(self) -> list[str]:
         """After its processes ended: remove what is left of every container started since
         the last call; the names of those that could not be removed."""
@@ -156,6 +161,11 @@ class Processes:
     def kill(self, run: Run) -> None:
         assert run.pid is not None
         os.kill(run.pid, signal.SIGKILL)
+
+    async def end_all(self, runs: list[Run]) -> None:
+        for run in _alive(runs):
+            assert run.process is not None
+            run.process.kill()
 
     def remove_all(self) -> list[str]:
         return []
@@ -199,8 +209,28 @@ class Containers:
     def kill(self, run: Run) -> None:
         self.engine.kill(run.pod)
 
+    async def end_all(self, runs: list[Run], within: float = 20) -> None:
+        """Remove the containers by name while their clients run: a client killed first may
+        still leave a container it was creating, and one in the middle of creating its
+        container only ends once that container is removed."""
+        deadline = time.monotonic() + within
+        while _alive(runs) and time.monotonic() < deadline:
+            names = [run.pod for run in _alive(runs)]
+            await asyncio.to_thread(self.engine, "rm", "--force", *names, check=False)
+            for _ in range(20):
+                if not _alive(runs):
+                    break
+                await asyncio.sleep(0.1)
+        for run in _alive(runs):
+            assert run.process is not None
+            run.process.kill()
+
     def remove_all(self) -> list[str]:
         return self.engine.remove_all()
+
+
+def _alive(runs: list[Run]) -> list[Run]:
+    return [r for r in runs if r.process is not None and r.process.returncode is None]
 
 
 class Kubelet:
@@ -308,14 +338,13 @@ class Kubelet:
             self._started.set()
             watcher = asyncio.create_task(self._watch())
             await self._stop.wait()
+            # No new pod from here on (the watch first), then every container ended (removed).
             watcher.cancel()
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for run in self.runs.values():
-                if run.process is not None and run.process.returncode is None:
-                    run.process.kill()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.runtime.end_all(list(self.runs.values()))
             for run in self.runs.values():
                 if run.process is not None:
                     await run.process.wait()
