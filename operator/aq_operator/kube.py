@@ -153,6 +153,17 @@ class Kube:
         return True
 
     # --- secrets and pools --------------------------------------------------------------------
+    async def find(self, collection: str, name: str) -> Body | None:
+        """The object `name` of `collection` (its URL path), or None when there is none.
+        Through `list` with a field selector: the verb the chart grants on pools (kopf needs
+        list and watch; nothing needs get)."""
+        params = {"fieldSelector": f"metadata.name={name}"}
+        reply = await self.request("GET", collection, params=params)
+        found = [
+            o for o in reply.get("items") or [] if (o.get("metadata") or {}).get("name") == name
+        ]
+        return found[0] if found else None
+
     async def secret_value(self, namespace: str, name: str, key: str) -> str:
         """One key of a Secret as text; `SecretNotFound` when the Secret or the key is missing."""
         try:

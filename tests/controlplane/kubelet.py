@@ -357,8 +357,9 @@ class Kubelet:
         *,
         content_type: str = "application/json",
         params: Mapping[str, str] | None = None,
+        gone: tuple[int, ...] = (404,),
     ) -> Any:
-        """One API request; None when the object is gone (404)."""
+        """One API request; None when the object is gone (a status of `gone`)."""
         async with self._http.request(
             method,
             self.cp.server + path,
@@ -367,7 +368,7 @@ class Kubelet:
             params=params,
         ) as reply:
             text = await reply.text()
-            if reply.status == 404:
+            if reply.status in gone:
                 return None
             if reply.status >= 400:
                 raise RuntimeError(f"{method} {path}: {reply.status} {text[:500]}")
@@ -441,7 +442,10 @@ class Kubelet:
             "metadata": {"name": name},
             "target": {"apiVersion": "v1", "kind": "Node", "name": self.node},
         }
-        if await self._call("POST", f"{self._pods()}/{name}/binding", binding) is None:
+        # 409: deleted before it was bound (a pod of a deleted pool): no node will run it
+        path = f"{self._pods()}/{name}/binding"
+        if await self._call("POST", path, binding, gone=(404, 409)) is None:
+            self._note(f"{name}: gone before it was bound")
             return
         bound = await self._call("GET", f"{self._pods()}/{name}")
         if bound is None:

@@ -16,6 +16,7 @@ seconds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -30,12 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 import redis
 import yaml
 from kubelet import Containers, Kubelet
+from prometheus_client import REGISTRY
 
+from aq_operator.config import Config
+from aq_operator.kube import Kube
+from aq_operator.pool import KubePool
 from atomicqueues import Settings, SyncClient
+from atomicqueues.pools.reconciler import StartWorker
 from container_engine import Engine, Images
 from controlplane import REPO_ROOT, ControlPlane, Diagnostics, Helm, Reaper, die_with_parent
 from pod_container import command_line, resolve_env
@@ -402,6 +409,64 @@ def test_deleting_the_pool_deletes_its_pods_never_its_jobs(
     assert sum(done.values()) == counts["completed"], (done, counts)
     # no finalizer holds the pool: it goes at once, with or without an operator
     assert pool_gone_after < 10, f"the pool was gone {pool_gone_after:.1f} s after its deletion"
+
+
+def test_a_pass_after_the_pools_deletion_starts_no_pod(
+    control_plane: ControlPlane, crd: str, namespace: str, redis_url: str, client: SyncClient
+) -> None:
+    """The race behind an old flake of the test above, made certain. A pool's loop learns of
+    the pool's deletion from its watch event, while the garbage collector marks the pool's pods
+    for deletion at the same moment; a pod being deleted is a closing worker, which a pass
+    replaces. So a pass that ran between the two started pods for the deleted pool. Here a
+    pass runs with the pool's body from before the deletion, its pod being deleted: the plan
+    wants a new worker, and none is created."""
+    pool = apply_pool(control_plane, namespace, redis_url, "atomicqueues-test-worker:never-run")
+    client.enqueue(TYPE, "e1", "record", {"seq": 0})
+    connection = kopf.ConnectionInfo(
+        server=control_plane.server, ca_path=str(control_plane.ca), token=control_plane.token
+    )
+
+    def pod_names() -> set[str]:
+        return {p["metadata"]["name"] for p in pods(control_plane, namespace)}
+
+    async def passes() -> tuple[KubePool, str]:
+        kube = Kube(lambda: connection)
+        served = KubePool(pool, kube, Config())
+        try:
+            await served.reconcile_once()
+            [name] = pod_names()
+            # bound to a node, so that its deletion waits for a kubelet (there is none here)
+            binding = {
+                "apiVersion": "v1",
+                "kind": "Binding",
+                "metadata": {"name": name},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": "node-1"},
+            }
+            await kube.request(
+                "POST", f"/api/v1/namespaces/{namespace}/pods/{name}/binding", body=binding
+            )  # fmt: skip
+            control_plane.kubectl("-n", namespace, "delete", "ewp", POOL, "--wait=false")
+
+            def being_deleted() -> bool:
+                [found] = pods(control_plane, namespace)
+                return bool(found["metadata"].get("deletionTimestamp"))
+
+            wait_until(being_deleted, 30, "the garbage collector to delete the pool's pod")
+            await served.reconcile_once()  # as a pass woken by that pod's change would
+            return served, name
+        finally:
+            await served._disconnect()
+            await kube.close()
+
+    def created() -> float:
+        labels = {"namespace": namespace, "pool": POOL}
+        return REGISTRY.get_sample_value("aq_operator_pods_created_total", labels) or 0.0
+
+    served, first = asyncio.run(passes())
+    assert [a for a in served.last_plan.actions if isinstance(a, StartWorker)], served.last_plan
+    # (a pod created for the deleted pool would be gone at once: unbound, its owner gone)
+    assert created() == 1, "a pod was created for the deleted pool"
+    assert pod_names() == {first}
 
 
 def test_a_killed_workers_job_comes_back_and_finishes(
