@@ -381,6 +381,13 @@ def test_deleting_the_pool_deletes_its_pods_never_its_jobs(
         assert (owner["kind"], owner["uid"]) == ("EntityWorkerPool", pool["metadata"]["uid"])
         assert owner["controller"] is True
         assert owner["blockOwnerDeletion"] is True
+    if isinstance(kubelet.runtime, Containers):  # the pod's security context, in its container
+        for run in kubelet.running():
+            status = kubelet.runtime.engine("exec", run.pod, "cat", "/proc/1/status").stdout
+            facts = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            assert facts["Uid"].split()[:2] == facts["Gid"].split()[:2] == ["65532"] * 2, status
+            assert int(facts["CapEff"], 16) == int(facts["CapBnd"], 16) == 0, status
+            assert facts["NoNewPrivs"].strip() == "1", status
 
     deleted = time.monotonic()
     control_plane.kubectl("-n", namespace, "delete", "ewp", POOL, "--wait=false")
