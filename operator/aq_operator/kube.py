@@ -28,6 +28,7 @@ import aiohttp
 import kopf
 
 from atomicqueues.errors import AtomicQueuesError
+from atomicqueues.pools.spec import API_GROUP, API_VERSION
 
 Body = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -153,14 +154,14 @@ class Kube:
         return True
 
     # --- secrets and pools --------------------------------------------------------------------
-    async def find(self, collection: str, name: str) -> Body | None:
-        """The object `name` of `collection` (its URL path), or None when there is none.
-        Through `list` with a field selector: the verb the chart grants on pools (kopf needs
-        list and watch; nothing needs get)."""
+    async def find_pool(self, namespace: str, name: str) -> Body | None:
+        """The pool `name`, or None when there is none. Through `list` with a field selector:
+        the verb the chart grants on pools (kopf lists and watches them; nothing needs get)."""
+        path = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{_q(namespace)}/entityworkerpools"
         params = {"fieldSelector": f"metadata.name={name}"}
-        reply = await self.request("GET", collection, params=params)
+        reply = await self.request("GET", path, params=params)
         found = [
-            o for o in reply.get("items") or [] if (o.get("metadata") or {}).get("name") == name
+            p for p in reply.get("items") or [] if (p.get("metadata") or {}).get("name") == name
         ]
         return found[0] if found else None
 

@@ -492,7 +492,7 @@ class KubePool:
         collector then deleted too, often before their worker could even handle SIGTERM."""
         if self.body["metadata"].get("deletionTimestamp"):
             return True
-        found = await self.kube.find(self.path.rsplit("/", 1)[0], self.name)
+        found = await self.kube.find_pool(self.namespace, self.name)
         meta = (found or {}).get("metadata") or {}
         made_anew = self.uid is not None and meta.get("uid") != self.uid
         return found is None or made_anew or bool(meta.get("deletionTimestamp"))
