@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from atomicqueues import Client, Settings, watchdog
-from container_engine import Engine, EngineMissing, Images, build_images
+from container_engine import REPO_ROOT, Engine, EngineMissing, Images, build_images
 from go_tools import SKIPPED, skip_or_fail
 from helpers import Connect
 from redis_servers import RedisCluster, RedisServer
@@ -140,3 +140,15 @@ def engine(images: Images) -> Engine:
     if done.returncode != 0:
         skip_or_fail(CONTAINER_TIER, f"a container cannot run here: {done.stderr.strip()[-500:]}")
     return found
+
+
+@pytest.fixture(scope="session")
+def handler_image(engine: Engine, images: Images) -> str:
+    """The worker image plus tests/runtime/handlers.py (tests/containers/Dockerfile), as a user
+    builds theirs: the worker pods of the container tier and of the control-plane tier run it."""
+    return engine.build(
+        images.worker.replace("/worker:", "/test-handlers:"),
+        REPO_ROOT / "tests" / "runtime",
+        REPO_ROOT / "tests" / "containers" / "Dockerfile",
+        BASE_IMAGE=images.worker,
+    )

@@ -101,8 +101,12 @@ class Engine:
 
     def foreground(self, pod: Mapping[str, Any], env: Mapping[str, str], **kw: Any) -> list[str]:
         """The command that runs the pod's container in the foreground: the engine passes
-        signals on to it and exits with its exit code, so it can be run as a local process."""
+        signals on to it and exits with its exit code, so it can be run as a local process.
+        Killing that process does not end the container (with podman): `stop`, `kill` and
+        `remove_all` do, by name, so the container counts as started here."""
         kw.setdefault("podman", self.podman)
+        container = Container(pod["metadata"]["name"], time.time())
+        self.containers[container.name] = container
         return [self.command, "run", "--rm", "--sig-proxy=true", *run_args(pod, env, **kw)]
 
     def state(self, name: str) -> dict[str, Any]:
@@ -135,7 +139,22 @@ class Engine:
         """The last lines of every container's output (for a failure message)."""
         return "\n".join(f"---- container {name}\n{self.logs(name)}" for name in self.containers)
 
-    def remove_all(self) -> None:
-        for name in self.containers:
-            self("rm", "--force", name, check=False)
+    def remove_all(self, within: float = 15) -> list[str]:
+        """Remove every container started here, running or not; returns those still there
+        after `within` seconds (none, unless the engine failed). Again while one is left: a
+        container that was being created or removed (`run --rm`) at the first try may still
+        be listed after it."""
+        names = list(self.containers)
+        deadline = time.monotonic() + within
+        while names:
+            self("rm", "--force", *names, check=False)
+            listed = self("ps", "--all", "--format", "{{.Names}} {{.State}}").stdout.splitlines()
+            states = dict(line.split(" ", 1) for line in listed if " " in line)
+            left = [name for name in names if name in states]
+            if not left or time.monotonic() > deadline:
+                names = [f"{name} ({states[name]})" for name in left]
+                break
+            names = left
+            time.sleep(0.5)
         self.containers.clear()
+        return names

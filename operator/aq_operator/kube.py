@@ -28,6 +28,7 @@ import aiohttp
 import kopf
 
 from atomicqueues.errors import AtomicQueuesError
+from atomicqueues.pools.spec import API_GROUP, API_VERSION
 
 Body = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
@@ -153,6 +154,17 @@ class Kube:
         return True
 
     # --- secrets and pools --------------------------------------------------------------------
+    async def find_pool(self, namespace: str, name: str) -> Body | None:
+        """The pool `name`, or None when there is none. Through `list` with a field selector:
+        the verb the chart grants on pools (kopf lists and watches them; nothing needs get)."""
+        path = f"/apis/{API_GROUP}/{API_VERSION}/namespaces/{_q(namespace)}/entityworkerpools"
+        params = {"fieldSelector": f"metadata.name={name}"}
+        reply = await self.request("GET", path, params=params)
+        found = [
+            p for p in reply.get("items") or [] if (p.get("metadata") or {}).get("name") == name
+        ]
+        return found[0] if found else None
+
     async def secret_value(self, namespace: str, name: str, key: str) -> str:
         """One key of a Secret as text; `SecretNotFound` when the Secret or the key is missing."""
         try:

@@ -202,11 +202,16 @@ class KubePool:
         backoff_before = dict(self.backoff)
         result = plan(spec, entities, states, backoff_before, now, limiter.budget())
         self.backoff = dict(result.backoff)
+        actions = result.actions
+        starts = [a for a in actions if isinstance(a, StartWorker | StartPacked)]
+        if starts and await self._deleted():
+            log.info("pool %s/%s: being deleted: no new pod", *self.key)
+            actions = [a for a in actions if a not in starts]
         problems: list[Problem] = []
         done: Counter[str] = Counter()
         closed_now: dict[str, float] = {}
         work_since = {e.entity_id: e.since for e in entities}
-        for action in result.actions:
+        for action in actions:
             await self._carry_out(
                 action, spec, target, by_name, work_since, problems, done, closed_now
             )
@@ -476,6 +481,21 @@ class KubePool:
     @property
     def key(self) -> tuple[str, str]:
         return self.namespace, self.name
+
+    async def _deleted(self) -> bool:
+        """Whether the pool is deleted or being deleted (asked before a pass creates pods).
+
+        Why: a deletion reaches this loop through the pool's watch event, and the garbage
+        collector marks the pool's pods for deletion at the same moment; a pod being deleted is
+        a closing worker, which a pass replaces. So a pass that ran between the two (a busy
+        machine, a slow watch) started new pods for the deleted pool, which the garbage
+        collector then deleted too, often before their worker could even handle SIGTERM."""
+        if self.body["metadata"].get("deletionTimestamp"):
+            return True
+        found = await self.kube.find_pool(self.namespace, self.name)
+        meta = (found or {}).get("metadata") or {}
+        made_anew = self.uid is not None and meta.get("uid") != self.uid
+        return found is None or made_anew or bool(meta.get("deletionTimestamp"))
 
     def _check_leading(self) -> None:
         if not self.leading():

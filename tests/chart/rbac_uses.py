@@ -41,8 +41,9 @@ def kopf_handler_kinds(path: Path = REPO / "operator" / "aq_operator" / "runner.
     return set(found)
 
 
-_RESOURCE = re.compile(r"/(pods|secrets|leases|events)\b")
-_COLLECTION = re.compile(r"/(pods|secrets|leases|events)$")
+_RESOURCE = re.compile(r"/(pods|secrets|leases|events|entityworkerpools)\b")
+_COLLECTION = re.compile(r"/(pods|secrets|leases|events|entityworkerpools)$")
+_GROUPS = {"leases": "coordination.k8s.io", "entityworkerpools": "atomicqueues.io"}
 _VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
 
 
@@ -97,8 +98,7 @@ def _resource(where: str, fn: str) -> tuple[str, str]:
     found = _RESOURCE.findall(where)
     if not found:
         raise AssertionError(f"kube.py {fn}: no known resource in the path {where}")
-    group = "coordination.k8s.io" if "coordination.k8s.io" in where else ""
-    return (group, found[-1])
+    return (_GROUPS.get(found[-1], ""), found[-1])
 
 
 def _verb(method: str, where: str, fn: str) -> str:

@@ -373,6 +373,7 @@ def test_operator_uses_are_read_from_the_code() -> None:
     assert uses[("", "pods")] == {"list", "create", "patch", "delete"}
     assert uses[("", "secrets")] == {"get"}
     assert uses[("atomicqueues.io", "entityworkerpools/status")] == {"patch"}
+    assert uses[("atomicqueues.io", "entityworkerpools")] == {"list"}  # is the pool still there
     assert set(KOPF_USES) <= set(operator_uses())
     kinds = kopf_handler_kinds()
     assert "event" in kinds

@@ -1,5 +1,5 @@
-"""Fixtures of the container tier: a handler image of the tests, and the engine for a test
-(the images and the engine itself are session fixtures of tests/conftest.py)."""
+"""Fixtures of the container tier: the engine for a test (the images, the engine itself and the
+tests' handler image are session fixtures of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,18 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from container_engine import REPO_ROOT, Engine, Images
-
-
-@pytest.fixture(scope="session")
-def handler_image(engine: Engine, images: Images) -> str:
-    """The worker image plus tests/runtime/handlers.py (tests/containers/Dockerfile)."""
-    return engine.build(
-        images.worker.replace("/worker:", "/test-handlers:"),
-        REPO_ROOT / "tests" / "runtime",
-        REPO_ROOT / "tests" / "containers" / "Dockerfile",
-        BASE_IMAGE=images.worker,
-    )
+from container_engine import Engine
 
 
 @pytest.fixture
@@ -30,4 +19,5 @@ def containers(request: pytest.FixtureRequest, engine: Engine) -> Iterator[Engin
     yield engine
     if request.session.testsfailed > failed:
         print(engine.report(), file=sys.stderr)
-    engine.remove_all()
+    left = engine.remove_all()
+    assert not left, f"containers not removed: {left}"

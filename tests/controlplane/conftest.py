@@ -5,10 +5,16 @@ When its binaries are not cached and Go is missing, every test here is skipped w
 reason (repeated at the end of the run); with CI set, that is a failure instead. When a test
 fails, the last lines of every log it touched (control plane, operator, worker pods, what the
 kubelet stand-in did) are printed with it.
+
+The kubelet stand-in runs worker pods as containers of the tests' handler image wherever the
+container tier's engine and images can be had (required with CI set, as that tier is); where
+they cannot, or with AQ_TEST_PODS=processes, as local processes, said loudly at the end of the
+run (see `pod_runtime`).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import sys
@@ -16,8 +22,9 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
-from kubelet import Kubelet
+from kubelet import Containers, Kubelet, Processes, Runtime
 
+from container_engine import Engine
 from controlplane import (
     REPO_ROOT,
     ControlPlane,
@@ -25,7 +32,7 @@ from controlplane import (
     Helm,
     Reaper,
 )
-from go_tools import built
+from go_tools import SKIPPED, built
 
 TIER = "CONTROL-PLANE TIER (tier 4)"
 
@@ -105,14 +112,42 @@ def namespace(
     return name
 
 
+POD_MODES = ("containers", "processes")
+
+
+@pytest.fixture(scope="session")
+def pod_runtime(request: pytest.FixtureRequest) -> Runtime:
+    """How the kubelet stand-in runs worker pods, once for the session: as containers of the
+    tests' handler image (`handler_image`, FROM the worker image), run by the container tier's
+    engine; as local processes where no engine can be had, or with AQ_TEST_PODS=processes.
+    With CI set, a missing engine fails the tests instead (as in the container tier)."""
+    mode = os.environ.get("AQ_TEST_PODS", "containers")
+    if mode not in POD_MODES:
+        pytest.fail(f"AQ_TEST_PODS={mode}: want one of {', '.join(POD_MODES)}", pytrace=False)
+    if mode == "processes":
+        return Processes()
+    try:
+        engine: Engine = request.getfixturevalue("engine")
+        image: str = request.getfixturevalue("handler_image")
+    except pytest.skip.Exception as exc:  # with CI set, `engine` fails instead
+        SKIPPED.append(f"{TIER}: worker pods ran as local processes, not containers: {exc}")
+        return Processes()
+    return Containers(Engine(engine.command), image)
+
+
 @pytest.fixture
 def kubelet(
-    control_plane: ControlPlane, namespace: str, tmp_path: Path, diagnostics: Diagnostics
+    control_plane: ControlPlane,
+    namespace: str,
+    tmp_path: Path,
+    diagnostics: Diagnostics,
+    pod_runtime: Runtime,
 ) -> Iterator[Kubelet]:
-    """Runs the namespace's worker pods as local processes (see kubelet.py)."""
+    """Runs the namespace's worker pods (see kubelet.py); whatever happens, removes every
+    container it started."""
     log_dir = tmp_path / "pods"
     log_dir.mkdir()
-    fake = Kubelet(control_plane, namespace, log_dir)
+    fake = Kubelet(control_plane, namespace, log_dir, pod_runtime)
     fake.start()
     diagnostics.append(fake.report)
     try:

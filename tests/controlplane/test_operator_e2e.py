@@ -4,9 +4,11 @@ Why: the mock API of tier 3 enforces no RBAC, binds no pods, has no graceful del
 garbage collector. Here the chart is installed with `helm install`; the operator runs as a local
 process with the chart's own command line (its Deployment's args, `--listen` on a free loopback
 port) and a token of the chart's ServiceAccount, so a call the chart does not allow fails. The
-kubelet stand-in (kubelet.py) runs the pods as `aq worker` processes, whose `record` handler
-(tests/runtime/handlers.py) writes every run to Redis: the tests check order and overlap from
-those records, as the fault tests do.
+kubelet stand-in (kubelet.py) runs the worker pods as containers of the tests' handler image
+(the worker image plus tests/runtime/handlers.py) with the pod's command, env, security context
+and grace (as `aq worker` processes where no container engine can be had). Their `record`
+handler writes every run to Redis: the tests check order and overlap from those records, as
+the fault tests do.
 
 Timings are short through the pool's spec (idle timeout 1 s, heartbeat TTL 1 s), so a test takes
 seconds.
@@ -14,6 +16,7 @@ seconds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -28,17 +31,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import kopf
 import pytest
 import redis
 import yaml
-from kubelet import Kubelet
+from kubelet import Containers, Kubelet
+from prometheus_client import REGISTRY
 
+from aq_operator.config import Config
+from aq_operator.kube import Kube
+from aq_operator.pool import KubePool
 from atomicqueues import Settings, SyncClient
+from atomicqueues.pools.reconciler import StartWorker
 from container_engine import Engine, Images
 from controlplane import REPO_ROOT, ControlPlane, Diagnostics, Helm, Reaper, die_with_parent
 from pod_container import command_line, resolve_env
 from redis_servers import free_port
-from runtime.workers import check_history, ended, load_runs, records, wait_until
+from runtime.workers import check_history, ended, records, wait_until
 
 pytestmark = pytest.mark.controlplane
 
@@ -267,12 +276,14 @@ def client(redis_url: str) -> Iterator[SyncClient]:
 
 def pool_manifest(
     namespace: str,
+    image: str,
     name: str = POOL,
     entity_type: str = TYPE,
     secret: str = "redis",
     timing: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """A pool of `record` workers that reads its Redis URL from `secret`."""
+    """A pool of `record` workers in `image` (`Kubelet.image`) that reads its Redis URL from
+    `secret`."""
     return {
         "apiVersion": "atomicqueues.io/v1alpha1",
         "kind": "EntityWorkerPool",
@@ -280,7 +291,7 @@ def pool_manifest(
         "spec": {
             "entityType": entity_type,
             "handlers": "tests.runtime.handlers:registry",
-            "image": "atomicqueues-test-worker:never-pulled",
+            "image": image,
             "redis": {"secretRef": {"name": secret}},
             "timing": {**TIMING, **(timing or {})},
         },
@@ -292,10 +303,12 @@ def create_secret(cp: ControlPlane, namespace: str, redis_url: str, name: str = 
                f"--from-literal=url={redis_url}")  # fmt: skip
 
 
-def apply_pool(cp: ControlPlane, namespace: str, redis_url: str, **timing: float) -> dict[str, Any]:
-    """The Redis URL in a Secret, and a pool that reads it; the pool as stored."""
+def apply_pool(
+    cp: ControlPlane, namespace: str, redis_url: str, image: str, **timing: float
+) -> dict[str, Any]:
+    """The Redis URL in a Secret, and a pool of `image` that reads it; the pool as stored."""
     create_secret(cp, namespace, redis_url)
-    cp.apply(pool_manifest(namespace, timing=timing))
+    cp.apply(pool_manifest(namespace, image, timing=timing))
     stored: dict[str, Any] = cp.get("-n", namespace, "ewp", POOL)
     return stored
 
@@ -317,20 +330,22 @@ def test_jobs_run_in_order_per_entity_and_pods_go_when_idle(
     redis_url: str,
     client: SyncClient,
 ) -> None:
-    pool = apply_pool(control_plane, namespace, redis_url)
+    pool = apply_pool(control_plane, namespace, redis_url, kubelet.image)
     entities = ["alice@example.com", "a:b{c} $(POD_NAME)", "zoë"]
     for seq in range(4):
         for entity in entities:
             client.enqueue(TYPE, entity, "record", {"seq": seq, "sleep": 0.05})
 
     wait_until(lambda: ended(client, 12, TYPE), 60, "12 jobs to complete", every=0.1)
-    runs = load_runs(client_redis(redis_url))
+    runs = kubelet.load_runs(client_redis(redis_url))
     check_history(runs, dict.fromkeys(entities, 4), kubelet.kill_times)
     # every run was a pod's worker (`--name $(POD_NAME)`), and the pod was its entity's
     by_pod = {run.pod: run for run in kubelet.runs.values()}
     for run in runs:
         assert by_pod[run.worker].entity_id == run.entity, (run, by_pod[run.worker])
     assert {r.entity_id for r in by_pod.values()} == set(entities)
+    if isinstance(kubelet.runtime, Containers):  # each worker was PID 1 of its pod's container
+        assert {r["pid"] for r in records(client_redis(redis_url))} == {1}
 
     # the workers exit when idle (Succeeded), and the operator removes their pods
     wait_until(lambda: not pods(control_plane, namespace), 30, "the pods to be removed")
@@ -353,7 +368,7 @@ def test_deleting_the_pool_deletes_its_pods_never_its_jobs(
     redis_url: str,
     client: SyncClient,
 ) -> None:
-    pool = apply_pool(control_plane, namespace, redis_url, idleTimeoutSeconds=30)
+    pool = apply_pool(control_plane, namespace, redis_url, kubelet.image, idleTimeoutSeconds=30)
     entities, jobs = ["e1", "e2"], 60  # a minute of work each: far more than the test waits
     for seq in range(jobs):
         for entity in entities:
@@ -366,6 +381,13 @@ def test_deleting_the_pool_deletes_its_pods_never_its_jobs(
         assert (owner["kind"], owner["uid"]) == ("EntityWorkerPool", pool["metadata"]["uid"])
         assert owner["controller"] is True
         assert owner["blockOwnerDeletion"] is True
+    if isinstance(kubelet.runtime, Containers):  # the pod's security context, in its container
+        for run in kubelet.running():
+            status = kubelet.runtime.engine("exec", run.pod, "cat", "/proc/1/status").stdout
+            facts = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            assert facts["Uid"].split()[:2] == facts["Gid"].split()[:2] == ["65532"] * 2, status
+            assert int(facts["CapEff"], 16) == int(facts["CapBnd"], 16) == 0, status
+            assert facts["NoNewPrivs"].strip() == "1", status
 
     deleted = time.monotonic()
     control_plane.kubectl("-n", namespace, "delete", "ewp", POOL, "--wait=false")
@@ -388,12 +410,70 @@ def test_deleting_the_pool_deletes_its_pods_never_its_jobs(
     assert counts["completed"] + counts["waiting"] == 2 * jobs, counts
     assert set(client.pending_entities(TYPE)) == set(entities)
     # in order and one at a time up to the deletion: each entity completed a prefix of its jobs
-    runs = load_runs(client_redis(redis_url))
+    runs = kubelet.load_runs(client_redis(redis_url))
     done = {e: len({r.seq for r in runs if r.entity == e and r.how == "end"}) for e in entities}
     check_history(runs, done, kubelet.kill_times)
     assert sum(done.values()) == counts["completed"], (done, counts)
     # no finalizer holds the pool: it goes at once, with or without an operator
     assert pool_gone_after < 10, f"the pool was gone {pool_gone_after:.1f} s after its deletion"
+
+
+def test_a_pass_after_the_pools_deletion_starts_no_pod(
+    control_plane: ControlPlane, crd: str, namespace: str, redis_url: str, client: SyncClient
+) -> None:
+    """The race behind an old flake of the test above, made certain. A pool's loop learns of
+    the pool's deletion from its watch event, while the garbage collector marks the pool's pods
+    for deletion at the same moment; a pod being deleted is a closing worker, which a pass
+    replaces. So a pass that ran between the two started pods for the deleted pool. Here a
+    pass runs with the pool's body from before the deletion, its pod being deleted: the plan
+    wants a new worker, and none is created."""
+    pool = apply_pool(control_plane, namespace, redis_url, "atomicqueues-test-worker:never-run")
+    client.enqueue(TYPE, "e1", "record", {"seq": 0})
+    connection = kopf.ConnectionInfo(
+        server=control_plane.server, ca_path=str(control_plane.ca), token=control_plane.token
+    )
+
+    def pod_names() -> set[str]:
+        return {p["metadata"]["name"] for p in pods(control_plane, namespace)}
+
+    async def passes() -> tuple[KubePool, str]:
+        kube = Kube(lambda: connection)
+        served = KubePool(pool, kube, Config())
+        try:
+            await served.reconcile_once()
+            [name] = pod_names()
+            # bound to a node, so that its deletion waits for a kubelet (there is none here)
+            binding = {
+                "apiVersion": "v1",
+                "kind": "Binding",
+                "metadata": {"name": name},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": "node-1"},
+            }
+            await kube.request(
+                "POST", f"/api/v1/namespaces/{namespace}/pods/{name}/binding", body=binding
+            )  # fmt: skip
+            control_plane.kubectl("-n", namespace, "delete", "ewp", POOL, "--wait=false")
+
+            def being_deleted() -> bool:
+                [found] = pods(control_plane, namespace)
+                return bool(found["metadata"].get("deletionTimestamp"))
+
+            wait_until(being_deleted, 30, "the garbage collector to delete the pool's pod")
+            await served.reconcile_once()  # as a pass woken by that pod's change would
+            return served, name
+        finally:
+            await served._disconnect()
+            await kube.close()
+
+    def created() -> float:
+        labels = {"namespace": namespace, "pool": POOL}
+        return REGISTRY.get_sample_value("aq_operator_pods_created_total", labels) or 0.0
+
+    served, first = asyncio.run(passes())
+    assert [a for a in served.last_plan.actions if isinstance(a, StartWorker)], served.last_plan
+    # (a pod created for the deleted pool would be gone at once: unbound, its owner gone)
+    assert created() == 1, "a pod was created for the deleted pool"
+    assert pod_names() == {first}
 
 
 def test_a_killed_workers_job_comes_back_and_finishes(
@@ -404,7 +484,7 @@ def test_a_killed_workers_job_comes_back_and_finishes(
     redis_url: str,
     client: SyncClient,
 ) -> None:
-    apply_pool(control_plane, namespace, redis_url)
+    apply_pool(control_plane, namespace, redis_url, kubelet.image)
     victim = "victim"
     client.enqueue(TYPE, victim, "record", {"seq": 0, "sleep": 0.05, "first_sleep": 60})
     for seq in (1, 2):
@@ -414,7 +494,7 @@ def test_a_killed_workers_job_comes_back_and_finishes(
     killed = kubelet.kill(first["worker"])
 
     wait_until(lambda: ended(client, 3, TYPE), 60, "the 3 jobs to complete")
-    runs = load_runs(store)
+    runs = kubelet.load_runs(store)
     history = check_history(runs, {victim: 3}, kubelet.kill_times)[victim]
     assert [(r.seq, r.attempt) for r in history] == [(0, 1), (0, 2), (1, 1), (2, 1)]
     assert history[0].start <= killed < history[1].start
@@ -447,7 +527,7 @@ def test_a_standby_operator_takes_over_when_the_leader_is_killed(
         wait_until(first.leading, 30, "operator-a to hold the Lease", every=0.1)
         second = chart.start_operator("operator-b")
         wait_until(lambda: second.metric("aq_operator_leader") == 0, 30, "operator-b to stand by")
-        apply_pool(control_plane, namespace, redis_url)
+        apply_pool(control_plane, namespace, redis_url, kubelet.image)
         client.enqueue(TYPE, "before", "record", {"seq": 0, "sleep": 0.05})
         wait_until(lambda: ended(client, 1, TYPE), 30, "the first job to complete (operator-a)")
         assert not second.leading()  # it never acted beside the leader
@@ -461,7 +541,7 @@ def test_a_standby_operator_takes_over_when_the_leader_is_killed(
         wait_until(
             lambda: ended(client, 4, TYPE), 60, "the jobs enqueued after the kill to complete"
         )
-        runs = load_runs(client_redis(redis_url))
+        runs = kubelet.load_runs(client_redis(redis_url))
         check_history(runs, {"before": 1, "after": 3}, kubelet.kill_times)
         wait_until(lambda: not pods(control_plane, namespace), 30, "operator-b to remove the pods")
     # the Lease was not taken early: it had been renewed at most a renew period before the kill
@@ -480,7 +560,7 @@ def test_switching_placement_closes_busy_workers_gracefully(
     """Dedicated to packed while every worker is busy: the operator closes the dedicated
     workers through Redis (and annotates their pods), each finishes its job and exits, and the
     packed workers go on with the rest. No job is cut short or run twice."""
-    apply_pool(control_plane, namespace, redis_url)
+    apply_pool(control_plane, namespace, redis_url, kubelet.image)
     entities, jobs = ["p1", "p2"], 8
     for seq in range(jobs):
         for entity in entities:
@@ -493,7 +573,7 @@ def test_switching_placement_closes_busy_workers_gracefully(
     control_plane.kubectl("-n", namespace, "patch", "ewp", POOL, "--type", "merge",
                           "-p", json.dumps(patch))  # fmt: skip
     wait_until(lambda: ended(client, 2 * jobs, TYPE), 60, "every job to complete")
-    runs = load_runs(client_redis(redis_url))
+    runs = kubelet.load_runs(client_redis(redis_url))
     check_history(runs, dict.fromkeys(entities, jobs), kubelet.kill_times)
     assert len(runs) == 2 * jobs, "a job ran twice"
     assert all(run.how == "end" for run in runs)
@@ -525,8 +605,10 @@ def test_a_pool_that_cannot_work_is_degraded_and_the_others_still_run(
     (written through the status subresource, validated by the real API server), an Event is
     posted, it starts no pod, and the operator goes on serving the other pool. Once the
     Secret exists, the pool recovers."""
-    control_plane.apply(pool_manifest(namespace, "broken", "other", secret="missing"))
-    apply_pool(control_plane, namespace, redis_url)
+    control_plane.apply(
+        pool_manifest(namespace, kubelet.image, "broken", "other", secret="missing")
+    )
+    apply_pool(control_plane, namespace, redis_url, kubelet.image)
 
     def degraded() -> bool:
         found = conditions(control_plane, namespace, "broken")
@@ -576,11 +658,11 @@ def test_cluster_wide_from_the_chart(
         running = chart.start_operator("operator-0")
         wait_until(running.leading, 30, "the operator to hold its Lease", every=0.1)
         create_secret(control_plane, namespace, redis_url)
-        control_plane.apply(pool_manifest(namespace, entity_type="wide"))
+        control_plane.apply(pool_manifest(namespace, kubelet.image, entity_type="wide"))
         for seq in range(3):
             client.enqueue("wide", "w1", "record", {"seq": seq, "sleep": 0.05})
         wait_until(lambda: ended(client, 3, "wide"), 30, "the jobs to complete")
-        check_history(load_runs(client_redis(redis_url)), {"w1": 3}, kubelet.kill_times)
+        check_history(kubelet.load_runs(client_redis(redis_url)), {"w1": 3}, kubelet.kill_times)
         wait_until(lambda: not pods(control_plane, namespace), 30, "the pods to be removed")
 
 
@@ -597,7 +679,7 @@ def test_a_crash_looping_worker_backs_off_instead_of_a_pod_storm(
     the pool's conditions and an Event, and recovers once the spec is fixed; nothing is lost."""
     create_secret(control_plane, namespace, redis_url)
     manifest = pool_manifest(
-        namespace, timing={"restartBackoffSeconds": 2, "maxRestartBackoffSeconds": 4}
+        namespace, kubelet.image, timing={"restartBackoffSeconds": 2, "maxRestartBackoffSeconds": 4}
     )
     manifest["spec"]["handlers"] = "tests.runtime.no_such_module:registry"
     control_plane.apply(manifest)
@@ -654,7 +736,7 @@ def test_the_operator_logs_in_through_an_exec_plugin(
         assert "token" not in chart.kubeconfig.read_text()
         operator = chart.start_operator("operator-exec")
         wait_until(operator.leading, 30, "the operator to hold its Lease", every=0.1)
-        apply_pool(control_plane, namespace, redis_url)
+        apply_pool(control_plane, namespace, redis_url, kubelet.image)
         for seq in range(2):
             client.enqueue(TYPE, "e1", "record", {"seq": seq, "sleep": 0.05})
         wait_until(lambda: ended(client, 2, TYPE), 30, "the jobs to complete")
@@ -684,14 +766,16 @@ def test_the_operator_image_runs_the_pools_with_the_charts_service_account(
     with installed(control_plane, helm, namespace, tmp_path, diagnostics, reaper) as chart:
         operator = chart.start_operator_image("operator-image", engine, images.operator)
         wait_until(operator.leading, 60, "the operator image to hold its Lease", every=0.2)
-        apply_pool(control_plane, namespace, redis_url)
+        apply_pool(control_plane, namespace, redis_url, kubelet.image)
         entities = ["a", "b{c}"]
         for seq in range(3):
             for entity in entities:
                 client.enqueue(TYPE, entity, "record", {"seq": seq, "sleep": 0.05})
         wait_until(lambda: ended(client, 6, TYPE), 60, "6 jobs to complete", every=0.1)
         check_history(
-            load_runs(client_redis(redis_url)), dict.fromkeys(entities, 3), kubelet.kill_times
+            kubelet.load_runs(client_redis(redis_url)),
+            dict.fromkeys(entities, 3),
+            kubelet.kill_times,
         )
         # the Deployment's securityContext holds in the container: PID 1, aq, runs as 65532
         status = engine("exec", operator.name, "cat", "/proc/1/status").stdout
