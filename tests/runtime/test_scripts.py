@@ -8,6 +8,7 @@ cannot see.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from importlib import resources
@@ -17,6 +18,7 @@ import pytest
 from atomicqueues import Client
 from atomicqueues.jobs import REPLY_FIELDS
 from atomicqueues.scripts import INCLUDE, NAMES, flags, library, source
+from helpers import Connect
 
 LUA = resources.files("atomicqueues").joinpath("lua")
 
@@ -50,6 +52,20 @@ async def test_a_script_the_server_forgot_is_loaded_again(client: Client) -> Non
         assert library().name in str(await client.redis.execute_command("FUNCTION", "LIST"))
     else:
         assert await client.redis.script_exists(sha) == [True]
+
+
+async def test_calls_sent_together_before_the_first_answer_all_run(
+    client: Client, connect: Connect
+) -> None:
+    """A new client's first calls go out together, before any answer says whether the server
+    has functions: each refused one is sent again, whichever call learned it first."""
+    if client.scripts.functions:
+        await client.redis.execute_command("FUNCTION", "FLUSH")
+    fresh = await connect()
+    assert fresh.scripts.functions is None
+    await asyncio.gather(*(fresh.redis.ping() for _ in range(20)))  # connections made before
+    await asyncio.gather(*(fresh.enqueue("user", f"t{n}", "echo", {"n": n}) for n in range(20)))
+    assert (await fresh.counts("user"))["waiting"] == 20
 
 
 def test_every_script_file_is_listed() -> None:

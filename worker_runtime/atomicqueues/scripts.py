@@ -188,11 +188,13 @@ class Scripts:
         if isinstance(error, redis.exceptions.NoScriptError):
             await self._redis.script_load(source(name))
             return True
-        if self.functions is False or not isinstance(error, redis.exceptions.ResponseError):
+        if not isinstance(error, redis.exceptions.ResponseError):
             return False
         refused = _refused_fcall(error)
         if not refused and "function not found" not in str(error).lower():
             return False
+        if self.functions is False:
+            return True  # an FCALL sent before another call learned there is none: EVALSHA now
         async with self._recovering:
             if self._recovered != recovered:
                 return True  # another call did it meanwhile
