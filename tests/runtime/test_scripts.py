@@ -12,8 +12,10 @@ import asyncio
 import hashlib
 import re
 from importlib import resources
+from typing import Any
 
 import pytest
+import redis.exceptions
 
 from atomicqueues import Client
 from atomicqueues.jobs import REPLY_FIELDS
@@ -66,6 +68,48 @@ async def test_calls_sent_together_before_the_first_answer_all_run(
     await asyncio.gather(*(fresh.redis.ping() for _ in range(20)))  # connections made before
     await asyncio.gather(*(fresh.enqueue("user", f"t{n}", "echo", {"n": n}) for n in range(20)))
     assert (await fresh.counts("user"))["waiting"] == 20
+
+
+async def test_calls_made_together_share_a_round_trip(client: Client, connect: Connect) -> None:
+    """Calls a client makes in one turn of its event loop while one is in flight go in one
+    pipeline (one connection, one round trip); each gets its own answer, and a call's own error
+    is its alone."""
+    fresh = await connect()
+    await fresh.enqueue("user", "warm", "echo", {})  # functions or not: learnt
+    before = (await client.redis.info("stats"))["total_connections_received"]
+    bucket = fresh.keys.entity_bucket("user", "x")
+    chan = fresh.keys.events("user")
+    header = '["j","x","echo",0,3,0,60000,10,0,0,null]'
+    calls = [  # the 8th with a priority that is not a number
+        fresh.scripts.run(
+            "enqueue", bucket, chan, f"e{n}", f"j{n}", "x" if n == 7 else 0, 0, header, "{}"
+        )
+        for n in range(16)
+    ]
+    replies = await asyncio.gather(*calls, return_exceptions=True)
+    made = (await client.redis.info("stats"))["total_connections_received"] - before
+    assert made <= 2, f"{made} connections for 16 calls made together"  # one each, unbatched
+    assert isinstance(replies[7], redis.exceptions.ResponseError)
+    assert [r for n, r in enumerate(replies) if n != 7] == [[1, "waiting"]] * 15
+    assert (await fresh.counts("user"))["waiting"] == 16  # 15 and the warm-up's
+
+
+async def test_a_call_made_alone_is_sent_at_once(client: Client) -> None:
+    """One call at a time (a producer awaiting each enqueue) never waits for a turn to end."""
+    await client.enqueue("user", "u", "echo", {})
+    sleeps = 0
+    real_sleep = asyncio.sleep
+
+    async def counting_sleep(delay: float, *args: Any) -> Any:
+        nonlocal sleeps
+        sleeps += 1
+        return await real_sleep(delay, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(asyncio, "sleep", counting_sleep)
+        for n in range(5):
+            await client.enqueue("user", "u", "echo", {"n": n})
+    assert sleeps == 0
 
 
 def test_every_script_file_is_listed() -> None:

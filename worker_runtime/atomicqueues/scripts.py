@@ -156,6 +156,12 @@ def _refused_fcall(error: Exception) -> bool:
     )
 
 
+Call = tuple[list[Any], dict[str, Any]]
+"""A command and where it goes (`Scripts._call`)."""
+Joined = tuple[list[Any], dict[str, Any], asyncio.Future[Any]]
+"""A call that joined another one to be sent with it, and the future its answer goes to."""
+
+
 class Scripts:
     """The project's scripts on one Redis client."""
 
@@ -168,6 +174,10 @@ class Scripts:
         """How many times `_recover` loaded the library or gave up FCALL (calls refused before
         that are sent again without doing it again)."""
         self._recovering = asyncio.Lock()
+        self._joining: list[Joined] | None = None
+        """The calls that joined the one waiting for this turn of the event loop to end."""
+        self._in_flight = 0
+        """Calls sent and not yet answered."""
 
     def _call(self, name: str, bucket: str) -> tuple[list[Any], dict[str, Any]]:
         """The head of the command that runs script `name` on `bucket`, and where it goes."""
@@ -244,7 +254,7 @@ class Scripts:
             head, where = self._call(name, bucket)
             try:
                 if replicas <= 0:
-                    reply = await self._redis.execute_command(*head, *args, **where)
+                    reply = await self._send([*head, *args], where)
                     if self.functions is None:
                         self.functions = head[0] == "FCALL"
                     return reply
@@ -253,6 +263,59 @@ class Scripts:
                 if attempt == 3 or not await self._recover(name, exc, recovered):
                     raise
         raise AssertionError("unreachable")
+
+    async def _send(self, command: list[Any], where: dict[str, Any]) -> Any:
+        """Send one command; the commands sent in the same turn of the event loop go together
+        in one pipeline (auto-pipelining): while another call is in flight, a call waits for
+        the turn to end, then sends those that joined it with its own; a call made alone goes
+        at once. A round trip costs Redis about as much CPU as a script (on a 2-core VM about
+        18 µs per call one at a time, 2 µs per call in a pipeline): the slots of a packed
+        worker, whose jobs end and start together, so share them. On Cluster
+        the pipeline goes to each bucket's node (one round trip per node)."""
+        if self._joining is not None:  # another call of this turn sends it
+            future = asyncio.get_running_loop().create_future()
+            self._joining.append((command, where, future))
+            return await future
+        self._in_flight += 1
+        try:
+            joined = await self._joiners() if self._in_flight > 1 else []
+            if not joined:  # alone (as a call made one at a time always is): no pipeline
+                return await self._redis.execute_command(*command, **where)
+            return await self._send_joined((command, where), joined)
+        finally:
+            self._in_flight -= 1
+
+    async def _joiners(self) -> list[Joined]:
+        """The calls made in the rest of this turn of the event loop."""
+        self._joining = []
+        try:
+            await asyncio.sleep(0)
+        except BaseException as exc:
+            _fail(self._joining, exc)
+            raise
+        finally:
+            joined, self._joining = self._joining, None
+        return joined
+
+    async def _send_joined(self, call: Call, joined: list[Joined]) -> Any:
+        pipe = self._redis.pipeline(transaction=False)
+        for command, where in [call] + [(c, w) for c, w, _ in joined]:
+            pipe.execute_command(*command, **where)
+        try:
+            replies = await pipe.execute(raise_on_error=False)
+        except BaseException as exc:
+            _fail(joined, exc)  # the connection's fate is theirs
+            raise
+        for (_, _, future), reply in zip(joined, replies[1:], strict=True):
+            if future.done():  # its caller gave up waiting
+                continue
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        return replies[0]
 
     async def _durable(
         self, name: str, bucket: str, command: list[Any], replicas: int, wait_ms: int
@@ -280,3 +343,13 @@ class Scripts:
         if int(acked) < replicas:
             raise NotReplicated(f"script {name}", int(acked), replicas, reply)
         return reply
+
+
+def _fail(calls: list[Joined], error: BaseException) -> None:
+    """Give the calls that joined another one its error; when that one was cancelled, an
+    error of the connection (the call may or may not have run, as when a connection breaks)."""
+    if not isinstance(error, Exception):
+        error = redis.exceptions.ConnectionError("the call it was sent with was cancelled")
+    for _, _, future in calls:
+        if not future.done():
+            future.set_exception(error)
