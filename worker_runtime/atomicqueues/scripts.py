@@ -3,7 +3,8 @@
 Every multi-key change is one script, so no crash leaves half a change. Each `lua/NAME.lua`
 states its KEYS/ARGV/return contract at its top, names the helpers it uses (`-- @include X`:
 `lua/include/X.lua`, which may include others; `lua/include/keys.lua` documents the key layout)
-and the function flags it needs (`-- @flags ...`).
+and the function flags it needs (`-- @flags ...`). The loader defines one local for them all:
+`FUNCTION`, true when the scripts run as functions, false when called with EVALSHA.
 
 Where the server has Redis functions (7.0 and later) and the user may load them, every script
 is one function of one library (`library()`), called with FCALL: the helpers are then defined
@@ -98,7 +99,7 @@ def _resolve(text: str, seen: set[str]) -> str:
 @cache
 def source(name: str) -> str:
     """The full text of one script (`lua/NAME.lua`) with its helpers, each included once."""
-    return _resolve(_lua(f"{name}.lua"), set())
+    return "local FUNCTION = false\n" + _resolve(_lua(f"{name}.lua"), set())
 
 
 @cache
@@ -145,7 +146,10 @@ def library() -> Library:
         f"flags = {{{', '.join(repr(f) for f in flags(name))}}}}}"
         for name, body in bodies
     ]
-    return Library(lib.name, "\n".join([f"#!lua name={lib.name}", *helpers, *functions]))
+    return Library(
+        lib.name,
+        "\n".join([f"#!lua name={lib.name}", "local FUNCTION = true", *helpers, *functions]),
+    )
 
 
 def _refused_fcall(error: Exception) -> bool:

@@ -27,5 +27,5 @@ end
 local promoted = promote_due(bb, now, chan, limit, tally)
 write_counts(bb, tally)
 -- A doorbell popped by a packed worker that died before it claimed: ring it again.
-if redis.call('ZCARD', bb .. 'ready') > 0 then ring(bb .. 'bell') end
+if redis.call('ZCARD', bb .. 'ready') > 0 then ring(bb .. 'bell', true) end
 return {#expired, promoted}

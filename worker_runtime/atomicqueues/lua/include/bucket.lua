@@ -24,7 +24,7 @@ local function claim_first(bb, owner, ttl, now, us, chan, tally)
       local L, job = acquire(E, owner, ttl, now, us)
       save(E, chan, now, tally)
       if job then
-        if i < #ready then ring(bb .. 'bell') end
+        if i < #ready then ring(bb .. 'bell', true) end
         return {e, L.token, unpack(job)}
       end
     end

@@ -12,6 +12,8 @@
 -- c (1) and due (none). All but ctl are numbers.
 local SUMMARY = {'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx', 'ctl'}
 local NUMBERS = 10
+-- The numbers whose absence means 0 (so that 0 may also be written).
+local ZERO = {w = true, a = true, r = true, h = true, x = true, seq = true, token = true, dx = true}
 
 -- An entity's controls, one field of its summary (so that an entity without any costs one
 -- absent field): "p rl mb tmb rn rp trn trp", 0 for none: paused (1: the entity, 2: its type,
@@ -90,7 +92,8 @@ local function zset_entry(key, e, score)
   end
 end
 
--- Write what changed of E's meta: one HSET and one HDEL at most, or one DEL when the entity has
+-- Write what changed of E's meta: one HSET and one HDEL at most (a count that fell to 0 is
+-- written as 0 when there is an HSET anyway), or one DEL when the entity has
 -- nothing left (a concurrency other than 1 and a result() waiter are kept). Tokens stay
 -- monotonic without the meta through the time floor in grant(); the FIFO sequence may restart
 -- because nothing is left to order against.
@@ -114,9 +117,10 @@ local function save_meta(E, idle)
   for i = 1, #raw do
     local f, old = SUMMARY[i] or extra[i - #SUMMARY], raw[i]
     local v = E[f]
-    if i <= NUMBERS then
-      if v == 0 or (f == 'c' and v == 1) then v = false end  -- written as absent
+    if i <= NUMBERS then  -- a default value is written as absent (or as 0: see below)
+      if v == 0 or (f == 'c' and v == 1) then v = false end
       if old then old = tonumber(old) end
+      if old == 0 then old = false end
     end
     if v == nil then v = false end
     if v ~= old then
@@ -127,6 +131,19 @@ local function save_meta(E, idle)
         del[#del + 1] = f
       end
     end
+  end
+  if #set > 0 and #del > 0 then
+    -- A count that fell to 0 is written as 0 along with the rest (one command, not two).
+    local rest = {}
+    for _, f in ipairs(del) do
+      if ZERO[f] then
+        set[#set + 1] = f
+        set[#set + 1] = '0'
+      else
+        rest[#rest + 1] = f
+      end
+    end
+    del = rest
   end
   if #set > 0 then redis.call('HSET', E.meta, unpack(set)) end
   if #del > 0 then redis.call('HDEL', E.meta, unpack(del)) end
@@ -179,12 +196,12 @@ local function save(E, chan, now, tally)
   if can ~= claimable(w0, a0, r0, h0, c0, p0 + rl0) then
     zset_entry(bb .. 'ready', e, can and now)
     if can then
-      ring(bb .. 'bell')
+      ring(bb .. 'bell', true)
       if chan ~= '' then redis.call('PUBLISH', chan, e) end
     end
   end
   if startable(w, a, r, c, p + rl) and (h < h0 or not startable(w0, a0, r0, c0, p0 + rl0)) then
-    ring(ekey(bb, e, 'bell'))
+    ring(ekey(bb, e, 'bell'), false)
   end
   if due ~= due0 then zset_entry(bb .. 'delayed', e, due) end
   if x ~= x0 then hash_entry(bb .. 'dead', e, x) end

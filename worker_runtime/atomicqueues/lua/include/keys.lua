@@ -70,9 +70,13 @@ local function skey(bb, name)
   return bb .. 's:' .. name
 end
 
--- Ring a doorbell: a list of (at most) one element that wakes one blocked BLPOP.
-local function ring(list)
-  if redis.call('RPUSH', list, '1') > 1 then
+-- Ring a doorbell: a list of (at most) one element that wakes one blocked BLPOP. `busy` says
+-- which is likelier: that it still holds a ring not heard yet (a bucket's bell under load: then
+-- it costs one LLEN), or that it is empty (an entity's: one RPUSH).
+local function ring(list, busy)
+  if busy then
+    if redis.call('LLEN', list) == 0 then redis.call('RPUSH', list, '1') end
+  elseif redis.call('RPUSH', list, '1') > 1 then
     redis.call('LTRIM', list, 0, 0)
   end
 end
