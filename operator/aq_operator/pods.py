@@ -40,7 +40,14 @@ from typing import Any
 
 from atomicqueues.pools.names import entity_hash, worker_name
 from atomicqueues.pools.reconciler import Phase, StartPacked, StartWorker, WorkerState
-from atomicqueues.pools.spec import API_GROUP, API_VERSION, KIND, PoolSpec, SecretKeyRef
+from atomicqueues.pools.spec import (
+    API_GROUP,
+    API_VERSION,
+    KIND,
+    PoolSpec,
+    SecretKeyRef,
+    TimingSpec,
+)
 
 APP = "atomicqueues"
 MANAGED_BY = "atomicqueues-operator"
@@ -129,7 +136,6 @@ def _command(spec: PoolSpec, dedicated: bool) -> list[str]:
 
 
 def _env(spec: PoolSpec, redis: SecretKeyRef | str, entity_id: str | None) -> list[dict[str, Any]]:
-    t = spec.timing
     url: dict[str, Any] = (
         {"valueFrom": {"secretKeyRef": {"name": redis.name, "key": redis.key}}}
         if isinstance(redis, SecretKeyRef)
@@ -140,10 +146,7 @@ def _env(spec: PoolSpec, redis: SecretKeyRef | str, entity_id: str | None) -> li
         {"name": "AQ_NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
         {"name": "AQ_REDIS_URL", **url},
         {"name": "AQ_PREFIX", "value": spec.redis.prefix},
-        {"name": "AQ_HEARTBEAT_TTL", "value": str(t.heartbeat_ttl_seconds)},
-        {"name": "AQ_HEARTBEAT_INTERVAL", "value": str(t.heartbeat_interval_seconds)},
-        {"name": "AQ_IDLE_TIMEOUT", "value": str(t.idle_timeout_seconds)},
-        {"name": "AQ_SHUTDOWN_GRACE", "value": str(t.shutdown_grace_seconds)},
+        *({"name": name, "value": value} for name, value in spec.timing.worker_env().items()),
     ]
     if entity_id is not None:
         # The kubelet expands $(VAR) in an env value too (and `$$` to `$`): escape every `$`.
@@ -186,10 +189,10 @@ def ignored_template_keys(template: Mapping[str, Any] | None) -> list[str]:
     return ignored
 
 
-_OPERATOR_ENV = frozenset({
-    "POD_NAME", "AQ_NODE_NAME", "AQ_REDIS_URL", "AQ_PREFIX", "AQ_HEARTBEAT_TTL",
-    "AQ_HEARTBEAT_INTERVAL", "AQ_IDLE_TIMEOUT", "AQ_SHUTDOWN_GRACE", "AQ_ENTITY_ID",
-})  # fmt: skip
+_OPERATOR_ENV = frozenset(
+    {"POD_NAME", "AQ_NODE_NAME", "AQ_REDIS_URL", "AQ_PREFIX", "AQ_ENTITY_ID"}
+    | TimingSpec().worker_env().keys()
+)
 
 
 def _metrics_port(container: Mapping[str, Any]) -> tuple[int | None, bool]:

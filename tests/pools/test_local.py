@@ -15,6 +15,9 @@ import pytest
 import redis
 import yaml
 
+from atomicqueues import Settings
+from atomicqueues.pools.local import settings_for
+from atomicqueues.pools.spec import API_GROUP, API_VERSION, KIND, Pool
 from helpers import aq, aq_env, wait_until
 
 MANIFEST = {
@@ -309,3 +312,30 @@ def test_aq_up_fires_a_schedule_and_starts_a_worker_for_it(
     out, _ = aq_up.communicate(timeout=30)
     assert aq_up.returncode == 0, out
     assert "started worker" in out
+
+
+def test_a_pools_timing_is_what_its_local_workers_are_set_to() -> None:
+    """The manifest's timing reaches a worker through the environment `aq worker` reads (the
+    same variables the operator puts in a pod's spec)."""
+    pool = Pool.model_validate(
+        {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": KIND,
+            "metadata": {"name": "timed"},
+            "spec": {
+                "entityType": "user",
+                "handlers": "handlers:registry",
+                "timing": {
+                    "heartbeatTTLSeconds": 4,
+                    "heartbeatIntervalSeconds": 1.5,
+                    "idleTimeoutSeconds": 12,
+                    "shutdownGraceSeconds": 7.5,
+                },
+            },
+        }
+    )
+    worker = Settings.from_env(pool.spec.timing.worker_env())
+    pool_side = settings_for(pool, "redis://127.0.0.1:1/0")
+    for settings in (worker, pool_side):
+        assert (settings.heartbeat_ttl, settings.heartbeat_interval) == (4, 1.5)
+        assert (settings.idle_timeout, settings.shutdown_grace) == (12, 7.5)

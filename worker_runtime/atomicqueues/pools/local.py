@@ -52,15 +52,10 @@ log = logging.getLogger(__name__)
 def settings_for(pool: Pool, redis_url: str) -> Settings:
     """The settings of a local pool's client and of the workers it starts: the manifest's
     Redis prefix and timing, on `redis_url`."""
-    t = pool.spec.timing
     return replace(
-        Settings.from_env(),
+        Settings.from_env({**os.environ, **pool.spec.timing.worker_env()}),
         redis_url=redis_url,
         prefix=os.environ.get("AQ_PREFIX") or pool.spec.redis.prefix,
-        heartbeat_ttl=t.heartbeat_ttl_seconds,
-        heartbeat_interval=t.heartbeat_interval_seconds,
-        idle_timeout=t.idle_timeout_seconds,
-        shutdown_grace=t.shutdown_grace_seconds,
     )
 
 
@@ -197,16 +192,12 @@ class LocalPool:
         return [*cmd, "--entity-id", entity_id]
 
     def _env(self) -> dict[str, str]:
-        t = self.spec.timing
         settings = self.client.settings
         return {
             **os.environ,
             "AQ_REDIS_URL": settings.redis_url,
             "AQ_PREFIX": settings.prefix,
-            "AQ_HEARTBEAT_TTL": str(t.heartbeat_ttl_seconds),
-            "AQ_HEARTBEAT_INTERVAL": str(t.heartbeat_interval_seconds),
-            "AQ_IDLE_TIMEOUT": str(t.idle_timeout_seconds),
-            "AQ_SHUTDOWN_GRACE": str(t.shutdown_grace_seconds),
+            **self.spec.timing.worker_env(),
             **self.extra_env,
         }
 

@@ -99,6 +99,17 @@ class TimingSpec(Model):
             raise ValueError("heartbeatIntervalSeconds must be at most half of heartbeatTTLSeconds")
         return self
 
+    def worker_env(self) -> dict[str, str]:
+        """The worker settings this timing sets, as the environment `aq worker` reads them
+        (`Settings.from_env`): the one place where a pool's timing becomes its workers'
+        settings, for local processes and pods alike."""
+        return {
+            "AQ_HEARTBEAT_TTL": str(self.heartbeat_ttl_seconds),
+            "AQ_HEARTBEAT_INTERVAL": str(self.heartbeat_interval_seconds),
+            "AQ_IDLE_TIMEOUT": str(self.idle_timeout_seconds),
+            "AQ_SHUTDOWN_GRACE": str(self.shutdown_grace_seconds),
+        }
+
 
 class PoolSpec(Model):
     entity_type: str = Field(alias="entityType", pattern=ENTITY_TYPE_RE.pattern)
