@@ -41,7 +41,7 @@ from atomicqueues.config import Settings
 from atomicqueues.connection import connect
 from atomicqueues.context import JobContext
 from atomicqueues.errors import AtomicQueuesError
-from atomicqueues.keys import Keys
+from atomicqueues.keys import Keys, in_bucket
 from atomicqueues.leases import Leases, Started
 from atomicqueues.pools.embedded import EmbeddedRedis
 from atomicqueues.registry import Registry
@@ -277,7 +277,7 @@ class Bench:
         (it would make one per bucket), so polling costs the server little."""
         pipe = self.control.pipeline(transaction=False)
         for bucket in self.keys.buckets(ENTITY_TYPE):
-            pipe.hget(f"{bucket}counts", "completed")
+            pipe.hget(in_bucket(bucket, "counts"), "completed")
         return sum(int(v) for v in await pipe.execute() if v)
 
     async def wait_completed(self, total: int, alive: Callable[[], None]) -> float:

@@ -14,7 +14,7 @@ from typing import Any
 
 from atomicqueues import Client
 from atomicqueues.client import controls
-from atomicqueues.keys import decode_id
+from atomicqueues.keys import decode_id, job_key
 
 LIVE = ("waiting", "delayed", "retrying", "active", "dead")
 
@@ -29,7 +29,7 @@ def _place(
     placed: dict[str, str], jobs: dict[str, dict[str, str]], bb: str, jslot: str, state: str
 ) -> None:
     """Record that job `jslot` is in the `state` set; it must be in no other, and say so."""
-    jk = f"{bb}j:{jslot}"
+    jk = job_key(bb, jslot)
     assert jk not in placed, f"job {jslot} is both {placed[jk]} and {state}"
     placed[jk] = state
     if state == "dead" and jk not in jobs:

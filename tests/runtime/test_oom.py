@@ -34,7 +34,7 @@ from atomicqueues import (
 )
 from atomicqueues.cli import main
 from atomicqueues.jobs import Job
-from atomicqueues.keys import Keys, encode_id
+from atomicqueues.keys import Keys, encode_id, job_key
 from atomicqueues.leases import Leases, Started
 from atomicqueues.memory import eviction_warning
 from helpers import wait_until
@@ -85,7 +85,7 @@ def snapshot(redis_url: str) -> dict[str, Any]:
 def job_state(redis_url: str, job_id: str) -> str | None:
     bucket, jslot = Keys("aq").locate_auto_job(job_id) or ("", "")
     with redis.Redis.from_url(redis_url, decode_responses=True) as r:
-        fields: dict[str, str] = r.hgetall(f"{bucket}j:{jslot}")  # type: ignore[assignment]
+        fields: dict[str, str] = r.hgetall(job_key(bucket, jslot))  # type: ignore[assignment]
         return Job.from_fields("acct", fields).state if fields else None
 
 
@@ -116,7 +116,7 @@ async def test_filling_memory_ends_in_one_refused_enqueue_and_nothing_half(
     refused_id = f"j{accepted}"
     with redis.Redis.from_url(redis_url) as r:
         slot = Keys("aq").job_slot(T, f"e{accepted % 7}", refused_id)
-        assert not r.exists(f"{Keys('aq').entity_bucket(T, f'e{accepted % 7}')}j:{slot}")
+        assert not r.exists(job_key(Keys("aq").entity_bucket(T, f"e{accepted % 7}"), slot))
 
 
 @pytest.mark.parametrize(

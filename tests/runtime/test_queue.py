@@ -36,7 +36,7 @@ from atomicqueues import (
     Settings,
 )
 from atomicqueues.client import Limits
-from atomicqueues.keys import AUTO_JOB_ID_RE, BUCKETS, bucket_of, encode_id
+from atomicqueues.keys import AUTO_JOB_ID_RE, BUCKETS, bucket_of, encode_id, job_key
 from atomicqueues.leases import Idle, Lease, Leases, Started, sweep
 from helpers import Connect
 from runtime import recompute
@@ -1402,7 +1402,7 @@ async def test_keep_completed_zero_removes_the_job_at_once(client: Client) -> No
         await client.job(gone)
     await a.finish(run, "completed", "2")
     assert (await client.job(kept)).result == 2
-    ttl = await client.redis.pttl(f"{client.keys.entity_bucket(T, 'u1')}j:{kept}")
+    ttl = await client.redis.pttl(job_key(client.keys.entity_bucket(T, "u1"), kept))
     assert 25_000 < ttl <= 30_000
     await check_index(client, completed=2)
 

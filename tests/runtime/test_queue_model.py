@@ -32,7 +32,7 @@ from hypothesis.stateful import (
 
 from atomicqueues import BacklogFull, Client, Settings
 from atomicqueues.jobs import STATES
-from atomicqueues.keys import decode_id, encode_id
+from atomicqueues.keys import decode_id, encode_id, in_bucket, job_key, of_entity
 from atomicqueues.leases import Idle, Lease, Leases, Started
 from runtime import recompute
 
@@ -375,10 +375,10 @@ class QueueMachine(RuleBasedStateMachine):
             base = c.keys.entity(T, e)
             for suffix in ("wait", "delayed", "retry", "dlq"):
                 p.zrange(base + suffix, 0, -1)
-            p.hgetall(base + "meta")
+            p.hgetall(of_entity(base, "meta"))
         job_list = list(self.jobs.values())
         for j in job_list:
-            p.hmget(f"{c.keys.entity_bucket(T, j.eid)}j:{j.id}", "d", "s", "m")
+            p.hmget(job_key(c.keys.entity_bucket(T, j.eid), j.id), "d", "s", "m")
         got = iter(await p.execute())
 
         for e in ENTITIES:
@@ -407,13 +407,13 @@ class QueueMachine(RuleBasedStateMachine):
         buckets = sorted({c.keys.entity_bucket(T, e) for e in ENTITIES})
         p = c.redis.pipeline(transaction=False)
         for bb in buckets:
-            p.hgetall(bb + "counts")
-            p.hgetall(bb + "pending")
-            p.zrange(bb + "work", 0, -1)
-            p.zrange(bb + "ready", 0, -1)
-            p.hgetall(bb + "dead")
-            p.zrange(bb + "delayed", 0, -1)
-            p.zrange(bb + "leases", 0, -1)
+            p.hgetall(in_bucket(bb, "counts"))
+            p.hgetall(in_bucket(bb, "pending"))
+            p.zrange(in_bucket(bb, "work"), 0, -1)
+            p.zrange(in_bucket(bb, "ready"), 0, -1)
+            p.hgetall(in_bucket(bb, "dead"))
+            p.zrange(in_bucket(bb, "delayed"), 0, -1)
+            p.zrange(in_bucket(bb, "leases"), 0, -1)
         raw = iter(await p.execute())
         counts = dict.fromkeys(STATES, 0)
         pending: dict[str, int] = {}

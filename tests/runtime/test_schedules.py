@@ -20,6 +20,7 @@ import redis
 from prometheus_client import REGISTRY
 
 from atomicqueues import Client, JobContext, Registry, Schedule, Settings, SyncClient, Worker
+from atomicqueues.keys import in_bucket, of_entity, schedule_key
 from atomicqueues.schedules import TICK, Ticker, job_id
 from helpers import aq, assert_one_line_error
 from redis_servers import free_port
@@ -122,7 +123,7 @@ def test_job_id_names_the_schedule_and_its_tick() -> None:
 
 # --- on Redis ---------------------------------------------------------------------------------
 async def waiting_jobs(client: Client, entity_id: str) -> list[str]:
-    wait = await client.zrange(f"{client.keys.entity(T, entity_id)}wait")
+    wait = await client.zrange(of_entity(client.keys.entity(T, entity_id), "wait"))
     return [jslot.split(":", 1)[1] for jslot in wait]
 
 
@@ -159,9 +160,9 @@ async def test_a_stale_or_replaced_read_fires_nothing(client: Client) -> None:
     await client.add_schedule(T, "ping", "ping", entity_id="e1", every=0.2)
     await asyncio.sleep(0.3)
     bucket = client.keys.entity_bucket(T, "e1")
-    times = client.keys.schedule_times(bucket)
+    times = in_bucket(bucket, "sched")
     due = int((await client.redis.zrange(times, 0, 0, withscores=True))[0][1])
-    sid, text = await client.redis.hmget(client.keys.schedule(bucket, "ping"), "sid", "def")
+    sid, text = await client.redis.hmget(schedule_key(bucket, "ping"), "sid", "def")
     now = int(time.time() * 1000)
     ticker = Ticker(client, T)
     args = ticker._fire_args("ping", str(sid), due, str(text), now)
@@ -220,8 +221,8 @@ async def test_remove_stops_firing(client: Client) -> None:
     assert await client.schedules(T) == []
     assert not await client.remove_schedule(T, "ping")
     bucket = client.keys.entity_bucket(T, "e1")
-    assert await client.redis.zcard(client.keys.schedule_times(bucket)) == 0
-    assert not await client.redis.exists(client.keys.schedule(bucket, "ping"))
+    assert await client.redis.zcard(in_bucket(bucket, "sched")) == 0
+    assert not await client.redis.exists(schedule_key(bucket, "ping"))
 
 
 async def test_a_schedule_of_the_type_goes_to_the_entity_named_after_it(client: Client) -> None:
@@ -236,7 +237,7 @@ async def test_a_schedule_of_the_type_goes_to_the_entity_named_after_it(client: 
     assert moved.entity_id == "elsewhere-7"
     old = client.keys.entity_bucket(T, "nightly")
     assert old != client.keys.entity_bucket(T, "elsewhere-7")
-    assert not await client.redis.exists(client.keys.schedule(old, "nightly"))
+    assert not await client.redis.exists(schedule_key(old, "nightly"))
     (listed,) = await client.schedules()
     assert (listed.name, listed.entity_id, listed.every, listed.cron) == (
         "nightly",

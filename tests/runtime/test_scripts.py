@@ -19,6 +19,7 @@ import redis.exceptions
 
 from atomicqueues import Client
 from atomicqueues.jobs import REPLY_FIELDS
+from atomicqueues.keys import BUCKET_KEYS, ENTITY_KEYS
 from atomicqueues.scripts import INCLUDE, NAMES, flags, library, source
 from helpers import Connect
 
@@ -30,6 +31,15 @@ def test_the_job_reply_fields_are_the_same_in_lua_and_python() -> None:
     m = re.search(r"local JOB_REPLY = \{([^}]*)\}", text)
     assert m is not None
     assert tuple(re.findall(r"'([^']+)'", m.group(1))) == REPLY_FIELDS
+
+
+def test_the_keys_python_reads_are_the_keys_the_scripts_document() -> None:
+    """keys.lua documents the layout once; keys.py names the same keys (the bucket's `oom` is a
+    probe only the scripts touch)."""
+    text = LUA.joinpath("include", "keys.lua").read_text()
+    layout = "\n".join(line for line in text.splitlines() if line.startswith("--"))
+    assert set(re.findall(r"bb\.\.'(\w+)'", layout)) - {"oom"} == set(BUCKET_KEYS)
+    assert set(re.findall(r"ekey\(bb, e, '(\w+)'\)", layout)) == set(ENTITY_KEYS)
 
 
 @pytest.mark.parametrize("name", NAMES)

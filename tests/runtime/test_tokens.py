@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 
 from atomicqueues import Client, Settings
+from atomicqueues.keys import of_entity
 from atomicqueues.leases import Leases, Started, sweep
 from redis_servers import RedisServer
 
@@ -82,7 +83,7 @@ async def test_tokens_grow_when_the_counter_is_lost(redis_url: str) -> None:
     first = await grant(redis_url, "w1")
     client = await Client.connect(Settings(redis_url=redis_url))
     try:
-        meta = client.keys.entity("user", "alice") + "meta"
+        meta = of_entity(client.keys.entity("user", "alice"), "meta")
         await client.redis.delete(meta)
     finally:
         await client.close()

@@ -29,6 +29,7 @@ from atomicqueues import (
     Worker,
 )
 from atomicqueues.errors import ConfigError
+from atomicqueues.keys import in_bucket, of_entity
 from atomicqueues.leases import Leases, Started
 from atomicqueues.worker import MAX_ERROR_CHARS
 
@@ -277,11 +278,11 @@ async def test_lost_lease_cancels_the_handler(client: Client) -> None:
     # The lease expires as if the worker's renewals had stopped reaching Redis: its expiry (in
     # the entity's meta and in the bucket's lease index) is set in the past.
     lease = worker.held["erin"]
-    meta, field = client.keys.entity("user", "erin") + "meta", f"l:{worker.name}"
+    meta, field = of_entity(client.keys.entity("user", "erin"), "meta"), f"l:{worker.name}"
     token, _, running = (await client.redis.hget(meta, field)).split(" ", 2)
     await client.redis.hset(meta, field, f"{token} 0 {running}")
     await client.redis.zadd(
-        client.keys.entity_bucket("user", "erin") + "leases", {f"{worker.name}|erin": 0}
+        in_bucket(client.keys.entity_bucket("user", "erin"), "leases"), {f"{worker.name}|erin": 0}
     )
     await asyncio.wait_for(cancelled.wait(), 10)
     assert lost_seen == [True]

@@ -37,7 +37,7 @@ import redis
 
 from atomicqueues import SyncClient
 from atomicqueues.jobs import Job
-from atomicqueues.keys import Keys
+from atomicqueues.keys import Keys, in_bucket, job_key
 from helpers import REPO_ROOT, wait_until
 
 HANDLERS = "tests.runtime.handlers:registry"
@@ -269,7 +269,7 @@ class Workers:
                 self.keys.job_slot(self.entity_type, entity_id, job_id),
             )
         bucket, jslot = located
-        fields: dict[str, str] = self.redis.hgetall(f"{bucket}j:{jslot}")  # type: ignore[assignment]
+        fields: dict[str, str] = self.redis.hgetall(job_key(bucket, jslot))  # type: ignore[assignment]
         return Job.from_fields(self.entity_type, fields) if fields else None
 
     def completion_violations(self, per_entity: Mapping[str, list[Run]]) -> list[Violation]:
@@ -305,7 +305,7 @@ class Workers:
     def counts(self) -> dict[str, int]:
         total: dict[str, int] = defaultdict(int)
         for bucket in self.keys.buckets(self.entity_type):
-            for state, n in self.redis.hgetall(f"{bucket}counts").items():  # type: ignore[union-attr]
+            for state, n in self.redis.hgetall(in_bucket(bucket, "counts")).items():  # type: ignore[union-attr]
                 total[state] += int(n)
         return dict(total)
 

@@ -51,11 +51,16 @@ from .jobs import (
 )
 from .keys import (
     AUTO_JOB_ID_RE,
+    BucketKey,
     Keys,
     check_entity_id,
     check_entity_type,
     decode_id,
     encode_id,
+    in_bucket,
+    job_key,
+    job_waiters,
+    of_entity,
 )
 from .memory import refused_for_memory
 from .scripts import Scripts
@@ -338,7 +343,7 @@ class Client:
         except RedisOutOfMemory:
             # The script's first write (the job) was refused, also for a job already there:
             # a producer that enqueues it again gets its answer, not a refusal.
-            if await self.call(lambda: self.redis.hexists(f"{job.bucket}j:{job.jslot}", "d")):
+            if await self.call(lambda: self.redis.hexists(job_key(job.bucket, job.jslot), "d")):
                 return job.job_id
             raise
         except NotReplicated as exc:
@@ -520,7 +525,7 @@ class Client:
     async def job(self, job_id: str, *, entity: Entity | None = None) -> Job:
         """The job's current record; `JobNotFound` when it does not exist (any more)."""
         where = self._locate(job_id, entity)
-        fields = await self.hgetall(f"{where.bucket}j:{where.jslot}")
+        fields = await self.hgetall(job_key(where.bucket, where.jslot))
         if not fields:
             raise JobNotFound(job_id)
         return Job.from_fields(where.entity_type, fields)
@@ -550,7 +555,7 @@ class Client:
             wait = 5.0 if deadline is None else deadline - loop.time()
             if wait <= 0:
                 raise TimeoutError(f"job {job_id!r} has not ended after {timeout}s")
-            await self.blpop([f"{where.bucket}jw:{where.jslot}"], min(wait, 5.0))
+            await self.blpop([job_waiters(where.bucket, where.jslot)], min(wait, 5.0))
 
     # --- pause and resume ----------------------------------------------------------------------
     async def pause(self, entity_type: str, entity_id: str | None = None) -> int:
@@ -582,8 +587,8 @@ class Client:
         check_entity_type(entity_type)
         pipe = self.redis.pipeline(transaction=False)
         for bucket in self.keys.buckets(entity_type):
-            pipe.hexists(f"{bucket}defaults", "p")
-            pipe.hgetall(f"{bucket}paused")
+            pipe.hexists(in_bucket(bucket, "defaults"), "p")
+            pipe.hgetall(in_bucket(bucket, "paused"))
         replies: list[Any] = await self.call(pipe.execute)
         held = [bool(n) for n in replies[::2]]
         entities = sorted(
@@ -660,12 +665,12 @@ class Client:
         if entity_id is None:
             bucket = self.keys.buckets(entity_type)[0]
             mb, rn, rp = await self.call(
-                lambda: self.redis.hmget(f"{bucket}defaults", "mb", "rn", "rp")
+                lambda: self.redis.hmget(in_bucket(bucket, "defaults"), "mb", "rn", "rp")
             )
             shared = await self.shared_rate(entity_type)
             return Limits(None, int(mb or 0), _rate_of(rn, rp), shared)
         check_entity_id(entity_id)
-        meta = self.keys.entity(entity_type, entity_id) + "meta"
+        meta = of_entity(self.keys.entity(entity_type, entity_id), "meta")
         summary = await self.hgetall(meta)
         if not summary:  # no summary yet: its type's, once it has one
             of_type = await self.limits(entity_type)
@@ -693,29 +698,31 @@ class Client:
 
     async def concurrency(self, entity_type: str, entity_id: str) -> int:
         bucket = self.keys.entity_bucket(entity_type, entity_id)
-        raw = await self.hget(f"{bucket}conc", encode_id(entity_id))
+        raw = await self.hget(in_bucket(bucket, "conc"), encode_id(entity_id))
         return int(raw) if raw else 1
 
     # --- the index --------------------------------------------------------------------------
-    async def _each_bucket(self, entity_type: str, suffix: str, scores: bool = False) -> list[Any]:
+    async def _each_bucket(
+        self, entity_type: str, name: BucketKey, scores: bool = False
+    ) -> list[Any]:
         """One read of the same index key in every bucket of a type, in one pipeline (one round
         trip on a standalone server; one per node on Cluster) and on one connection."""
         check_entity_type(entity_type)
         pipe = self.redis.pipeline(transaction=False)
         for bucket in self.keys.buckets(entity_type):
             if scores:
-                pipe.zrange(f"{bucket}{suffix}", 0, -1, withscores=True)
+                pipe.zrange(in_bucket(bucket, name), 0, -1, withscores=True)
             else:
-                pipe.hgetall(f"{bucket}{suffix}")
+                pipe.hgetall(in_bucket(bucket, name))
         replies: list[Any] = await self.call(pipe.execute)
         return replies
 
-    async def _hash_index(self, entity_type: str, suffix: str) -> dict[str, int]:
-        parts = await self._each_bucket(entity_type, suffix)
+    async def _hash_index(self, entity_type: str, name: BucketKey) -> dict[str, int]:
+        parts = await self._each_bucket(entity_type, name)
         return {decode_id(str(e)): int(n) for part in parts for e, n in part.items()}
 
-    async def _zset_index(self, entity_type: str, suffix: str) -> dict[str, float]:
-        parts = await self._each_bucket(entity_type, suffix, scores=True)
+    async def _zset_index(self, entity_type: str, name: BucketKey) -> dict[str, float]:
+        parts = await self._each_bucket(entity_type, name, scores=True)
         return {decode_id(str(e)): float(ms) / 1000.0 for part in parts for e, ms in part}
 
     async def pending_entities(self, entity_type: str) -> dict[str, int]:
@@ -737,12 +744,12 @@ class Client:
         check_entity_type(entity_type)
         pipe = self.redis.pipeline(transaction=False)
         for bucket in self.keys.buckets(entity_type):
-            pipe.zrange(f"{bucket}work", 0, -1, withscores=True)
-            pipe.hgetall(f"{bucket}pending")
-            pipe.zrange(f"{bucket}ready", 0, -1)
-            pipe.hgetall(f"{bucket}conc")
-            pipe.hkeys(f"{bucket}paused")
-            pipe.zrange(f"{bucket}limited", 0, -1)
+            pipe.zrange(in_bucket(bucket, "work"), 0, -1, withscores=True)
+            pipe.hgetall(in_bucket(bucket, "pending"))
+            pipe.zrange(in_bucket(bucket, "ready"), 0, -1)
+            pipe.hgetall(in_bucket(bucket, "conc"))
+            pipe.hkeys(in_bucket(bucket, "paused"))
+            pipe.zrange(in_bucket(bucket, "limited"), 0, -1)
         replies: list[Any] = await self.call(pipe.execute)
         found: list[EntityIndex] = []
         for i in range(0, len(replies), 6):
@@ -767,8 +774,8 @@ class Client:
         check_entity_type(entity_type)
         pipe = self.redis.pipeline(transaction=False)
         for bucket in self.keys.buckets(entity_type):
-            pipe.hgetall(f"{bucket}counts")
-            pipe.hvals(f"{bucket}pending")
+            pipe.hgetall(in_bucket(bucket, "counts"))
+            pipe.hvals(in_bucket(bucket, "pending"))
         replies: list[Any] = await self.call(pipe.execute)
         total: dict[str, int] = dict.fromkeys(STATES, 0)
         for counts, pending in zip(replies[::2], replies[1::2], strict=True):
@@ -810,9 +817,9 @@ class Client:
         jobs: list[Job] = []
         for eid in ids:
             bucket = self.keys.entity_bucket(entity_type, eid)
-            dlq = f"{self.keys.entity(entity_type, eid)}dlq"
+            dlq = of_entity(self.keys.entity(entity_type, eid), "dlq")
             for jslot in await self.zrange(dlq, 0, limit - 1):
-                fields = await self.hgetall(f"{bucket}j:{jslot}")
+                fields = await self.hgetall(job_key(bucket, jslot))
                 if fields:
                     jobs.append(Job.from_fields(entity_type, fields))
             if len(jobs) >= limit:

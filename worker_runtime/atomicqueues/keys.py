@@ -18,6 +18,7 @@ import os
 import re
 import zlib
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from .errors import InvalidInput
 
@@ -72,6 +73,55 @@ def check_resource_type(resource_type: str) -> str:
 def check_resource_id(resource_id: str) -> str:
     """Resource ids are as free as entity ids (they are percent-encoded inside keys)."""
     return check_entity_id(resource_id, "resource id")
+
+
+BucketKey = Literal[
+    "pending",
+    "work",
+    "ready",
+    "leases",
+    "delayed",
+    "dead",
+    "conc",
+    "paused",
+    "caps",
+    "rates",
+    "limited",
+    "defaults",
+    "counts",
+    "bell",
+    "sched",
+]
+"""The keys of a bucket's index and housekeeping, as lua/include/keys.lua documents them."""
+EntityKey = Literal["wait", "delayed", "retry", "done", "dlq", "bell", "starts", "meta"]
+"""The keys of one entity (lua/include/keys.lua's `ekey`)."""
+BUCKET_KEYS: tuple[str, ...] = get_args(BucketKey)
+ENTITY_KEYS: tuple[str, ...] = get_args(EntityKey)
+
+
+def in_bucket(bucket: str, name: BucketKey) -> str:
+    """One key of a bucket, from the bucket's base (`Keys.bucket`): the scripts' `bb..name`."""
+    return bucket + name
+
+
+def of_entity(entity: str, name: EntityKey) -> str:
+    """One key of an entity, from the entity's base (`Keys.entity`): the scripts' `ekey`."""
+    return entity + name
+
+
+def job_key(bucket: str, jslot: str) -> str:
+    """The HASH of one job (the scripts' `jkey`), from its bucket's base and its slot."""
+    return f"{bucket}j:{jslot}"
+
+
+def job_waiters(bucket: str, jslot: str) -> str:
+    """The LIST a job's result() waiters block on once the job has ended."""
+    return f"{bucket}jw:{jslot}"
+
+
+def schedule_key(bucket: str, name: str) -> str:
+    """The HASH of one schedule (the scripts' `skey`); the bucket's "sched" orders them."""
+    return f"{bucket}s:{name}"
 
 
 def bucket_of(entity_type: str, entity_id: str) -> int:
@@ -183,14 +233,6 @@ class Keys:
         """HASH entity type -> a counter bumped on every add and remove of one of its schedules
         (each ticker reads its type's field once a tick)."""
         return f"{self.prefix}:schedules-changed"
-
-    def schedule(self, bucket: str, name: str) -> str:
-        """HASH of one schedule (lua/include/keys.lua's skey)."""
-        return f"{bucket}s:{name}"
-
-    def schedule_times(self, bucket: str) -> str:
-        """ZSET of the bucket's schedules: name -> next fire ms."""
-        return f"{bucket}sched"
 
     # --- resource locks --------------------------------------------------------------------
     def lock_base(self, resource_type: str) -> str:

@@ -24,7 +24,7 @@ from . import metrics
 from .client import Client
 from .errors import LeaseLost, NotReplicated
 from .jobs import Job
-from .keys import decode_id, encode_id
+from .keys import decode_id, encode_id, in_bucket
 
 Outcome = Literal["completed", "cancelled", "retry", "dead"]
 Next = Literal["same", "any", "release", "none"]
@@ -115,8 +115,8 @@ class Leases:
         buckets = self.keys.buckets(entity_type)
         pipe = self.client.redis.pipeline(transaction=False)
         for bucket in buckets:
-            pipe.zcard(f"{bucket}ready")
-            pipe.zcount(f"{bucket}delayed", "-inf", now_ms)
+            pipe.zcard(in_bucket(bucket, "ready"))
+            pipe.zcount(in_bucket(bucket, "delayed"), "-inf", now_ms)
         counts: list[int] = await self.client.call(pipe.execute)
         return [b for i, b in enumerate(buckets) if counts[2 * i] or counts[2 * i + 1]]
 

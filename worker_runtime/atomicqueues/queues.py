@@ -18,7 +18,16 @@ from typing import Any
 
 from .client import Client, controls
 from .jobs import Job
-from .keys import BUCKETS, check_entity_id, check_entity_type, decode_id, encode_id
+from .keys import (
+    BUCKETS,
+    check_entity_id,
+    check_entity_type,
+    decode_id,
+    encode_id,
+    in_bucket,
+    job_key,
+    of_entity,
+)
 
 MAX_PAGE = 500
 """The most entities or jobs one read returns."""
@@ -141,12 +150,12 @@ class Queues:
         check_entity_type(entity_type)
         pipe = self.redis.pipeline(transaction=False)
         for bucket in self.keys.buckets(entity_type):
-            pipe.zcard(f"{bucket}work")
-            pipe.zcard(f"{bucket}ready")
-            pipe.hlen(f"{bucket}pending")
-            pipe.hlen(f"{bucket}dead")
-            pipe.hlen(f"{bucket}paused")
-            pipe.hexists(f"{bucket}defaults", "p")
+            pipe.zcard(in_bucket(bucket, "work"))
+            pipe.zcard(in_bucket(bucket, "ready"))
+            pipe.hlen(in_bucket(bucket, "pending"))
+            pipe.hlen(in_bucket(bucket, "dead"))
+            pipe.hlen(in_bucket(bucket, "paused"))
+            pipe.hexists(in_bucket(bucket, "defaults"), "p")
         replies: list[int] = await self.client.call(pipe.execute)
         with_work, claimable, waiting, dead, paused = (sum(replies[i::6]) for i in range(5))
         return TypeSummary(with_work, claimable, waiting, dead, paused, all(replies[5::6]))
@@ -164,8 +173,8 @@ class Queues:
         buckets = self.keys.buckets(entity_type)
         pipe = self.redis.pipeline(transaction=False)
         for bucket, offset in zip(buckets, offsets, strict=True):
-            pipe.zcard(f"{bucket}work")
-            pipe.zrange(f"{bucket}work", offset, offset + limit - 1, withscores=True)
+            pipe.zcard(in_bucket(bucket, "work"))
+            pipe.zrange(in_bucket(bucket, "work"), offset, offset + limit - 1, withscores=True)
         replies: list[Any] = await self.client.call(pipe.execute)
         sizes: list[int] = replies[0::2]
         ranges: list[list[tuple[str, float]]] = replies[1::2]
@@ -199,7 +208,7 @@ class Queues:
         while cursors and len(found) < limit:
             pipe = self.redis.pipeline(transaction=False)
             for b, cursor in cursors.items():
-                pipe.zscan(f"{buckets[b]}work", cursor, match=pattern, count=SCAN_COUNT)
+                pipe.zscan(in_bucket(buckets[b], "work"), cursor, match=pattern, count=SCAN_COUNT)
             replies: list[Any] = await self.client.call(pipe.execute)
             for b, (cursor, entries) in zip(list(cursors), replies, strict=True):
                 for member, score in entries:
@@ -222,10 +231,10 @@ class Queues:
         pipe = self.redis.pipeline(transaction=False)
         for b, e, _ in entries:
             bucket = self.keys.bucket(entity_type, b)
-            pipe.hget(f"{bucket}pending", e)
-            pipe.hget(f"{bucket}conc", e)
-            pipe.zscore(f"{bucket}ready", e)
-            pipe.hget(f"{bucket}dead", e)
+            pipe.hget(in_bucket(bucket, "pending"), e)
+            pipe.hget(in_bucket(bucket, "conc"), e)
+            pipe.zscore(in_bucket(bucket, "ready"), e)
+            pipe.hget(in_bucket(bucket, "dead"), e)
         replies: list[Any] = await self.client.call(pipe.execute)
         return [
             EntityRow(
@@ -248,14 +257,14 @@ class Queues:
         base = self.keys.entity(entity_type, entity_id)
         bucket = self.keys.entity_bucket(entity_type, entity_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(f"{base}meta")
-        pipe.zcard(f"{base}done")
-        pipe.zrange(f"{base}wait", 0, limit - 1)
-        pipe.zrange(f"{base}delayed", 0, limit - 1, withscores=True)
-        pipe.zrange(f"{base}retry", 0, limit - 1, withscores=True)
-        pipe.zrevrange(f"{base}done", 0, limit - 1)
-        pipe.zrange(f"{base}dlq", 0, limit - 1)
-        pipe.zcard(f"{base}delayed")
+        pipe.hgetall(of_entity(base, "meta"))
+        pipe.zcard(of_entity(base, "done"))
+        pipe.zrange(of_entity(base, "wait"), 0, limit - 1)
+        pipe.zrange(of_entity(base, "delayed"), 0, limit - 1, withscores=True)
+        pipe.zrange(of_entity(base, "retry"), 0, limit - 1, withscores=True)
+        pipe.zrevrange(of_entity(base, "done"), 0, limit - 1)
+        pipe.zrange(of_entity(base, "dlq"), 0, limit - 1)
+        pipe.zcard(of_entity(base, "delayed"))
         replies: list[Any] = await self.client.call(pipe.execute)
         meta: dict[str, str] = {str(k): str(v) for k, v in replies[0].items()}
         kept, waiting, delayed, retrying, done, dead, n_delayed = replies[1:]
@@ -316,7 +325,7 @@ class Queues:
         for bucket in self.keys.buckets(entity_type):
             cursor = 0
             while len(entity_ids) < limit:
-                cursor, found = await self._hscan(f"{bucket}dead", cursor, limit)
+                cursor, found = await self._hscan(in_bucket(bucket, "dead"), cursor, limit)
                 entity_ids += [decode_id(str(e)) for e in found]
                 if cursor == 0:
                     break
@@ -325,7 +334,7 @@ class Queues:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for entity_id in entity_ids:
-            pipe.zrange(f"{self.keys.entity(entity_type, entity_id)}dlq", 0, limit - 1)
+            pipe.zrange(of_entity(self.keys.entity(entity_type, entity_id), "dlq"), 0, limit - 1)
         slots: list[list[Any]] = await self.client.call(pipe.execute)
         wanted = [
             (self.keys.entity_bucket(entity_type, entity_id), str(jslot))
@@ -334,7 +343,7 @@ class Queues:
         ][:limit]
         pipe = self.redis.pipeline(transaction=False)
         for bucket, jslot in wanted:
-            pipe.hgetall(f"{bucket}j:{jslot}")
+            pipe.hgetall(job_key(bucket, jslot))
         replies: list[dict[Any, Any]] = await self.client.call(pipe.execute)
         return [
             Job.from_fields(entity_type, {str(k): str(v) for k, v in fields.items()})
@@ -355,7 +364,7 @@ class Queues:
             return {}
         pipe = self.redis.pipeline(transaction=False)
         for jslot in jslots:
-            pipe.hgetall(f"{bucket}j:{jslot}")
+            pipe.hgetall(job_key(bucket, jslot))
         replies: list[dict[Any, Any]] = await self.client.call(pipe.execute)
         return {
             jslot: Job.from_fields(entity_type, {str(k): str(v) for k, v in fields.items()})

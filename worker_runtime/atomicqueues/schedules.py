@@ -41,7 +41,7 @@ from cronsim import CronSim, CronSimError
 from .client import Client, NewJob
 from .errors import AtomicQueuesError, InvalidInput
 from .jobs import encode_payload
-from .keys import bucket_of, check_entity_id, check_entity_type
+from .keys import bucket_of, check_entity_id, check_entity_type, in_bucket, schedule_key
 from .metrics import SCHEDULE_FIRE_DELAY, SCHEDULE_FIRES, SCHEDULES
 
 log = logging.getLogger(__name__)
@@ -341,8 +341,8 @@ class Schedules:
             names = sorted(directory)
             for name in names:
                 bucket = self.keys.entity_bucket(t, directory[name])
-                pipe.hgetall(self.keys.schedule(bucket, name))
-                pipe.zscore(self.keys.schedule_times(bucket), name)
+                pipe.hgetall(schedule_key(bucket, name))
+                pipe.zscore(in_bucket(bucket, "sched"), name)
             replies: list[Any] = await self.client.call(pipe.execute)
             for name, fields, score in zip(names, replies[::2], replies[1::2], strict=True):
                 if not fields.get("def"):
@@ -413,7 +413,7 @@ class Ticker:
         buckets = sorted({keys.entity_bucket(t, eid) for eid in directory.values()})
         pipe = client.redis.pipeline(transaction=False)
         for bucket in buckets:
-            pipe.zrange(keys.schedule_times(bucket), 0, 0, withscores=True)
+            pipe.zrange(in_bucket(bucket, "sched"), 0, 0, withscores=True)
         replies: list[Any] = await client.call(pipe.execute)
         self.next_at = {
             bucket: int(first[0][1]) if first else None
@@ -425,7 +425,7 @@ class Ticker:
         """Fire the schedules of one bucket due at `now` (Redis clock, ms); returns the
         bucket's next fire time."""
         client, keys, t = self.client, self.keys, self.entity_type
-        times = keys.schedule_times(bucket)
+        times = in_bucket(bucket, "sched")
         skipped = 0  # due schedules that cannot fire here stay due: read past them
         while True:
             due = await self._due(times, now, skipped)
@@ -436,7 +436,7 @@ class Ticker:
                 return int(first[0][1]) if first else None
             pipe = client.redis.pipeline(transaction=False)
             for name, _ in due:
-                pipe.hmget(keys.schedule(bucket, str(name)), "sid", "def")
+                pipe.hmget(schedule_key(bucket, str(name)), "sid", "def")
             records: list[Any] = await client.call(pipe.execute)
             args: list[str | int] = []
             for (name, score), (sid, text) in zip(due, records, strict=True):

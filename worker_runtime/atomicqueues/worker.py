@@ -45,7 +45,7 @@ from .connection import pubsub_client
 from .context import JobContext
 from .errors import JobTimedOut, LeaseLost, PermanentError, RedisUnavailable, UnknownHandler
 from .jobs import Job, to_json
-from .keys import decode_id
+from .keys import decode_id, in_bucket, of_entity
 from .leases import Idle, Lease, Leases, Next, Outcome, Started, sweep
 from .memory import eviction_warning
 from .presence import Presence, WorkerInfo, close_message_applies
@@ -453,7 +453,7 @@ class Worker:
     # --- an entity-bound worker ------------------------------------------------------------------
     async def _entity_loop(self, entity_id: str) -> None:
         loop = asyncio.get_running_loop()
-        bell = self.client.keys.entity(self.entity_type, entity_id) + "bell"
+        bell = of_entity(self.client.keys.entity(self.entity_type, entity_id), "bell")
         idle_since = loop.time()
         while not self.closing.is_set():
             try:
@@ -520,7 +520,7 @@ class Worker:
         all found at once, not one entity per wait."""
         loop = asyncio.get_running_loop()
         buckets = self.client.keys.buckets(self.entity_type)
-        bells = [b + "bell" for b in buckets]
+        bells = [in_bucket(b, "bell") for b in buckets]
         free = asyncio.Semaphore(self.slots)
         drains: set[asyncio.Task[None]] = set()
 

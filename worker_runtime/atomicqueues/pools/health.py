@@ -37,6 +37,7 @@ from prometheus_client import Gauge
 
 from ..client import Client
 from ..index import EntityIndex
+from ..keys import in_bucket
 
 _POOL = ("namespace", "pool")
 
@@ -84,11 +85,11 @@ async def observe(
     pipeline of constant size; `now` is epoch seconds."""
     pipe = client.redis.pipeline(transaction=False)
     for bucket in client.keys.buckets(entity_type):
-        pipe.zrange(f"{bucket}ready", 0, 0, withscores=True)
-        pipe.zrange(f"{bucket}delayed", 0, 0, withscores=True)
-        pipe.hget(f"{bucket}counts", "dead")
-        pipe.hlen(f"{bucket}paused")
-        pipe.zcard(f"{bucket}limited")
+        pipe.zrange(in_bucket(bucket, "ready"), 0, 0, withscores=True)
+        pipe.zrange(in_bucket(bucket, "delayed"), 0, 0, withscores=True)
+        pipe.hget(in_bucket(bucket, "counts"), "dead")
+        pipe.hlen(in_bucket(bucket, "paused"))
+        pipe.zcard(in_bucket(bucket, "limited"))
     replies: list[Any] = await client.call(pipe.execute)
     since = now * 1000.0
     dead = paused = limited = 0
