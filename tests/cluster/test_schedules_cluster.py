@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from atomicqueues import Client, Settings
+from atomicqueues.keys import schedule_key
 from atomicqueues.schedules import Ticker, job_id
 
 pytestmark = pytest.mark.cluster
@@ -49,7 +50,7 @@ async def test_schedules_fire_once_on_every_master(cluster_url: str) -> None:
         bucket = client.keys.entity_bucket(T, ENTITIES[0])
         last = listed["s0"].last_at
         assert last is not None
-        sid, text = await client.redis.hmget(client.keys.schedule(bucket, "s0"), "sid", "def")
+        sid, text = await client.redis.hmget(schedule_key(bucket, "s0"), "sid", "def")
         args = first._fire_args("s0", sid, round(last * 1000), text, int(time.time() * 1000))
         assert await client.cancel(job_id("s0", round(last * 1000)), entity=(T, ENTITIES[0]))
         again = await client.script("schedule_fire", bucket, client.keys.events(T), *args)

@@ -15,6 +15,8 @@ import time
 import pytest
 
 from atomicqueues import Client
+from atomicqueues.jobs import Job
+from atomicqueues.keys import job_key
 from helpers import wait_until
 from runtime.workers import (
     INTERVAL,
@@ -36,14 +38,13 @@ RECOVERY_BOUND = TTL + INTERVAL + 3.0  # TTL + one sweep, plus slack for a loade
 
 def dead_seqs(workers: Workers, entities: list[str]) -> dict[str, set[int]]:
     """Seqs of dead-lettered jobs per entity (payloads carry the seq)."""
-    import json
-
     dead: dict[str, set[int]] = {}
     for e in entities:
         for jslot in workers.redis.zrange(workers.entity_key(e, "dlq"), 0, -1):  # type: ignore[union-attr]
             bucket = workers.keys.entity_bucket(T, e)
-            payload = workers.redis.hget(f"{bucket}j:{jslot}", "payload")
-            dead.setdefault(e, set()).add(json.loads(payload)["seq"])  # type: ignore[arg-type]
+            fields = workers.redis.hgetall(job_key(bucket, jslot))
+            job = Job.from_fields(T, fields)  # type: ignore[arg-type]
+            dead.setdefault(e, set()).add(job.payload["seq"])
     return dead
 
 

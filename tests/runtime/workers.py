@@ -37,7 +37,7 @@ import redis
 
 from atomicqueues import SyncClient
 from atomicqueues.jobs import Job
-from atomicqueues.keys import Keys, in_bucket, job_key
+from atomicqueues.keys import EntityKey, Keys, in_bucket, job_key, of_entity
 from helpers import REPO_ROOT, wait_until
 
 HANDLERS = "tests.runtime.handlers:registry"
@@ -252,8 +252,8 @@ class Workers:
         return "\n\n".join(w.describe() for w in self.started)
 
     # --- Redis state --------------------------------------------------------------------------
-    def entity_key(self, entity_id: str, suffix: str) -> str:
-        return self.keys.entity(self.entity_type, entity_id) + suffix
+    def entity_key(self, entity_id: str, name: EntityKey) -> str:
+        return of_entity(self.keys.entity(self.entity_type, entity_id), name)
 
     def holders(self, entity_id: str) -> dict[str, str]:
         """Owner -> fencing token of the entity's leases (its meta's 'l:' fields)."""
