@@ -604,6 +604,39 @@ async def test_expired_lease_is_swept_back_to_the_head_with_the_attempt_counted(
     await check_index(client)
 
 
+async def test_leases_of_many_buckets_are_renewed_in_one_round_trip(client: Client) -> None:
+    """A packed worker's heartbeat renews the leases of every bucket it holds one in: the calls
+    go together (auto-pipelining), not one round trip per bucket."""
+    a = Leases(client, "a")
+    eids = [f"u{n}" for n in range(200)]
+    one_per_bucket = list({bucket_of(T, e): e for e in eids}.values())[:8]
+    runs = []
+    for eid in one_per_bucket:
+        await client.enqueue(T, eid, "first")
+        runs.append(await started(a, eid))
+    sends = 0
+    redis = client.scripts._redis
+    real_execute, real_pipeline = redis.execute_command, redis.pipeline
+
+    async def execute_command(*args: Any, **kwargs: Any) -> Any:
+        nonlocal sends
+        sends += 1
+        return await real_execute(*args, **kwargs)
+
+    def pipeline(*args: Any, **kwargs: Any) -> Any:
+        nonlocal sends
+        sends += 1
+        return real_pipeline(*args, **kwargs)
+
+    before = [run.lease.valid_until for run in runs]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(redis, "execute_command", execute_command)
+        patch.setattr(redis, "pipeline", pipeline)
+        assert await a.renew([run.lease for run in runs]) == []
+    assert sends <= 2, f"{sends} round trips to renew leases in 8 buckets"  # 8, one by one
+    assert all(run.lease.valid_until > b for run, b in zip(runs, before, strict=True))
+
+
 async def test_expired_lease_is_recovered_when_its_former_holder_calls(connect: Connect) -> None:
     client = await connect(**SHORT_LEASES)
     a = Leases(client, "a")

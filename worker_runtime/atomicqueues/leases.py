@@ -14,6 +14,7 @@ else may start it, even when Redis cannot be reached.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -203,26 +204,38 @@ class Leases:
     async def renew(
         self, leases: list[Lease], to_cancel: Callable[[Lease], None] | None = None
     ) -> list[Lease]:
-        """Extend every lease (one script call per bucket); returns the ones that were lost.
-        `to_cancel` is called with each lease whose running job is to be cancelled."""
+        """Extend every lease (one script call per bucket, all sent together: one round trip
+        per Redis node); returns the ones that were lost. `to_cancel` is called with each lease
+        whose running job is to be cancelled."""
         by_bucket: dict[tuple[str, str], list[Lease]] = {}
         for lease in leases:
             bucket = self.keys.entity_bucket(lease.entity_type, lease.entity_id)
             by_bucket.setdefault((bucket, lease.entity_type), []).append(lease)
+        lost = await asyncio.gather(
+            *(self._renew(b, t, group, to_cancel) for (b, t), group in by_bucket.items())
+        )
+        return [lease for part in lost for lease in part]
+
+    async def _renew(
+        self,
+        bucket: str,
+        entity_type: str,
+        group: list[Lease],
+        to_cancel: Callable[[Lease], None] | None,
+    ) -> list[Lease]:
+        pairs = [v for lease in group for v in (encode_id(lease.entity_id), lease.token)]
+        sent = time.monotonic()
+        renewed = await self.client.script(
+            "renew", bucket, self.owner, self.ttl_ms, self.keys.events(entity_type), *pairs
+        )
         lost: list[Lease] = []
-        for (bucket, entity_type), group in by_bucket.items():
-            pairs = [v for lease in group for v in (encode_id(lease.entity_id), lease.token)]
-            sent = time.monotonic()
-            renewed = await self.client.script(
-                "renew", bucket, self.owner, self.ttl_ms, self.keys.events(entity_type), *pairs
-            )
-            for lease, ok in zip(group, renewed, strict=True):
-                if not ok:
-                    lost.append(lease)
-                    continue
-                lease.valid_until = max(lease.valid_until, sent + self.ttl)
-                if ok == 2 and to_cancel is not None:
-                    to_cancel(lease)
+        for lease, ok in zip(group, renewed, strict=True):
+            if not ok:
+                lost.append(lease)
+                continue
+            lease.valid_until = max(lease.valid_until, sent + self.ttl)
+            if ok == 2 and to_cancel is not None:
+                to_cancel(lease)
         return lost
 
     async def release(self, lease: Lease, mode: Literal["idle", "shutdown"]) -> str:
