@@ -24,7 +24,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -48,7 +48,6 @@ from atomicqueues.pools.reconciler import (
     Plan,
     StartPacked,
     StartWorker,
-    WorkerState,
     desired_workers,
     plan,
 )
@@ -67,9 +66,6 @@ log = logging.getLogger(__name__)
 IMAGE_REASONS = frozenset(
     {"ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull"}
 )
-FAILED_CREATE = "create-failed"
-"""Name prefix of the stand-in for a pod the API refused: fed to the reconciler as a failed
-worker, so the entity backs off exactly as when a pod fails (no API storm either)."""
 
 
 class NotLeading(Exception):
@@ -90,6 +86,23 @@ class RedisTarget:
     """What the operator connects to."""
     for_pods: SecretKeyRef | str
     """What the pods get: the Secret itself, or the URL when it carries no password."""
+
+
+@dataclass
+class _Pass:
+    """What one reconcile pass carries out its actions with, and what they leave."""
+
+    spec: PoolSpec
+    target: RedisTarget
+    by_name: dict[str, Body]
+    """The pool's pods at the start of the pass, by name."""
+    work_since: Mapping[str, float]
+    """When each entity with work got it (for the work-to-pod metric)."""
+    problems: list[Problem] = field(default_factory=list)
+    done: Counter[str] = field(default_factory=Counter)
+    """How many pods were started, closed, found failed or ended."""
+    closed_now: dict[str, float] = field(default_factory=dict)
+    """Pods asked to close in this pass, and when."""
 
 
 class KubePool:
@@ -117,7 +130,6 @@ class KubePool:
         self.wake = asyncio.Event()
         self.backoff: dict[str | None, Backoff] = {}
         self.last_failure: dict[str | None, str] = {}
-        self.failed_creates: list[WorkerState] = []
         self.last_plan = Plan([])
         self.generation_seen: int | None = None
         self.passes = 0
@@ -195,8 +207,6 @@ class KubePool:
         listed = await self.kube.list_pods(self.namespace, pods.pool_labels(self.name))
         by_name = {p["metadata"]["name"]: p for p in listed}
         states = [s for p in listed if (s := pods.worker_state(p)) is not None]
-        states += self.failed_creates
-        self.failed_creates = []
 
         limiter = self._limiter_for(spec)
         backoff_before = dict(self.backoff)
@@ -207,17 +217,13 @@ class KubePool:
         if starts and await self._deleted():
             log.info("pool %s/%s: being deleted: no new pod", *self.key)
             actions = [a for a in actions if a not in starts]
-        problems: list[Problem] = []
-        done: Counter[str] = Counter()
-        closed_now: dict[str, float] = {}
-        work_since = {e.entity_id: e.since for e in entities}
+        step = _Pass(spec, target, by_name, {e.entity_id: e.since for e in entities})
         for action in actions:
-            await self._carry_out(
-                action, spec, target, by_name, work_since, problems, done, closed_now
-            )
+            await self._carry_out(action, step)
         self.last_plan = result
-        next_due = await self._finish_closing(spec, client, listed, closed_now, now)
-        self._report(done, result)
+        problems = step.problems
+        next_due = await self._finish_closing(spec, client, listed, step.closed_now, now)
+        self._report(step.done, result)
         self._warn_template(spec)
 
         for key in result.waiting_for_backoff:
@@ -255,24 +261,14 @@ class KubePool:
         return max(0.01, min(spec.timing.resync_interval_seconds, next_due))
 
     # --- actions -----------------------------------------------------------------------------
-    async def _carry_out(
-        self,
-        action: Action,
-        spec: PoolSpec,
-        target: RedisTarget,
-        by_name: dict[str, Body],
-        work_since: Mapping[str, float],
-        problems: list[Problem],
-        done: Counter[str],
-        closed_now: dict[str, float],
-    ) -> None:
+    async def _carry_out(self, action: Action, step: _Pass) -> None:
         if isinstance(action, StartWorker | StartPacked):
-            created = await self._start(action, spec, target, problems, done)
+            created = await self._start(action, step)
             if created and isinstance(action, StartWorker) and action.slot == 0:
-                waited = time.time() - work_since.get(action.entity_id, time.time())
+                waited = time.time() - step.work_since.get(action.entity_id, time.time())
                 metrics.WORK_TO_POD_SECONDS.labels(*self.key).observe(max(0.0, waited))
         elif isinstance(action, CloseWorker):
-            pod = by_name.get(action.name)
+            pod = step.by_name.get(action.name)
             if pod is None or pods.closing_since(pod) is not None:
                 return
             log.info(
@@ -284,11 +280,11 @@ class KubePool:
             since = time.time()
             with contextlib.suppress(KeyError):  # gone meanwhile: nothing left to close
                 await self._annotate_closing(action.name, since)
-            closed_now[action.name] = since
-            done["closed"] += 1
+            step.closed_now[action.name] = since
+            step.done["closed"] += 1
         elif isinstance(action, ForgetWorker):
-            pod = by_name.get(action.name)
-            if pod is None:  # a refused creation's stand-in
+            pod = step.by_name.get(action.name)
+            if pod is None:  # gone meanwhile
                 return
             if action.failed:
                 key = pods.worker_state(pod)
@@ -296,23 +292,18 @@ class KubePool:
                 if key is not None:
                     self.last_failure[key.entity_id] = reason
                 self._event("Warning", "WorkerFailed", f"pod {action.name} failed: {reason}")
-                done["failed"] += 1
+                step.done["failed"] += 1
             else:
-                done["ended"] += 1
+                step.done["ended"] += 1
             await self._delete_pod(action.name)
 
-    async def _start(
-        self,
-        action: StartWorker | StartPacked,
-        spec: PoolSpec,
-        target: RedisTarget,
-        problems: list[Problem],
-        done: Counter[str],
-    ) -> bool:
-        """Create the worker's pod; False when there is no image or the API refused it."""
+    async def _start(self, action: StartWorker | StartPacked, step: _Pass) -> bool:
+        """Create the worker's pod; False when there is no image or the API refused it (then
+        the entity, or the packed workers, back off as when a pod fails: no API storm)."""
+        spec = step.spec
         image = spec.image or self.config.worker_image
         if not image:
-            problems.append(
+            step.problems.append(
                 Problem("ImageMissing", "no worker image: set spec.image (or AQ_WORKER_IMAGE)")
             )
             return False
@@ -322,7 +313,7 @@ class KubePool:
             self.body,
             spec,
             action,
-            target.for_pods,
+            step.target.for_pods,
             image=image,
             suffix=random_suffix(),
             created_at=time.time(),
@@ -331,19 +322,14 @@ class KubePool:
             self._check_leading()
             await self.kube.create_pod(self.namespace, body)
         except KubeError as exc:
-            entity = action.entity_id if isinstance(action, StartWorker) else None
-            slot = action.slot if isinstance(action, StartWorker) else action.index
-            self.failed_creates.append(
-                WorkerState(
-                    f"{FAILED_CREATE}-{body['metadata']['name']}", entity, slot, "failed", 0.0
-                )
-            )
-            self.last_failure[entity] = f"pod refused: {exc.reason}"
-            problems.append(Problem("PodCreateFailed", f"cannot create a worker pod: {exc}"))
+            key = action.entity_id if isinstance(action, StartWorker) else PACKED
+            self.backoff[key] = self.backoff.get(key, Backoff()).after_failure(spec, time.time())
+            self.last_failure[key] = f"pod refused: {exc.reason}"
+            step.problems.append(Problem("PodCreateFailed", f"cannot create a worker pod: {exc}"))
             self._event("Warning", "PodCreateFailed", f"cannot create a worker pod: {exc}")
-            self.wake.set()  # the stand-in is forgotten at once and the entity backs off
+            self.wake.set()  # planned again at once: the status shows the backoff
             return False
-        done["started"] += 1
+        step.done["started"] += 1
         metrics.PODS_CREATED.labels(*self.key).inc()
         return True
 

@@ -43,6 +43,12 @@ class Backoff:
     failures: int = 0
     retry_at: float = 0.0
 
+    def after_failure(self, spec: PoolSpec, now: float) -> Backoff:
+        """One more failure: the next start waits `restartBackoffSeconds`, doubled for each
+        failure in a row before it, up to `maxRestartBackoffSeconds`."""
+        failures = self.failures + 1
+        return Backoff(failures, now + _delay(spec, failures))
+
 
 @dataclass(frozen=True)
 class StartWorker:
@@ -143,8 +149,7 @@ def plan(
     for worker in ended:
         key = PACKED if worker.entity_id is None else worker.entity_id
         if worker.phase == "failed":
-            failures = new_backoff.get(key, Backoff()).failures + 1
-            new_backoff[key] = Backoff(failures, now + _delay(spec, failures))
+            new_backoff[key] = new_backoff.get(key, Backoff()).after_failure(spec, now)
         else:
             new_backoff.pop(key, None)
     has_work: set[str | None] = set(work)
