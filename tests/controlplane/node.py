@@ -65,6 +65,10 @@ NAMESPACE = "k8s.io"
 """containerd's namespace of the CRI plugin: images the kubelet can use are imported there."""
 
 
+class NodeUnavailable(RuntimeError):
+    """This machine does not let a node run (a network bridge cannot be made here)."""
+
+
 def missing() -> list[str]:
     """What this machine lacks for a node (empty: a node can start)."""
     found = []
@@ -193,11 +197,7 @@ class Node:
 
     # --- start and stop ------------------------------------------------------------------------
     def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
+        self.start()
         return self
 
     def __exit__(
@@ -206,12 +206,17 @@ class Node:
         self.stop()
 
     def start(self) -> None:
-        self._make_bridge()
-        self._start_containerd()
-        self._import_pause()
-        self._start_kubelet()
-        self._start_node_controllers()
-        wait_until(self.ready, 90, f"node {self.name} to be Ready and schedulable", every=0.2)
+        """Start everything, once the Node is Ready; when that fails, stop what started."""
+        try:
+            self._make_bridge()
+            self._start_containerd()
+            self._import_pause()
+            self._start_kubelet()
+            self._start_node_controllers()
+            wait_until(self.ready, 90, f"node {self.name} to be Ready and schedulable", every=0.2)
+        except BaseException:
+            self.stop()
+            raise
 
     def ready(self) -> bool:
         """The Node is Ready, and carries no taint but ours (not-ready is lifted)."""
@@ -380,7 +385,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         ):
             done = subprocess.run(argv, capture_output=True, text=True, check=False)
             if done.returncode != 0:
-                raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
+                raise NodeUnavailable(
+                    f"cannot make the pods' network bridge: {' '.join(argv)}: {done.stderr.strip()}"
+                )
             self._bridge_made = True
 
     # --- kubelet, scheduler, node lifecycle ----------------------------------------------------

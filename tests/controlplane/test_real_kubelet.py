@@ -70,11 +70,16 @@ def watch(
 
 
 def apply_pool(
-    cp: ControlPlane, namespace: str, node: Node, pod_redis: RedisServer, image: str
+    cp: ControlPlane,
+    namespace: str,
+    node: Node,
+    pod_redis: RedisServer,
+    image: str,
+    **timing: float,
 ) -> dict[str, Any]:
     """A pool of `record` workers whose pods go to `node` and reach Redis at its IP."""
     create_secret(cp, namespace, f"redis://{node.ip}:{pod_redis.port}/0")
-    manifest = base_manifest(namespace, image)
+    manifest = base_manifest(namespace, image, timing=timing)
     manifest["spec"]["podTemplate"] = pod_template(node.name)
     cp.apply(manifest)
     stored: dict[str, Any] = cp.get("-n", namespace, "ewp", POOL)
@@ -207,3 +212,42 @@ def test_a_killed_container_on_a_real_kubelet_gives_its_job_back(
     wait_until(lambda: watch.exit_code(pod) is not None, 30, "the kubelet to report the kill")
     assert watch.exit_code(pod) == 137, watch.pods()[pod][-1].get("status")
     wait_until(lambda: not pods(control_plane, namespace), 60, "the pods to be removed")
+
+
+def test_a_real_kubelet_stops_the_workers_of_a_deleted_pool_gracefully(
+    control_plane: ControlPlane,
+    real_node: Node,
+    node_image: str,
+    pod_redis: RedisServer,
+    operator: Operator,
+    watch: PodWatch,
+    namespace: str,
+    redis_url: str,
+    client: SyncClient,
+) -> None:
+    """Delete a pool whose workers are busy: the garbage collector deletes its pods, the kubelet
+    sends SIGTERM to each container's PID 1 (the worker), which finishes its job and exits 0
+    within the pod's grace (no SIGKILL: that would be 137). Every job is still in Redis."""
+    apply_pool(control_plane, namespace, real_node, pod_redis, node_image, idleTimeoutSeconds=30)
+    entities, jobs = ["e1", "e2"], 60  # a minute of work each: far more than the test waits
+    for seq in range(jobs):
+        for entity in entities:
+            client.enqueue(TYPE, entity, "record", {"seq": seq, "sleep": 1.0})
+    wait_until(lambda: client.counts(TYPE)["completed"] >= 2, 90, "some jobs to complete")
+    busy = {r.worker for r in load_runs(client_redis(redis_url))}
+    assert len(busy) == 2, busy
+
+    control_plane.kubectl("-n", namespace, "delete", "ewp", POOL, "--wait=false")
+    wait_until(lambda: not pods(control_plane, namespace), 60, "the pods to be deleted")
+    for pod in busy:
+        bodies = watch.pods()[pod]
+        assert any(b["metadata"].get("deletionTimestamp") for b in bodies), bodies[-1]
+        assert watch.exit_code(pod) == 0, bodies[-1].get("status")
+
+    counts = client.counts(TYPE)
+    assert counts["waiting"] > 0, counts
+    assert counts["completed"] + counts["waiting"] == 2 * jobs, counts
+    runs = numbered(load_runs(client_redis(redis_url)), watch)
+    done = {e: len({r.seq for r in runs if r.entity == e and r.how == "end"}) for e in entities}
+    check_history(runs, done, {})
+    assert sum(done.values()) == counts["completed"], (done, counts)
