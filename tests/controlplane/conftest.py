@@ -40,7 +40,7 @@ from controlplane import (
     Reaper,
 )
 from go_tools import SKIPPED, built, skip_or_fail
-from runtime.workers import wait_until
+from helpers import wait_until
 
 TIER = "CONTROL-PLANE TIER (tier 4)"
 
@@ -197,8 +197,10 @@ def operator(
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[SyncClient]:
-    c = SyncClient(Settings(redis_url=redis_url))
+def client(client_settings: Settings) -> Iterator[SyncClient]:
+    """tests/conftest.py's `client`, synchronous: this tier's tests block (on kubectl, on
+    `wait_until`) and run no event loop of their own."""
+    c = SyncClient(client_settings)
     try:
         yield c
     finally:

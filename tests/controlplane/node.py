@@ -51,8 +51,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from controlplane import ADMIN, ControlPlane, Process, spawn, terminate
+from helpers import wait_until
 from redis_servers import free_port
-from runtime.workers import wait_until
 
 PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iproute2")
 """Debian's packages a node needs."""
@@ -141,14 +141,14 @@ def image_archive(path: Path, name: str, files: Mapping[str, Path], entrypoint: 
     config_bytes = json.dumps(config).encode()
     manifest = [{"Config": "config.json", "RepoTags": [name], "Layers": ["layer.tar"]}]
     with tarfile.open(path, "w") as archive:
-        for member, data in [
+        for member, content in [
             ("layer.tar", layer_bytes),
             ("config.json", config_bytes),
             ("manifest.json", json.dumps(manifest).encode()),
         ]:
             info = tarfile.TarInfo(member)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
     return path
 
 
@@ -194,6 +194,8 @@ class Node:
         self.ip = str(next(self.subnet.hosts()))
         """The node's IP: the bridge's address, the pods' gateway to the host."""
         self._bridge_made = False
+        self.snapshotter = "overlayfs"
+        """containerd's snapshotter: overlayfs, or native where an overlay cannot be mounted."""
 
     # --- start and stop ------------------------------------------------------------------------
     def __enter__(self) -> Self:
@@ -242,7 +244,9 @@ class Node:
                 "--grace-period=0", "--force", "--wait=false", check=False,
             )  # fmt: skip
             with contextlib.suppress(AssertionError):
-                wait_until(lambda: not self.tasks(), 30, "the node's containers to end", every=0.5)
+                wait_until(
+                    lambda: not self.running(), 30, "the node's containers to end", every=0.5
+                )
         terminate(self.processes)
         self.processes.clear()
         self._kill_shims()
@@ -264,10 +268,15 @@ class Node:
             raise AssertionError(f"{' '.join(argv)}: exit {done.returncode}:\n{done.stderr}")
         return done.stdout
 
-    def tasks(self) -> dict[str, str]:
-        """containerd's running tasks (sandboxes and containers), id -> status."""
+    def tasks(self) -> dict[str, tuple[int, str]]:
+        """containerd's tasks (the processes of sandboxes and containers): id -> (host pid,
+        status)."""
         lines = self.ctr("tasks", "ls", check=False).splitlines()[1:]
-        return {f[0]: f[2] for f in (line.split() for line in lines) if len(f) >= 3}
+        return {f[0]: (int(f[1]), f[2]) for f in (line.split() for line in lines) if len(f) >= 3}
+
+    def running(self) -> list[str]:
+        """The ids of containerd's running tasks."""
+        return [task for task, (_, status) in self.tasks().items() if status == "RUNNING"]
 
     def import_image(self, engine: str, image: str) -> str:
         """Copy `image` from a container engine (docker, or build-images.sh's podman wrapper)
@@ -503,7 +512,7 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
     for line in done.stdout.splitlines():
         fields = line.split()
         if "inet" in fields:
-            found.append(ipaddress.ip_network(fields[fields.index("inet") + 1], strict=False))
+            found.append(ipaddress.IPv4Network(fields[fields.index("inet") + 1], strict=False))
     return found
 
 

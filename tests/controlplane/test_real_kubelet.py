@@ -32,8 +32,9 @@ from operators import pool_manifest as base_manifest
 from atomicqueues import SyncClient
 from container_engine import Engine
 from controlplane import ControlPlane, Diagnostics
+from helpers import wait_until
 from redis_servers import RedisServer
-from runtime.workers import Run, check_history, ended, load_runs, records, wait_until
+from runtime.workers import Run, check_history, ended, load_runs, records
 
 pytestmark = pytest.mark.controlplane
 
@@ -101,11 +102,9 @@ def host_pid(node: Node, watch: PodWatch, pod: str) -> int:
     assert status is not None, f"{pod} has no container"
     container_id = status["containerID"].removeprefix("containerd://")
     assert status["containerID"] == f"containerd://{container_id}", status
-    for line in node.ctr("tasks", "ls").splitlines()[1:]:
-        task, pid, _ = line.split()
-        if task == container_id:
-            return int(pid)
-    raise AssertionError(f"no containerd task {container_id} for {pod}")
+    tasks = node.tasks()
+    assert container_id in tasks, f"no containerd task {container_id} for {pod}: {tasks}"
+    return tasks[container_id][0]
 
 
 def test_a_real_kubelet_runs_the_jobs_in_order_and_the_pods_go_when_idle(
@@ -172,7 +171,7 @@ def test_a_real_kubelet_runs_the_jobs_in_order_and_the_pods_go_when_idle(
     annotations = [b[0]["metadata"]["annotations"] for b in seen.values()]
     assert {a["atomicqueues.io/entity-id"] for a in annotations} == set(entities)
     # scale to zero: no container of the pool is left in containerd
-    wait_until(lambda: "RUNNING" not in real_node.tasks().values(), 30, "containerd to run no task")
+    wait_until(lambda: not real_node.running(), 30, "containerd to run no task")
 
 
 def test_a_killed_container_on_a_real_kubelet_gives_its_job_back(
