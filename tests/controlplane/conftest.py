@@ -223,8 +223,8 @@ def real_node(
     if lacking:
         skip_or_fail(
             tier,
-            f"lacks {', '.join(lacking)} (needs root; on Debian: apt-get install containerd"
-            " runc containernetworking-plugins iproute2)",
+            f"lacks {', '.join(lacking)}; as root on Debian, the fixture and scripts/test"
+            " install what is missing with apt-get",
         )
     found = {**binaries, **built(tier, "node")}
     node = Node(control_plane, found, tmp_path_factory.mktemp("node"))

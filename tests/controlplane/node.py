@@ -54,8 +54,14 @@ from controlplane import ADMIN, ControlPlane, Process, spawn, terminate
 from helpers import wait_until
 from redis_servers import free_port
 
-PACKAGES = ("containerd", "runc", "containernetworking-plugins", "iproute2")
-"""Debian's packages a node needs."""
+PACKAGES = {
+    "containerd": "containerd",
+    "ctr": "containerd",
+    "runc": "runc",
+    "ip": "iproute2",
+    "/usr/lib/cni/bridge": "containernetworking-plugins",
+}
+"""Debian's package of each tool a node needs."""
 CNI_BIN = Path("/usr/lib/cni")
 """Where Debian's containernetworking-plugins puts the plugins."""
 PAUSE_IMAGE = "localhost/atomicqueues/pause:test"
@@ -76,30 +82,30 @@ def missing() -> list[str]:
         found.append("Linux")
     elif os.geteuid() != 0:
         found.append("root (containerd, the kubelet and CNI need it)")
-    for tool in ("containerd", "ctr", "runc", "ip"):
-        if shutil.which(tool) is None:
-            found.append(tool)
+    found += [tool for tool in ("containerd", "ctr", "runc", "ip") if shutil.which(tool) is None]
     if not (CNI_BIN / "bridge").is_file():
-        found.append(f"the CNI plugins in {CNI_BIN}")
+        found.append(str(CNI_BIN / "bridge"))
     return found
 
 
 def ensure_packages() -> list[str]:
-    """Install `PACKAGES` with apt-get where something is missing and we are root on Debian;
-    what is still missing after that."""
+    """Install the Debian packages of what is missing, with apt-get, when we are root on
+    Debian (never removing a package: Docker's containerd.io conflicts with Debian's
+    containerd); what is still missing after that."""
     lacking = missing()
-    if lacking and os.geteuid() == 0 and shutil.which("apt-get"):
+    packages = sorted({PACKAGES[tool] for tool in lacking if tool in PACKAGES})
+    if packages and os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         apt = ["apt-get", "-qq", "-o", "Dpkg::Use-Pty=0"]
         subprocess.run([*apt, "update"], env=env, check=False, capture_output=True)
         subprocess.run(
-            [*apt, "install", "-y", "--no-install-recommends", *PACKAGES],
+            [*apt, "install", "-y", "--no-install-recommends", "--no-remove", *packages],
             env=env,
             check=False,
             capture_output=True,
         )
         lacking = missing()
-    return lacking
+    return [f"{tool} (Debian: {PACKAGES[tool]})" if tool in PACKAGES else tool for tool in lacking]
 
 
 def overlay_works(scratch: Path) -> bool:
