@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Builds the binaries of a real Kubernetes control plane (etcd, kube-apiserver,
-# kube-controller-manager, kubectl; helm and kubeconform on request) from Go modules, into a
-# cache outside the repository, for the control-plane test tier (tests/controlplane/README.md).
+# kube-controller-manager, kubectl; helm and kubeconform on request; a node's kubelet,
+# kube-scheduler and pause on request) from Go modules, into a cache outside the repository,
+# for the control-plane test tier (tests/controlplane/README.md).
 #
 # Usage: scripts/build-controlplane.sh [--prune] [TARGET...]
-#   TARGET   etcd kube-apiserver kube-controller-manager kubectl helm kubeconform, or a group:
-#            core (the default: the first four), chart (helm kubeconform), all.
+#   TARGET   etcd kube-apiserver kube-controller-manager kubectl helm kubeconform kubelet
+#            kube-scheduler pause, or a group: core (the default: the first four), chart (helm
+#            kubeconform), node (kubelet kube-scheduler pause), all (every one).
 #   --prune  after a successful build, also delete Go's module cache kept under the cache dir
 #            (Go's build cache is always dropped then): only bin/ stays, and building another
 #            target or version later downloads everything again.
@@ -21,10 +23,12 @@
 set -euo pipefail
 
 # ---- pinned versions (bumping one rebuilds only what it pins) ---------------------------------
-K8S_VERSION=v1.37.2        # k8s.io/kubernetes: kube-apiserver, kube-controller-manager, kubectl
+K8S_VERSION=v1.37.2        # k8s.io/kubernetes: kube-apiserver, kube-controller-manager, kubectl,
+                           # kubelet, kube-scheduler
 ETCD_VERSION=v3.7.3        # go.etcd.io/etcd/server/v3 (k8s v1.37 requires the etcd v3.7 client)
 HELM_VERSION=v3.22.0       # helm.sh/helm/v3 (target "chart")
 KUBECONFORM_VERSION=v0.8.0 # github.com/yannh/kubeconform (target "chart")
+PAUSE_VERSION=v1            # the pause program below (target "node"): bump it when it changes
 BUILD_PARALLELISM=2        # go build -p: the machines have 2 cores; keep them usable for others
 # -------------------------------------------------------------------------------------------------
 
@@ -33,14 +37,17 @@ die() { printf '[build-controlplane] error: %s\n' "$1" >&2; exit "${2:-1}"; }
 
 CORE=(etcd kube-apiserver kube-controller-manager kubectl)
 CHART=(helm kubeconform)
+NODE=(kubelet kube-scheduler pause)
 PRUNE=0
 targets=()
 for arg in "$@"; do
     case "$arg" in
         core) targets+=("${CORE[@]}") ;;
         chart) targets+=("${CHART[@]}") ;;
-        all) targets+=("${CORE[@]}" "${CHART[@]}") ;;
+        node) targets+=("${NODE[@]}") ;;
+        all) targets+=("${CORE[@]}" "${CHART[@]}" "${NODE[@]}") ;;
         etcd | kube-apiserver | kube-controller-manager | kubectl | helm | kubeconform) targets+=("$arg") ;;
+        kubelet | kube-scheduler | pause) targets+=("$arg") ;;
         --prune) PRUNE=1 ;;
         -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
         *) die "unknown argument '$arg' (try --help)" 2 ;;
@@ -63,7 +70,9 @@ BIN=$CACHE/bin
 version_of() {
     case "$1" in
         etcd) echo "go.etcd.io/etcd/server/v3@$ETCD_VERSION" ;;
-        kube-apiserver | kube-controller-manager | kubectl) echo "k8s.io/kubernetes@$K8S_VERSION" ;;
+        kube-apiserver | kube-controller-manager | kubectl | kubelet | kube-scheduler)
+            echo "k8s.io/kubernetes@$K8S_VERSION" ;;
+        pause) echo "aqcontrolplane/pause@$PAUSE_VERSION" ;;
         helm) echo "helm.sh/helm/v3@$HELM_VERSION" ;;
         kubeconform) echo "github.com/yannh/kubeconform@$KUBECONFORM_VERSION" ;;
     esac
@@ -244,6 +253,60 @@ build_k8s() {  # build_k8s NAME
 build_kube_apiserver() { build_k8s kube-apiserver; }
 build_kube_controller_manager() { build_k8s kube-controller-manager; }
 build_kubectl() { build_k8s kubectl; }
+build_kubelet() { build_k8s kubelet; }
+build_kube_scheduler() { build_k8s kube-scheduler; }
+
+# ---- pause (the process that holds a pod sandbox's namespaces) -----------------------------------
+# No registry is reachable, so registry.k8s.io/pause cannot be pulled: the test tier makes the
+# sandbox image from this binary. It does what Kubernetes' pause.c does: sleeps as PID 1, reaps
+# orphaned children, and exits 0 on SIGINT or SIGTERM. Static (CGO_ENABLED=0), standard library
+# only.
+build_pause() {
+    local dir=$CACHE/src/pause t0
+    t0=$(date +%s)
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    printf 'module aqcontrolplane/pause\n\ngo 1.22\n' >"$dir/go.mod"
+    cat >"$dir/main.go" <<'GO'
+// Command pause holds a pod sandbox's namespaces: it sleeps until SIGINT or SIGTERM (exit 0)
+// and reaps the zombies that are reparented to it as PID 1.
+package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "-v" {
+		os.Stdout.WriteString("pause (atomicqueues test tier) $PAUSE_VERSION\n")
+		return
+	}
+	if os.Getpid() != 1 {
+		os.Stderr.WriteString("warning: pause should be the first process\n")
+	}
+	sig := make(chan os.Signal, 8)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM, syscall.SIGCHLD)
+	for s := range sig {
+		if s != syscall.SIGCHLD {
+			os.Exit(0)
+		}
+		for {
+			var status syscall.WaitStatus
+			pid, err := syscall.Wait4(-1, &status, syscall.WNOHANG, nil)
+			if pid <= 0 || err != nil {
+				break
+			}
+		}
+	}
+}
+GO
+    sed -i "s/\$PAUSE_VERSION/$PAUSE_VERSION/" "$dir/main.go"
+    DL_SECS=$(secs_since "$t0")
+    log "pause: compiling"
+    build "$dir" pause aqcontrolplane/pause
+}
 
 # ---- chart tools (no replace lines in their go.mod: a plain throwaway module all the same) ------
 build_helm() {

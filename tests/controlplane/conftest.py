@@ -10,6 +10,10 @@ The kubelet stand-in runs worker pods as containers of the tests' handler image 
 container tier's engine and images can be had (required with CI set, as that tier is); where
 they cannot, or with AQ_TEST_PODS=processes, as local processes, said loudly at the end of the
 run (see `pod_runtime`).
+
+`real_node` is a real node instead (node.py: kubelet, kube-scheduler, containerd), for the tests
+that ask for it; where one cannot run (not root, no containerd and no apt-get to install it,
+no Go for the kubelet), they are skipped loudly, or fail with CI set.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from pathlib import Path
 
 import pytest
 from kubelet import Containers, Kubelet, Processes, Runtime
+from node import Node, NodeUnavailable, ensure_packages
+from operators import Operator, installed
 
+from atomicqueues import Settings, SyncClient
 from container_engine import Engine
 from controlplane import (
     REPO_ROOT,
@@ -32,7 +39,8 @@ from controlplane import (
     Helm,
     Reaper,
 )
-from go_tools import SKIPPED, built
+from go_tools import SKIPPED, built, skip_or_fail
+from helpers import wait_until
 
 TIER = "CONTROL-PLANE TIER (tier 4)"
 
@@ -169,3 +177,65 @@ def crd(control_plane: ControlPlane) -> str:
 def helm(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Helm:
     binary = built(TIER, "helm")["helm"]
     return Helm(binary, control_plane, tmp_path_factory.mktemp("helm"))
+
+
+@pytest.fixture
+def operator(
+    control_plane: ControlPlane,
+    crd: str,
+    helm: Helm,
+    namespace: str,
+    tmp_path: Path,
+    diagnostics: Diagnostics,
+    reaper: Reaper,
+) -> Iterator[Operator]:
+    """The chart installed in `namespace` and one operator run from it, once it leads."""
+    with installed(control_plane, helm, namespace, tmp_path, diagnostics, reaper) as chart:
+        running = chart.start_operator("operator-0")
+        wait_until(running.leading, 30, "the operator to hold its Lease", every=0.1)
+        yield running
+
+
+@pytest.fixture
+def client(client_settings: Settings) -> Iterator[SyncClient]:
+    """tests/conftest.py's `client`, synchronous: this tier's tests block (on kubectl, on
+    `wait_until`) and run no event loop of their own."""
+    c = SyncClient(client_settings)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def real_node(
+    control_plane: ControlPlane,
+    binaries: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Node]:
+    """A real node (node.py) for the module's tests: Debian's containerd and CNI plugins
+    (installed with apt-get when missing, as root), the kubelet and kube-scheduler built from
+    Go modules (`scripts/build-controlplane.sh node`). Where one cannot run, the test is
+    skipped loudly (failed with CI set). Per module, not per session: while its scheduler
+    runs, it marks the stand-in's pods (which never tolerate the node's taint) unschedulable."""
+    tier = f"{TIER}, REAL NODE"
+    lacking = ensure_packages()
+    if lacking:
+        skip_or_fail(
+            tier,
+            f"lacks {', '.join(lacking)}; as root on Debian, the fixture and scripts/test"
+            " install what is missing with apt-get",
+        )
+    found = {**binaries, **built(tier, "node")}
+    node = Node(control_plane, found, tmp_path_factory.mktemp("node"))
+    try:
+        node.start()  # when it fails, it stops what it started
+    except NodeUnavailable as exc:
+        reason = str(exc)
+    else:
+        try:
+            yield node
+        finally:
+            node.stop()
+        return
+    skip_or_fail(tier, reason)  # outside the except: no exception chain in the report

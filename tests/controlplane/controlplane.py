@@ -6,7 +6,8 @@ binds pods, makes deletion graceful and, with the controller manager, garbage-co
 pool is gone. The binaries come from scripts/build-controlplane.sh (built from Go modules and
 cached outside the repository); `ControlPlane` starts them on free loopback ports in a temp dir,
 with the flags that scripts/controlplane-smoke.sh shows work, writes an admin kubeconfig and
-always stops them again. No kubelet runs: kubelet.py plays its part for worker pods.
+always stops them again. No kubelet runs with it: kubelet.py plays its part for worker pods,
+or node.py adds a real node (kubelet, kube-scheduler, containerd) for the tests that ask.
 """
 
 from __future__ import annotations
@@ -65,6 +66,31 @@ class Process:
         )
 
 
+def spawn(name: str, argv: Sequence[str], log: Path) -> Process:
+    """Start a server process, its output to `log`; it dies with pytest."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+    return Process(name, proc, log)
+
+
+def terminate(processes: Sequence[Process], grace: float = 10) -> None:
+    """SIGTERM in reverse start order, SIGKILL after `grace` seconds."""
+    for p in reversed(processes):
+        if p.proc.poll() is None:
+            p.proc.terminate()
+            try:
+                p.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                p.proc.kill()
+                p.proc.wait()
+
+
 class ControlPlane:
     """etcd, kube-apiserver and kube-controller-manager in `root`; a context manager."""
 
@@ -106,7 +132,9 @@ class ControlPlane:
             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
             "--initial-cluster", f"aq={peer_url}",
         ])  # fmt: skip
-        self._wait_http("etcd", f"{etcd_url}/health", lambda body: '"health":"true"' in body, 30)
+        self.wait_http(
+            self.processes[-1], f"{etcd_url}/health", lambda body: '"health":"true"' in body, 30
+        )
 
         (root / "tokens.csv").write_text(f'{self.token},{ADMIN},{ADMIN},"system:masters"\n')
         key, pub = root / "sa.key", root / "sa.pub"
@@ -128,7 +156,7 @@ class ControlPlane:
             "--service-account-key-file", str(pub), "--service-account-signing-key-file", str(key),
             "--service-cluster-ip-range", "10.0.0.0/24", "--endpoint-reconciler-type", "none",
         ])  # fmt: skip
-        self._wait_http("kube-apiserver", f"{self.server}/readyz", lambda b: b == "ok", 120)
+        self.wait_http(self.processes[-1], f"{self.server}/readyz", lambda b: b == "ok", 120)
         self.write_kubeconfig(self.kubeconfig, self.token, ADMIN)
         for crd in self.crds:
             self.install_crds(crd)
@@ -143,8 +171,8 @@ class ControlPlane:
             "--controllers", "garbagecollector,namespace,serviceaccount,serviceaccount-token",
             "--service-account-private-key-file", str(key), "--root-ca-file", str(self.ca),
         ])  # fmt: skip
-        self._wait_http(
-            "kube-controller-manager",
+        self.wait_http(
+            self.processes[-1],
             f"https://127.0.0.1:{kcm_port}/healthz",
             lambda b: b == "ok",
             60,
@@ -152,14 +180,7 @@ class ControlPlane:
 
     def stop(self) -> None:
         """SIGTERM in reverse start order (SIGKILL after 10 s); etcd's data is deleted."""
-        for p in reversed(self.processes):
-            if p.proc.poll() is None:
-                p.proc.terminate()
-                try:
-                    p.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.proc.kill()
-                    p.proc.wait()
+        terminate(self.processes)
         self.processes.clear()
         shutil.rmtree(self.root / "etcd", ignore_errors=True)  # 60+ MB of preallocated WAL
 
@@ -167,19 +188,14 @@ class ControlPlane:
         return "\n".join(p.tail(lines) for p in self.processes)
 
     def _spawn(self, name: str, argv: Sequence[str]) -> None:
-        log = self.root / f"{name}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
-            )
-        self.processes.append(Process(name, proc, log))
+        self.processes.append(spawn(name, argv, self.root / f"{name}.log"))
 
-    def _wait_http(self, name: str, url: str, ready: Callable[[str], bool], timeout: float) -> None:
-        process = self.processes[-1]
+    def wait_http(
+        self, process: Process, url: str, ready: Callable[[str], bool], timeout: float
+    ) -> None:
+        """Until `url` answers (with the admin token, any certificate) a body `ready` likes;
+        RuntimeError with the end of its log when `process` exits first or the time is up."""
+        name = process.name
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
         headers = {"Authorization": f"Bearer {self.token}"}
