@@ -444,6 +444,54 @@ def test_a_crash_looping_worker_backs_off_instead_of_a_pod_storm(
     )
 
 
+def test_a_refused_pod_is_asked_for_again_only_after_backoff(
+    control_plane: ControlPlane,
+    operator: Operator,
+    kubelet: Kubelet,
+    namespace: str,
+    redis_url: str,
+    client: SyncClient,
+) -> None:
+    """A ResourceQuota of no pods: the API server refuses every worker pod (403). The operator
+    asks again only after the entity's backoff (2 s, then 4 s), not at every pass (one a
+    second), says PodCreateFailed in Warning Events, and starts the worker once the quota is
+    gone; the job waits untouched meanwhile."""
+    create_secret(control_plane, namespace, redis_url)
+    control_plane.apply({
+        "apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": "no-pods", "namespace": namespace}, "spec": {"hard": {"pods": "0"}},
+    })  # fmt: skip
+    # The tier's controller manager runs no quota controller: the quota's status (what the
+    # API server's admission checks) is written here, as that controller would.
+    usage = {"status": {"hard": {"pods": "0"}, "used": {"pods": "0"}}}
+    control_plane.kubectl("-n", namespace, "patch", "resourcequota", "no-pods", "--subresource",
+                          "status", "--type", "merge", "-p", json.dumps(usage))  # fmt: skip
+    manifest = pool_manifest(
+        namespace, kubelet.image, timing={"restartBackoffSeconds": 2, "maxRestartBackoffSeconds": 4}
+    )
+    control_plane.apply(manifest)
+    client.enqueue(TYPE, "quota", "record", {"seq": 0, "sleep": 0.05})
+
+    def refused() -> set[str]:
+        """The pods named in PodCreateFailed events (a refusal may be told more than once)."""
+        events = control_plane.get("-n", namespace, "events",
+                                   "--field-selector", f"involvedObject.name={POOL}")  # fmt: skip
+        messages = [e["message"] for e in events["items"] if e["reason"] == "PodCreateFailed"]
+        return {m.group(1) for text in messages if (m := re.search(r'pods "([^"]+)"', text))}
+
+    wait_until(refused, 30, "a PodCreateFailed event", every=0.2)
+    began, before = time.monotonic(), refused()
+    time.sleep(8.0)
+    asked = len(refused() - before)
+    # Backoff 2, 4, 4 s: at most 3 more requests in 8 s; without it, one at every pass.
+    assert 1 <= asked <= 3, f"{asked} refused pods in {time.monotonic() - began:.1f}s"
+    assert pods(control_plane, namespace) == []
+    assert client.counts(TYPE)["waiting"] == 1
+
+    control_plane.kubectl("-n", namespace, "delete", "resourcequota", "no-pods")
+    wait_until(lambda: ended(client, 1, TYPE), 30, "the job to run once pods are allowed")
+
+
 def test_the_operator_logs_in_through_an_exec_plugin(
     control_plane: ControlPlane,
     crd: str,
