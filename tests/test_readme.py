@@ -171,6 +171,10 @@ def test_the_schedule_example_runs_as_shown(
         time.sleep(0.1)
 
 
+def _ignored(path: str) -> bool:
+    return subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0
+
+
 def test_the_docs_links_and_named_files_exist() -> None:
     """docs/design.md and the README link to files, and name tests and modules by path: every
     one of them is in the repository."""
@@ -183,5 +187,6 @@ def test_the_docs_links_and_named_files_exist() -> None:
         for named in re.findall(
             r"`((?:tests|docs|worker_runtime|operator|examples|bench)/[\w/.-]+)`", text
         ):
-            assert (ROOT / named).exists(), f"{doc.name} names missing {named}"
+            if not _ignored(named):  # an output of the tests (git ignores it) may not exist yet
+                assert (ROOT / named).exists(), f"{doc.name} names missing {named}"
     assert "](docs/design.md)" in README.read_text()
