@@ -283,9 +283,7 @@ class KubePool:
             step.closed_now[action.name] = since
             step.done["closed"] += 1
         elif isinstance(action, ForgetWorker):
-            pod = step.by_name.get(action.name)
-            if pod is None:  # gone meanwhile
-                return
+            pod = step.by_name[action.name]  # the plan forgets only workers of listed pods
             if action.failed:
                 key = pods.worker_state(pod)
                 reason = pods.waiting_reason(pod) or _exit_reason(pod)
