@@ -337,8 +337,9 @@ async def test_with_concurrency_one_a_job_never_starts_before_its_predecessor_en
     assert (await idle(b, "u1")).lease is None  # active job blocks successors, no 2nd lease
     await check_index(client)
 
-    # A job waiting for its retry blocks its successors too (message-group semantics).
-    assert await a.finish(run, "retry", "boom", retry_delay=0.3) is None
+    # A job waiting for its retry blocks its successors too (message-group semantics). The
+    # delay outlasts the checks below even on a loaded machine (0.3 s did not, once, in CI).
+    assert await a.finish(run, "retry", "boom", retry_delay=1.5) is None
     assert (await client.job(j1)).state == "retrying"
     assert await client.pending_entities(T) == {"u1": 1}
     held = await idle(a, "u1", run.lease)
