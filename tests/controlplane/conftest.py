@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 from kubelet import Containers, Kubelet, Processes, Runtime
-from node import Node, NodeUnavailable, ensure_packages
+from node import Node, NodeUnavailable, missing
 from operators import Operator, installed
 
 from atomicqueues import Settings, SyncClient
@@ -214,17 +214,17 @@ def real_node(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Node]:
     """A real node (node.py) for the module's tests: Debian's containerd and CNI plugins
-    (installed with apt-get when missing, as root), the kubelet and kube-scheduler built from
+    (scripts/test installs them), the kubelet and kube-scheduler built from
     Go modules (`scripts/build-controlplane.sh node`). Where one cannot run, the test is
     skipped loudly (failed with CI set). Per module, not per session: while its scheduler
     runs, it marks the stand-in's pods (which never tolerate the node's taint) unschedulable."""
     tier = f"{TIER}, REAL NODE"
-    lacking = ensure_packages()
+    lacking = missing()
     if lacking:
         skip_or_fail(
             tier,
-            f"lacks {', '.join(lacking)}; as root on Debian, the fixture and scripts/test"
-            " install what is missing with apt-get",
+            f"lacks {', '.join(lacking)}; as root on Debian, scripts/test installs what is"
+            " missing with apt-get",
         )
     found = {**binaries, **built(tier, "node")}
     node = Node(control_plane, found, tmp_path_factory.mktemp("node"))

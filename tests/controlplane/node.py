@@ -27,7 +27,7 @@ operator asks of pods is checked by the component that runs them in a cluster.
 sandboxes), the processes, leftover shims, mounts, the bridge and the Node object.
 
 What it needs (`missing()` says what is not there): root, Linux, containerd, runc and the CNI
-plugins (`ensure_packages` installs them with apt-get when it can), and the `node` binaries.
+plugins (scripts/test installs them with apt-get when it can), and the `node` binaries.
 """
 
 from __future__ import annotations
@@ -76,36 +76,17 @@ class NodeUnavailable(RuntimeError):
 
 
 def missing() -> list[str]:
-    """What this machine lacks for a node (empty: a node can start)."""
+    """What this machine lacks for a node (empty: a node can start), each tool with its Debian
+    package (scripts/test installs them)."""
     found = []
     if os.uname().sysname != "Linux":
         found.append("Linux")
     elif os.geteuid() != 0:
         found.append("root (containerd, the kubelet and CNI need it)")
-    found += [tool for tool in ("containerd", "ctr", "runc", "ip") if shutil.which(tool) is None]
+    tools = [tool for tool in ("containerd", "ctr", "runc", "ip") if shutil.which(tool) is None]
     if not (CNI_BIN / "bridge").is_file():
-        found.append(str(CNI_BIN / "bridge"))
-    return found
-
-
-def ensure_packages() -> list[str]:
-    """Install the Debian packages of what is missing, with apt-get, when we are root on
-    Debian (never removing a package: Docker's containerd.io conflicts with Debian's
-    containerd); what is still missing after that."""
-    lacking = missing()
-    packages = sorted({PACKAGES[tool] for tool in lacking if tool in PACKAGES})
-    if packages and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        apt = ["apt-get", "-qq", "-o", "Dpkg::Use-Pty=0"]
-        subprocess.run([*apt, "update"], env=env, check=False, capture_output=True)
-        subprocess.run(
-            [*apt, "install", "-y", "--no-install-recommends", "--no-remove", *packages],
-            env=env,
-            check=False,
-            capture_output=True,
-        )
-        lacking = missing()
-    return [f"{tool} (Debian: {PACKAGES[tool]})" if tool in PACKAGES else tool for tool in lacking]
+        tools.append(str(CNI_BIN / "bridge"))
+    return found + [f"{tool} (Debian: {PACKAGES[tool]})" for tool in tools]
 
 
 def overlay_works(scratch: Path) -> bool:
