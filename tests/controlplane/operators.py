@@ -235,10 +235,11 @@ def pool_manifest(
     entity_type: str = TYPE,
     secret: str = "redis",
     timing: Mapping[str, float] | None = None,
+    pod_template: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A pool of `record` workers in `image` (`Kubelet.image`) that reads its Redis URL from
-    `secret`."""
-    return {
+    `secret`, with `pod_template` as its podTemplate if given."""
+    manifest = {
         "apiVersion": "atomicqueues.io/v1alpha1",
         "kind": "EntityWorkerPool",
         "metadata": {"name": name, "namespace": namespace},
@@ -250,6 +251,9 @@ def pool_manifest(
             "timing": {**TIMING, **(timing or {})},
         },
     }
+    if pod_template is not None:
+        manifest["spec"]["podTemplate"] = dict(pod_template)
+    return manifest
 
 
 def create_secret(cp: ControlPlane, namespace: str, redis_url: str, name: str = "redis") -> None:
@@ -258,11 +262,16 @@ def create_secret(cp: ControlPlane, namespace: str, redis_url: str, name: str = 
 
 
 def apply_pool(
-    cp: ControlPlane, namespace: str, redis_url: str, image: str, **timing: float
+    cp: ControlPlane,
+    namespace: str,
+    redis_url: str,
+    image: str,
+    pod_template: Mapping[str, Any] | None = None,
+    **timing: float,
 ) -> dict[str, Any]:
     """The Redis URL in a Secret, and a pool of `image` that reads it; the pool as stored."""
     create_secret(cp, namespace, redis_url)
-    cp.apply(pool_manifest(namespace, image, timing=timing))
+    cp.apply(pool_manifest(namespace, image, timing=timing, pod_template=pod_template))
     stored: dict[str, Any] = cp.get("-n", namespace, "ewp", POOL)
     return stored
 

@@ -26,8 +26,7 @@ from typing import Any
 
 import pytest
 from node import Node, PodWatch, pod_template
-from operators import POOL, POOL_LABEL, TYPE, Operator, client_redis, create_secret, pods
-from operators import pool_manifest as base_manifest
+from operators import POOL, POOL_LABEL, TYPE, Operator, apply_pool, client_redis, pods
 
 from atomicqueues import SyncClient
 from container_engine import Engine
@@ -70,21 +69,12 @@ def watch(
         yield found
 
 
-def apply_pool(
-    cp: ControlPlane,
-    namespace: str,
-    node: Node,
-    pod_redis: RedisServer,
-    image: str,
-    **timing: float,
+def apply_node_pool(
+    cp: ControlPlane, namespace: str, node: Node, redis: RedisServer, image: str, **timing: float
 ) -> dict[str, Any]:
     """A pool of `record` workers whose pods go to `node` and reach Redis at its IP."""
-    create_secret(cp, namespace, f"redis://{node.ip}:{pod_redis.port}/0")
-    manifest = base_manifest(namespace, image, timing=timing)
-    manifest["spec"]["podTemplate"] = pod_template(node.name)
-    cp.apply(manifest)
-    stored: dict[str, Any] = cp.get("-n", namespace, "ewp", POOL)
-    return stored
+    url = f"redis://{node.ip}:{redis.port}/0"
+    return apply_pool(cp, namespace, url, image, pod_template(node.name), **timing)
 
 
 def numbered(runs: list[Run], watch: PodWatch) -> list[Run]:
@@ -118,7 +108,7 @@ def test_a_real_kubelet_runs_the_jobs_in_order_and_the_pods_go_when_idle(
     redis_url: str,
     client: SyncClient,
 ) -> None:
-    pool = apply_pool(control_plane, namespace, real_node, pod_redis, node_image)
+    pool = apply_node_pool(control_plane, namespace, real_node, pod_redis, node_image)
     entities = ["alice@example.com", "a:b{c} $(POD_NAME)", "zoë"]
     for seq in range(4):
         for entity in entities:
@@ -188,7 +178,7 @@ def test_a_killed_container_on_a_real_kubelet_gives_its_job_back(
     """SIGKILL the worker's container (through containerd, as the OOM killer would end it):
     the kubelet reports exit 137, the operator starts a new pod, and the job runs again there,
     before the entity's later jobs."""
-    apply_pool(control_plane, namespace, real_node, pod_redis, node_image)
+    apply_node_pool(control_plane, namespace, real_node, pod_redis, node_image)
     victim = "victim"
     client.enqueue(TYPE, victim, "record", {"seq": 0, "sleep": 0.05, "first_sleep": 60})
     for seq in (1, 2):
@@ -227,7 +217,9 @@ def test_a_real_kubelet_stops_the_workers_of_a_deleted_pool_gracefully(
     """Delete a pool whose workers are busy: the garbage collector deletes its pods, the kubelet
     sends SIGTERM to each container's PID 1 (the worker), which finishes its job and exits 0
     within the pod's grace (no SIGKILL: that would be 137). Every job is still in Redis."""
-    apply_pool(control_plane, namespace, real_node, pod_redis, node_image, idleTimeoutSeconds=30)
+    apply_node_pool(
+        control_plane, namespace, real_node, pod_redis, node_image, idleTimeoutSeconds=30
+    )
     entities, jobs = ["e1", "e2"], 60  # a minute of work each: far more than the test waits
     for seq in range(jobs):
         for entity in entities:
