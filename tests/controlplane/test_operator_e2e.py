@@ -456,7 +456,6 @@ def test_a_refused_pod_is_asked_for_again_only_after_backoff(
     asks again only after the entity's backoff (2 s, then 4 s), not at every pass (one a
     second), says PodCreateFailed in Warning Events, and starts the worker once the quota is
     gone; the job waits untouched meanwhile."""
-    create_secret(control_plane, namespace, redis_url)
     control_plane.apply({
         "apiVersion": "v1", "kind": "ResourceQuota",
         "metadata": {"name": "no-pods", "namespace": namespace}, "spec": {"hard": {"pods": "0"}},
@@ -466,10 +465,8 @@ def test_a_refused_pod_is_asked_for_again_only_after_backoff(
     usage = {"status": {"hard": {"pods": "0"}, "used": {"pods": "0"}}}
     control_plane.kubectl("-n", namespace, "patch", "resourcequota", "no-pods", "--subresource",
                           "status", "--type", "merge", "-p", json.dumps(usage))  # fmt: skip
-    manifest = pool_manifest(
-        namespace, kubelet.image, timing={"restartBackoffSeconds": 2, "maxRestartBackoffSeconds": 4}
-    )
-    control_plane.apply(manifest)
+    backoff = {"restartBackoffSeconds": 2.0, "maxRestartBackoffSeconds": 4.0}
+    apply_pool(control_plane, namespace, redis_url, kubelet.image, **backoff)
     client.enqueue(TYPE, "quota", "record", {"seq": 0, "sleep": 0.05})
 
     def refused() -> set[str]:
