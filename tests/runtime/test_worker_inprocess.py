@@ -31,7 +31,7 @@ from atomicqueues import (
 from atomicqueues.errors import ConfigError
 from atomicqueues.keys import in_bucket, of_entity
 from atomicqueues.leases import Leases, Started
-from atomicqueues.worker import MAX_ERROR_CHARS
+from atomicqueues.runner import MAX_ERROR_CHARS
 
 FAST = {"heartbeat_ttl": 0.6, "heartbeat_interval": 0.2, "idle_timeout": 0.5, "shutdown_grace": 0.5}
 
