@@ -4,8 +4,9 @@ Why this exists: the fairness of the comparison lives here, written once. For ea
 repetition: an empty Redis; N no-op jobs enqueued by one producer before any worker runs; the
 workers started (same process count and concurrency for all); the drain timed from the first
 handler start to the last (start-up left out); Redis's commands and CPU over enqueue and drain;
-then, with the same idle workers, jobs enqueued at half the drain rate just measured, each
-timed from the enqueue call to its handler's start. A system with a bulk API is also timed
+then, with the same idle workers, jobs enqueued at half of the system's peak just measured (the
+lesser of its drain rate and its one producer's enqueue rate), each timed from the enqueue call
+to its handler's start. A system with a bulk API is also timed
 enqueueing the same number of jobs through it, on an empty server (`Measure.bulk`). On Redis
 Cluster the same, with every master's INFO summed.
 """
@@ -39,7 +40,7 @@ DRAIN_TIMEOUT = 900.0
 """Seconds a drain may take before the benchmark gives up on that system."""
 LATENCY_SECONDS = 4.0
 LATENCY_MIN, LATENCY_MAX = 200, 4000
-"""Jobs of the latency phase: LATENCY_SECONDS at half the drain rate, within these bounds."""
+"""Jobs of the latency phase: LATENCY_SECONDS at half of the peak, within these bounds."""
 
 Figures = dict[str, float]
 Progress = Callable[[int, int], None]
@@ -234,7 +235,11 @@ class Measure:
                 for name, per_job in cost.top(40):
                     figures[f"cmd.{name}"] = per_job
                 if system.latency:
-                    figures.update(await self.latency(driver, reader, rate / 2, progress))
+                    # Half of the peak jobs/s from one producer to the workers: the lesser of
+                    # the two rates. Offered more than it can send, the producer would run flat
+                    # out on a shared CPU and time its own backlog instead of the system's wait.
+                    peak = min(rate, figures["enqueue_rate"])
+                    figures.update(await self.latency(driver, reader, peak / 2, progress))
             finally:
                 await driver.request("stop", timeout=120)
         marks.unlink(missing_ok=True)

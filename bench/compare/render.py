@@ -403,7 +403,9 @@ class Renderer:
                 "## 5. Latency: enqueue call to handler start",
                 "",
                 "After the drain of section 1, with the same workers idle, one producer enqueues "
-                "at half the drain rate that system just reached (about 4 s, 200 to 4,000 jobs); "
+                "at half of the peak that system just reached: half the lesser of its drain "
+                "rate (section 1) and its producer's enqueue rate, as one producer cannot "
+                "offer more (about 4 s, 200 to 4,000 jobs); "
                 "each job is timed from just before its enqueue call to its handler's first "
                 "statement (one clock: same machine). How each system waits for work is its "
                 "default: AtomicQueues' idle workers block (`BLPOP` on a doorbell), others block "

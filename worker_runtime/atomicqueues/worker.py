@@ -60,8 +60,8 @@ class Worker:
     """Runs jobs of `entity_type`: of one entity, or of up to `slots` entities (packed).
 
     Its jobs run in its `runner` (runner.py); its loop (`EntityLoop` or `PackedLoop`) decides
-    what to claim; the worker itself starts and ends them, renews the leases, and listens for
-    close signals.
+    what to claim; the worker itself runs that loop to its end, renews the leases, and listens
+    for close signals.
     """
 
     def __init__(
