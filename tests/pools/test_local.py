@@ -15,8 +15,8 @@ import pytest
 import redis
 import yaml
 
-from atomicqueues import Settings
-from atomicqueues.pools.local import settings_for
+from atomicqueues import Client, Settings
+from atomicqueues.pools.local import LocalPool, settings_for
 from atomicqueues.pools.spec import API_GROUP, API_VERSION, KIND, Pool
 from helpers import aq, aq_env, wait_until
 
@@ -339,3 +339,25 @@ def test_a_pools_timing_is_what_its_local_workers_are_set_to() -> None:
     for settings in (worker, pool_side):
         assert (settings.heartbeat_ttl, settings.heartbeat_interval) == (4, 1.5)
         assert (settings.idle_timeout, settings.shutdown_grace) == (12, 7.5)
+
+
+async def test_local_workers_get_the_pools_redis_but_not_one_metrics_port(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`aq up` run with AQ_METRICS_PORT set: its workers share one host, where all but the
+    first would fail to serve on that port, so none inherits it."""
+    monkeypatch.setenv("AQ_METRICS_PORT", "9100")
+    monkeypatch.setenv("AQ_LOG_LEVEL", "DEBUG")
+    pool = Pool.model_validate(
+        {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": KIND,
+            "metadata": {"name": "ported"},
+            "spec": {"entityType": "user", "handlers": "handlers:registry"},
+        }
+    )
+    async with await Client.connect(settings_for(pool, redis_url)) as client:
+        env = LocalPool(pool, client)._env()
+    assert "AQ_METRICS_PORT" not in env
+    assert env["AQ_LOG_LEVEL"] == "DEBUG"  # the rest of the environment is passed on
+    assert (env["AQ_REDIS_URL"], env["AQ_PREFIX"]) == (redis_url, pool.spec.redis.prefix)

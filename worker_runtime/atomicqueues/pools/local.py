@@ -192,9 +192,12 @@ class LocalPool:
         return [*cmd, "--entity-id", entity_id]
 
     def _env(self) -> dict[str, str]:
+        """A worker's environment: this process's, with the pool's Redis and timing. Not its
+        AQ_METRICS_PORT: the local workers share one host, where only the first could serve
+        it (the pool's own gauges are `aq up --metrics-port`'s)."""
         settings = self.client.settings
         return {
-            **os.environ,
+            **{k: v for k, v in os.environ.items() if k != "AQ_METRICS_PORT"},
             "AQ_REDIS_URL": settings.redis_url,
             "AQ_PREFIX": settings.prefix,
             **self.spec.timing.worker_env(),
