@@ -273,7 +273,7 @@ class Bench:
         return after.minus(before)
 
     async def completed(self) -> int:
-        """Jobs completed so far: the same counters `Client.counts` reads, in one round trip
+        """Jobs completed so far: the same counters `IndexReads.counts` reads, in one round trip
         (it would make one per bucket), so polling costs the server little."""
         pipe = self.control.pipeline(transaction=False)
         for bucket in self.keys.buckets(ENTITY_TYPE):

@@ -41,6 +41,7 @@ from aq_operator.pods import pod_body, pool_labels, worker_state
 from aq_operator.pool import KubePool
 from atomicqueues.client import Client
 from atomicqueues.config import Settings
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.pools.reconciler import StartWorker, plan
 from atomicqueues.pools.spec import PoolSpec
 from hotpath import RedisServer, fmt_ms, run_on_private_redis
@@ -171,8 +172,10 @@ class Run:
         self.figures["list pods"] = await timed(
             lambda: kube.list_pods(NAMESPACE, pool_labels(POOL)), self.repeat
         )
-        self.figures["read index"] = await timed(lambda: client.work_index("account"), self.repeat)
-        index = await client.work_index("account")
+        self.figures["read index"] = await timed(
+            lambda: IndexReads(client).work_index("account"), self.repeat
+        )
+        index = await IndexReads(client).work_index("account")
         states = [s for p in listed if (s := worker_state(p)) is not None]
 
         async def plan_once() -> None:

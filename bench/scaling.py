@@ -37,6 +37,7 @@ import redis
 import redis.asyncio as aioredis
 
 from atomicqueues.client import Client
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.pools.local import LocalPool, settings_for
 from atomicqueues.pools.reconciler import Action, Plan, StartWorker
 from atomicqueues.pools.spec import Pool, parse_pool
@@ -232,7 +233,7 @@ class Run:
 
     async def listen(self, client: Client) -> None:
         """The "entity has work" messages, timed as this process receives them."""
-        async for entity_id in client.events(ENTITY_TYPE):
+        async for entity_id in IndexReads(client).events(ENTITY_TYPE):
             self.recorder.events[entity_id].append(time.time())
 
     async def wait_subscribed(

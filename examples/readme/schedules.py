@@ -1,13 +1,14 @@
 # schedules.py
 import asyncio
 
-from atomicqueues import Client
+from atomicqueues import Client, Schedules
 
 
 async def main() -> None:
     async with await Client.connect() as client:
+        schedules = Schedules(client)
         # Every day at 08:00 in Berlin (summer time or not), a digest to one user.
-        await client.add_schedule(
+        await schedules.add(
             "user",
             "digest",
             "send",
@@ -17,8 +18,8 @@ async def main() -> None:
             tz="Europe/Berlin",
         )
         # Every 2 seconds, to the entity named after the schedule ("heartbeat").
-        await client.add_schedule("user", "heartbeat", "send", {"text": "beat"}, every=2)
-        for schedule in await client.schedules("user"):
+        await schedules.add("user", "heartbeat", "send", {"text": "beat"}, every=2)
+        for schedule in await schedules.list("user"):
             print(schedule.name, schedule.entity_id, schedule.describe())
 
 

@@ -2,7 +2,7 @@
 
 It mirrors `atomicqueues.pools.local.LocalPool`, with pods for processes. One `KubePool` runs
 per EntityWorkerPool (in a task of its own, so one pass at a time per pool). A pass reads the
-entities with work (`Client.work_index`) and the pool's pods, asks `reconciler.plan` what to do,
+entities with work (`IndexReads.work_index`) and the pool's pods, asks `reconciler.plan` what to do,
 and does it: start -> create a pod; close -> the close signal through Redis and an annotation,
 then delete the pod once its worker has deregistered or the grace has passed; forget -> delete
 an ended pod. A pass runs when the "entity has work" event arrives (milliseconds), when one of
@@ -36,6 +36,7 @@ from atomicqueues.client import Client
 from atomicqueues.config import Settings
 from atomicqueues.connection import describe
 from atomicqueues.errors import AtomicQueuesError, RedisUnavailable
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.pools import health
 from atomicqueues.pools.limits import StartLimiter
 from atomicqueues.pools.names import random_suffix
@@ -201,7 +202,7 @@ class KubePool:
         target = await self._redis_target(spec)
         client = await self._connect(spec, target.url)
         try:
-            entities = await client.work_index(spec.entity_type)
+            entities = await IndexReads(client).work_index(spec.entity_type)
         except RedisUnavailable as exc:
             raise Blocked(Problem("RedisUnreachable", str(exc))) from None
         listed = await self.kube.list_pods(self.namespace, pods.pool_labels(self.name))

@@ -14,6 +14,8 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from atomicqueues import Client, JobContext, Registry, Settings, Worker
+from atomicqueues.dead_letters import DeadLetters
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.keys import BUCKETS, bucket_of
 from atomicqueues.leases import Leases, Started, sweep
 from atomicqueues.presence import Presence, WorkerInfo
@@ -49,8 +51,8 @@ async def test_every_operation_runs_on_the_cluster(cluster_url: str) -> None:
             e: [await client.enqueue("user", e, "send", {"n": n}) for n in range(3)]
             for e in ENTITIES
         }
-        assert await client.pending_entities("user") == dict.fromkeys(ENTITIES, 3)
-        assert (await client.counts("user"))["waiting"] == 3 * len(ENTITIES)
+        assert await IndexReads(client).pending_entities("user") == dict.fromkeys(ENTITIES, 3)
+        assert (await IndexReads(client).counts("user"))["waiting"] == 3 * len(ENTITIES)
         leases = Leases(client, "w1")
         for e in ENTITIES:
             started = await leases.claim("user", e, None)
@@ -63,8 +65,8 @@ async def test_every_operation_runs_on_the_cluster(cluster_url: str) -> None:
             assert await leases.renew([nxt.lease]) == []
             assert await leases.release(nxt.lease, "idle") == "busy"
         assert await client.result(ids[ENTITIES[0]][0], timeout=5) == "ok"
-        assert len(await client.dlq_list("user")) == len(ENTITIES)
-        assert await client.dlq_requeue("user") == len(ENTITIES)
+        assert len(await DeadLetters(client).list("user")) == len(ENTITIES)
+        assert await DeadLetters(client).requeue("user") == len(ENTITIES)
         assert await client.cancel(ids[ENTITIES[1]][2])
         await client.set_concurrency("user", ENTITIES[2], 2)
         assert await client.concurrency("user", ENTITIES[2]) == 2
@@ -107,12 +109,12 @@ async def test_packed_worker_drains_entities_in_order_on_cluster(cluster_url: st
             for e in ENTITIES:
                 await client.enqueue("user", e, "send", {"n": n})
         async with asyncio.timeout(30):
-            while (await client.counts("user"))["completed"] < 5 * len(ENTITIES):
+            while (await IndexReads(client).counts("user"))["completed"] < 5 * len(ENTITIES):
                 await asyncio.sleep(0.05)
         worker.close("test done")
         await runner
         assert dict(seen) == {e: [0, 1, 2, 3, 4] for e in ENTITIES}
-        assert await client.entities_with_work("user") == {}
+        assert await IndexReads(client).entities_with_work("user") == {}
     finally:
         await client.close()
 

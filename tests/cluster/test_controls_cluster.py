@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from atomicqueues import BacklogFull, Client, Settings
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.keys import BUCKETS
 from atomicqueues.leases import Idle, Leases, Started
 from runtime import recompute
@@ -29,7 +30,7 @@ async def test_type_settings_reach_every_bucket_and_hold(cluster_url: str) -> No
         assert (await client.paused(T)).entity_type is True
         for e in ENTITIES:
             assert isinstance(await leases.claim(T, e, None), Idle)
-        assert await client.work_index(T) == []
+        assert await IndexReads(client).work_index(T) == []
         await client.resume(T)
 
         await client.set_limits(T, max_backlog=1, rate=(1, 60))

@@ -12,7 +12,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from atomicqueues import Client, Settings
 from atomicqueues.keys import schedule_key
-from atomicqueues.schedules import Ticker, job_id
+from atomicqueues.schedules import Schedules, Ticker, job_id
 
 pytestmark = pytest.mark.cluster
 
@@ -30,8 +30,8 @@ async def test_schedules_fire_once_on_every_master(cluster_url: str) -> None:
         }
         assert len(nodes) == 3
         for i, entity in enumerate(ENTITIES):
-            await client.add_schedule(T, f"s{i}", "ping", {"i": i}, entity_id=entity, every=0.2)
-        await client.add_schedule(T, "nightly", "build", cron="0 3 * * *", tz="Asia/Tokyo")
+            await Schedules(client).add(T, f"s{i}", "ping", {"i": i}, entity_id=entity, every=0.2)
+        await Schedules(client).add(T, "nightly", "build", cron="0 3 * * *", tz="Asia/Tokyo")
         await asyncio.sleep(0.3)
         # Two tickers race on the same ticks: each fires its share, none a tick twice.
         first, second = Ticker(client, T), Ticker(client, T)
@@ -42,7 +42,7 @@ async def test_schedules_fire_once_on_every_master(cluster_url: str) -> None:
             job = await client.job(wait[0].split(":", 1)[1], entity=(T, entity))
             assert (job.name, job.payload) == ("ping", {"i": i})
             assert job.id.startswith(f"s{i}@")
-        listed = {s.name: s for s in await client.schedules(T)}
+        listed = {s.name: s for s in await Schedules(client).list(T)}
         assert len(listed) == len(ENTITIES) + 1
         assert all(listed[f"s{i}"].fired == 1 for i in range(len(ENTITIES)))
         assert listed["nightly"].fired == 0
@@ -56,7 +56,7 @@ async def test_schedules_fire_once_on_every_master(cluster_url: str) -> None:
         again = await client.script("schedule_fire", bucket, client.keys.events(T), *args)
         assert again[1:] == []
         for i in range(len(ENTITIES)):
-            assert await client.remove_schedule(T, f"s{i}")
-        assert [s.name for s in await client.schedules(T)] == ["nightly"]
+            assert await Schedules(client).remove(T, f"s{i}")
+        assert [s.name for s in await Schedules(client).list(T)] == ["nightly"]
     finally:
         await client.close()

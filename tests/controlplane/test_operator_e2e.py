@@ -43,6 +43,7 @@ from aq_operator.config import Config
 from aq_operator.kube import Kube
 from aq_operator.pool import KubePool
 from atomicqueues import SyncClient
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.pools.reconciler import StartWorker
 from container_engine import Engine, Images
 from controlplane import ControlPlane, Diagnostics, Helm, Reaper
@@ -103,7 +104,11 @@ def test_deleting_the_pool_deletes_its_pods_never_its_jobs(
         for entity in entities:
             client.enqueue(TYPE, entity, "record", {"seq": seq, "sleep": 1.0})
     wait_until(lambda: len(kubelet.running()) == 2, 30, "a running worker per entity")
-    wait_until(lambda: client.counts(TYPE)["completed"] >= 2, 30, "some jobs to complete")
+    wait_until(
+        lambda: client.run(lambda c: IndexReads(c).counts(TYPE))["completed"] >= 2,
+        30,
+        "some jobs to complete",
+    )
     assert not control_plane.get("-n", namespace, "ewp", POOL)["metadata"].get("finalizers")
     for found in pods(control_plane, namespace):
         [owner] = found["metadata"]["ownerReferences"]
@@ -134,10 +139,10 @@ def test_deleting_the_pool_deletes_its_pods_never_its_jobs(
     assert all(r.exit_code == 0 for r in kubelet.runs.values()), kubelet.report()
 
     # every job is still there: completed, or waiting for the next pool of this entity type
-    counts = client.counts(TYPE)
+    counts = client.run(lambda c: IndexReads(c).counts(TYPE))
     assert counts["waiting"] > 0, counts
     assert counts["completed"] + counts["waiting"] == 2 * jobs, counts
-    assert set(client.pending_entities(TYPE)) == set(entities)
+    assert set(client.run(lambda c: IndexReads(c).pending_entities(TYPE))) == set(entities)
     # in order and one at a time up to the deletion: each entity completed a prefix of its jobs
     runs = kubelet.load_runs(client_redis(redis_url))
     done = {e: len({r.seq for r in runs if r.entity == e and r.how == "end"}) for e in entities}
@@ -294,7 +299,11 @@ def test_switching_placement_closes_busy_workers_gracefully(
     for seq in range(jobs):
         for entity in entities:
             client.enqueue(TYPE, entity, "record", {"seq": seq, "sleep": 0.5})
-    wait_until(lambda: client.counts(TYPE)["completed"] >= 2, 30, "the dedicated workers to work")
+    wait_until(
+        lambda: client.run(lambda c: IndexReads(c).counts(TYPE))["completed"] >= 2,
+        30,
+        "the dedicated workers to work",
+    )
     dedicated = {r.pod for r in kubelet.running()}
     assert len(dedicated) == 2, kubelet.report()
 
@@ -360,7 +369,10 @@ def test_a_pool_that_cannot_work_is_degraded_and_the_others_still_run(
 
     def recovered() -> bool:
         found = conditions(control_plane, namespace, "broken")
-        return found.get("Ready", ("",))[0] == "True" and client.counts("other")["completed"] == 1
+        return (
+            found.get("Ready", ("",))[0] == "True"
+            and client.run(lambda c: IndexReads(c).counts("other"))["completed"] == 1
+        )
 
     wait_until(recovered, 30, "the broken pool to recover and run its job", every=0.2)
     assert conditions(control_plane, namespace, "broken")["Degraded"][0] == "False"
@@ -431,7 +443,9 @@ def test_a_crash_looping_worker_backs_off_instead_of_a_pod_storm(
     events = control_plane.get("-n", namespace, "events",
                                "--field-selector", f"involvedObject.name={POOL}")  # fmt: skip
     assert ("Warning", "WorkerFailed") in {(e["type"], e["reason"]) for e in events["items"]}
-    assert client.counts(TYPE)["waiting"] == 1  # the job waits, untouched
+    assert (
+        client.run(lambda c: IndexReads(c).counts(TYPE))["waiting"] == 1
+    )  # the job waits, untouched
 
     fixed = {"spec": {"handlers": "tests.runtime.handlers:registry"}}
     control_plane.kubectl("-n", namespace, "patch", "ewp", POOL, "--type", "merge",
@@ -483,7 +497,7 @@ def test_a_refused_pod_is_asked_for_again_only_after_backoff(
     # Backoff 2, 4, 4 s: at most 3 more requests in 8 s; without it, one at every pass.
     assert 1 <= asked <= 3, f"{asked} refused pods in {time.monotonic() - began:.1f}s"
     assert pods(control_plane, namespace) == []
-    assert client.counts(TYPE)["waiting"] == 1
+    assert client.run(lambda c: IndexReads(c).counts(TYPE))["waiting"] == 1
 
     control_plane.kubectl("-n", namespace, "delete", "resourcequota", "no-pods")
     wait_until(lambda: ended(client, 1, TYPE), 30, "the job to run once pods are allowed")

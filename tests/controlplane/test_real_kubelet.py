@@ -29,6 +29,7 @@ from node import Node, PodWatch, pod_template
 from operators import POOL, POOL_LABEL, TYPE, Operator, apply_pool, client_redis, pods
 
 from atomicqueues import SyncClient
+from atomicqueues.index_reads import IndexReads
 from container_engine import Engine
 from controlplane import ControlPlane, Diagnostics
 from helpers import wait_until
@@ -224,7 +225,11 @@ def test_a_real_kubelet_stops_the_workers_of_a_deleted_pool_gracefully(
     for seq in range(jobs):
         for entity in entities:
             client.enqueue(TYPE, entity, "record", {"seq": seq, "sleep": 1.0})
-    wait_until(lambda: client.counts(TYPE)["completed"] >= 2, 90, "some jobs to complete")
+    wait_until(
+        lambda: client.run(lambda c: IndexReads(c).counts(TYPE))["completed"] >= 2,
+        90,
+        "some jobs to complete",
+    )
     busy = {r.worker for r in load_runs(client_redis(redis_url))}
     assert len(busy) == 2, busy
 
@@ -235,7 +240,7 @@ def test_a_real_kubelet_stops_the_workers_of_a_deleted_pool_gracefully(
         assert any(b["metadata"].get("deletionTimestamp") for b in bodies), bodies[-1]
         assert watch.exit_code(pod) == 0, bodies[-1].get("status")
 
-    counts = client.counts(TYPE)
+    counts = client.run(lambda c: IndexReads(c).counts(TYPE))
     assert counts["waiting"] > 0, counts
     assert counts["completed"] + counts["waiting"] == 2 * jobs, counts
     runs = numbered(load_runs(client_redis(redis_url)), watch)

@@ -23,6 +23,7 @@ from pathlib import Path
 import redis
 
 from atomicqueues import Client, JobNotFound, NotReplicated, RedisUnavailable
+from atomicqueues.index_reads import IndexReads
 from helpers import eventually
 from runtime import workers
 from runtime.workers import (
@@ -229,7 +230,7 @@ async def settle(
 async def drained(client: Client) -> bool:
     """Nothing waiting, delayed, active or retrying (Redis unreachable counts as not yet)."""
     try:
-        counts = await client.counts(T)
+        counts = await IndexReads(client).counts(T)
     except RedisUnavailable:
         return False
     return not any(counts.get(s, 0) for s in ("waiting", "delayed", "active", "retrying"))

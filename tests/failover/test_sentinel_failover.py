@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from atomicqueues import Client, JobNotFound, NotReplicated, RedisUnavailable, Settings, metrics
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.leases import Leases, Started
 from failover.conftest import make_fleet
 from failover.load import (
@@ -119,7 +120,7 @@ async def test_what_the_primary_acknowledged_after_replication_stopped_is_lost_u
         assert after.lease.fencing_token > lost_grant.lease.fencing_token
 
         # Pub/sub through the Sentinel URL reaches the new primary.
-        events = plain.events(T)
+        events = IndexReads(plain).events(T)
         listen = asyncio.ensure_future(anext(events))
         await asyncio.sleep(0.5)  # let the subscription reach the server
         await plain.enqueue(T, "e", "record")

@@ -23,10 +23,12 @@ from aq_operator.pods import (
     pod_body,
 )
 from atomicqueues import Client, Settings
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.pools.names import entity_hash
 from atomicqueues.pools.reconciler import StartWorker
 from atomicqueues.pools.spec import PoolSpec
 from atomicqueues.presence import Presence, WorkerInfo
+from atomicqueues.schedules import Schedules
 from helpers import eventually
 from mock_cluster import NAMESPACE, Api, RunningOperator
 
@@ -273,7 +275,10 @@ async def test_surplus_workers_are_closed_through_redis_before_their_pods_go(
 
     await eventually(slot2_gone, 10, "the closed worker's pod to be deleted once it left")
     assert [p["metadata"]["name"] for p in await api.pods("accounts")] == [names[0]]
-    assert await client.counts("account") == {**await client.counts("account"), "waiting": 1}
+    assert await IndexReads(client).counts("account") == {
+        **await IndexReads(client).counts("account"),
+        "waiting": 1,
+    }
 
 
 async def test_status_counts_and_conditions(
@@ -384,10 +389,10 @@ async def test_a_schedule_fires_without_a_pod_and_its_job_gets_one(
     await api.add_pool("accounts", pool_spec(redis_url))
     await ready(api, "accounts")
     assert await api.pods("accounts") == []
-    added = await client.add_schedule("account", "nightly", "step", every=0.5)
+    added = await Schedules(client).add("account", "nightly", "step", every=0.5)
     [pod] = await eventually(lambda: api.pods("accounts"), 10, "a pod for the scheduled job")
     assert pod["metadata"]["annotations"][ANNOTATION_ENTITY] == added.entity_id == "nightly"
-    [fired] = await client.schedules("account")
+    [fired] = await Schedules(client).list("account")
     assert fired.fired >= 1
     assert fired.last_job_id is not None
     assert (await client.job(fired.last_job_id, entity=("account", "nightly"))).name == "step"

@@ -21,6 +21,7 @@ import redis
 import yaml
 
 from atomicqueues import Client, NewJob, Settings
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.keys import BUCKETS
 from atomicqueues.pools import health
 from helpers import REPO_ROOT, aq, wait_until
@@ -30,7 +31,7 @@ HANDLERS = "tests.ops.handlers:registry"
 
 
 async def observe(client: Client, entity_type: str) -> health.Health:
-    entities = await client.work_index(entity_type)
+    entities = await IndexReads(client).work_index(entity_type)
     return await health.observe(client, entity_type, entities, time.time())
 
 
@@ -63,7 +64,7 @@ async def test_reading_health_costs_the_same_with_many_entities(
 ) -> None:
     """Three O(log N) reads per bucket, whatever the number of entities: 3,000 here."""
     await client.enqueue_many(NewJob("acct", f"user-{n}", "note") for n in range(3000))
-    entities = await client.work_index("acct")
+    entities = await IndexReads(client).work_index("acct")
     assert len(entities) == 3000
     with redis.Redis.from_url(redis_url) as r:
         r.config_resetstat()

@@ -16,8 +16,10 @@ import redis
 import yaml
 
 from atomicqueues import Client, Settings
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.pools.local import LocalPool, settings_for
 from atomicqueues.pools.spec import API_GROUP, API_VERSION, KIND, Pool
+from atomicqueues.schedules import Schedules
 from helpers import aq, aq_env, wait_until
 
 MANIFEST = {
@@ -86,7 +88,11 @@ def test_aq_up_scales_up_on_work_and_down_to_zero(
                     {"seq": seq, "seconds": 0.05, "log_key": "uptest:log"},
                 )
         wait_until(lambda: len(live_workers(r)) >= 1, 30, "a worker to start")
-        wait_until(lambda: client.counts("account")["completed"] == 12, 60, "all jobs to complete")
+        wait_until(
+            lambda: client.run(lambda c: IndexReads(c).counts("account"))["completed"] == 12,
+            60,
+            "all jobs to complete",
+        )
     wait_until(lambda: live_workers(r) == [], 30, "the pool to scale to zero")
     starts = [line for line in r.lrange("uptest:log", 0, -1) if b'"start"' in line]
     assert len(starts) == 12
@@ -109,13 +115,21 @@ def test_aq_up_starts_no_worker_for_a_paused_entity(
         client.pause("account", "a1")
         client.enqueue("account", "a1", "step", step)
         client.enqueue("account", "a2", "step", step)
-        wait_until(lambda: client.counts("account")["completed"] == 1, 30, "a2's job to run")
+        wait_until(
+            lambda: client.run(lambda c: IndexReads(c).counts("account"))["completed"] == 1,
+            30,
+            "a2's job to run",
+        )
         time.sleep(2.0)  # two resyncs of the pool: still nothing for a1
-        assert client.counts("account")["completed"] == 1
-        assert client.pending_entities("account") == {"a1": 1}
+        assert client.run(lambda c: IndexReads(c).counts("account"))["completed"] == 1
+        assert client.run(lambda c: IndexReads(c).pending_entities("account")) == {"a1": 1}
         assert all(b"a1" not in name for name in live_workers(r))
         client.resume("account", "a1")
-        wait_until(lambda: client.counts("account")["completed"] == 2, 30, "a1's job to run")
+        wait_until(
+            lambda: client.run(lambda c: IndexReads(c).counts("account"))["completed"] == 2,
+            30,
+            "a1's job to run",
+        )
 
 
 async def test_aq_up_announces_its_desired_and_ready_workers(
@@ -301,10 +315,12 @@ def test_aq_up_fires_a_schedule_and_starts_a_worker_for_it(
     assert live_workers(r) == []
     with SyncClient(Settings(redis_url=redis_url, prefix="uptest")) as client:
         payload = {"seq": 0, "seconds": 0.01, "log_key": "uptest:log"}
-        added = client.add_schedule("account", "tick", "step", payload, every=0.5)
+        added = client.run(
+            lambda c: Schedules(c).add("account", "tick", "step", payload, every=0.5)
+        )
         assert added.entity_id == "tick"
         wait_until(lambda: r.llen("uptest:log") >= 4, 30, "two scheduled jobs to run")
-        client.remove_schedule("account", "tick")
+        client.run(lambda c: Schedules(c).remove("account", "tick"))
     starts = [json.loads(line) for line in r.lrange("uptest:log", 0, -1) if b'"start"' in line]
     assert all(s["entity"] == "tick" and s["job"].startswith("tick@") for s in starts)
     assert len({s["job"] for s in starts}) == len(starts)

@@ -14,6 +14,8 @@ from typing import Any
 
 from atomicqueues import Client
 from atomicqueues.client import controls
+from atomicqueues.dead_letters import DeadLetters
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.keys import decode_id, job_key
 
 LIVE = ("waiting", "delayed", "retrying", "active", "dead")
@@ -183,15 +185,21 @@ async def check_index(
                 assert await r.pttl(jk) > 0, f"{fields['s']} job {jk} is kept for ever"
 
     if len(buckets) == len(client.keys.buckets(t)):
-        counts = await client.counts(t)
+        counts = await IndexReads(client).counts(t)
         assert {s: counts[s] for s in totals} == totals
         if completed is not None:
             assert counts["completed"] == completed
         # The client's decoded views agree with the raw index.
-        assert await client.pending_entities(t) == {
+        assert await IndexReads(client).pending_entities(t) == {
             decode_id(e): n for e, n in truth["pending"].items()
         }
-        assert set(await client.entities_with_work(t)) == {decode_id(e) for e in truth["work"]}
-        assert set(await client.claimable_entities(t)) == {decode_id(e) for e in truth["ready"]}
-        assert await client.dead_entities(t) == {decode_id(e): n for e, n in truth["dead"].items()}
+        assert set(await IndexReads(client).entities_with_work(t)) == {
+            decode_id(e) for e in truth["work"]
+        }
+        assert set(await IndexReads(client).claimable_entities(t)) == {
+            decode_id(e) for e in truth["ready"]
+        }
+        assert await DeadLetters(client).entities(t) == {
+            decode_id(e): n for e, n in truth["dead"].items()
+        }
     return truth

@@ -24,6 +24,7 @@ import pytest
 import redis
 
 from atomicqueues import Settings, SyncClient
+from atomicqueues.schedules import Schedules
 from helpers import aq, aq_env, assert_one_line_error
 from redis_servers import RedisCluster
 
@@ -125,7 +126,7 @@ def test_the_readme_user_runs_workers_producers_and_aq(
         try:
             with SyncClient(Settings(redis_url=url)) as client:
                 deadline = time.monotonic() + 20
-                while not client.schedules("user")[0].fired:
+                while not client.run(lambda c: Schedules(c).list("user"))[0].fired:
                     assert time.monotonic() < deadline, "the schedule never fired"
                     time.sleep(0.05)
         finally:

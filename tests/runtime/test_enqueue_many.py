@@ -24,6 +24,7 @@ import redis
 
 from atomicqueues import Client, InvalidInput, NewJob, PayloadTooLarge, Settings, SyncClient
 from atomicqueues.client import ENQUEUE_BATCH
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.keys import AUTO_JOB_ID_RE, bucket_of
 from helpers import aq, assert_one_line_error
 
@@ -66,9 +67,9 @@ async def test_ids_in_order_and_each_entity_fifo(client: Client) -> None:
         record = await client.job(mine[3], entity=(T, e))
         assert (record.state, record.name, record.payload) == ("waiting", "send", {"e": e, "n": 3})
         assert record.entity_id == e
-    assert await client.pending_entities(T) == dict.fromkeys(entities, 6)
-    assert (await client.counts(T))["waiting"] == 6 * len(entities)
-    assert await client.entity_types() == [T]
+    assert await IndexReads(client).pending_entities(T) == dict.fromkeys(entities, 6)
+    assert (await IndexReads(client).counts(T))["waiting"] == 6 * len(entities)
+    assert await IndexReads(client).entity_types() == [T]
 
 
 async def test_options_of_each_job_are_kept(client: Client) -> None:
@@ -108,7 +109,7 @@ async def test_idempotent_per_job_id(client: Client) -> None:
     assert await client.enqueue_many(again) == mixed
     expected = ["j0", "j1", "j2", "single", "j3", "j4"]
     assert await waiting(client, "dave") == slots(client, "dave", expected)
-    assert (await client.counts(T))["waiting"] == 6
+    assert (await IndexReads(client).counts(T))["waiting"] == 6
     # A job already there is left as it was: its payload is the first one's.
     assert (await client.job("j1", entity=(T, "dave"))).payload == {"n": 1}
     assert (await client.job("single", entity=(T, "dave"))).payload == {"n": 9}
@@ -164,7 +165,11 @@ async def test_more_than_one_batch_of_a_bucket_keeps_order(client: Client) -> No
     assert await waiting(client, "solo") == slots(client, "solo", ids[:n])
     for k, mate in enumerate(mates):
         assert await waiting(client, mate) == slots(client, mate, ids[n + k :: 2])
-    assert await client.pending_entities(T) == {"solo": n, mates[0]: n // 2, mates[1]: n // 2}
+    assert await IndexReads(client).pending_entities(T) == {
+        "solo": n,
+        mates[0]: n // 2,
+        mates[1]: n // 2,
+    }
     last = await client.job(ids[n - 1])
     assert last.payload == {"i": n - 1}
 
@@ -187,7 +192,7 @@ async def test_delayed_jobs(client: Client) -> None:
     assert await state(client, "later", "gina") == "delayed"
     assert await waiting(client, "frank") == slots(client, "frank", ["now"])
     assert await waiting(client, "gina") == []
-    assert (await client.counts(T))["delayed"] == 3
+    assert (await IndexReads(client).counts(T))["delayed"] == 3
     # Once due, a delayed job joins the queue (at the entity's next change) ahead of the jobs
     # enqueued after it fell due.
     await asyncio.sleep(0.5)
@@ -204,10 +209,10 @@ def test_sync_client_enqueue_many(redis_url: str) -> None:
         assert len(ids) == 3
         assert [sync.job(j).payload for j in ids] == [{"n": 0}, {"n": 1}, {"n": 2}]
         assert sync.enqueue_many([NewJob(T, "hal", "send", job_id="k")] * 2) == ["k", "k"]
-        assert sync.pending_entities(T) == {"hal": 4}
+        assert sync.run(lambda c: IndexReads(c).pending_entities(T)) == {"hal": 4}
         with pytest.raises(InvalidInput, match="priority"):
             sync.enqueue_many([NewJob(T, "ivy", "send"), NewJob(T, "ivy", "x", priority=-1001)])
-        assert sync.pending_entities(T) == {"hal": 4}
+        assert sync.run(lambda c: IndexReads(c).pending_entities(T)) == {"hal": 4}
 
 
 # --- aq enqueue --from FILE.jsonl -------------------------------------------------------------
@@ -235,8 +240,8 @@ async def test_cli_from_file(client: Client, redis_url: str, tmp_path: Path) -> 
     assert await waiting(client, "alice") == slots(client, "alice", ["a0", "a1"])
     assert len(await waiting(client, "a:b{c}")) == 1
     assert (await client.job("a1", entity=(T, "alice"))).max_attempts == 5
-    assert await client.pending_entities(T) == {"alice": 2, "a:b{c}": 1, "bob": 1}
-    assert (await client.counts(T))["delayed"] == 1
+    assert await IndexReads(client).pending_entities(T) == {"alice": 2, "a:b{c}": 1, "bob": 1}
+    assert (await IndexReads(client).counts(T))["delayed"] == 1
 
     # Again, with --json: the same ids for the lines with a job id, nothing added twice for them.
     again = aq("enqueue", "--from", str(path), "--json", url=redis_url)
@@ -247,7 +252,7 @@ async def test_cli_from_file(client: Client, redis_url: str, tmp_path: Path) -> 
     assert report["job_ids"][2] == "a1"
     assert all(AUTO_JOB_ID_RE.fullmatch(j) for j in report["job_ids"][1:2] + report["job_ids"][3:])
     assert await waiting(client, "alice") == slots(client, "alice", ["a0", "a1"])
-    assert await client.pending_entities(T) == {"alice": 2, "a:b{c}": 2, "bob": 2}
+    assert await IndexReads(client).pending_entities(T) == {"alice": 2, "a:b{c}": 2, "bob": 2}
     bob = report["job_ids"][3:]
     assert (await client.job(bob[0])).payload is None
     assert (await client.job(bob[1])).state == "delayed"

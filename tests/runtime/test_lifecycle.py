@@ -20,6 +20,7 @@ import pytest
 
 from atomicqueues import Client, JobContext, Registry, Settings, Worker
 from atomicqueues.aio import cancel_and_wait
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.presence import Presence
 from helpers import aq, wait_until
 from redis_servers import free_port
@@ -81,7 +82,9 @@ async def test_sigterm_during_a_short_job_finishes_it_and_deregisters(
     assert_gone(workers, w.name, w.node)
     assert workers.holders("e1") == {}, "lease not released"
     assert lease_index(workers, "e1") == []
-    assert "e1" in await client.claimable_entities(T), "a new worker must be able to take it"
+    assert "e1" in await IndexReads(client).claimable_entities(T), (
+        "a new worker must be able to take it"
+    )
 
 
 @pytest.mark.slow
@@ -233,7 +236,7 @@ async def test_idle_entity_worker_exits_and_releases_its_lease(
         assert exited - launched >= 1.0
     assert workers.holders("e1") == {}
     assert lease_index(workers, "e1") == []
-    assert await client.entities_with_work(T) == {}
+    assert await IndexReads(client).entities_with_work(T) == {}
     assert_gone(workers, w.name, w.node)
 
 
@@ -317,7 +320,7 @@ async def test_idle_exit_race_in_process_many_repetitions(redis_url: str) -> Non
     async def has_work_now() -> bool:
         # The stopped worker let go of its lease on the way out (no TTL for the next to wait).
         assert await producer.redis.hlen(producer.keys.entity(T, "e1") + "leases") == 0
-        return "e1" in await producer.entities_with_work(T)
+        return "e1" in await IndexReads(producer).entities_with_work(T)
 
     try:
         task = await new_worker()

@@ -24,6 +24,7 @@ import redis.exceptions
 
 from atomicqueues import Client, JobContext, Registry, Settings, Worker
 from atomicqueues.connection import connect
+from atomicqueues.index_reads import IndexReads
 
 T = TypeVar("T")
 TYPE = "acct"
@@ -144,7 +145,7 @@ async def wait_done(client: Client, total: int, timeout: float = 30.0) -> dict[s
     observer = Client(client.redis, client.settings)
     deadline = time.monotonic() + timeout
     while True:
-        counts = await observer.counts(TYPE)
+        counts = await IndexReads(observer).counts(TYPE)
         busy = sum(counts.get(s, 0) for s in ("waiting", "delayed", "active", "retrying"))
         if counts.get("completed", 0) + counts.get("dead", 0) >= total and busy == 0:
             return counts

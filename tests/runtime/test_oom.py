@@ -33,6 +33,8 @@ from atomicqueues import (
     Worker,
 )
 from atomicqueues.cli import main
+from atomicqueues.dead_letters import DeadLetters
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.jobs import Job
 from atomicqueues.keys import Keys, encode_id, job_key
 from atomicqueues.leases import Leases, Started
@@ -110,9 +112,9 @@ async def test_filling_memory_ends_in_one_refused_enqueue_and_nothing_half(
     assert "out of memory" in message
     assert "maxmemory" in message
     assert isinstance(refused, RedisUnavailable)  # retryable, as an outage is
-    counts = await client.counts(T)
+    counts = await IndexReads(client).counts(T)
     assert counts["waiting"] == accepted
-    assert sum((await client.pending_entities(T)).values()) == accepted
+    assert sum((await IndexReads(client).pending_entities(T)).values()) == accepted
     refused_id = f"j{accepted}"
     with redis.Redis.from_url(redis_url) as r:
         slot = Keys("aq").job_slot(T, f"e{accepted % 7}", refused_id)
@@ -211,7 +213,7 @@ async def test_work_already_in_redis_moves_on_when_full(client: Client, redis_ur
     other = await leases.claim(T, "e2", None)  # a new lease, over the limit too
     assert isinstance(other, Started)
     assert await leases.finish(other, "dead", "no", claim_next="none") is None
-    assert await client.dlq_purge(T, "e2") == 1
+    assert await DeadLetters(client).purge(T, "e2") == 1
     assert await client.cancel(ids[3])
     lock = (await locks.acquire("modem", "m1", "w1", "proc", 5)).lock
     assert lock is not None
@@ -219,7 +221,7 @@ async def test_work_already_in_redis_moves_on_when_full(client: Client, redis_ur
     await locks.release(lock)
 
     free(redis_url)
-    assert (await client.counts(T))["completed"] == 1
+    assert (await IndexReads(client).counts(T))["completed"] == 1
 
 
 @pytest.mark.slow
@@ -274,7 +276,7 @@ async def test_running_job_finishes_when_full_and_worker_goes_on_after(
             "worker": worker.name,
         }, pool.logs()
         assert worker.alive()
-        assert (await client.counts(T))["completed"] == 3
+        assert (await IndexReads(client).counts(T))["completed"] == 3
     finally:
         pool.close()
 

@@ -36,6 +36,8 @@ from atomicqueues import (
     Settings,
 )
 from atomicqueues.client import Limits
+from atomicqueues.dead_letters import DeadLetters
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.keys import AUTO_JOB_ID_RE, BUCKETS, bucket_of, encode_id, job_key
 from atomicqueues.leases import Idle, Lease, Leases, Started, sweep
 from helpers import Connect
@@ -128,26 +130,26 @@ async def test_custom_job_id_is_idempotent_per_entity(client: Client) -> None:
     leases = Leases(client, "w1")
     jid = await client.enqueue(T, "u1", "charge", {"cents": 100}, job_id="order-42")
     assert jid == "order-42"
-    before = (await client.counts(T), await snapshot(client))
+    before = (await IndexReads(client).counts(T), await snapshot(client))
 
     again = await client.enqueue(T, "u1", "charge", {"cents": 999}, job_id="order-42")
     assert again == "order-42"
-    assert (await client.counts(T), await snapshot(client)) == before
+    assert (await IndexReads(client).counts(T), await snapshot(client)) == before
     job = await client.job("order-42", entity=(T, "u1"))
     assert job.payload == {"cents": 100}
 
     # Still idempotent while it runs and after it completed (within its retention).
     run = await started(leases, "u1")
     assert await client.enqueue(T, "u1", "charge", job_id="order-42") == "order-42"
-    assert (await client.counts(T))["waiting"] == 0
+    assert (await IndexReads(client).counts(T))["waiting"] == 0
     await leases.finish(run, "completed", "null", claim_next="none")
     assert await client.enqueue(T, "u1", "charge", job_id="order-42") == "order-42"
-    assert (await client.counts(T))["waiting"] == 0
+    assert (await IndexReads(client).counts(T))["waiting"] == 0
 
     # The same id on another entity is another job.
     await client.enqueue(T, "u2", "charge", {"cents": 5}, job_id="order-42")
     assert (await client.job("order-42", entity=(T, "u2"))).payload == {"cents": 5}
-    assert await client.pending_entities(T) == {"u2": 1}
+    assert await IndexReads(client).pending_entities(T) == {"u2": 1}
     await check_index(client, completed=1)
 
 
@@ -166,7 +168,7 @@ async def test_custom_job_ids_of_entities_in_one_bucket_never_collide(client: Cl
     a, b = _same_bucket_ids(T, 2)
     await client.enqueue(T, a, "x", 1, job_id="same")
     await client.enqueue(T, b, "x", 2, job_id="same")
-    assert await client.pending_entities(T) == {a: 1, b: 1}
+    assert await IndexReads(client).pending_entities(T) == {a: 1, b: 1}
     assert (await client.job("same", entity=(T, a))).payload == 1
     assert (await client.job("same", entity=(T, b))).payload == 2
 
@@ -207,7 +209,7 @@ async def test_payload_size_limit(connect: Connect) -> None:
     assert (info.value.size, info.value.limit) == (65, 64)
     with pytest.raises(PayloadTooLarge):
         await client.enqueue(T, "u1", "x", "é" * 32)  # 64 characters, 66 bytes of UTF-8
-    assert (await client.counts(T))["waiting"] == 1
+    assert (await IndexReads(client).counts(T))["waiting"] == 1
 
 
 @pytest.mark.parametrize(
@@ -277,8 +279,8 @@ async def test_delayed_job_joins_when_due_not_before(client: Client) -> None:
     jid = await client.enqueue(T, "u1", "later", delay=0.4)
     job = await client.job(jid)
     assert job.state == "delayed"
-    assert await client.pending_entities(T) == {}
-    assert set(await client.entities_with_work(T)) == set()  # nothing waits or runs yet
+    assert await IndexReads(client).pending_entities(T) == {}
+    assert set(await IndexReads(client).entities_with_work(T)) == set()  # nothing waits or runs yet
     got = await idle(leases, "u1")
     assert got.lease is None
     assert got.next_due is not None
@@ -317,11 +319,11 @@ async def test_sweep_promotes_a_due_delayed_job_and_makes_its_entity_claimable(
 ) -> None:
     await client.enqueue(T, "u1", "later", delay=0.5)
     assert await sweep(client, T) == (0, 0)
-    assert await client.claimable_entities(T) == {}
+    assert await IndexReads(client).claimable_entities(T) == {}
     await asyncio.sleep(0.55)
     assert await sweep(client, T) == (0, 1)
-    assert set(await client.claimable_entities(T)) == {"u1"}
-    assert await client.pending_entities(T) == {"u1": 1}
+    assert set(await IndexReads(client).claimable_entities(T)) == {"u1"}
+    assert await IndexReads(client).pending_entities(T) == {"u1": 1}
     await check_index(client)
 
 
@@ -341,12 +343,12 @@ async def test_with_concurrency_one_a_job_never_starts_before_its_predecessor_en
     # delay outlasts the checks below even on a loaded machine (0.3 s did not, once, in CI).
     assert await a.finish(run, "retry", "boom", retry_delay=1.5) is None
     assert (await client.job(j1)).state == "retrying"
-    assert await client.pending_entities(T) == {"u1": 1}
+    assert await IndexReads(client).pending_entities(T) == {"u1": 1}
     held = await idle(a, "u1", run.lease)
     assert held.lease == run.lease
     assert held.next_due is not None
     await idle(b, "u1")
-    assert await client.claimable_entities(T) == {}
+    assert await IndexReads(client).claimable_entities(T) == {}
     await check_index(client)
 
     # Release the lease: still nothing claimable while the retry is pending.
@@ -379,7 +381,7 @@ async def test_concurrency_n_runs_n_jobs_of_an_entity_at_once(client: Client) ->
     assert (await idle(owners[3], "u1")).lease is None
     # One lease runs one job at a time.
     assert (await idle(owners[0], "u1", runs[0].lease)).lease == runs[0].lease
-    assert await client.claimable_entities(T) == {}
+    assert await IndexReads(client).claimable_entities(T) == {}
     await check_index(client)
 
     nxt = await owners[1].finish(runs[1], "completed", "null")
@@ -400,7 +402,7 @@ async def test_concurrency_n_runs_n_jobs_of_an_entity_at_once(client: Client) ->
     for w in owners[:3]:
         assert (await idle(w, "u1")).lease is None
     await check_index(client, completed=4)
-    assert await client.counts(T) == {
+    assert await IndexReads(client).counts(T) == {
         "waiting": 1,
         "delayed": 0,
         "active": 1,
@@ -590,7 +592,7 @@ async def test_expired_lease_is_swept_back_to_the_head_with_the_attempt_counted(
     assert job.error is not None
     assert job.error.startswith("stalled")
     assert await waiting_ids(client, "u1") == [j1, j2]
-    assert set(await client.claimable_entities(T)) == {"u1"}
+    assert set(await IndexReads(client).claimable_entities(T)) == {"u1"}
     await check_index(client)
 
     before = await snapshot(client)
@@ -648,7 +650,7 @@ async def test_expired_lease_is_recovered_when_its_former_holder_calls(connect: 
         await a.finish(run, "completed", "null")  # too late: recovered on the spot, not counted
     job = await client.job(j1)
     assert (job.state, job.attempt) == ("waiting", 1)
-    assert await client.counts(T) == {
+    assert await IndexReads(client).counts(T) == {
         "waiting": 1,
         "delayed": 0,
         "active": 0,
@@ -689,8 +691,8 @@ async def test_stalled_past_max_attempts_is_dead_lettered(connect: Connect) -> N
     assert (dead.state, dead.attempt) == ("dead", 2)
     assert dead.error is not None
     assert dead.error.startswith("stalled")
-    assert [j.id for j in await client.dlq_list(T, "u1")] == [j1]
-    assert await client.dead_entities(T) == {"u1": 1}
+    assert [j.id for j in await DeadLetters(client).list(T, "u1")] == [j1]
+    assert await DeadLetters(client).entities(T) == {"u1": 1}
     nxt = await started(a, "u1")
     assert nxt.job.id == j2
     await check_index(client)
@@ -749,7 +751,7 @@ async def test_finish_hands_over_to_the_next_claimable_entity_of_the_bucket(
     await check_index(client, completed=1)
     assert await w.finish(nxt, "completed", "null", claim_next="any") is None  # c is held
     await check_index(client, completed=2)
-    assert await client.claimable_entities(T) == {}
+    assert await IndexReads(client).claimable_entities(T) == {}
     assert await other.finish(held, "completed", "null", claim_next="same") is not None
     await check_index(client, completed=3)
 
@@ -919,32 +921,32 @@ async def test_dead_letter_list_requeue_and_purge(client: Client) -> None:
     await b.finish(orun, "dead", "other err", claim_next="none")
     await check_index(client, completed=1)
 
-    dlq = await client.dlq_list(T, "u1")
+    dlq = await DeadLetters(client).list(T, "u1")
     assert [(j.id, j.error, j.state) for j in dlq] == [
         (ids[0], "err 0", "dead"),
         (ids[1], "err 1", "dead"),
     ]
-    assert [j.id for j in await client.dlq_list(T)] == [ids[0], ids[1], other]
-    assert [j.id for j in await client.dlq_list(T, limit=1)] == [ids[0]]
-    assert await client.dead_entities(T) == {"u1": 2, "u2": 1}
+    assert [j.id for j in await DeadLetters(client).list(T)] == [ids[0], ids[1], other]
+    assert [j.id for j in await DeadLetters(client).list(T, limit=1)] == [ids[0]]
+    assert await DeadLetters(client).entities(T) == {"u1": 2, "u2": 1}
 
     # Requeue keeps the job's original place (before j3, enqueued after it), attempts reset.
-    assert await client.dlq_requeue(T, "u1", [ids[1]]) == 1
-    assert await client.dlq_requeue(T, "u1", [ids[1]]) == 0  # not dead any more
+    assert await DeadLetters(client).requeue(T, "u1", [ids[1]]) == 1
+    assert await DeadLetters(client).requeue(T, "u1", [ids[1]]) == 0  # not dead any more
     assert await waiting_ids(client, "u1") == [ids[1], ids[3]]
     job = await client.job(ids[1])
     assert (job.state, job.attempt, job.finished_at) == ("waiting", 0, None)
-    assert await client.dead_entities(T) == {"u1": 1, "u2": 1}
+    assert await DeadLetters(client).entities(T) == {"u1": 1, "u2": 1}
     await check_index(client, completed=1)
 
-    assert await client.dlq_purge(T, "u1") == 1
+    assert await DeadLetters(client).purge(T, "u1") == 1
     with pytest.raises(JobNotFound):
         await client.job(ids[0])
-    assert await client.dlq_purge(T) == 1  # every entity of the type
+    assert await DeadLetters(client).purge(T) == 1  # every entity of the type
     with pytest.raises(JobNotFound):
         await client.job(other)
-    assert await client.dlq_list(T) == []
-    assert await client.dead_entities(T) == {}
+    assert await DeadLetters(client).list(T) == []
+    assert await DeadLetters(client).entities(T) == {}
     await check_index(client, completed=1)
 
 
@@ -958,7 +960,7 @@ async def test_requeued_dead_job_goes_before_jobs_enqueued_after_it(client: Clie
     await a.finish(run, "dead", "boom", claim_next="none")
     await a.release(run.lease, "idle")  # nothing waits, runs or is due: the entity is idle
     later = [await client.enqueue(T, "u1", f"k{i}") for i in range(3)]
-    assert await client.dlq_requeue(T, "u1") == 1
+    assert await DeadLetters(client).requeue(T, "u1") == 1
     assert await waiting_ids(client, "u1") == [j1, *later]
     await check_index(client, completed=1)
 
@@ -970,9 +972,9 @@ async def test_dlq_requeue_of_every_entity(client: Client) -> None:
         run = await started(a, eid)
         await a.finish(run, "dead", "boom", claim_next="none")
         await a.release(run.lease, "idle")
-    assert await client.dlq_requeue(T) == 2
-    assert await client.pending_entities(T) == {"u1": 1, "u2": 1}
-    assert set(await client.claimable_entities(T)) == {"u1", "u2"}
+    assert await DeadLetters(client).requeue(T) == 2
+    assert await IndexReads(client).pending_entities(T) == {"u1": 1, "u2": 1}
+    assert set(await IndexReads(client).claimable_entities(T)) == {"u1", "u2"}
     await check_index(client)
 
 
@@ -993,7 +995,7 @@ async def test_cancel_waiting_and_delayed_jobs(client: Client) -> None:
     assert custom == "mine"
     assert await client.cancel(delayed) is True
     await check_index(client)
-    assert await client.counts(T) == {
+    assert await IndexReads(client).counts(T) == {
         "waiting": 0,
         "delayed": 0,
         "active": 1,
@@ -1038,7 +1040,7 @@ async def test_cancel_of_a_running_job_ends_it_cancelled_never_retried(client: C
         await client.result(running, timeout=1)
     assert await client.cancel(running) is False
     await a.finish(nxt, "completed", "null", claim_next="none")
-    counts = await client.counts(T)
+    counts = await IndexReads(client).counts(T)
     assert (counts["cancelled"], counts["completed"], counts["retrying"]) == (1, 1, 0)
     await check_index(client, completed=1)
 
@@ -1058,7 +1060,7 @@ async def test_a_job_whose_cancel_was_asked_ends_cancelled_when_its_lease_ends(
     await sweep(client, T)
     for run in (given_back, expired):
         assert (await client.job(run.job.id)).state == "cancelled"
-    assert await client.pending_entities(T) == {}
+    assert await IndexReads(client).pending_entities(T) == {}
     assert isinstance(await b.claim(T, "u1", None), Idle)
     await check_index(client)
 
@@ -1075,7 +1077,7 @@ async def test_cancel_of_a_retrying_job_removes_it(client: Client) -> None:
     assert await client.cancel(j1) is True
     with pytest.raises(JobNotFound):
         await client.job(j1)
-    assert (await client.counts(T))["retrying"] == 0
+    assert (await IndexReads(client).counts(T))["retrying"] == 0
     await check_index(client, completed=1)
 
 
@@ -1093,15 +1095,15 @@ async def test_a_paused_entity_takes_jobs_and_starts_none_until_resumed(client: 
     assert await a.finish(run, "completed", "null") is None
     await idle(a, "u1", run.lease)
     await idle(Leases(client, "b"), "u1")
-    assert await client.claimable_entities(T) == {}
-    assert await client.work_index(T) == []  # no pool starts a worker for it
+    assert await IndexReads(client).claimable_entities(T) == {}
+    assert await IndexReads(client).work_index(T) == []  # no pool starts a worker for it
     assert await a.claim_any(T, client.keys.entity_bucket(T, "u1")) is None
     assert await a.release(run.lease, "idle") == "released"
     assert (await client.paused(T)).entities == ["u1"]
     await check_index(client, completed=1)
 
     assert await client.resume(T, "u1") == 1
-    assert set(await client.claimable_entities(T)) == {"u1"}
+    assert set(await IndexReads(client).claimable_entities(T)) == {"u1"}
     nxt = await started(a, "u1")
     assert nxt.job.id != first
     assert (await client.paused(T)).entities == []
@@ -1129,15 +1131,15 @@ async def test_pausing_a_type_pauses_its_entities_and_those_that_come(client: Cl
     await client.enqueue(T, "u3", "x")  # a new entity of a paused type is paused as it comes
     for eid in ("u1", "u2", "u3"):
         await idle(a, eid)
-    assert await client.claimable_entities(T) == {}
-    assert await client.work_index(T) == []
-    assert [e.entity_id for e in await client.work_index("other")] == ["u1"]
+    assert await IndexReads(client).claimable_entities(T) == {}
+    assert await IndexReads(client).work_index(T) == []
+    assert [e.entity_id for e in await IndexReads(client).work_index("other")] == ["u1"]
     paused = await client.paused(T)
     assert (paused.entity_type, paused.entities) == (True, ["u2"])
     await check_index(client)
 
     await client.resume(T)
-    assert set(await client.claimable_entities(T)) == {"u1", "u3"}  # u2 stays paused
+    assert set(await IndexReads(client).claimable_entities(T)) == {"u1", "u3"}  # u2 stays paused
     await started(a, "u1")
     await idle(a, "u2")
     assert await client.resume(T, "u2") == 1
@@ -1230,8 +1232,8 @@ async def test_a_rate_limited_entity_starts_at_most_n_jobs_in_any_period(client:
     assert second is not None
     assert await a.finish(second, "completed", "null") is None  # a third start is not let
     # Held: not claimable, left out of the work index, its next start a due time.
-    assert await client.claimable_entities(T) == {}
-    assert await client.work_index(T) == []
+    assert await IndexReads(client).claimable_entities(T) == {}
+    assert await IndexReads(client).work_index(T) == []
     assert await b.claim_any(T, client.keys.entity_bucket(T, "u1")) is None
     held = await idle(a, "u1", second.lease)
     assert held.next_due is not None
@@ -1241,7 +1243,7 @@ async def test_a_rate_limited_entity_starts_at_most_n_jobs_in_any_period(client:
     assert await a.release(second.lease, "idle") == "released"  # nothing may start now
     await asyncio.sleep(held.next_due - await server_now(client) + 0.02)
     assert await sweep(client, T) == (0, 1)  # the sweep lets it go: claimable again
-    assert set(await client.claimable_entities(T)) == {"u1"}
+    assert set(await IndexReads(client).claimable_entities(T)) == {"u1"}
     third = await b.claim_any(T, client.keys.entity_bucket(T, "u1"))
     assert third is not None
     assert await server_now(client) - t0 >= 0.5
@@ -1545,7 +1547,7 @@ async def test_index_stays_exact_through_every_path(connect: Connect) -> None:
     assert "u3" not in truth["work"]
 
     # dead letters back, concurrency up and down
-    assert await client.dlq_requeue(T, "u1") == 1
+    assert await DeadLetters(client).requeue(T, "u1") == 1
     await check()
     await client.set_concurrency(T, "u1", 2)
     truth = await check()
@@ -1571,7 +1573,7 @@ async def test_index_stays_exact_through_every_path(connect: Connect) -> None:
 
 
 async def _collect_events(client: Client, t: str, into: asyncio.Queue[tuple[float, str]]) -> None:
-    async for eid in client.events(t):
+    async for eid in IndexReads(client).events(t):
         into.put_nowait((time.monotonic(), eid))
 
 
@@ -1647,8 +1649,8 @@ async def test_strange_entity_ids_never_collide_or_break_hash_tags(client: Clien
     custom = {
         eid: await client.enqueue(T, eid, "y", {"eid": eid}, job_id="k:1") for eid in STRANGE_IDS
     }
-    assert await client.pending_entities(T) == dict.fromkeys(STRANGE_IDS, 2)
-    assert set(await client.claimable_entities(T)) == set(STRANGE_IDS)
+    assert await IndexReads(client).pending_entities(T) == dict.fromkeys(STRANGE_IDS, 2)
+    assert set(await IndexReads(client).claimable_entities(T)) == set(STRANGE_IDS)
     await check_index(client)
 
     # Every key carries exactly its bucket's hash tag (one slot per script, Cluster-safe).
@@ -1671,8 +1673,8 @@ async def test_strange_entity_ids_never_collide_or_break_hash_tags(client: Clien
         assert run.job.payload == {"eid": eid}
         await a.finish(run, "dead", "x", claim_next="none")
         assert await a.release(run.lease, "idle") == "released"
-    assert await client.dead_entities(T) == dict.fromkeys(STRANGE_IDS, 1)
-    assert {j.entity_id for j in await client.dlq_list(T, limit=1000)} == set(STRANGE_IDS)
+    assert await DeadLetters(client).entities(T) == dict.fromkeys(STRANGE_IDS, 1)
+    assert {j.entity_id for j in await DeadLetters(client).list(T, limit=1000)} == set(STRANGE_IDS)
     await check_index(client, completed=len(STRANGE_IDS))
 
 

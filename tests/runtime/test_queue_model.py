@@ -31,6 +31,7 @@ from hypothesis.stateful import (
 )
 
 from atomicqueues import BacklogFull, Client, Settings
+from atomicqueues.dead_letters import DeadLetters
 from atomicqueues.jobs import STATES
 from atomicqueues.keys import decode_id, encode_id, in_bucket, job_key, of_entity
 from atomicqueues.leases import Idle, Lease, Leases, Started
@@ -355,9 +356,9 @@ class QueueMachine(RuleBasedStateMachine):
     def dead_letters(self, e: str, purge: bool) -> None:
         dead = self.of(e, "dead")
         if purge:
-            n = self.run(self.client.dlq_purge(T, e))
+            n = self.run(DeadLetters(self.client).purge(T, e))
         else:
-            n = self.run(self.client.dlq_requeue(T, e))
+            n = self.run(DeadLetters(self.client).requeue(T, e))
         assert n == len(dead)
         for j in dead:
             j.state = "gone" if purge else "waiting"

@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 
 from atomicqueues import Client, JobContext, Registry, Schedule, Settings, SyncClient, Worker
 from atomicqueues.keys import in_bucket, of_entity, schedule_key
-from atomicqueues.schedules import TICK, Ticker, job_id
+from atomicqueues.schedules import TICK, Schedules, Ticker, job_id
 from helpers import aq, assert_one_line_error
 from redis_servers import free_port
 
@@ -128,7 +128,7 @@ async def waiting_jobs(client: Client, entity_id: str) -> list[str]:
 
 
 async def test_missed_ticks_fire_once_then_the_next_tick_after_now(client: Client) -> None:
-    added = await client.add_schedule(
+    added = await Schedules(client).add(
         T, "ping", "ping", {"n": 1}, entity_id="e1", every=0.2, timeout=7
     )
     assert added.timeout == 7
@@ -139,7 +139,7 @@ async def test_missed_ticks_fire_once_then_the_next_tick_after_now(client: Clien
     await ticker.tick()
     first = round(added.next_at * 1000)
     assert await waiting_jobs(client, "e1") == [job_id("ping", first)]  # once, the oldest tick
-    (after,) = await client.schedules(T)
+    (after,) = await Schedules(client).list(T)
     now = time.time()
     assert after.next_at is not None
     assert now < after.next_at <= now + 0.2 + 0.05
@@ -157,7 +157,7 @@ async def test_a_stale_or_replaced_read_fires_nothing(client: Client) -> None:
     """The compare-and-set: a ticker that read a tick which another ticker has fired since (and
     whose job has completed and is gone) adds no second job; nor does a read of a schedule that
     was replaced."""
-    await client.add_schedule(T, "ping", "ping", entity_id="e1", every=0.2)
+    await Schedules(client).add(T, "ping", "ping", entity_id="e1", every=0.2)
     await asyncio.sleep(0.3)
     bucket = client.keys.entity_bucket(T, "e1")
     times = in_bucket(bucket, "sched")
@@ -175,7 +175,7 @@ async def test_a_stale_or_replaced_read_fires_nothing(client: Client) -> None:
     assert await waiting_jobs(client, "e1") == []
     assert int(again[0]) > due  # the next time stays where the first fire put it
     # Replaced (a new sid) at the very tick the old read saw: still nothing.
-    await client.add_schedule(T, "ping", "ping", entity_id="e1", every=0.2)
+    await Schedules(client).add(T, "ping", "ping", entity_id="e1", every=0.2)
     await client.redis.zadd(times, {"ping": due})
     stale = await client.script("schedule_fire", bucket, channel, *args)
     assert stale[1:] == []
@@ -187,8 +187,8 @@ async def test_a_schedule_that_cannot_fire_here_holds_up_no_other(
 ) -> None:
     """A job this ticker cannot enqueue (its payload is over this process's limit) is logged and
     left due; the schedule beside it in the same bucket fires, and the ticker does not spin."""
-    await client.add_schedule(T, "big", "ping", "x" * 100, entity_id="e1", every=0.1)
-    await client.add_schedule(T, "small", "ping", "x", entity_id="e1", every=0.1)
+    await Schedules(client).add(T, "big", "ping", "x" * 100, entity_id="e1", every=0.1)
+    await Schedules(client).add(T, "small", "ping", "x", entity_id="e1", every=0.1)
     await asyncio.sleep(0.15)
     limited = await Client.connect(Settings(redis_url=redis_url, max_payload_bytes=50))
     try:
@@ -203,14 +203,14 @@ async def test_a_schedule_that_cannot_fire_here_holds_up_no_other(
 
 
 async def test_remove_stops_firing(client: Client) -> None:
-    await client.add_schedule(T, "ping", "ping", entity_id="e1", every=0.1)
+    await Schedules(client).add(T, "ping", "ping", entity_id="e1", every=0.1)
     ticker = Ticker(client, T)
     task = asyncio.create_task(ticker.run())
     try:
         deadline = time.monotonic() + 10
         while len(await waiting_jobs(client, "e1")) < 3 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        assert await client.remove_schedule(T, "ping")
+        assert await Schedules(client).remove(T, "ping")
         await asyncio.sleep(0.05)  # a fire already under way ends
         fired = await waiting_jobs(client, "e1")
         assert len(fired) >= 3
@@ -218,27 +218,27 @@ async def test_remove_stops_firing(client: Client) -> None:
         assert await waiting_jobs(client, "e1") == fired
     finally:
         task.cancel()
-    assert await client.schedules(T) == []
-    assert not await client.remove_schedule(T, "ping")
+    assert await Schedules(client).list(T) == []
+    assert not await Schedules(client).remove(T, "ping")
     bucket = client.keys.entity_bucket(T, "e1")
     assert await client.redis.zcard(in_bucket(bucket, "sched")) == 0
     assert not await client.redis.exists(schedule_key(bucket, "ping"))
 
 
 async def test_a_schedule_of_the_type_goes_to_the_entity_named_after_it(client: Client) -> None:
-    added = await client.add_schedule(T, "nightly", "build", cron="0 3 * * *", tz="Europe/Berlin")
+    added = await Schedules(client).add(T, "nightly", "build", cron="0 3 * * *", tz="Europe/Berlin")
     assert (added.entity_id, added.per_type) == ("nightly", True)
     assert added.next_at is not None
     local = datetime.fromtimestamp(added.next_at, ZoneInfo("Europe/Berlin"))
     assert (local.hour, local.minute, local.second) == (3, 0, 0)
     assert added.next_at > time.time()
     # Replaced by one for an entity in another bucket: the old one is gone from its bucket.
-    moved = await client.add_schedule(T, "nightly", "build", entity_id="elsewhere-7", every=60)
+    moved = await Schedules(client).add(T, "nightly", "build", entity_id="elsewhere-7", every=60)
     assert moved.entity_id == "elsewhere-7"
     old = client.keys.entity_bucket(T, "nightly")
     assert old != client.keys.entity_bucket(T, "elsewhere-7")
     assert not await client.redis.exists(schedule_key(old, "nightly"))
-    (listed,) = await client.schedules()
+    (listed,) = await Schedules(client).list()
     assert (listed.name, listed.entity_id, listed.every, listed.cron) == (
         "nightly",
         "elsewhere-7",
@@ -269,8 +269,8 @@ async def test_metrics_count_schedules_and_fires_by_type(client: Client) -> None
         return REGISTRY.get_sample_value(name, {"entity_type": T}) or 0.0
 
     before = sample("aq_schedule_fires_total")
-    await client.add_schedule(T, "a", "ping", entity_id="e1", every=0.1)
-    await client.add_schedule(T, "b", "ping", entity_id="e2", every=0.1)
+    await Schedules(client).add(T, "a", "ping", entity_id="e1", every=0.1)
+    await Schedules(client).add(T, "b", "ping", entity_id="e2", every=0.1)
     await asyncio.sleep(0.15)
     ticker = Ticker(client, T)
     await ticker.tick()
@@ -284,13 +284,15 @@ async def test_metrics_count_schedules_and_fires_by_type(client: Client) -> None
 
 def test_sync_client_adds_lists_and_removes(redis_url: str) -> None:
     with SyncClient(Settings(redis_url=redis_url)) as client:
-        added = client.add_schedule(T, "hourly", "build", [1, 2], cron="0 * * * *")
-        assert [s.name for s in client.schedules(T)] == ["hourly"]
-        assert client.schedules(T)[0].payload == [1, 2]
+        added = client.run(
+            lambda c: Schedules(c).add(T, "hourly", "build", [1, 2], cron="0 * * * *")
+        )
+        assert [s.name for s in client.run(lambda c: Schedules(c).list(T))] == ["hourly"]
+        assert client.run(lambda c: Schedules(c).list(T))[0].payload == [1, 2]
         assert added.next_at is not None
         assert added.next_at % 3600 == 0
-        assert client.remove_schedule(T, "hourly")
-        assert client.schedules() == []
+        assert client.run(lambda c: Schedules(c).remove(T, "hourly"))
+        assert client.run(lambda c: Schedules(c).list()) == []
 
 
 # --- tickers in separate processes ------------------------------------------------------------
@@ -334,9 +336,9 @@ async def test_racing_tickers_in_processes_fire_each_tick_once(
         for proc in procs:  # every ticker is up before the schedule exists
             assert proc.stdout is not None
             assert b"firing the schedules" in await proc.stdout.readline()
-        await client.add_schedule(T, "ping", "ping", entity_id="e1", every=0.2)
+        await Schedules(client).add(T, "ping", "ping", entity_id="e1", every=0.2)
         await asyncio.sleep(4.0)
-        await client.remove_schedule(T, "ping")
+        await Schedules(client).remove(T, "ping")
         await asyncio.sleep(0.5)
         fires = [await asyncio.to_thread(metric, port, "aq_schedule_fires_total") for port in ports]
     finally:

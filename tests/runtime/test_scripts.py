@@ -18,6 +18,7 @@ import pytest
 import redis.exceptions
 
 from atomicqueues import Client
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.jobs import REPLY_FIELDS
 from atomicqueues.keys import BUCKET_KEYS, ENTITY_KEYS
 from atomicqueues.scripts import INCLUDE, NAMES, flags, library, source
@@ -77,7 +78,7 @@ async def test_calls_sent_together_before_the_first_answer_all_run(
     assert fresh.scripts.functions is None
     await asyncio.gather(*(fresh.redis.ping() for _ in range(20)))  # connections made before
     await asyncio.gather(*(fresh.enqueue("user", f"t{n}", "echo", {"n": n}) for n in range(20)))
-    assert (await fresh.counts("user"))["waiting"] == 20
+    assert (await IndexReads(fresh).counts("user"))["waiting"] == 20
 
 
 async def test_calls_made_together_share_a_round_trip(client: Client, connect: Connect) -> None:
@@ -101,7 +102,7 @@ async def test_calls_made_together_share_a_round_trip(client: Client, connect: C
     assert made <= 2, f"{made} connections for 16 calls made together"  # one each, unbatched
     assert isinstance(replies[7], redis.exceptions.ResponseError)
     assert [r for n, r in enumerate(replies) if n != 7] == [[1, "waiting"]] * 15
-    assert (await fresh.counts("user"))["waiting"] == 16  # 15 and the warm-up's
+    assert (await IndexReads(fresh).counts("user"))["waiting"] == 16  # 15 and the warm-up's
 
 
 async def test_a_call_made_alone_is_sent_at_once(client: Client) -> None:
@@ -152,4 +153,4 @@ async def test_the_scripts_run_as_functions_where_redis_has_them(client: Client)
         assert library().name in str(loaded)
         await client.redis.execute_command("FUNCTION", "FLUSH")  # as a restart without disk
     await client.enqueue("user", "u1", "echo", {"n": 2})
-    assert (await client.counts("user"))["waiting"] == 2
+    assert (await IndexReads(client).counts("user"))["waiting"] == 2

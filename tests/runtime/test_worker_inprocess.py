@@ -28,7 +28,9 @@ from atomicqueues import (
     SyncClient,
     Worker,
 )
+from atomicqueues.dead_letters import DeadLetters
 from atomicqueues.errors import ConfigError
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.keys import in_bucket, of_entity
 from atomicqueues.leases import Leases, Started
 from atomicqueues.runner import MAX_ERROR_CHARS
@@ -115,7 +117,7 @@ async def test_exhausted_and_permanent_errors_dead_letter(client: Client) -> Non
         await client.result(exhausted, timeout=1)
     with pytest.raises(JobFailed, match="not allowed"):
         await client.result(refused, timeout=1)
-    assert {j.id for j in await client.dlq_list("user", "carol")} == {exhausted, refused}
+    assert {j.id for j in await DeadLetters(client).list("user", "carol")} == {exhausted, refused}
     dead = await client.job(exhausted)
     assert dead.error_line == "RuntimeError: attempt 2 fails"
     assert dead.error is not None
@@ -366,8 +368,10 @@ def test_sync_client_from_plain_threads(redis_url: str) -> None:
         for t in threads:
             t.join()
         assert len(set(ids)) == 40
-        assert sync.pending_entities("user") == {f"t{n}": 10 for n in range(4)}
-        assert sync.counts("user")["waiting"] == 40
+        assert sync.run(lambda c: IndexReads(c).pending_entities("user")) == {
+            f"t{n}": 10 for n in range(4)
+        }
+        assert sync.run(lambda c: IndexReads(c).counts("user"))["waiting"] == 40
         assert sync.job(ids[0]).state == "waiting"
         assert sync.cancel(ids[0])
         with pytest.raises(TimeoutError):

@@ -36,6 +36,7 @@ from typing import Any
 import redis
 
 from atomicqueues import SyncClient
+from atomicqueues.index_reads import IndexReads
 from atomicqueues.jobs import Job
 from atomicqueues.keys import EntityKey, Keys, in_bucket, job_key, of_entity
 from helpers import REPO_ROOT, wait_until
@@ -59,7 +60,7 @@ def _die_with_parent() -> None:
 
 def ended(client: SyncClient, total: int, entity_type: str) -> bool:
     """Whether `total` jobs of the type completed and none waits, runs or retries."""
-    counts = client.counts(entity_type)
+    counts = client.run(lambda c: IndexReads(c).counts(entity_type))
     busy = sum(counts.get(s, 0) for s in ("waiting", "delayed", "active", "retrying"))
     return counts.get("completed", 0) == total and busy == 0
 

@@ -8,6 +8,7 @@ token for what they write downstream.
 from .client import Client, NewJob
 from .config import Settings
 from .context import JobContext
+from .dead_letters import DeadLetters
 from .errors import (
     AtomicQueuesError,
     BacklogFull,
@@ -27,10 +28,11 @@ from .errors import (
     RedisUnavailable,
     UnknownHandler,
 )
+from .index_reads import IndexReads
 from .jobs import Backoff, Job
 from .locks import Holder, Lock, LockResult, Locks
 from .registry import Registry
-from .schedules import Schedule
+from .schedules import Schedule, Schedules
 from .sync import SyncClient
 from .worker import Worker
 
@@ -39,7 +41,9 @@ __all__ = [
     "BacklogFull",
     "Backoff",
     "Client",
+    "DeadLetters",
     "Holder",
+    "IndexReads",
     "InvalidInput",
     "Job",
     "JobCancelled",
@@ -62,6 +66,7 @@ __all__ = [
     "RedisUnavailable",
     "Registry",
     "Schedule",
+    "Schedules",
     "Settings",
     "SyncClient",
     "UnknownHandler",

@@ -32,14 +32,17 @@ from .cliargs import EXIT_ERROR, EXIT_USAGE, Parser, json_arg, positive
 from .client import Client, NewJob
 from .config import Settings
 from .connection import permission_denied
+from .dead_letters import DeadLetters
 from .errors import AtomicQueuesError, ConfigError, InvalidInput, JobNotFound
 from .extras import missing_extra
+from .index_reads import IndexReads
 from .jobs import Job
 from .locks import Lock, Locks
 from .memory import eviction_warning
 from .presence import Presence
 from .schedule_cli import add_parser as add_schedule_parser
 from .schedule_cli import cmd_schedule
+from .schedules import Schedules
 
 LAZY_COMMANDS = {
     "up": "run the workers of an EntityWorkerPool manifest on this machine until Ctrl-C",
@@ -485,7 +488,8 @@ async def _send(client: Client, chunk: list[tuple[int, NewJob]], job_ids: list[s
 async def cmd_status(args: argparse.Namespace, client: Client) -> int:
     if warning := await client.call(lambda: eviction_warning(client.redis)):
         print(f"aq: warning: {warning}", file=sys.stderr)
-    types = [args.entity_type] if args.entity_type else await client.entity_types()
+    index, dead = IndexReads(client), DeadLetters(client)
+    types = [args.entity_type] if args.entity_type else await index.entity_types()
     workers = await Presence(client).all_workers()
     held = await Locks(client).held()
     report: dict[str, Any] = {
@@ -496,14 +500,14 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
     for t in types:
         paused = await client.paused(t)
         report["types"][t] = {
-            "counts": await client.counts(t),
-            "pending": await client.pending_entities(t),
-            "with_work": len(await client.entities_with_work(t)),
-            "dead_entities": len(await client.dead_entities(t)),
+            "counts": await index.counts(t),
+            "pending": await index.pending_entities(t),
+            "with_work": len(await index.entities_with_work(t)),
+            "dead_entities": len(await dead.entities(t)),
             "paused": paused.entity_type,
             "paused_entities": paused.entities,
             "limits": asdict(await client.limits(t)),
-            "schedules": [s.to_dict() for s in await client.schedules(t)],
+            "schedules": [s.to_dict() for s in await Schedules(client).list(t)],
         }
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
@@ -708,13 +712,14 @@ def _job_line(job: Job) -> str:
 
 
 async def cmd_dlq(args: argparse.Namespace, client: Client) -> int:
+    dead = DeadLetters(client)
     if args.action == "list":
-        types = [args.entity_type] if args.entity_type else await client.entity_types()
+        types = [args.entity_type] if args.entity_type else await IndexReads(client).entity_types()
         jobs: list[Job] = []
         for entity_type in types:
             limit = args.limit - len(jobs)
             if limit > 0:
-                jobs += await client.dlq_list(entity_type, args.entity_id, limit=limit)
+                jobs += await dead.list(entity_type, args.entity_id, limit=limit)
         if args.json:
             print(json.dumps([_job_json(j) for j in jobs], indent=2, ensure_ascii=False))
         else:
@@ -726,7 +731,7 @@ async def cmd_dlq(args: argparse.Namespace, client: Client) -> int:
         raise InvalidInput(f"dlq {args.action} needs the entity type")
     if args.job_ids and args.entity_id is None:
         raise InvalidInput("--job-id needs the entity id too")
-    fn = client.dlq_requeue if args.action == "requeue" else client.dlq_purge
+    fn = dead.requeue if args.action == "requeue" else dead.purge
     n = await fn(args.entity_type, args.entity_id, args.job_ids)
     print(f"{n} job(s) {'requeued' if args.action == 'requeue' else 'purged'}")
     return 0

@@ -1,7 +1,11 @@
-"""The producer's side: enqueue jobs, look them up, await results, read the index.
+"""The producer's side: enqueue jobs, cancel them, look them up, await their results, and an
+entity's controls (pause, limits, concurrency).
 
-`Client` is the async core; `atomicqueues.sync.SyncClient` wraps it for sync code. Every change
-goes through one Lua script (one round trip); reads of the index walk the buckets of a type.
+`Client` is the async core, built on the connection of `base_client.py`;
+`atomicqueues.sync.SyncClient` wraps it for sync code. Every change goes through one Lua script
+(one round trip). What else reads or changes a deployment wraps a client in a class of its own:
+`IndexReads` (index_reads.py), `DeadLetters` (dead_letters.py), `Queues`, `Schedules`, `Locks`,
+`Presence`.
 """
 
 from __future__ import annotations
@@ -9,24 +13,15 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-import redis.exceptions
 from pydantic import ValidationError
 
 from . import metrics, tracing
-from .config import Settings
-from .connection import (
-    CONNECTION_ERRORS,
-    RedisClient,
-    broken_transport,
-    connect,
-    describe,
-    pubsub_client,
-)
+from .base_client import BaseClient
 from .errors import (
     BacklogFull,
     InvalidInput,
@@ -34,16 +29,13 @@ from .errors import (
     JobFailed,
     JobNotFound,
     NotReplicated,
-    PoolExhausted,
     RedisOutOfMemory,
     RedisUnavailable,
 )
-from .index import EntityIndex
 from .jobs import (
     DEFAULT_BACKOFF,
     MAX_PRIORITY,
     MIN_PRIORITY,
-    STATES,
     Backoff,
     Job,
     encode_payload,
@@ -51,8 +43,6 @@ from .jobs import (
 )
 from .keys import (
     AUTO_JOB_ID_RE,
-    BucketKey,
-    Keys,
     check_entity_id,
     check_entity_type,
     decode_id,
@@ -62,27 +52,12 @@ from .keys import (
     job_waiters,
     of_entity,
 )
-from .memory import refused_for_memory
-from .scripts import Scripts
 
-if TYPE_CHECKING:
-    from .schedules import Schedule
-
-T = TypeVar("T")
 ENQUEUE_BATCH = 500
 ENQUEUE_BATCH_BYTES = 1024 * 1024
 """Most jobs, and most bytes of their arguments, one enqueue script call of `enqueue_many`
 adds: a script blocks Redis while it runs."""
-MAX_BLOCK_SECONDS = 30.0
-"""The longest a blocking call waits before it returns empty (the caller may call again)."""
 Entity = tuple[str, str]
-FAILING_OVER = (
-    redis.exceptions.ReadOnlyError,
-    redis.exceptions.MovedError,
-    redis.exceptions.AskError,
-    redis.exceptions.TryAgainError,
-)
-"""Answers of a server that is not (or no longer) the one to take the call."""
 
 
 def _integer(value: object) -> bool:
@@ -195,107 +170,8 @@ def _batches(jobs: list[_Prepared]) -> Iterator[list[_Prepared]]:
         yield batch
 
 
-class Client:
-    """Connection to one AtomicQueues deployment (one Redis, one key prefix)."""
-
-    def __init__(self, redis: RedisClient, settings: Settings) -> None:
-        self.redis = redis
-        self.settings = settings
-        if settings.tracing:
-            tracing.require()
-        self.keys = Keys(settings.prefix)
-        self.scripts = Scripts(redis)
-        self._remembered: set[tuple[str, str]] = set()
-        self._blocking: RedisClient | None = None
-        self._blocking_made = asyncio.Lock()
-
-    @classmethod
-    async def connect(cls, settings: Settings | None = None) -> Client:
-        settings = settings or Settings.from_env()
-        return cls(await connect(settings.redis_url, settings.call_timeout), settings)
-
-    async def close(self) -> None:
-        if self._blocking is not None:
-            await self._blocking.aclose()
-        await self.redis.aclose()
-
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def call(self, make: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis operation, turning connection failures into `RedisUnavailable` and a
-        refusal for full memory into `RedisOutOfMemory`."""
-        try:
-            return await make()
-        except redis.exceptions.MaxConnectionsError:  # a ConnectionError that is not one
-            raise PoolExhausted(describe(self.settings.redis_url), None, None) from None
-        except CONNECTION_ERRORS as exc:
-            raise RedisUnavailable(
-                f"cannot reach Redis at {describe(self.settings.redis_url)}: {exc}"
-            ) from None
-        except redis.exceptions.ClusterDownError as exc:
-            raise RedisUnavailable(f"Redis Cluster is down: {exc}") from None
-        except (TypeError, AttributeError) as exc:
-            if not broken_transport(exc):
-                raise
-            raise RedisUnavailable(
-                f"connection to Redis at {describe(self.settings.redis_url)} broke: {exc!r}"
-            ) from None
-        except FAILING_OVER as exc:
-            # A demoted primary (READONLY) or a slot that moved: the call did not run; once the
-            # failover is over, the same call reaches the new primary.
-            raise RedisUnavailable(
-                f"Redis at {describe(self.settings.redis_url)} is failing over: {exc}"
-            ) from None
-        except redis.exceptions.ResponseError as exc:
-            if not refused_for_memory(exc):
-                raise
-            raise RedisOutOfMemory(describe(self.settings.redis_url)) from None
-
-    async def script(
-        self, name: str, bucket: str, *args: str | int | float, durable: bool = False
-    ) -> Any:
-        """Run a script; a `durable` one waits for `Settings.durable_replicas` (`NotReplicated`
-        when fewer confirm it in time)."""
-        if not durable or self.settings.durable_replicas <= 0:
-            return await self.call(lambda: self.scripts.run(name, bucket, *args))
-        replicas, wait_ms = self.settings.durable_replicas, self.settings.durable_wait_ms
-        return await self.call(
-            lambda: self.scripts.run(name, bucket, *args, replicas=replicas, wait_ms=wait_ms)
-        )
-
-    # Typed reads: the client decodes replies, so every value is a str.
-    async def blpop(self, keys: list[str], seconds: float) -> tuple[str, str] | None:
-        """Block until one of `keys` has an element (popped and returned) or `seconds` pass
-        (at most `MAX_BLOCK_SECONDS`). Blocking calls have connections of their own, whose
-        read timeout is the longest block plus the call timeout."""
-        seconds = min(max(seconds, 0.01), MAX_BLOCK_SECONDS)
-        async with self._blocking_made:
-            if self._blocking is None:
-                timeout = MAX_BLOCK_SECONDS + self.settings.call_timeout
-                self._blocking = await connect(self.settings.redis_url, timeout)
-        blocking = self._blocking
-        value = await self.call(lambda: blocking.blpop(keys, timeout=seconds))
-        return None if value is None else (str(value[0]), str(value[1]))
-
-    async def hget(self, key: str, field: str) -> str | None:
-        value = await self.call(lambda: self.redis.hget(key, field))
-        return None if value is None else str(value)
-
-    async def hgetall(self, key: str) -> dict[str, str]:
-        value = await self.call(lambda: self.redis.hgetall(key))
-        return {str(k): str(v) for k, v in value.items()}
-
-    async def smembers(self, key: str) -> set[str]:
-        value = await self.call(lambda: self.redis.smembers(key))
-        return {str(v) for v in value}
-
-    async def zrange(self, key: str, start: int = 0, stop: int = -1) -> list[str]:
-        value = await self.call(lambda: self.redis.zrange(key, start, stop))
-        return [str(v) for v in value]
+class Client(BaseClient):
+    """A producer's connection to one AtomicQueues deployment (one Redis, one key prefix)."""
 
     # --- enqueue and cancel ----------------------------------------------------------------
     async def enqueue(
@@ -335,7 +211,7 @@ class Client:
                 timeout=timeout,
             )
         )
-        await self._remember_type(entity_type)
+        await self.remember_type(entity_type)
         try:
             added, _ = await self.script(
                 "enqueue", job.bucket, job.channel, *job.args, durable=True
@@ -371,7 +247,7 @@ class Client:
         """
         prepared = [self._prepare(job) for job in jobs]
         for entity_type in {job.entity_type for job in prepared}:
-            await self._remember_type(entity_type)
+            await self.remember_type(entity_type)
         by_bucket: dict[str, list[_Prepared]] = {}
         for job in prepared:
             by_bucket.setdefault(job.bucket, []).append(job)
@@ -472,18 +348,6 @@ class Client:
             args,
         )
 
-    async def _remember_type(self, entity_type: str) -> None:
-        await self.remember(self.keys.types(), entity_type)
-
-    async def remember(self, key: str, member: str) -> None:
-        """Add `member` to the set `key` once per client (the sets of known entity and resource
-        types only grow, so a second SADD would change nothing). When Redis's memory is full it
-        is left to a later call: the sets only list, and what needs memory is refused anyway."""
-        if (key, member) not in self._remembered:
-            with suppress(RedisOutOfMemory):
-                await self.call(lambda: self.redis.sadd(key, member))
-                self._remembered.add((key, member))
-
     async def cancel(
         self, job_id: str, *, entity: Entity | None = None, why: str = "cancelled on request"
     ) -> bool:
@@ -577,7 +441,7 @@ class Client:
             bucket = self.keys.entity_bucket(entity_type, entity_id)
             changed: int = await self.script("pause", bucket, action, encode_id(entity_id), channel)
             return changed
-        await self._remember_type(entity_type)
+        await self.remember_type(entity_type)
         calls = [(b, action, ["", channel]) for b in self.keys.buckets(entity_type)]
         replies = await self.call(lambda: self.scripts.run_many("pause", calls))
         return sum(int(n) for n in replies)
@@ -647,7 +511,7 @@ class Client:
             bucket = self.keys.entity_bucket(entity_type, entity_id)
             await self.script("limit", bucket, encode_id(entity_id), channel, *fields)
             return
-        await self._remember_type(entity_type)
+        await self.remember_type(entity_type)
         calls = [(b, "", [channel, *fields]) for b in self.keys.buckets(entity_type)]
         await self.call(lambda: self.scripts.run_many("limit", calls))
 
@@ -700,180 +564,3 @@ class Client:
         bucket = self.keys.entity_bucket(entity_type, entity_id)
         raw = await self.hget(in_bucket(bucket, "conc"), encode_id(entity_id))
         return int(raw) if raw else 1
-
-    # --- the index --------------------------------------------------------------------------
-    async def _each_bucket(
-        self, entity_type: str, name: BucketKey, scores: bool = False
-    ) -> list[Any]:
-        """One read of the same index key in every bucket of a type, in one pipeline (one round
-        trip on a standalone server; one per node on Cluster) and on one connection."""
-        check_entity_type(entity_type)
-        pipe = self.redis.pipeline(transaction=False)
-        for bucket in self.keys.buckets(entity_type):
-            if scores:
-                pipe.zrange(in_bucket(bucket, name), 0, -1, withscores=True)
-            else:
-                pipe.hgetall(in_bucket(bucket, name))
-        replies: list[Any] = await self.call(pipe.execute)
-        return replies
-
-    async def _hash_index(self, entity_type: str, name: BucketKey) -> dict[str, int]:
-        parts = await self._each_bucket(entity_type, name)
-        return {decode_id(str(e)): int(n) for part in parts for e, n in part.items()}
-
-    async def _zset_index(self, entity_type: str, name: BucketKey) -> dict[str, float]:
-        parts = await self._each_bucket(entity_type, name, scores=True)
-        return {decode_id(str(e)): float(ms) / 1000.0 for part in parts for e, ms in part}
-
-    async def pending_entities(self, entity_type: str) -> dict[str, int]:
-        """Entities with jobs waiting to start, and how many each."""
-        return await self._hash_index(entity_type, "pending")
-
-    async def entities_with_work(self, entity_type: str) -> dict[str, float]:
-        """Entities with jobs waiting or in flight, with when (epoch seconds) that began."""
-        return await self._zset_index(entity_type, "work")
-
-    async def claimable_entities(self, entity_type: str) -> dict[str, float]:
-        """Entities with a job that could start now if a worker took a lease (scaler's view)."""
-        return await self._zset_index(entity_type, "ready")
-
-    async def work_index(self, entity_type: str) -> list[EntityIndex]:
-        """Every entity with work that may start a job (a scaler starts no worker for one that
-        is paused, or that its rate limit holds back), with what a scaler needs to know of it,
-        in one pipeline."""
-        check_entity_type(entity_type)
-        pipe = self.redis.pipeline(transaction=False)
-        for bucket in self.keys.buckets(entity_type):
-            pipe.zrange(in_bucket(bucket, "work"), 0, -1, withscores=True)
-            pipe.hgetall(in_bucket(bucket, "pending"))
-            pipe.zrange(in_bucket(bucket, "ready"), 0, -1)
-            pipe.hgetall(in_bucket(bucket, "conc"))
-            pipe.hkeys(in_bucket(bucket, "paused"))
-            pipe.zrange(in_bucket(bucket, "limited"), 0, -1)
-        replies: list[Any] = await self.call(pipe.execute)
-        found: list[EntityIndex] = []
-        for i in range(0, len(replies), 6):
-            work, pending, ready, conc, paused, limited = replies[i : i + 6]
-            ready_set, held = set(ready), {*paused, *limited}
-            for e, ms in work:
-                if e in held:
-                    continue
-                found.append(
-                    EntityIndex(
-                        entity_id=decode_id(str(e)),
-                        waiting=int(pending.get(e, 0)),
-                        since=float(ms) / 1000.0,
-                        concurrency=int(conc.get(e, 1)),
-                        claimable=e in ready_set,
-                    )
-                )
-        return sorted(found, key=lambda w: (w.since, w.entity_id))
-
-    async def counts(self, entity_type: str) -> dict[str, int]:
-        """Jobs per state across the type (`completed` counts every completion so far)."""
-        check_entity_type(entity_type)
-        pipe = self.redis.pipeline(transaction=False)
-        for bucket in self.keys.buckets(entity_type):
-            pipe.hgetall(in_bucket(bucket, "counts"))
-            pipe.hvals(in_bucket(bucket, "pending"))
-        replies: list[Any] = await self.call(pipe.execute)
-        total: dict[str, int] = dict.fromkeys(STATES, 0)
-        for counts, pending in zip(replies[::2], replies[1::2], strict=True):
-            for state, n in counts.items():
-                total[str(state)] = total.get(str(state), 0) + int(n)
-            total["waiting"] += sum(int(n) for n in pending)
-        return total
-
-    async def entity_types(self) -> list[str]:
-        return sorted(await self.smembers(self.keys.types()))
-
-    async def events(self, entity_type: str) -> AsyncIterator[str]:
-        """Entity ids as they become claimable (pub/sub; a missed message only delays)."""
-        redis = pubsub_client(self.settings.redis_url, self.settings.call_timeout)
-        pubsub = redis.pubsub()
-        try:
-            await self.call(lambda: pubsub.subscribe(self.keys.events(entity_type)))
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    yield decode_id(str(message["data"]))
-        finally:
-            with suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            await redis.aclose()
-
-    # --- dead letters -------------------------------------------------------------------------
-    async def dead_entities(self, entity_type: str) -> dict[str, int]:
-        """Entities with dead-lettered jobs, and how many each."""
-        return await self._hash_index(entity_type, "dead")
-
-    async def dlq_list(
-        self, entity_type: str, entity_id: str | None = None, *, limit: int = 100
-    ) -> list[Job]:
-        """Dead-lettered jobs, oldest first, of one entity or of every entity of the type."""
-        if entity_id is not None:
-            ids = [entity_id]
-        else:
-            ids = sorted(await self.dead_entities(entity_type))
-        jobs: list[Job] = []
-        for eid in ids:
-            bucket = self.keys.entity_bucket(entity_type, eid)
-            dlq = of_entity(self.keys.entity(entity_type, eid), "dlq")
-            for jslot in await self.zrange(dlq, 0, limit - 1):
-                fields = await self.hgetall(job_key(bucket, jslot))
-                if fields:
-                    jobs.append(Job.from_fields(entity_type, fields))
-            if len(jobs) >= limit:
-                break
-        return jobs[:limit]
-
-    async def _dlq(
-        self, action: str, entity_type: str, entity_id: str | None, job_ids: list[str] | None
-    ) -> int:
-        ids = [entity_id] if entity_id is not None else list(await self.dead_entities(entity_type))
-        total = 0
-        for eid in ids:
-            jslots = [self.keys.job_slot(entity_type, eid, j) for j in job_ids or []]
-            total += await self.script(
-                "dlq",
-                self.keys.entity_bucket(entity_type, eid),
-                encode_id(eid),
-                action,
-                self.keys.events(entity_type),
-                *jslots,
-            )
-        return total
-
-    async def dlq_requeue(
-        self, entity_type: str, entity_id: str | None = None, job_ids: list[str] | None = None
-    ) -> int:
-        """Put dead jobs back in their queues at their original place, attempts reset."""
-        return await self._dlq("requeue", entity_type, entity_id, job_ids)
-
-    async def dlq_purge(
-        self, entity_type: str, entity_id: str | None = None, job_ids: list[str] | None = None
-    ) -> int:
-        """Delete dead jobs for good."""
-        return await self._dlq("purge", entity_type, entity_id, job_ids)
-
-    # --- schedules (schedules.py) -------------------------------------------------------------
-    async def add_schedule(
-        self, entity_type: str, name: str, job: str, payload: Any = None, **options: Any
-    ) -> Schedule:
-        """Enqueue job `job` every `every` seconds or on a `cron` expression (in time zone
-        `tz`), to `entity_id`, or without one to the entity named after the schedule; replaces
-        the type's schedule of the same name. Options: `Schedules.add`."""
-        from .schedules import Schedules
-
-        return await Schedules(self).add(entity_type, name, job, payload, **options)
-
-    async def schedules(self, entity_type: str | None = None) -> list[Schedule]:
-        """The schedules of one type, or of every type, with their next and last ticks."""
-        from .schedules import Schedules
-
-        return await Schedules(self).list(entity_type)
-
-    async def remove_schedule(self, entity_type: str, name: str) -> bool:
-        """Stop a schedule (the jobs it fired stay); False when there was none."""
-        from .schedules import Schedules
-
-        return await Schedules(self).remove(entity_type, name)

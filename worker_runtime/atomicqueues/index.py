@@ -1,6 +1,6 @@
 """What the index of entities with work tells a scaler about one entity.
 
-`Client.work_index` reads it from Redis; the pools' reconciler (`pools/reconciler.py`), which is
+`IndexReads.work_index` reads it from Redis; the pools' reconciler (`pools/reconciler.py`), which is
 pure, plans from it. It lives here, below both, so the reconciler needs nothing of the client.
 """
 

@@ -1,7 +1,7 @@
 """Reads for people: the index page by page, a search by entity id, and one entity's queue.
 
 Why a module of its own: `aq dashboard` (and anyone who looks at a deployment by hand) needs
-views that stay cheap with many entities. `Client.work_index` reads the whole index of a type
+views that stay cheap with many entities. `IndexReads.work_index` reads the whole index of a type
 (what a scaler needs); these reads never do. A page of entities takes one pipeline of ranged
 reads over the type's buckets (at most `limit` entries from each), a search scans the buckets
 with ZSCAN MATCH (Redis filters, only matches travel), and one entity's queue is two pipelines,
@@ -317,7 +317,7 @@ class Queues:
     async def dead_letters(self, entity_type: str, limit: int = 20) -> list[Job]:
         """Some dead-lettered jobs of the type (at most `limit`, oldest first per entity), found
         by scanning the dead index bucket by bucket until enough entities are seen: unlike
-        `Client.dlq_list` without an entity, never the whole index of a type whose every entity
+        `DeadLetters.list` without an entity, never the whole index of a type whose every entity
         has dead letters."""
         check_entity_type(entity_type)
         limit = max(1, min(limit, MAX_PAGE))

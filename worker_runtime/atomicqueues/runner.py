@@ -21,7 +21,8 @@ from pydantic import BaseModel
 
 from . import logs, metrics, tracing
 from .aio import wait_any
-from .client import MAX_BLOCK_SECONDS, Client
+from .base_client import MAX_BLOCK_SECONDS
+from .client import Client
 from .config import Settings
 from .context import JobContext
 from .errors import JobTimedOut, LeaseLost, PermanentError, RedisUnavailable, UnknownHandler

@@ -14,7 +14,7 @@ from typing import Any
 from .cliargs import json_arg, positive
 from .client import Client
 from .errors import InvalidInput
-from .schedules import Schedule, Ticker, time_zone
+from .schedules import Schedule, Schedules, Ticker, time_zone
 
 ADD_EPILOG = """\
 Without ID, the jobs go to the entity named after the schedule (NAME), so runs of one
@@ -95,8 +95,9 @@ def schedule_line(s: Schedule) -> str:
 
 
 async def cmd_schedule(args: argparse.Namespace, client: Client) -> int:
+    schedules = Schedules(client)
     if args.action == "add":
-        added = await client.add_schedule(
+        added = await schedules.add(
             args.entity_type,
             args.name,
             args.job,
@@ -113,7 +114,7 @@ async def cmd_schedule(args: argparse.Namespace, client: Client) -> int:
         print(f"schedule {added.name} added: {schedule_line(added)}")
         return 0
     if args.action == "list":
-        found = await client.schedules(args.entity_type)
+        found = await schedules.list(args.entity_type)
         if args.json:
             print(json.dumps([s.to_dict() for s in found], indent=2, ensure_ascii=False))
             return 0
@@ -122,7 +123,7 @@ async def cmd_schedule(args: argparse.Namespace, client: Client) -> int:
         print(f"{len(found)} schedule(s)")
         return 0
     if args.action == "remove":
-        if not await client.remove_schedule(args.entity_type, args.name):
+        if not await schedules.remove(args.entity_type, args.name):
             raise InvalidInput(f"no schedule {args.name!r} of type {args.entity_type!r}")
         print(f"schedule {args.name} of {args.entity_type} removed")
         return 0

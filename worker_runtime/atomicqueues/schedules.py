@@ -40,6 +40,7 @@ from cronsim import CronSim, CronSimError
 
 from .client import Client, NewJob
 from .errors import AtomicQueuesError, InvalidInput
+from .index_reads import IndexReads
 from .jobs import encode_payload
 from .keys import bucket_of, check_entity_id, check_entity_type, in_bucket, schedule_key
 from .metrics import SCHEDULE_FIRE_DELAY, SCHEDULE_FIRES, SCHEDULES
@@ -229,7 +230,7 @@ def _wall(ms: int) -> float:
 
 
 class Schedules:
-    """Adding, listing and removing schedules (`Client.add_schedule` and friends)."""
+    """Adding, listing and removing schedules, through one client."""
 
     def __init__(self, client: Client) -> None:
         self.client = client
@@ -300,7 +301,7 @@ class Schedules:
             # The tick grid starts now: ticks at now + k * every, whoever computes them.
             schedule = replace(schedule, start=_wall(now))
         first = schedule.next_fire_ms(now)
-        await client.remember(keys.types(), t)
+        await client.remember_type(t)
         old = await client.hget(keys.schedules(t), name)
         if old is not None and bucket_of(t, old) != bucket_of(t, schedule.entity_id):
             await client.script("schedule_remove", keys.entity_bucket(t, old), name)
@@ -332,7 +333,7 @@ class Schedules:
 
     async def list(self, entity_type: str | None = None) -> list[Schedule]:
         """The schedules of one type (or of every known type), by type and name."""
-        types = [entity_type] if entity_type else await self.client.entity_types()
+        types = [entity_type] if entity_type else await IndexReads(self.client).entity_types()
         found: list[Schedule] = []
         for t in types:
             check_entity_type(t)

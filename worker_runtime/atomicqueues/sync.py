@@ -2,14 +2,16 @@
 
 It owns one event loop in a daemon thread and runs the async client's coroutines there, so it
 is safe to share between threads and to call from code that has no event loop of its own.
-Only the producer's operations are offered; workers are async.
+The producer's operations of `Client` are methods here; anything else of the async API (the
+index, dead letters, schedules, locks) goes through `run`:
+`sync.run(lambda client: IndexReads(client).counts("user"))`. Workers are async.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from concurrent.futures import Future
 from functools import partial
 from typing import Any, TypeVar
@@ -17,7 +19,6 @@ from typing import Any, TypeVar
 from .client import Client, Entity, Limits, NewJob, Paused
 from .config import Settings
 from .jobs import Job
-from .schedules import Schedule
 
 T = TypeVar("T")
 
@@ -64,6 +65,15 @@ class SyncClient:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+
+    def run(self, call: Callable[[Client], Awaitable[T]]) -> T:
+        """Run a call of the async API with this facade's client, and return its outcome:
+        `sync.run(lambda client: Schedules(client).list("user"))`."""
+
+        async def run() -> T:
+            return await call(self._client)
+
+        return self._run(run())
 
     def close(self) -> None:
         self._run(self._client.close())
@@ -112,20 +122,3 @@ class SyncClient:
 
     def set_concurrency(self, entity_type: str, entity_id: str, n: int) -> None:
         self._run(self._client.set_concurrency(entity_type, entity_id, n))
-
-    def pending_entities(self, entity_type: str) -> dict[str, int]:
-        return self._run(self._client.pending_entities(entity_type))
-
-    def counts(self, entity_type: str) -> dict[str, int]:
-        return self._run(self._client.counts(entity_type))
-
-    def add_schedule(
-        self, entity_type: str, name: str, job: str, payload: Any = None, **options: Any
-    ) -> Schedule:
-        return self._run(self._client.add_schedule(entity_type, name, job, payload, **options))
-
-    def schedules(self, entity_type: str | None = None) -> list[Schedule]:
-        return self._run(self._client.schedules(entity_type))
-
-    def remove_schedule(self, entity_type: str, name: str) -> bool:
-        return self._run(self._client.remove_schedule(entity_type, name))

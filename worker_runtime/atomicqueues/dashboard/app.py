@@ -28,7 +28,9 @@ import jinja2
 from aiohttp import web
 
 from ..client import Client
+from ..dead_letters import DeadLetters
 from ..errors import AtomicQueuesError, InvalidInput, JobNotFound, RedisUnavailable
+from ..index_reads import IndexReads
 from ..jobs import Job
 from ..keys import check_entity_id, check_entity_type
 from ..locks import Locks
@@ -121,6 +123,8 @@ class Dashboard:
         self.client = client
         self.config = config
         self.queues = Queues(client)
+        self.index = IndexReads(client)
+        self.dead_letters = DeadLetters(client)
         self.presence = Presence(client)
         self.locks = Locks(client)
         self.templates = _environment()
@@ -185,14 +189,14 @@ class Dashboard:
         return web.Response(status=204)
 
     async def overview(self, request: web.Request) -> web.Response:
-        types = await self.client.entity_types()
+        types = await self.index.entity_types()
         seen = await self.presence.workers_seen()
         rows = []
         for t in types:
             rows.append(
                 {
                     "name": t,
-                    "counts": await self.client.counts(t),
+                    "counts": await self.index.counts(t),
                     "summary": await self.queues.summary(t),
                     "workers": sum(1 for w, _ in seen if w.entity_type == t),
                     "leases": sum(len(w.entities) for w, _ in seen if w.entity_type == t),
@@ -227,7 +231,7 @@ class Dashboard:
             page=page,
             found=found,
             summary=summary,
-            counts=await self.client.counts(entity_type),
+            counts=await self.index.counts(entity_type),
             dead=dead,
             title=entity_type,
         )
@@ -346,13 +350,13 @@ class Dashboard:
     async def _dlq_requeue(self, body: dict[str, str | None]) -> str:
         entity_type, entity_id = self._scope(body)
         job = body.get("job")
-        n = await self.client.dlq_requeue(entity_type, entity_id, [job] if job else None)
+        n = await self.dead_letters.requeue(entity_type, entity_id, [job] if job else None)
         return f"{n} dead job(s) requeued"
 
     async def _dlq_purge(self, body: dict[str, str | None]) -> str:
         entity_type, entity_id = self._scope(body)
         job = body.get("job")
-        n = await self.client.dlq_purge(entity_type, entity_id, [job] if job else None)
+        n = await self.dead_letters.purge(entity_type, entity_id, [job] if job else None)
         return f"{n} dead job(s) purged"
 
     async def _cancel(self, body: dict[str, str | None]) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..client import Client
+from ..index_reads import IndexReads
 from .embedded import EmbeddedRedis
 from .local import LocalPool, settings_for
 from .spec import Pool, parse_pool
@@ -107,6 +108,7 @@ async def _run(options: DemoOptions, url: str) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="aq-demo-"))
     out = (workdir / "workers.log").open("wb")
     local = LocalPool(pool, client, worker_output=out)
+    index = IndexReads(client)
     stop = asyncio.Event()
     chaos = Chaos()
     view = _view(options.plain)
@@ -134,9 +136,9 @@ async def _run(options: DemoOptions, url: str) -> int:
         done = 0
         while done < total:
             await asyncio.sleep(0.25)
-            counts = await client.counts(ENTITY_TYPE)
+            counts = await index.counts(ENTITY_TYPE)
             done = counts["completed"]
-            active = len(await client.entities_with_work(ENTITY_TYPE))
+            active = len(await index.entities_with_work(ENTITY_TYPE))
             live = sum(1 for w in local.workers.values() if w.proc.returncode is None)
             elapsed = time.monotonic() - started
             view.progress(done, total, active, live, done / elapsed if elapsed else 0.0, counts)

@@ -20,7 +20,7 @@ an alert should wake someone for. The gauges are as old as the pool's last pass 
 resync interval).
 
 Entities held back (paused, or waiting for their rate limit) are not in the index a pass reads
-(`Client.work_index`): they are counted apart, from the bucket's `paused` and `limited` index.
+(`IndexReads.work_index`): they are counted apart, from the bucket's `paused` and `limited` index.
 
 `announce` also keeps each pool's desired and ready workers in Redis (expiring unless the pool
 announces again), for `aq dashboard` to show: `pools` reads them.
@@ -81,7 +81,7 @@ class Health:
 async def observe(
     client: Client, entity_type: str, entities: Sequence[EntityIndex], now: float
 ) -> Health:
-    """The pool's health from `entities` (the index a pass read, `Client.work_index`) and one
+    """The pool's health from `entities` (the index a pass read, `IndexReads.work_index`) and one
     pipeline of constant size; `now` is epoch seconds."""
     pipe = client.redis.pipeline(transaction=False)
     for bucket in client.keys.buckets(entity_type):

@@ -26,6 +26,7 @@ from ..aio import cancel_and_wait, wait_any
 from ..client import Client
 from ..config import Settings
 from ..errors import RedisUnavailable
+from ..index_reads import IndexReads
 from ..presence import Presence
 from . import health
 from .limits import StartLimiter
@@ -139,7 +140,7 @@ class LocalPool:
 
     async def reconcile_once(self) -> Plan:
         now = time.time()
-        entities = await self.client.work_index(self.spec.entity_type)
+        entities = await IndexReads(self.client).work_index(self.spec.entity_type)
         states = [w.state() for w in self.workers.values()]
         desired = desired_workers(self.spec, entities, states, self.backoff, now)
         result = plan(self.spec, entities, states, self.backoff, now, self.limiter.budget())

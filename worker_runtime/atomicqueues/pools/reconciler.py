@@ -20,7 +20,7 @@ PACKED: None = None
 
 
 EntityWork = EntityIndex
-"""One entity that has work, as the Redis index shows it (`Client.work_index`)."""
+"""One entity that has work, as the Redis index shows it (`IndexReads.work_index`)."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import logging
 
 from ..client import Client
 from ..errors import AtomicQueuesError
+from ..index_reads import IndexReads
 from ..leases import sweep
 from ..schedules import Ticker
 
@@ -25,7 +26,7 @@ async def wake_on_work(client: Client, entity_type: str, wake: asyncio.Event, po
     """Set `wake` on every "entity has work" event; subscribe again after a failure."""
     while True:
         try:
-            async for _ in client.events(entity_type):
+            async for _ in IndexReads(client).events(entity_type):
                 wake.set()
         except asyncio.CancelledError:
             raise
