@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from atomicqueues import Client, JobContext, LockNotOwned, Locks, Registry, Settings, Worker
-from atomicqueues.locks import Spread
+from atomicqueues.lock_types import Spread
 
 pytestmark = pytest.mark.cluster
 

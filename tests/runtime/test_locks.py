@@ -36,7 +36,7 @@ from atomicqueues import (
     Settings,
     Worker,
 )
-from atomicqueues.locks import Lock
+from atomicqueues.lock_types import Lock
 from helpers import REPO_ROOT, aq, assert_one_line_error, wait_until
 from redis_servers import RedisServer
 from runtime.lock_contender import CONTEND_KEY, GO_KEY, STATE_KEY

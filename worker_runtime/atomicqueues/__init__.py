@@ -30,7 +30,8 @@ from .errors import (
 )
 from .index_reads import IndexReads
 from .jobs import Backoff, Job
-from .locks import Holder, Lock, LockResult, Locks
+from .lock_types import Holder, Lock, LockResult
+from .locks import Locks
 from .registry import Registry
 from .schedules import Schedule, Schedules
 from .sync import SyncClient

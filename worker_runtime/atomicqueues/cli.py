@@ -37,7 +37,8 @@ from .errors import AtomicQueuesError, ConfigError, InvalidInput, JobNotFound
 from .extras import missing_extra
 from .index_reads import IndexReads
 from .jobs import Job
-from .locks import Lock, Locks
+from .lock_types import Lock
+from .locks import Locks
 from .memory import eviction_warning
 from .presence import Presence
 from .schedule_cli import add_parser as add_schedule_parser

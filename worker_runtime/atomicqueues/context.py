@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import LockNotOwned, RedisUnavailable
 from .jobs import Job, encode_payload
-from .locks import Lock, LockResult, Locks, Renewal, Spread, uncancel
+from .lock_holding import Renewal, acquire_within, release_quietly, uncancel
+from .lock_types import Lock, LockResult, Spread
+from .locks import Locks
 
 if TYPE_CHECKING:
     from .client import Client
@@ -59,7 +61,7 @@ class JobLocks:
                 resource_type, resource_id, self.owner_id, JOB_OWNER_TYPE, seconds
             )
 
-        return self._keep(await self.locks.acquire_within(resource_type, attempt, wait), seconds)
+        return self._keep(await acquire_within(resource_type, attempt, wait), seconds)
 
     async def lock_any(
         self,
@@ -78,7 +80,7 @@ class JobLocks:
                 resource_type, candidate_ids, self.owner_id, JOB_OWNER_TYPE, seconds, spread
             )
 
-        return self._keep(await self.locks.acquire_within(resource_type, attempt, wait), seconds)
+        return self._keep(await acquire_within(resource_type, attempt, wait), seconds)
 
     def _keep(self, lock: Lock, ttl: float) -> Lock:
         renewal = Renewal(self.locks, lock, ttl, self._task)
@@ -98,7 +100,7 @@ class JobLocks:
         while self._held:
             _, renewal = self._held.popitem()
             await renewal.stop()
-            await self.locks.release_quietly(renewal.lock)
+            await release_quietly(self.locks, renewal.lock)
 
     async def run(self, handler: Coroutine[Any, Any, T]) -> T:
         """Run the handler as the task a lost lock cancels, and turn that cancellation (ours
