@@ -14,6 +14,7 @@ import pytest
 from redis.asyncio.cluster import RedisCluster
 
 from atomicqueues import Client, JobContext, Registry, Settings, Worker
+from atomicqueues.controls import Controls
 from atomicqueues.dead_letters import DeadLetters
 from atomicqueues.index_reads import IndexReads
 from atomicqueues.keys import BUCKETS, bucket_of
@@ -68,8 +69,8 @@ async def test_every_operation_runs_on_the_cluster(cluster_url: str) -> None:
         assert len(await DeadLetters(client).list("user")) == len(ENTITIES)
         assert await DeadLetters(client).requeue("user") == len(ENTITIES)
         assert await client.cancel(ids[ENTITIES[1]][2])
-        await client.set_concurrency("user", ENTITIES[2], 2)
-        assert await client.concurrency("user", ENTITIES[2]) == 2
+        await Controls(client).set_concurrency("user", ENTITIES[2], 2)
+        assert await Controls(client).concurrency("user", ENTITIES[2]) == 2
         assert await sweep(client, "user") == (0, 0)
     finally:
         await client.close()

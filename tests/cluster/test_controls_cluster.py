@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from atomicqueues import BacklogFull, Client, Settings
+from atomicqueues.controls import Controls
 from atomicqueues.index_reads import IndexReads
 from atomicqueues.keys import BUCKETS
 from atomicqueues.leases import Idle, Leases, Started
@@ -33,7 +34,7 @@ async def test_type_settings_reach_every_bucket_and_hold(cluster_url: str) -> No
         assert await IndexReads(client).work_index(T) == []
         await client.resume(T)
 
-        await client.set_limits(T, max_backlog=1, rate=(1, 60))
+        await Controls(client).set_limits(T, max_backlog=1, rate=(1, 60))
         with pytest.raises(BacklogFull):
             await client.enqueue(T, ENTITIES[0], "x")
         run = await leases.claim(T, ENTITIES[0], None)
@@ -44,7 +45,7 @@ async def test_type_settings_reach_every_bucket_and_hold(cluster_url: str) -> No
         assert (await client.job(run.job.id)).state == "cancelled"
         await recompute.check_index(client, T)
 
-        await client.set_limits(T, shared_rate=(2, 60))
+        await Controls(client).set_limits(T, shared_rate=(2, 60))
         key = client.keys.permits(T)
         answers = [await client.script("permit", key, 2, 60_000) for _ in range(3)]
         assert answers[:2] == [0, 0]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from atomicqueues import Client
-from atomicqueues.client import controls
+from atomicqueues.controls import controls
 from atomicqueues.dead_letters import DeadLetters
 from atomicqueues.index_reads import IndexReads
 from atomicqueues.keys import decode_id, job_key

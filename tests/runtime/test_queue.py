@@ -35,7 +35,7 @@ from atomicqueues import (
     PayloadTooLarge,
     Settings,
 )
-from atomicqueues.client import Limits
+from atomicqueues.controls import Controls, Limits
 from atomicqueues.dead_letters import DeadLetters
 from atomicqueues.index_reads import IndexReads
 from atomicqueues.keys import AUTO_JOB_ID_RE, BUCKETS, bucket_of, encode_id, job_key
@@ -372,8 +372,8 @@ async def test_with_concurrency_one_a_job_never_starts_before_its_predecessor_en
 async def test_concurrency_n_runs_n_jobs_of_an_entity_at_once(client: Client) -> None:
     owners = [Leases(client, f"w{i}") for i in range(4)]
     ids = [await client.enqueue(T, "u1", f"j{i}") for i in range(5)]
-    await client.set_concurrency(T, "u1", 3)
-    assert await client.concurrency(T, "u1") == 3
+    await Controls(client).set_concurrency(T, "u1", 3)
+    assert await Controls(client).concurrency(T, "u1") == 3
 
     runs = [await started(w, "u1") for w in owners[:3]]
     assert [r.job.id for r in runs] == ids[:3]
@@ -394,8 +394,8 @@ async def test_concurrency_n_runs_n_jobs_of_an_entity_at_once(client: Client) ->
     await check_index(client, completed=4)
 
     # Back to one: one job in flight at a time, whoever asks.
-    await client.set_concurrency(T, "u1", 1)
-    assert await client.concurrency(T, "u1") == 1
+    await Controls(client).set_concurrency(T, "u1", 1)
+    assert await Controls(client).concurrency(T, "u1") == 1
     await client.enqueue(T, "u1", "j5")
     last = await started(owners[3], "u1")
     assert last.job.id == ids[4]
@@ -419,9 +419,9 @@ async def test_lowering_concurrency_stops_new_starts_until_in_flight_drops(
     owners = [Leases(client, f"w{i}") for i in range(3)]
     for i in range(4):
         await client.enqueue(T, "u1", f"j{i}")
-    await client.set_concurrency(T, "u1", 2)
+    await Controls(client).set_concurrency(T, "u1", 2)
     r0, r1 = await started(owners[0], "u1"), await started(owners[1], "u1")
-    await client.set_concurrency(T, "u1", 1)
+    await Controls(client).set_concurrency(T, "u1", 1)
     await idle(owners[2], "u1")
     assert await owners[0].finish(r0, "completed", "null") is None  # still 1 in flight
     nxt = await owners[1].finish(r1, "completed", "null")
@@ -432,14 +432,14 @@ async def test_lowering_concurrency_stops_new_starts_until_in_flight_drops(
 @pytest.mark.parametrize("n", [pytest.param(0, id="zero"), pytest.param(10_001, id="too-many")])
 async def test_invalid_concurrency_is_rejected(client: Client, n: int) -> None:
     with pytest.raises(InvalidInput):
-        await client.set_concurrency(T, "u1", n)
+        await Controls(client).set_concurrency(T, "u1", n)
 
 
 # --- leases and fencing -----------------------------------------------------------------------
 async def test_fencing_tokens_grow_on_every_grant(client: Client) -> None:
     owners = [Leases(client, f"w{i}") for i in range(3)]
     tokens: list[int] = []
-    await client.set_concurrency(T, "u1", 3)
+    await Controls(client).set_concurrency(T, "u1", 3)
     for round_ in range(3):
         for _ in range(3):
             await client.enqueue(T, "u1", f"r{round_}")
@@ -451,7 +451,7 @@ async def test_fencing_tokens_grow_on_every_grant(client: Client) -> None:
             assert await w.release(r.lease, "idle") == "released"
     # The entity went fully idle in between (its bookkeeping dropped, all but its concurrency):
     # tokens still grow, from the time floor.
-    await client.set_concurrency(T, "u1", 1)
+    await Controls(client).set_concurrency(T, "u1", 1)
     assert await client.redis.exists(client.keys.entity(T, "u1") + "meta") == 0
     await client.enqueue(T, "u1", "last")
     tokens.append((await started(owners[0], "u1")).lease.fencing_token)
@@ -1161,8 +1161,8 @@ async def test_an_entity_past_its_max_backlog_refuses_jobs_and_writes_nothing(
     client: Client,
 ) -> None:
     a = Leases(client, "a")
-    await client.set_limits(T, "u1", max_backlog=2)
-    assert await client.limits(T, "u1") == Limits(1, 2)
+    await Controls(client).set_limits(T, "u1", max_backlog=2)
+    assert await Controls(client).limits(T, "u1") == Limits(1, 2)
     await client.enqueue(T, "u1", "x", job_id="j1")
     await client.enqueue(T, "u1", "x", delay=60)  # delayed jobs count too
     keys = await client.redis.dbsize()
@@ -1180,10 +1180,10 @@ async def test_an_entity_past_its_max_backlog_refuses_jobs_and_writes_nothing(
     await client.enqueue(T, "u1", "x", job_id="j3")
     await check_index(client)
 
-    await client.set_limits(T, "u1", max_backlog=0)  # no limit
+    await Controls(client).set_limits(T, "u1", max_backlog=0)  # no limit
     for _ in range(3):
         await client.enqueue(T, "u1", "x")
-    assert await client.limits(T, "u1") == Limits(1, 0)
+    assert await Controls(client).limits(T, "u1") == Limits(1, 0)
     await check_index(client)
 
 
@@ -1191,9 +1191,9 @@ async def test_a_type_max_backlog_applies_to_its_entities_unless_they_have_their
     client: Client,
 ) -> None:
     await client.enqueue(T, "u1", "x")
-    await client.set_limits(T, "u2", max_backlog=3)
-    await client.set_limits(T, max_backlog=1)
-    assert await client.limits(T) == Limits(None, 1)
+    await Controls(client).set_limits(T, "u2", max_backlog=3)
+    await Controls(client).set_limits(T, max_backlog=1)
+    assert await Controls(client).limits(T) == Limits(None, 1)
     with pytest.raises(BacklogFull):
         await client.enqueue(T, "u1", "x")  # had one already
     await client.enqueue(T, "u3", "x")  # a new entity takes the type's limit as it comes
@@ -1203,8 +1203,8 @@ async def test_a_type_max_backlog_applies_to_its_entities_unless_they_have_their
         await client.enqueue(T, "u2", "x")  # its own limit comes first
     with pytest.raises(BacklogFull):
         await client.enqueue(T, "u2", "x")
-    assert await client.limits(T, "u3") == Limits(1, 1)
-    assert await client.limits(T, "nobody") == Limits(1, 1)
+    assert await Controls(client).limits(T, "u3") == Limits(1, 1)
+    assert await Controls(client).limits(T, "nobody") == Limits(1, 1)
     await check_index(client)
 
     # enqueue_many: the jobs past a limit are refused, the others enqueued.
@@ -1214,7 +1214,7 @@ async def test_a_type_max_backlog_applies_to_its_entities_unless_they_have_their
     assert refused.value.refused == [(T, "u1", "m-u1")]
     assert (await client.job("m-u4", entity=(T, "u4"))).state == "waiting"
 
-    await client.set_limits(T, max_backlog=0)
+    await Controls(client).set_limits(T, max_backlog=0)
     await client.enqueue(T, "u1", "x")
     await client.enqueue(T, "u3", "x")
     await check_index(client)
@@ -1224,8 +1224,8 @@ async def test_a_rate_limited_entity_starts_at_most_n_jobs_in_any_period(client:
     a, b = Leases(client, "a"), Leases(client, "b")
     for _ in range(4):
         await client.enqueue(T, "u1", "x")
-    await client.set_limits(T, "u1", rate=(2, 0.5))
-    assert (await client.limits(T, "u1")).rate == (2, 0.5)
+    await Controls(client).set_limits(T, "u1", rate=(2, 0.5))
+    assert (await Controls(client).limits(T, "u1")).rate == (2, 0.5)
     first = await started(a, "u1")
     t0 = await server_now(client)
     second = await a.finish(first, "completed", "null")
@@ -1254,29 +1254,29 @@ async def test_a_rate_limit_outlasts_idleness_and_comes_from_the_type_by_default
     client: Client,
 ) -> None:
     a = Leases(client, "a")
-    await client.set_limits(T, rate=(1, 60))
-    assert await client.limits(T) == Limits(None, 0, (1, 60.0))
+    await Controls(client).set_limits(T, rate=(1, 60))
+    assert await Controls(client).limits(T) == Limits(None, 0, (1, 60.0))
     await client.enqueue(T, "u1", "x")
     run = await started(a, "u1")
     assert await a.finish(run, "completed", "null", claim_next="release") is None
     assert await client.redis.exists(client.keys.entity(T, "u1") + "meta") == 0  # idle
     await client.enqueue(T, "u1", "x")
     await idle(a, "u1")  # its last start is remembered: one a minute
-    await client.set_limits(T, "u1", rate=(2, 60))  # its own limit comes first
+    await Controls(client).set_limits(T, "u1", rate=(2, 60))  # its own limit comes first
     await started(a, "u1")
     await check_index(client, completed=1)
-    await client.set_limits(T, rate=(0, 0))
-    assert await client.limits(T) == Limits(None, 0, None)
+    await Controls(client).set_limits(T, rate=(0, 0))
+    assert await Controls(client).limits(T) == Limits(None, 0, None)
 
 
 async def test_invalid_limits_are_refused(client: Client) -> None:
     with pytest.raises(InvalidInput, match="max backlog"):
-        await client.set_limits(T, "u1", max_backlog=-1)
+        await Controls(client).set_limits(T, "u1", max_backlog=-1)
     with pytest.raises(InvalidInput, match="per entity"):
-        await client.set_limits(T, concurrency=2)
+        await Controls(client).set_limits(T, concurrency=2)
     for rate in [(0, 5), (1, 0), (1.5, 1), (1, float("inf")), "5/60"]:
         with pytest.raises(InvalidInput, match="rate"):
-            await client.set_limits(T, "u1", rate=rate)  # type: ignore[arg-type]
+            await Controls(client).set_limits(T, "u1", rate=rate)  # type: ignore[arg-type]
     assert await client.redis.dbsize() == 0
 
 
@@ -1549,12 +1549,12 @@ async def test_index_stays_exact_through_every_path(connect: Connect) -> None:
     # dead letters back, concurrency up and down
     assert await DeadLetters(client).requeue(T, "u1") == 1
     await check()
-    await client.set_concurrency(T, "u1", 2)
+    await Controls(client).set_concurrency(T, "u1", 2)
     truth = await check()
     assert "u1" in truth["ready"]
     r2 = await started(b, "u1")
     await check()
-    await client.set_concurrency(T, "u1", 1)
+    await Controls(client).set_concurrency(T, "u1", 1)
     await check()
     for w, r in ((a, r1), (b, r2)):
         nxt: Started | None = r
@@ -1699,7 +1699,7 @@ async def test_invalid_entities_are_rejected(
     with pytest.raises(InvalidInput):
         await client.enqueue(entity_type, entity_id, "x")
     with pytest.raises(InvalidInput):
-        await client.set_concurrency(entity_type, entity_id, 2)
+        await Controls(client).set_concurrency(entity_type, entity_id, 2)
     with pytest.raises(InvalidInput):
         await client.job("j", entity=(entity_type, entity_id))
     assert await client.redis.dbsize() == 0

@@ -31,6 +31,7 @@ from hypothesis.stateful import (
 )
 
 from atomicqueues import BacklogFull, Client, Settings
+from atomicqueues.controls import Controls
 from atomicqueues.dead_letters import DeadLetters
 from atomicqueues.jobs import STATES
 from atomicqueues.keys import decode_id, encode_id, in_bucket, job_key, of_entity
@@ -306,7 +307,7 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(e=st.sampled_from([*ENTITIES, None]), n=st.sampled_from([0, 1, 2, 3]))
     def limit(self, e: str | None, n: int) -> None:
         """Set an entity's max backlog, or (None) the type's."""
-        self.run(self.client.set_limits(T, e, max_backlog=n))
+        self.run(Controls(self.client).set_limits(T, e, max_backlog=n))
         if e is None:
             self.type_cap = n
         else:
@@ -314,7 +315,7 @@ class QueueMachine(RuleBasedStateMachine):
 
     @rule(e=st.sampled_from(ENTITIES), n=st.integers(1, 3))
     def set_concurrency(self, e: str, n: int) -> None:
-        self.run(self.client.set_concurrency(T, e, n))
+        self.run(Controls(self.client).set_concurrency(T, e, n))
         self.conc[e] = n
 
     @precondition(lambda self: self.held)

@@ -28,6 +28,7 @@ from atomicqueues import (
     SyncClient,
     Worker,
 )
+from atomicqueues.controls import Controls
 from atomicqueues.dead_letters import DeadLetters
 from atomicqueues.errors import ConfigError
 from atomicqueues.index_reads import IndexReads
@@ -165,7 +166,7 @@ async def test_a_rate_limit_spaces_the_starts_of_an_entity(redis_url: str, packe
         assert ctx.job.started_at is not None
         starts.append(ctx.job.started_at)
 
-    await client.set_limits("user", "gus", rate=(3, 0.6))
+    await Controls(client).set_limits("user", "gus", rate=(3, 0.6))
     ids = [await client.enqueue("user", "gus", "tick") for _ in range(7)]
     worker = Worker(client, registry, "user", **({"slots": 2} if packed else {"entity_id": "gus"}))
     run = asyncio.create_task(worker.run())
@@ -191,8 +192,8 @@ async def test_a_shared_rate_spaces_the_handlers_of_a_whole_type(redis_url: str)
         starts.append(time.time())
 
     with SyncClient(Settings(redis_url=redis_url)) as sync:  # the same calls, without async
-        sync.set_limits("user", shared_rate=(3, 0.6))
-        assert sync.limits("user").shared_rate == (3, 0.6)
+        sync.run(lambda c: Controls(c).set_limits("user", shared_rate=(3, 0.6)))
+        assert sync.run(lambda c: Controls(c).limits("user")).shared_rate == (3, 0.6)
     ids = [await client.enqueue("user", f"u{i % 4}", "call_api") for i in range(8)]
     worker = Worker(client, registry, "user", slots=4)
     run = asyncio.create_task(worker.run())
@@ -200,8 +201,8 @@ async def test_a_shared_rate_spaces_the_handlers_of_a_whole_type(redis_url: str)
         await client.result(job_id, timeout=20)
     worker.close("done")
     await run
-    await client.set_limits("user", shared_rate=(0, 0))
-    assert await client.shared_rate("user") is None
+    await Controls(client).set_limits("user", shared_rate=(0, 0))
+    assert await Controls(client).shared_rate("user") is None
     await client.close()
     starts.sort()
     assert len(starts) == 8

@@ -8,6 +8,7 @@ token for what they write downstream.
 from .client import Client, NewJob
 from .config import Settings
 from .context import JobContext
+from .controls import Controls
 from .dead_letters import DeadLetters
 from .errors import (
     AtomicQueuesError,
@@ -42,6 +43,7 @@ __all__ = [
     "BacklogFull",
     "Backoff",
     "Client",
+    "Controls",
     "DeadLetters",
     "Holder",
     "IndexReads",

@@ -4,8 +4,8 @@
 (`scripts.py`), and makes every call: a failure a person can act on (Redis unreachable, failing
 over, out of memory, the pool of connections exhausted) becomes one `AtomicQueuesError`.
 Why a module of its own, below the rest: the producer's `Client` (client.py) is built on it, and
-so are the reads and controls that wrap a client (`IndexReads`, `DeadLetters`, `Schedules`,
-`Locks`, ...), which need the connection but nothing of the producer's API.
+so are the reads and controls that wrap a client (`IndexReads`, `DeadLetters`, `Controls`,
+`Locks`, `Queues`, ...), which need the connection but nothing of the producer's API.
 """
 
 from __future__ import annotations

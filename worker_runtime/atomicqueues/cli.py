@@ -32,6 +32,7 @@ from .cliargs import EXIT_ERROR, EXIT_USAGE, Parser, json_arg, positive
 from .client import Client, NewJob
 from .config import Settings
 from .connection import permission_denied
+from .controls import Controls
 from .dead_letters import DeadLetters
 from .errors import AtomicQueuesError, ConfigError, InvalidInput, JobNotFound
 from .extras import missing_extra
@@ -507,7 +508,7 @@ async def cmd_status(args: argparse.Namespace, client: Client) -> int:
             "dead_entities": len(await dead.entities(t)),
             "paused": paused.entity_type,
             "paused_entities": paused.entities,
-            "limits": asdict(await client.limits(t)),
+            "limits": asdict(await Controls(client).limits(t)),
             "schedules": [s.to_dict() for s in await Schedules(client).list(t)],
         }
     if args.json:
@@ -641,7 +642,7 @@ async def cmd_pause(args: argparse.Namespace, client: Client) -> int:
 async def cmd_limit(args: argparse.Namespace, client: Client) -> int:
     options = (args.concurrency, args.max_backlog, args.rate, args.shared_rate)
     if options != (None, None, None, None):
-        await client.set_limits(
+        await Controls(client).set_limits(
             args.entity_type,
             args.entity_id,
             concurrency=args.concurrency,
@@ -649,7 +650,7 @@ async def cmd_limit(args: argparse.Namespace, client: Client) -> int:
             rate=args.rate,
             shared_rate=args.shared_rate,
         )
-    limits = await client.limits(args.entity_type, args.entity_id)
+    limits = await Controls(client).limits(args.entity_type, args.entity_id)
     if limits.concurrency is not None:
         print(f"concurrency  {limits.concurrency}")
     print(f"max backlog  {limits.max_backlog or 'none'}")

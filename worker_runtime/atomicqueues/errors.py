@@ -65,7 +65,7 @@ class RedisOutOfMemory(RedisUnavailable):
 
 class BacklogFull(AtomicQueuesError):
     """An enqueue refused: the entity already has its max backlog of jobs waiting or delayed
-    (`Client.set_limits`). Nothing of the refused jobs was written."""
+    (`Controls.set_limits`). Nothing of the refused jobs was written."""
 
     def __init__(self, refused: list[tuple[str, str, str]], enqueued: int = 0) -> None:
         entity_type, entity_id, job_id = refused[0]

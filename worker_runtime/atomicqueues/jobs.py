@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,17 @@ to_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=
 """Compact JSON of a payload or a result; `ValueError` for NaN or infinity. One encoder made
 once: `json.dumps` with options makes a new one per call."""
 _header_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def is_integer(value: object) -> bool:
+    """An int, not a bool (a job's priority and attempts, a rate's starts)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_seconds(value: object) -> bool:
+    """A finite number of seconds, not negative (a delay, a time limit, a rate's period)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf
+
 
 REPLY_FIELDS = ("d", "s", "m", "t", "st", "er", "r", "f")
 """The fields of a job in a script's reply, in this order, after its slot (JOB_REPLY in

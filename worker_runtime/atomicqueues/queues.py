@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .client import Client, controls
+from .client import Client
+from .controls import controls
 from .jobs import Job
 from .keys import (
     BUCKETS,

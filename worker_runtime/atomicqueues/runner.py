@@ -25,6 +25,7 @@ from .base_client import MAX_BLOCK_SECONDS
 from .client import Client
 from .config import Settings
 from .context import JobContext
+from .controls import Controls
 from .errors import JobTimedOut, LeaseLost, PermanentError, RedisUnavailable, UnknownHandler
 from .jobs import Job, to_json
 from .leases import Lease, Leases, Next, Outcome, Started
@@ -111,7 +112,7 @@ class JobRunner:
         raise LeaseLost(lease.entity_type, lease.entity_id, lease.fencing_token)
 
     async def read_shared_rate(self) -> None:
-        shared = await self.client.shared_rate(self.entity_type)
+        shared = await Controls(self.client).shared_rate(self.entity_type)
         self._shared_rate = None if shared is None else (shared[0], round(shared[1] * 1000))
 
     async def _permitted(self, run: Started) -> bool:

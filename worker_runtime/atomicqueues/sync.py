@@ -3,7 +3,7 @@
 It owns one event loop in a daemon thread and runs the async client's coroutines there, so it
 is safe to share between threads and to call from code that has no event loop of its own.
 The producer's operations of `Client` are methods here; anything else of the async API (the
-index, dead letters, schedules, locks) goes through `run`:
+index, dead letters, limits, schedules, locks) goes through `run`:
 `sync.run(lambda client: IndexReads(client).counts("user"))`. Workers are async.
 """
 
@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any, TypeVar
 
-from .client import Client, Entity, Limits, NewJob, Paused
+from .client import Client, Entity, NewJob, Paused
 from .config import Settings
 from .jobs import Job
 
@@ -106,12 +106,6 @@ class SyncClient:
     def paused(self, entity_type: str) -> Paused:
         return self._run(self._client.paused(entity_type))
 
-    def set_limits(self, entity_type: str, entity_id: str | None = None, **limits: Any) -> None:
-        self._run(self._client.set_limits(entity_type, entity_id, **limits))
-
-    def limits(self, entity_type: str, entity_id: str | None = None) -> Limits:
-        return self._run(self._client.limits(entity_type, entity_id))
-
     def job(self, job_id: str, *, entity: Entity | None = None) -> Job:
         return self._run(self._client.job(job_id, entity=entity))
 
@@ -119,6 +113,3 @@ class SyncClient:
         self, job_id: str, *, timeout: float | None = None, entity: Entity | None = None
     ) -> Any:
         return self._run(self._client.result(job_id, timeout=timeout, entity=entity))
-
-    def set_concurrency(self, entity_type: str, entity_id: str, n: int) -> None:
-        self._run(self._client.set_concurrency(entity_type, entity_id, n))

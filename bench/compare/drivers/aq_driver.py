@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from atomicqueues.client import Client, NewJob
 from atomicqueues.config import Settings
 from atomicqueues.context import JobContext
+from atomicqueues.controls import Controls
 from atomicqueues.registry import Registry
 from atomicqueues.worker import Worker
 from compare.driver import Driver, console_script
@@ -61,7 +62,7 @@ class AtomicQueues(Driver):
         concurrency = int(self.options.get("concurrency", 1))
         if concurrency > 1:
             for i in range(self.entities):
-                await self.client.set_concurrency(ENTITY_TYPE, f"e{i}", concurrency)
+                await Controls(self.client).set_concurrency(ENTITY_TYPE, f"e{i}", concurrency)
 
     def next_entity(self) -> str:
         entity = f"e{self.sent % self.entities}"
