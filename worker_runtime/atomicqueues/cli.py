@@ -361,7 +361,7 @@ def _no_constant(name: str) -> Any:
 
 def _job_of(text: str) -> NewJob:
     """The job one line of `aq enqueue --from` describes (`InvalidInput` when it is not one).
-    What the line's values mean is checked by the client (`Client._prepare`)."""
+    What the line's values mean is checked by the client (`Client.prepare`)."""
     try:
         fields = json.loads(text, parse_constant=_no_constant)
     except ValueError as exc:
@@ -438,7 +438,7 @@ async def cmd_enqueue_from(args: argparse.Namespace, client: Client) -> int:
         copy = None if seekable else spool
         for n, job in _numbered_jobs(_tee(stream, copy), source):
             try:
-                client._prepare(job)  # the very checks of enqueue_many, nothing sent
+                client.prepare(job)  # the very checks of enqueue_many, nothing sent
             except InvalidInput as exc:
                 # One line, also for a message of several (pydantic's, of a bad backoff).
                 message = " ".join(str(exc).split())

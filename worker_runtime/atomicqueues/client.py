@@ -78,7 +78,7 @@ class NewJob:
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class Prepared:
     """A checked job: the enqueue script's arguments for it, and where they go."""
 
     entity_type: str
@@ -107,9 +107,9 @@ class JobLocation:
     entity_type: str
 
 
-def _batches(jobs: list[_Prepared]) -> Iterator[list[_Prepared]]:
+def _batches(jobs: list[Prepared]) -> Iterator[list[Prepared]]:
     """`jobs` cut into script calls of at most ENQUEUE_BATCH jobs and ENQUEUE_BATCH_BYTES."""
-    batch: list[_Prepared] = []
+    batch: list[Prepared] = []
     size = 0
     for job in jobs:
         job_size = sum(len(str(a)) for a in job.args)
@@ -148,7 +148,7 @@ class Client(BaseClient):
         `timeout` is the job's time limit in seconds: past it the worker stops the handler and
         the attempt fails (default: the handler's limit, else the worker's `AQ_JOB_TIMEOUT`).
         """
-        job = self._prepare(
+        job = self.prepare(
             NewJob(
                 entity_type,
                 entity_id,
@@ -197,10 +197,10 @@ class Client(BaseClient):
         When Redis's memory is full, a batch refused adds nothing, but batches before it stay:
         enqueue the same jobs again with their job ids to be sure.
         """
-        prepared = [self._prepare(job) for job in jobs]
+        prepared = [self.prepare(job) for job in jobs]
         for entity_type in {job.entity_type for job in prepared}:
             await self.remember_type(entity_type)
-        by_bucket: dict[str, list[_Prepared]] = {}
+        by_bucket: dict[str, list[Prepared]] = {}
         for job in prepared:
             by_bucket.setdefault(job.bucket, []).append(job)
         batches = [batch for group in by_bucket.values() for batch in _batches(group)]
@@ -231,8 +231,9 @@ class Client(BaseClient):
             raise BacklogFull(refused, len(prepared) - len(refused))
         return [job.job_id for job in prepared]
 
-    def _prepare(self, job: NewJob) -> _Prepared:
-        """Check one job and turn it into the enqueue script's arguments."""
+    def prepare(self, job: NewJob) -> Prepared:
+        """Check one job as `enqueue` does and turn it into the enqueue script's arguments;
+        `InvalidInput` (or `PayloadTooLarge`) when it is not valid. Nothing is sent."""
         check_entity_type(job.entity_type)
         check_entity_id(job.entity_id)
         name, priority, delay = job.name, job.priority, job.delay
@@ -290,7 +291,7 @@ class Client(BaseClient):
             head,
             body,
         )
-        return _Prepared(
+        return Prepared(
             job.entity_type,
             job.entity_id,
             job_id,

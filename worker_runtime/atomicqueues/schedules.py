@@ -283,7 +283,7 @@ class Schedules:
         )
         # Its jobs are checked as an enqueue checks them (name, priority, attempts, timeout),
         # once now.
-        client._prepare(
+        client.prepare(
             NewJob(
                 entity_type,
                 schedule.entity_id,
@@ -468,7 +468,7 @@ class Ticker:
 
     def _fire_args(self, name: str, sid: str, due: int, text: str, now: int) -> list[str | int]:
         schedule = Schedule.from_definition(self.entity_type, name, text)
-        job = self.client._prepare(
+        job = self.client.prepare(
             NewJob(
                 self.entity_type,
                 schedule.entity_id,
