@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import metrics
-from .client import Client
+from .base_client import BaseClient
 from .errors import LeaseLost, NotReplicated
 from .jobs import Job
 from .keys import decode_id, encode_id, in_bucket
@@ -70,7 +70,7 @@ class Idle:
 class Leases:
     """Lease operations of one worker (`owner`) through a `Client`."""
 
-    def __init__(self, client: Client, owner: str) -> None:
+    def __init__(self, client: BaseClient, owner: str) -> None:
         if "|" in owner or not owner:
             raise ValueError(f"invalid worker name {owner!r}")
         self.client = client
@@ -252,7 +252,7 @@ class Leases:
         return result
 
 
-async def sweep(client: Client, entity_type: str, limit: int = 500) -> tuple[int, int]:
+async def sweep(client: BaseClient, entity_type: str, limit: int = 500) -> tuple[int, int]:
     """Recover expired leases and promote due delayed jobs in every bucket of a type.
 
     Returns (leases recovered, entities whose delayed jobs were promoted). One process sweeps

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .client import Client
+from .base_client import BaseClient
 from .keys import check_entity_id, check_entity_type
 
 CLOSE_SIGNAL_TTL_MS = 120_000
@@ -63,7 +63,7 @@ class WorkerInfo:
 class Presence:
     """Registration, heartbeat keys and close signals under one client."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: BaseClient) -> None:
         self.client = client
         self.keys = client.keys
         self.redis = client.redis

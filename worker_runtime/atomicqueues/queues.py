@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .client import Client
+from .base_client import BaseClient
 from .controls import controls
 from .jobs import Job
 from .keys import (
@@ -142,7 +142,7 @@ PAUSED_BY = ("", "paused", "paused with its type", "paused, and with its type")
 class Queues:
     """Read-only views of the index and of entity queues under one client."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: BaseClient) -> None:
         self.client = client
         self.keys = client.keys
         self.redis = client.redis
