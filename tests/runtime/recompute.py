@@ -17,6 +17,7 @@ from atomicqueues.controls import controls
 from atomicqueues.dead_letters import DeadLetters
 from atomicqueues.index_reads import IndexReads
 from atomicqueues.keys import decode_id, job_key
+from atomicqueues.summary import numbers
 
 LIVE = ("waiting", "delayed", "retrying", "active", "dead")
 
@@ -129,15 +130,8 @@ async def check_index(
                 "c": conc,
                 "due": int(min(dues)) if dues else None,
             }
-            kept = {
-                "w": int(meta.get("w", 0)),
-                "a": int(meta.get("a", 0)),
-                "r": int(meta.get("r", 0)),
-                "h": int(meta.get("h", 0)),
-                "x": int(meta.get("x", 0)),
-                "c": int(meta.get("c", 1)),
-                "due": int(meta["due"]) if "due" in meta else None,
-            }
+            kept: dict[str, int | None] = {f: numbers(meta)[f] for f in "warhxc"}
+            kept["due"] = numbers(meta)["due"] or None
             assert kept == summary, f"summary of {e!r} drifted from its queues: {meta}"
             busy = len(running) + len(retry)
             if wait:

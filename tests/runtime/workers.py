@@ -156,7 +156,10 @@ class Workers:
 
     def __post_init__(self) -> None:
         self.keys = Keys(self.prefix)
-        self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True)
+        # surrogateescape: an entity's meta holds its packed summary (summary.py)
+        self.redis = redis.Redis.from_url(
+            self.redis_url, decode_responses=True, encoding_errors="surrogateescape"
+        )
 
     def env(self, **settings: str | float) -> dict[str, str]:
         values: dict[str, str | float] = {

@@ -281,9 +281,11 @@ def _send_quickly(pool: aioredis.ConnectionPool) -> None:
 
 
 def _options(timeout: float) -> dict[str, Any]:
-    """Client options; a `socket_timeout` given in the URL still wins."""
+    """Client options; a `socket_timeout` given in the URL still wins. Replies are decoded as
+    UTF-8, bytes that are not kept as surrogates (an entity's packed summary: summary.py)."""
     return {
         "decode_responses": True,
+        "encoding_errors": "surrogateescape",
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
     }

@@ -29,6 +29,7 @@ from .keys import (
     job_key,
     of_entity,
 )
+from .summary import numbers
 
 MAX_PAGE = 500
 """The most entities or jobs one read returns."""
@@ -268,6 +269,7 @@ class Queues:
         pipe.zcard(of_entity(base, "delayed"))
         replies: list[Any] = await self.client.call(pipe.execute)
         meta: dict[str, str] = {str(k): str(v) for k, v in replies[0].items()}
+        summary = numbers(meta)
         kept, waiting, delayed, retrying, done, dead, n_delayed = replies[1:]
         leases = []
         for name, value in meta.items():
@@ -290,14 +292,14 @@ class Queues:
         return EntityQueue(
             entity_type=entity_type,
             entity_id=entity_id,
-            concurrency=int(meta.get("c", 1)),
+            concurrency=summary["c"],
             counts={
-                "waiting": int(meta.get("w", 0)),
+                "waiting": summary["w"],
                 "delayed": int(n_delayed),
-                "active": int(meta.get("a", 0)),
-                "retrying": int(meta.get("r", 0)),
+                "active": summary["a"],
+                "retrying": summary["r"],
                 "completed": int(kept),
-                "dead": int(meta.get("x", 0)),
+                "dead": summary["x"],
             },
             holders=[(owner, token, exp) for owner, token, exp, _ in leases],
             active=[

@@ -17,7 +17,7 @@ end
 -- added to `tally`). Returns {e, token, jslot, <JOB_REPLY...>} or nil. Rings the bucket's bell
 -- again when more may be claimable, for the next packed worker.
 local function claim_first(bb, owner, ttl, now, us, chan, tally)
-  local ready = redis.call('ZRANGE', bb .. 'ready', 0, 9)
+  local ready = redis.call('ZRANGE', bb .. 'ready', '0', '9')
   for i, e in ipairs(ready) do
     local E = load(bb, e, {'l:' .. owner})
     if not E['l:' .. owner] then  -- one lease per owner and entity

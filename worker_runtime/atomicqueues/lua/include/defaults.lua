@@ -9,9 +9,7 @@
 -- an entity its first job or setting. A change of them is carried to every entity of the
 -- bucket with a summary (each_entity).
 local function take_type_defaults(E)
-  for i = 1, #SUMMARY do
-    if E.raw[i] then return end
-  end
+  if E.raw[1] or E.raw[2] then return end
   local d = redis.call('HMGET', E.bb .. 'defaults', 'p', 'mb', 'rn', 'rp')
   E.p, E.tmb = tonumber(d[1]) or 0, tonumber(d[2]) or 0
   E.trn, E.trp = tonumber(d[3]) or 0, tonumber(d[4]) or 0

@@ -6,14 +6,12 @@
 -- @include keys
 -- @include time
 
--- The summary's fields, in the order load() reads them: waiting, active, retrying, lease
--- holders, dead, concurrency, next due, FIFO sequence, last fencing token, expiry of the done
--- list (as last set), and its controls (ctl, absent while it has none). Absent means 0, except
--- c (1) and due (none). All but ctl are numbers.
-local SUMMARY = {'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx', 'ctl'}
-local NUMBERS = 10
--- The numbers whose absence means 0 (so that 0 may also be written).
-local ZERO = {w = true, a = true, r = true, h = true, x = true, seq = true, token = true, dx = true}
+-- The summary's numbers, packed in one meta field 's' (struct: 10 little-endian doubles), so
+-- that a script reads, unpacks, packs and writes them in one call each: waiting, active,
+-- retrying, lease holders, dead, concurrency, next due ms (0: none), FIFO sequence, last
+-- fencing token granted, expiry of the done list (as last set). Python reads it with
+-- summary.py.
+local SUMMARY = '<dddddddddd'
 
 -- An entity's controls, one field of its summary (so that an entity without any costs one
 -- absent field): "p rl mb tmb rn rp trn trp", 0 for none: paused (1: the entity, 2: its type,
@@ -36,20 +34,20 @@ end
 
 -- Read entity e of bucket bb, with the extra meta fields named in the list `extra` ('l:'..owner,
 -- 'n:'..jslot): E[name] is then the field's value, or false when it is absent. E.raw keeps what
--- was read, for save() to tell what changed.
+-- was read, and E.old the summary's numbers as read, for save() to tell what changed.
 local function load(bb, e, extra)
   local meta = ekey(bb, e, 'meta')
   extra = extra or {}
-  local v = redis.call('HMGET', meta, 'w', 'a', 'r', 'h', 'x', 'c', 'due', 'seq', 'token', 'dx',
-    'ctl', unpack(extra))
+  local v = redis.call('HMGET', meta, 's', 'ctl', unpack(extra))
+  local w, a, r, h, x, c, due, seq, token, dx = 0, 0, 0, 0, 0, 1, 0, 0, 0, 0
+  if v[1] then w, a, r, h, x, c, due, seq, token, dx = struct.unpack(SUMMARY, v[1]) end
+  if due == 0 then due = nil end
   local E = {bb = bb, e = e, meta = meta, raw = v, extra = extra, counts = false,
-    w = tonumber(v[1]) or 0, a = tonumber(v[2]) or 0, r = tonumber(v[3]) or 0,
-    h = tonumber(v[4]) or 0, x = tonumber(v[5]) or 0, c = tonumber(v[6]) or 1,
-    due = tonumber(v[7]), seq = tonumber(v[8]) or 0, token = tonumber(v[9]) or 0,
-    dx = tonumber(v[10]) or 0, ctl = v[11], p = 0, rl = 0, mb = 0, tmb = 0, rn = 0, rp = 0,
+    w = w, a = a, r = r, h = h, x = x, c = c, due = due, seq = seq, token = token, dx = dx,
+    old = {w, a, r, h, x, c, due}, ctl = v[2], p = 0, rl = 0, mb = 0, tmb = 0, rn = 0, rp = 0,
     trn = 0, trp = 0}
-  if v[11] then controls_of(E, v[11]) end
-  for i = 1, #extra do E[extra[i]] = v[#SUMMARY + i] end
+  if v[2] then controls_of(E, v[2]) end
+  for i = 1, #extra do E[extra[i]] = v[2 + i] end
   return E
 end
 
@@ -77,7 +75,7 @@ local function startable(w, a, r, c, held) return held == 0 and w > 0 and a + r 
 -- An entity's entry in an index hash: n, or none when n is 0.
 local function hash_entry(key, e, n)
   if n > 0 then
-    redis.call('HSET', key, e, n)
+    redis.call('HSET', key, e, int(n))
   else
     redis.call('HDEL', key, e)
   end
@@ -86,17 +84,16 @@ end
 -- An entity's entry in an index sorted set: score, or none when score is false or nil.
 local function zset_entry(key, e, score)
   if score then
-    redis.call('ZADD', key, score, e)
+    redis.call('ZADD', key, int(score), e)
   else
     redis.call('ZREM', key, e)
   end
 end
 
--- Write what changed of E's meta: one HSET and one HDEL at most (a count that fell to 0 is
--- written as 0 when there is an HSET anyway), or one DEL when the entity has
--- nothing left (a concurrency other than 1 and a result() waiter are kept). Tokens stay
--- monotonic without the meta through the time floor in grant(); the FIFO sequence may restart
--- because nothing is left to order against.
+-- Write what changed of E's meta: one HSET and one HDEL at most, or one DEL when the entity
+-- has nothing left (idle: a result() waiter keeps it). Tokens stay monotonic without the meta
+-- through the time floor in grant(); the FIFO sequence may restart because nothing is left to
+-- order against.
 local function save_meta(E, idle)
   local raw, extra = E.raw, E.extra
   if idle then
@@ -105,7 +102,7 @@ local function save_meta(E, idle)
     end
   end
   if idle then
-    for i = 1, #raw do
+    for i = 1, #extra + 2 do
       if raw[i] then
         redis.call('DEL', E.meta, ekey(E.bb, E.e, 'bell'))
         return
@@ -114,36 +111,20 @@ local function save_meta(E, idle)
     return
   end
   local set, del = {}, {}
-  for i = 1, #raw do
-    local f, old = SUMMARY[i] or extra[i - #SUMMARY], raw[i]
-    local v = E[f]
-    if i <= NUMBERS then  -- a default value is written as absent (or as 0: see below)
-      if v == 0 or (f == 'c' and v == 1) then v = false end
-      if old then old = tonumber(old) end
-      if old == 0 then old = false end
-    end
-    if v == nil then v = false end
+  local s = struct.pack(SUMMARY, E.w, E.a, E.r, E.h, E.x, E.c, E.due or 0, E.seq, E.token, E.dx)
+  if s ~= raw[1] then set[1], set[2] = 's', s end
+  local fields = {'ctl', unpack(extra)}
+  for i = 1, #fields do
+    local f = fields[i]
+    local v, old = E[f] or false, raw[i + 1]
     if v ~= old then
       if v then
         set[#set + 1] = f
-        set[#set + 1] = type(v) == 'number' and int(v) or v
-      elseif old then
+        set[#set + 1] = v
+      else
         del[#del + 1] = f
       end
     end
-  end
-  if #set > 0 and #del > 0 then
-    -- A count that fell to 0 is written as 0 along with the rest (one command, not two).
-    local rest = {}
-    for _, f in ipairs(del) do
-      if ZERO[f] then
-        set[#set + 1] = f
-        set[#set + 1] = '0'
-      else
-        rest[#rest + 1] = f
-      end
-    end
-    del = rest
   end
   if #set > 0 then redis.call('HSET', E.meta, unpack(set)) end
   if #del > 0 then redis.call('HDEL', E.meta, unpack(del)) end
@@ -157,7 +138,7 @@ end
 -- Write per-state counts of bucket bb (one HINCRBY a state that changed).
 local function write_counts(bb, counts)
   for state, delta in pairs(counts) do
-    if delta ~= 0 then redis.call('HINCRBY', bb .. 'counts', state, delta) end
+    if delta ~= 0 then redis.call('HINCRBY', bb .. 'counts', state, int(delta)) end
   end
 end
 
@@ -168,13 +149,11 @@ end
 local function save(E, chan, now, tally)
   local bb, e, raw = E.bb, E.e, E.raw
   local w, a, r, h, x, c, due, p, rl = E.w, E.a, E.r, E.h, E.x, E.c, E.due, E.p, E.rl
-  local w0, a0, r0, h0 = tonumber(raw[1]) or 0, tonumber(raw[2]) or 0, tonumber(raw[3]) or 0,
-    tonumber(raw[4]) or 0
-  local x0, c0, due0 = tonumber(raw[5]) or 0, tonumber(raw[6]) or 1, tonumber(raw[7])
+  local w0, a0, r0, h0, x0, c0, due0 = unpack(E.old, 1, 7)
   local p0, rl0, mb0, rn0 = 0, 0, 0, 0
-  if raw[11] then  -- the controls it had
+  if raw[2] then  -- the controls it had
     local old = {}
-    controls_of(old, raw[11])
+    controls_of(old, raw[2])
     p0, rl0, mb0, rn0 = old.p, old.rl, old.mb, old.rn
   end
   -- An idle entity keeps its summary only while it has a setting of its own (concurrency, max

@@ -48,7 +48,7 @@ local function start_next(E, owner, L, now, head)
   local jk = jkey(E.bb, jslot)
   local f = redis.call('HMGET', jk, unpack(JOB_REPLY))
   local made = (tonumber(f[3]) or 0) + 1
-  redis.call('HSET', jk, 's', 'active', 'm', made, 't', L.token, 'st', now)
+  redis.call('HSET', jk, 's', 'active', 'm', int(made), 't', L.token, 'st', int(now))
   f[2], f[3], f[4], f[5] = 'active', made, L.token, now
   E.w, E.a = E.w - 1, E.a + 1
   count(E, 'active', 1)

@@ -15,12 +15,12 @@
 --   ekey(bb, e, 'starts')   LIST  start ms of its last jobs, newest first, while it has a rate
 --                           limit (job.lua; expires after the limit's period)
 --   ekey(bb, e, 'meta')     HASH  the entity's summary, read and written once per script
---                           (entity.lua): w waiting, a active, r retrying, h lease holders,
---                           x dead, c concurrency (absent: 1), due next due ms of a delayed job
---                           or retry, seq FIFO sequence, token last fencing token granted,
---                           dx when the done list expires (as last set: job.lua), ctl its
---                           controls: paused, rate-limited until, limits (entity.lua),
---                           'l:'..owner a lease (lease.lua), 'n:'..jslot result() waiters.
+--                           (entity.lua): s its numbers, packed (waiting, active, retrying,
+--                           lease holders, dead, concurrency, next due ms of a delayed job or
+--                           retry, FIFO sequence, last fencing token granted, when the done
+--                           list expires), ctl its controls: paused, rate-limited until,
+--                           limits (entity.lua), 'l:'..owner a lease (lease.lua), 'n:'..jslot
+--                           result() waiters.
 --                           Deleted when the entity has nothing left (idle) and is not
 --                           paused itself.
 -- One job:
@@ -77,6 +77,6 @@ local function ring(list, busy)
   if busy then
     if redis.call('LLEN', list) == 0 then redis.call('RPUSH', list, '1') end
   elseif redis.call('RPUSH', list, '1') > 1 then
-    redis.call('LTRIM', list, 0, 0)
+    redis.call('LTRIM', list, '0', '0')
   end
 end

@@ -30,7 +30,7 @@ end
 local function extend(E, owner, L, exp)
   L.exp = exp
   set_lease(E, owner, L)
-  redis.call('ZADD', E.bb .. 'leases', exp, owner .. '|' .. E.e)
+  redis.call('ZADD', E.bb .. 'leases', int(exp), owner .. '|' .. E.e)
 end
 
 -- Give up owner's lease. Its running job, if any, goes back to the head of the queue, or ends

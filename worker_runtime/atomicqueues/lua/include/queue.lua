@@ -110,8 +110,8 @@ local function add_done(E, jslot, state, value, score, keep_ms, keep_n, now, us)
     redis.call('DEL', jk)
     return
   end
-  redis.call('HSET', jk, 's', state, state == 'completed' and 'r' or 'er', value, 'f', now)
-  redis.call('PEXPIRE', jk, keep_ms)
+  redis.call('HSET', jk, 's', state, state == 'completed' and 'r' or 'er', value, 'f', int(now))
+  redis.call('PEXPIRE', jk, int(keep_ms))
   local done = ekey(E.bb, E.e, 'done')
   redis.call('ZADD', done, us, jslot)
   -- The done list's expiry is pushed back when less than half of this job's retention is
@@ -119,7 +119,7 @@ local function add_done(E, jslot, state, value, score, keep_ms, keep_n, now, us)
   -- them). It is trimmed on every 16th job of the entity (by FIFO sequence) and when the
   -- cap is small: it holds at most 16 more than keep_n, and its jobs expire on their own.
   if E.dx < now + keep_ms / 2 then
-    redis.call('PEXPIRE', done, keep_ms)
+    redis.call('PEXPIRE', done, int(keep_ms))
     E.dx = now + keep_ms
   end
   if tonumber(score) % 16 == 0 or keep_n < 16 then

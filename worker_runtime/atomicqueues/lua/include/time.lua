@@ -1,14 +1,15 @@
 -- time: the Redis server's clock, one clock for every client.
 local function int(x)
-  return string.format('%.0f', x)
+  return string.format('%d', x)
 end
 
--- Milliseconds and microseconds (formatted: a Lua number as a Redis argument keeps only 14
--- digits) of one TIME call.
+-- Milliseconds (a number) and microseconds (a string: 16 digits are more than a Lua number
+-- passed to Redis keeps) of one TIME call, put together as text: one number parsed.
 local function clock()
   local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000),
-    int(tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  local u = t[2]
+  local us = t[1] .. string.rep('0', 6 - #u) .. u
+  return tonumber(string.sub(us, 1, -4)), us
 end
 
 local function now_ms()
