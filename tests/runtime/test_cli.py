@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from atomicqueues import Settings, SyncClient
 from helpers import aq, assert_one_line_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -139,6 +140,16 @@ def test_worker_handlers_default_to_aq_handlers(redis_url: str) -> None:
     assert ok.returncode == 0, ok.stderr
     flag_wins = aq(*base, "--handlers", "cli_handlers:registry", url=redis_url, AQ_HANDLERS="x:y")
     assert flag_wins.returncode == 0, flag_wins.stderr
+
+
+def test_worker_freezes_what_it_holds_before_its_first_job(redis_url: str) -> None:
+    # A full collection then traces only what jobs allocate: no 15-20 ms stop of every job.
+    job_id = aq("enqueue", "user", "bob", "frozen", url=redis_url).stdout.strip()
+    base = ("worker", "--entity-type", "user", "--entity-id", "bob", "--idle-timeout", "0.3")
+    worker = aq(*base, "--handlers", "cli_handlers:registry", url=redis_url)
+    assert worker.returncode == 0, worker.stderr
+    with SyncClient(Settings(redis_url=redis_url)) as client:
+        assert client.job(job_id).result > 10_000
 
 
 def test_dlq_commands_round_trip(redis_url: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -790,6 +791,11 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             loop.add_signal_handler(sig, worker.close, signal.Signals(sig).name)
         if settings.metrics_port:
             serve(settings.metrics_port)
+        # What the process holds by now (modules, handlers, the connection) stays for its whole
+        # life: frozen, the cyclic collector stops tracing it, and a full collection, which
+        # stops every running job, takes about 1 ms instead of 15-20.
+        gc.collect()
+        gc.freeze()
         await worker.run()
     finally:
         await client.close()
