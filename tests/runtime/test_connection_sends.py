@@ -19,7 +19,7 @@ import pytest
 import redis.exceptions
 from redis.asyncio.connection import Connection
 
-from atomicqueues import Client, RedisUnavailable, Settings
+from atomicqueues import Client, RedisUnavailable, Settings, connection
 from atomicqueues.index_reads import IndexReads
 from redis_servers import RedisServer
 
@@ -101,3 +101,31 @@ async def test_a_command_packs_as_redis_py_packs_it(redis_url: str, args: tuple[
         assert b"".join(ours.pack_command(*args)) == b"".join(Connection().pack_command(*args))
         with pytest.raises(redis.exceptions.DataError):
             ours.pack_command("SET", "k", None)
+
+
+async def test_a_command_is_packed_by_hiredis(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hiredis = pytest.importorskip("hiredis")
+    packed: list[tuple[Any, ...]] = []
+
+    def counting(args: tuple[Any, ...]) -> bytes:
+        packed.append(args)
+        return bytes(hiredis.pack_command(args))
+
+    monkeypatch.setattr(connection, "_hiredis_pack", counting)
+    async with await Client.connect(Settings(redis_url=redis_url)) as client:
+        await client.redis.set("k", "v")
+    assert ("SET", "k", "v") in packed
+
+
+async def test_bytes_read_back_as_surrogates_are_sent_as_those_bytes(redis_url: str) -> None:
+    # The connection decodes with surrogateescape (an entity's packed summary, summary.py): a
+    # value that is not UTF-8 reads as a str, and that str is sent as the bytes it came from.
+    async with await Client.connect(Settings(redis_url=redis_url)) as client:
+        await client.redis.set("k", b"a\xf0b")
+        value = await client.redis.get("k")
+        assert value == "a\udcf0b"
+        await client.redis.set("k2", value)
+        assert await client.redis.get("k2") == value
+        assert await client.redis.strlen("k2") == 3

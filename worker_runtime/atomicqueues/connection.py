@@ -50,6 +50,9 @@ def _hiredis_packer() -> Callable[[tuple[Any, ...]], bytes] | None:
 
 
 _hiredis_pack = _hiredis_packer()
+_UTF8_ERRORS = ("strict", "surrogateescape")
+"""The decoding errors under which hiredis packs a command as redis-py would (surrogateescape:
+the library's own, _options())."""
 
 CONNECTION_ERRORS = (
     redis.exceptions.ConnectionError,
@@ -238,9 +241,10 @@ class _QuickSend:
 
     def pack_command(self, *args: Any) -> list[bytes]:
         first = args[0]
-        plain = self.encoder.encoding == "utf-8" and self.encoder.encoding_errors == "strict"
+        plain = self.encoder.encoding == "utf-8" and self.encoder.encoding_errors in _UTF8_ERRORS
         if _hiredis_pack is not None and plain and isinstance(first, str) and " " not in first:
-            with suppress(TypeError):
+            # hiredis encodes strictly: a string with a surrogate escape is redis-py's to pack.
+            with suppress(TypeError, UnicodeEncodeError):
                 return [_hiredis_pack(args)]
         packed: list[bytes] = super().pack_command(*args)  # type: ignore[misc]
         return packed
